@@ -1,0 +1,3 @@
+//! The agent: run log and executor (being written).
+
+pub mod exec;

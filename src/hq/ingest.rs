@@ -1,0 +1,101 @@
+//! Applying the events a relay rolls up: leaf results, target sets, and the
+//! tree's membership. Idempotent: a re-sent batch changes nothing.
+
+use super::{ClientRecord, HqState, RelayRecord};
+use crate::proto::{Event, NodeName};
+use crate::rules::{self, LeafRecord};
+use crate::store::{keys, StoreError};
+use tracing::{debug, warn};
+
+/// Applies one batch from child `from` (not yet durable).
+pub(crate) fn apply(st: &HqState, from: &NodeName, events: &[(u64, Event)]) -> Result<(), StoreError> {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let now = crate::proto::now_ms();
+    let mut dirty: Vec<(Vec<u8>, LeafRecord)> = Vec::new();
+    // Coalesce: the latest record per leaf within this batch.
+    let mut pending: std::collections::HashMap<Vec<u8>, LeafRecord> = Default::default();
+    let lookup = |k: &Vec<u8>, pending: &std::collections::HashMap<Vec<u8>, LeafRecord>| {
+        match pending.get(k) {
+            Some(r) => Ok(Some(r.clone())),
+            None => st.leaves.get::<LeafRecord>(k),
+        }
+    };
+    for (_, ev) in events {
+        match ev {
+            Event::Leaf(u) => {
+                let k = keys::job_client(u.job, &u.client);
+                let cur = lookup(&k, &pending)?;
+                if let Some(new) = rules::merge(cur.as_ref(), u) {
+                    pending.insert(k, new);
+                }
+            }
+            Event::Targets {
+                job,
+                attempt,
+                reporter,
+                leaves,
+                last,
+            } => {
+                for (client, home) in leaves {
+                    let k = keys::job_client(*job, client);
+                    let cur = lookup(&k, &pending)?;
+                    if let Some(new) = rules::target(cur.as_ref(), home, *attempt, now) {
+                        pending.insert(k, new);
+                    }
+                }
+                if *last {
+                    let jk = keys::job(*job);
+                    if let Some(mut j) = st.jobs.get::<super::jobs::JobRecord>(&jk)? {
+                        if j.awaiting.contains(reporter) {
+                            j.awaiting.retain(|r| r != reporter);
+                            st.jobs.put(&jk, &j)?;
+                        }
+                    }
+                }
+            }
+            Event::ClientJoined { client, relay } => {
+                let k = keys::name(client);
+                if let Some(old) = st.clients.get::<ClientRecord>(&k)? {
+                    if old.relay != *relay {
+                        warn!(%client, from = %old.relay, to = %relay, "client moved");
+                    }
+                }
+                st.clients.put(
+                    &k,
+                    &ClientRecord {
+                        relay: relay.clone(),
+                        since_ms: now,
+                    },
+                )?;
+            }
+            Event::RelayJoined { relay, parent } => {
+                st.relays.put(
+                    &keys::name(relay),
+                    &RelayRecord {
+                        parent: parent.clone(),
+                        connected: true,
+                        last_seen_ms: now,
+                    },
+                )?;
+            }
+            Event::RelayLeft {
+                relay,
+                parent,
+                at_ms,
+            } => {
+                st.relays.put(
+                    &keys::name(relay),
+                    &RelayRecord {
+                        parent: parent.clone(),
+                        connected: false,
+                        last_seen_ms: *at_ms,
+                    },
+                )?;
+            }
+        }
+    }
+    dirty.extend(pending);
+    debug!(from = %from, events = events.len(), leaves = dirty.len(), "applied batch");
+    st.leaves.put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
+    Ok(())
+}

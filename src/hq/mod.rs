@@ -1,0 +1,151 @@
+//! HQ: the root of the tree. Owns jobs and attempts, ingests the events its
+//! relays roll up, keeps every leaf's latest result, and answers admins.
+//!
+//! Never talks to agents directly; never imports `relay` or `agent`.
+
+mod ingest;
+mod jobs;
+mod sessions;
+mod view;
+
+use crate::link::{self, Admission, SessionTx, Timing};
+use crate::proto::{Hello, NodeName, Role, PROTOCOL_VERSION};
+use crate::store::{Store, StoreError, Table};
+use crate::tls::{Identity, TlsError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// HQ failed to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum HqError {
+    /// Identity files.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request was refused.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A relay as HQ records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct RelayRecord {
+    pub parent: NodeName,
+    pub connected: bool,
+    pub last_seen_ms: u64,
+}
+
+/// A client as HQ records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ClientRecord {
+    pub relay: NodeName,
+    pub since_ms: u64,
+}
+
+/// HQ's shared state.
+pub(crate) struct HqState {
+    /// HQ's own name.
+    pub me: NodeName,
+    pub store: Store,
+    /// JobId -> JobRecord.
+    pub jobs: Table,
+    /// job ++ client -> LeafRecord.
+    pub leaves: Table,
+    /// relay -> RelayRecord.
+    pub relays: Table,
+    /// client -> ClientRecord.
+    pub clients: Table,
+    /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
+    pub downq: Table,
+    /// Sessions of directly connected relays.
+    pub children: Mutex<HashMap<NodeName, SessionTx>>,
+    /// Serialises read-modify-write of leaves and jobs (no await inside).
+    pub write: Mutex<()>,
+    /// Bumped after every durable change of leaves, for `job wait`.
+    pub changed: watch::Sender<u64>,
+}
+
+impl HqState {
+    fn open(me: NodeName, store: Store) -> Result<HqState, StoreError> {
+        Ok(HqState {
+            me,
+            jobs: store.table("jobs")?,
+            leaves: store.table("leaves")?,
+            relays: store.table("relays")?,
+            clients: store.table("clients")?,
+            downq: store.table("downq")?,
+            store,
+            children: Mutex::new(HashMap::new()),
+            write: Mutex::new(()),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Where `hq init` puts things under the data directory.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+    /// The CA's certificate and key.
+    pub fn ca(data: &Path) -> PathBuf {
+        data.join("ca")
+    }
+    /// HQ's own identity.
+    pub fn hq(data: &Path) -> PathBuf {
+        data.join("hq")
+    }
+    /// The first admin identity.
+    pub fn admin(data: &Path) -> PathBuf {
+        data.join("admin")
+    }
+}
+
+/// Runs HQ on an already bound listener until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    shutdown: CancellationToken,
+) -> Result<(), HqError> {
+    let identity = Identity::load(&layout::hq(data_dir))?;
+    let me = identity.me().clone();
+    if me.role != Role::Hq {
+        return Err(HqError::Refused(format!(
+            "{} holds a {} certificate, not an hq one",
+            layout::hq(data_dir).display(),
+            me.role
+        )));
+    }
+    let store = Store::open(data_dir)?;
+    let state = Arc::new(HqState::open(me.name.clone(), store)?);
+    sessions::mark_all_disconnected(&state)?;
+    let admit = [Role::Relay, Role::Admin];
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
+    let adm = Arc::new(Admission {
+        admit: admit.to_vec(),
+        me: Hello {
+            version: PROTOCOL_VERSION,
+            name: me.name.clone(),
+            role: Role::Hq,
+        },
+        trust_domain: me.trust_domain.clone(),
+        timing,
+    });
+    let st = state.clone();
+    link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
+        sessions::handle(st.clone(), s)
+    })
+    .await;
+    state.store.durable().await?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! Sessions at HQ: a relay's (assignments down, events up) and an admin's
+//! (requests and answers). A session that breaks the protocol is closed with
+//! a log line naming the peer; every other session goes on.
+
+use super::{ingest, jobs, view, HqError, HqState, RelayRecord};
+use crate::link::{LinkError, Session};
+use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
+use crate::store::{keys, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Runs one admitted session to its end.
+pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
+    let peer = s.peer.clone();
+    let r = match peer.role {
+        Role::Relay => relay_session(&st, s).await,
+        Role::Admin => admin_session(&st, s).await,
+        other => Err(LinkError::Protocol(format!("role {other} not served here"))),
+    };
+    match r {
+        Ok(()) | Err(LinkError::Closed) => info!("session closed"),
+        Err(e) => warn!(error = %e, "session ended"),
+    }
+}
+
+/// At start-up no relay is connected, whatever the store said at the crash.
+pub(crate) fn mark_all_disconnected(st: &HqState) -> Result<(), StoreError> {
+    for r in st.relays.scan::<RelayRecord>(b"") {
+        let (k, mut rec) = r?;
+        if rec.connected && rec.parent == st.me {
+            rec.connected = false;
+            st.relays.put(&k, &rec)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), StoreError> {
+    st.relays.put(
+        &keys::name(relay),
+        &RelayRecord {
+            parent: st.me.clone(),
+            connected,
+            last_seen_ms: now_ms(),
+        },
+    )
+}
+
+async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
+    let Session { peer, tx, mut rx } = s;
+    let name = peer.name.clone();
+    set_relay(st, &name, true)?;
+    st.store.durable().await?;
+    st.children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone(), tx.clone());
+    // Everything this relay has not acknowledged, oldest first.
+    let queued: Vec<Assignment> = st
+        .downq
+        .scan::<Assignment>(&keys::name_prefix(&name))
+        .filter_map(|r| r.ok().map(|(_, a)| a))
+        .collect();
+    for a in queued {
+        tx.send(Msg::Assign(a)).await.map_err(|_| LinkError::Closed)?;
+    }
+    let result = relay_loop(st, &name, &tx, &mut rx).await;
+    {
+        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.get(&name).is_some_and(|t| t.same_channel(&tx)) {
+            children.remove(&name);
+        }
+    }
+    set_relay(st, &name, false)?;
+    st.bump();
+    result
+}
+
+async fn relay_loop(
+    st: &HqState,
+    name: &NodeName,
+    tx: &crate::link::SessionTx,
+    rx: &mut crate::link::SessionRx,
+) -> Result<(), LinkError> {
+    loop {
+        match rx.recv().await? {
+            Msg::AssignAck { job, attempt } => {
+                st.downq.remove(&keys::name_job_attempt(name, job, attempt))?;
+            }
+            Msg::Events(events) => {
+                let Some(last) = events.last().map(|(s, _)| *s) else {
+                    continue;
+                };
+                ingest::apply(st, name, &events)?;
+                st.store.durable().await?;
+                tx.send(Msg::Ack { seq: last })
+                    .await
+                    .map_err(|_| LinkError::Closed)?;
+                st.bump();
+            }
+            other => {
+                let _ = tx
+                    .send(Msg::Bye {
+                        reason: format!("{} not allowed from a relay", other.kind()),
+                    })
+                    .await;
+                return Err(crate::link::unexpected(&other, "from a relay"));
+            }
+        }
+    }
+}
+
+async fn admin_session(st: &HqState, s: Session) -> Result<(), LinkError> {
+    let Session { tx, mut rx, .. } = s;
+    loop {
+        match rx.recv().await? {
+            Msg::AdminReq { id, req } => {
+                let resp = answer(st, req).await.map_err(|e| e.to_string());
+                tx.send(Msg::AdminResp { id, resp })
+                    .await
+                    .map_err(|_| LinkError::Closed)?;
+            }
+            other => {
+                let _ = tx
+                    .send(Msg::Bye {
+                        reason: format!("{} not allowed from an admin", other.kind()),
+                    })
+                    .await;
+                return Err(crate::link::unexpected(&other, "from an admin"));
+            }
+        }
+    }
+}
+
+async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqError> {
+    Ok(match req {
+        AdminRequest::CreateJob {
+            dest,
+            action,
+            expires_ms,
+        } => AdminResponse::Created {
+            job: jobs::create(st, dest, action, expires_ms).await?,
+        },
+        AdminRequest::Status { job } => AdminResponse::Status(view::status(st, job)?),
+        AdminRequest::List => AdminResponse::List(view::list(st)?),
+        AdminRequest::Rerun { job } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
+        AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
+        AdminRequest::Wait { job, timeout_ms } => {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            let mut changed = st.changed.subscribe();
+            loop {
+                changed.borrow_and_update();
+                let s = view::status(st, job)?;
+                if s.done {
+                    break AdminResponse::Status(s);
+                }
+                // Re-check on each change, at most every 50 ms, until the deadline.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break AdminResponse::Status(view::status(st, job)?),
+                    r = changed.changed() => if r.is_err() { break AdminResponse::Status(s) },
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+}

@@ -1,0 +1,11 @@
+//! relaytree: jobs dispatched down a tree of relay managers, results rolled back up.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod hq;
+pub mod node;
+pub mod proto;
+pub mod rules;
+pub mod link;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,129 @@
+//! The listening side: TLS with client certificates, role admission, the
+//! `Hello` check, then one task per session. A failing connection ends only
+//! its own task.
+
+use super::session::{read_first, start, Session, Timing};
+use super::LinkError;
+use crate::proto::{Hello, Msg, MsgCodec, Role, PROTOCOL_VERSION};
+use crate::tls::{self, PeerIdentity};
+use futures::SinkExt;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Who may connect to a listener and how this side introduces itself.
+pub struct Admission {
+    /// Roles admitted.
+    pub admit: Vec<Role>,
+    /// Our own `Hello`.
+    pub me: Hello,
+    /// The installation's trust domain.
+    pub trust_domain: String,
+    /// Timers.
+    pub timing: Timing,
+}
+
+/// Accepts sessions until `shutdown`; each admitted session goes to `handler`
+/// in its own task.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    adm: Arc<Admission>,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Session) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, adm, handler) = (acceptor.clone(), adm.clone(), handler.clone());
+        tokio::spawn(
+            async move {
+                let within = adm.timing.handshake_timeout;
+                let session =
+                    match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
+                        Err(_) => {
+                            warn!("handshake timed out; closing");
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "session refused");
+                            return;
+                        }
+                        Ok(Ok(s)) => s,
+                    };
+                let span = tracing::info_span!(
+                    "session",
+                    peer = %session.peer.name,
+                    role = %session.peer.role
+                );
+                async move {
+                    info!("session up");
+                    handler(session).await;
+                }
+                .instrument(span)
+                .await
+            }
+            .instrument(tracing::info_span!("conn", %addr)),
+        );
+    }
+}
+
+async fn admit(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    adm: &Admission,
+) -> Result<Session, LinkError> {
+    let (tls, peer) = tls::accept(&acceptor, tcp, &adm.admit, &adm.trust_domain).await?;
+    let mut framed = Framed::new(tls, MsgCodec::default());
+    let first = read_first(&mut framed, adm.timing.handshake_timeout).await?;
+    let hello = match first {
+        Msg::Hello(h) => h,
+        other => {
+            return Err(LinkError::Protocol(format!(
+                "{} ({}) sent {} before hello",
+                peer.name,
+                peer.role,
+                other.kind()
+            )))
+        }
+    };
+    check_hello(&hello, &peer)?;
+    framed.send(&Msg::Hello(adm.me.clone())).await?;
+    Ok(start(framed, peer, adm.timing))
+}
+
+/// A `Hello` must name the node its certificate names, at our protocol version.
+pub(super) fn check_hello(hello: &Hello, peer: &PeerIdentity) -> Result<(), LinkError> {
+    if hello.name != peer.name || hello.role != peer.role {
+        return Err(LinkError::Protocol(format!(
+            "hello claims {} {} but the certificate says {} {}",
+            hello.role, hello.name, peer.role, peer.name
+        )));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(LinkError::Protocol(format!(
+            "{} speaks protocol {}, this node speaks {}",
+            peer.name, hello.version, PROTOCOL_VERSION
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! A session between a child and its parent, used by hq, relay, agent and the
+//! admin CLI alike: dial with backoff, accept with role admission, the `Hello`
+//! exchange, heartbeats, the idle timeout, and the outbox pump.
+//!
+//! Knows nothing of jobs or leaves: it moves [`Msg`]s and hands sessions to the
+//! role that owns them.
+
+mod accept;
+mod dial;
+mod pump;
+mod session;
+
+pub use accept::{serve, Admission};
+pub use dial::{dial_loop, dial_once, Backoff, Dialer};
+pub use pump::{pump_outbox, AckCursor};
+pub use session::{Session, SessionRx, SessionTx, Timing};
+
+use crate::proto::{CodecError, Msg};
+use crate::tls::TlsError;
+
+/// A session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The TCP connection failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS or identity failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Nothing arrived within the idle timeout.
+    #[error("peer silent for {0:?}")]
+    Idle(std::time::Duration),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer said why it closed.
+    #[error("peer closed the session: {0}")]
+    Bye(String),
+    /// Local storage failed; nothing is acknowledged.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A step took too long.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+/// Describes an unexpected message for logs and errors.
+pub fn unexpected(msg: &Msg, state: &str) -> LinkError {
+    LinkError::Protocol(format!("message {} not allowed {state}", msg.kind()))
+}

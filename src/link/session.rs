@@ -1,0 +1,132 @@
+//! One established session: a writer task that sends heartbeats when idle,
+//! and a reader with an idle timeout that hides heartbeats.
+
+use super::LinkError;
+use crate::proto::{Msg, MsgCodec};
+use crate::tls::PeerIdentity;
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+
+/// Session timers.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Send a heartbeat after this long without sending.
+    pub heartbeat: Duration,
+    /// Close a session that received nothing for this long.
+    pub idle_timeout: Duration,
+    /// TLS handshake plus `Hello` must finish within this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Sends messages on a session; cheap to clone. The session's writer ends
+/// when every sender is dropped.
+pub type SessionTx = mpsc::Sender<Msg>;
+
+/// Receives messages from a session.
+pub struct SessionRx {
+    inner: Box<dyn futures::Stream<Item = Result<Msg, crate::proto::CodecError>> + Send + Unpin>,
+    idle: Duration,
+}
+
+impl SessionRx {
+    /// The next message other than a heartbeat; an error when the peer is
+    /// silent past the idle timeout, closed, or sent something undecodable.
+    pub async fn recv(&mut self) -> Result<Msg, LinkError> {
+        loop {
+            match tokio::time::timeout(self.idle, self.inner.next()).await {
+                Err(_) => return Err(LinkError::Idle(self.idle)),
+                Ok(None) => return Err(LinkError::Closed),
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(Some(Ok(Msg::Heartbeat))) => continue,
+                Ok(Some(Ok(Msg::Bye { reason }))) => return Err(LinkError::Bye(reason)),
+                Ok(Some(Ok(m))) => return Ok(m),
+            }
+        }
+    }
+}
+
+/// An established session with a verified peer.
+pub struct Session {
+    /// Who the peer's certificate says it is.
+    pub peer: PeerIdentity,
+    /// Send side.
+    pub tx: SessionTx,
+    /// Receive side.
+    pub rx: SessionRx,
+}
+
+/// Reads one message during the handshake phase (heartbeats not expected).
+pub(super) async fn read_first<S>(
+    framed: &mut Framed<S, MsgCodec>,
+    within: Duration,
+) -> Result<Msg, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(within, framed.next()).await {
+        Err(_) => Err(LinkError::Timeout("hello")),
+        Ok(None) => Err(LinkError::Closed),
+        Ok(Some(r)) => Ok(r?),
+    }
+}
+
+/// Starts the writer task and wraps the reader.
+pub(super) fn start<S>(framed: Framed<S, MsgCodec>, peer: PeerIdentity, timing: Timing) -> Session
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let parts = framed.into_parts();
+    let (read_half, write_half) = tokio::io::split(parts.io);
+    let mut reader = FramedRead::new(read_half, MsgCodec::default());
+    reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+    let mut writer = FramedWrite::new(write_half, MsgCodec::default());
+    let (tx, mut out) = mpsc::channel::<Msg>(1024);
+    let heartbeat = timing.heartbeat;
+    tokio::spawn(async move {
+        loop {
+            let msg = match tokio::time::timeout(heartbeat, out.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => Msg::Heartbeat,
+            };
+            let mut closing = matches!(msg, Msg::Bye { .. });
+            if writer.feed(&msg).await.is_err() {
+                return;
+            }
+            // Write out what is queued before flushing, so bursts share a flush.
+            while !closing {
+                let Ok(m) = out.try_recv() else { break };
+                closing = matches!(m, Msg::Bye { .. });
+                if writer.feed(&m).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() || closing {
+                break;
+            }
+        }
+        // close_notify, then the socket.
+        let _ = writer.close().await;
+    });
+    Session {
+        peer,
+        tx,
+        rx: SessionRx {
+            inner: Box::new(reader),
+            idle: timing.idle_timeout,
+        },
+    }
+}

@@ -1,0 +1,228 @@
+//! Admin requests to HQ and their answers; the answers are also the `--json`
+//! output of the `hq` commands, so their field names are part of the contract.
+
+use super::ids::{Attempt, JobId, NodeName};
+use super::msg::{Action, LeafState};
+use serde::{Deserialize, Serialize};
+
+/// What an admin asks of HQ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Create a job for all lower clients of `dest`.
+    CreateJob {
+        /// Relays whose lower clients are targeted.
+        dest: Vec<NodeName>,
+        /// What to do.
+        action: Action,
+        /// Leaves not delivered within this many milliseconds expire.
+        expires_ms: Option<u64>,
+    },
+    /// One job in full.
+    Status {
+        /// The job.
+        job: JobId,
+    },
+    /// Every job in brief.
+    List,
+    /// A new attempt for the failed and timed-out leaves.
+    Rerun {
+        /// The job.
+        job: JobId,
+    },
+    /// Answer when every leaf of the latest attempt is final, or at the timeout.
+    Wait {
+        /// The job.
+        job: JobId,
+        /// Give up after this many milliseconds.
+        timeout_ms: u64,
+    },
+    /// Relays, their parents and clients.
+    Tree,
+}
+
+/// HQ's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// A job was created.
+    Created {
+        /// Its id.
+        job: JobId,
+    },
+    /// A job's status.
+    Status(JobStatus),
+    /// All jobs.
+    List(Vec<JobSummary>),
+    /// A rerun was made.
+    Rerun(RerunResult),
+    /// The tree.
+    Tree(TreeView),
+}
+
+/// Leaves counted by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Not yet acknowledged by the client.
+    pub pending: u64,
+    /// Held by the client.
+    pub delivered: u64,
+    /// Started.
+    pub running: u64,
+    /// Finished with success.
+    pub succeeded: u64,
+    /// Finished with failure.
+    pub failed: u64,
+    /// Killed at the timeout.
+    pub timed_out: u64,
+    /// Never delivered before expiry.
+    pub expired: u64,
+    /// Withdrawn.
+    pub canceled: u64,
+}
+
+impl Totals {
+    /// Counts one more leaf in `state`.
+    pub fn add(&mut self, state: LeafState) {
+        *self.slot(state) += 1;
+    }
+    /// The count for `state`.
+    pub fn get(&self, state: LeafState) -> u64 {
+        let mut t = self.clone();
+        *t.slot(state)
+    }
+    fn slot(&mut self, state: LeafState) -> &mut u64 {
+        match state {
+            LeafState::Pending => &mut self.pending,
+            LeafState::Delivered => &mut self.delivered,
+            LeafState::Running => &mut self.running,
+            LeafState::Succeeded => &mut self.succeeded,
+            LeafState::Failed => &mut self.failed,
+            LeafState::TimedOut => &mut self.timed_out,
+            LeafState::Expired => &mut self.expired,
+            LeafState::Canceled => &mut self.canceled,
+        }
+    }
+    /// All leaves.
+    pub fn total(&self) -> u64 {
+        LeafState::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+    /// Leaves not yet final.
+    pub fn open(&self) -> u64 {
+        self.pending + self.delivered + self.running
+    }
+}
+
+/// One relay's share of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayTotals {
+    /// The home relay.
+    pub relay: NodeName,
+    /// Its leaves by state.
+    pub totals: Totals,
+}
+
+/// One leaf's latest result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    /// The client.
+    pub client: NodeName,
+    /// Its home relay.
+    pub relay: NodeName,
+    /// The attempt that produced this result.
+    pub attempt: Attempt,
+    /// Its state.
+    pub state: LeafState,
+    /// Exit code, if the command exited.
+    pub exit_code: Option<i32>,
+    /// Why it failed, expired or was canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Tail of the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// A job in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job: JobId,
+    /// Its latest attempt.
+    pub attempt: Attempt,
+    /// Every leaf of the latest attempt is final and every destination relay
+    /// has reported its targets.
+    pub done: bool,
+    /// Leaves by their latest result.
+    pub totals: Totals,
+    /// Per home relay.
+    pub relays: Vec<RelayTotals>,
+    /// Each leaf once.
+    pub clients: Vec<ClientStatus>,
+    /// What it does, for display.
+    pub action: String,
+    /// Destination relays.
+    pub dest: Vec<NodeName>,
+    /// Destination relays that have not yet reported the attempt's targets.
+    pub awaiting: Vec<NodeName>,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+    /// Expiry, unix ms.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A job in brief.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The job.
+    pub job: JobId,
+    /// Latest attempt.
+    pub attempt: Attempt,
+    /// As in [`JobStatus::done`].
+    pub done: bool,
+    /// What it does.
+    pub action: String,
+    /// Destination relays.
+    pub dest: Vec<NodeName>,
+    /// Leaves by latest result.
+    pub totals: Totals,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+/// The result of `rerun --failed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerunResult {
+    /// The job.
+    pub job: JobId,
+    /// The new attempt (unchanged when nothing failed).
+    pub attempt: Attempt,
+    /// How many leaves it targets.
+    pub targets: u64,
+}
+
+/// One relay as HQ knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The relay.
+    pub relay: NodeName,
+    /// Its parent (HQ's own name for a top-level relay).
+    pub parent: NodeName,
+    /// A session to its parent is up (as last reported).
+    pub connected: bool,
+    /// When HQ last heard of it, unix ms.
+    pub last_seen_ms: u64,
+    /// Clients whose home it is.
+    pub clients: u64,
+}
+
+/// The tree as HQ knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeView {
+    /// HQ's name.
+    pub hq: NodeName,
+    /// Every relay.
+    pub relays: Vec<RelayView>,
+    /// Total clients.
+    pub clients: u64,
+}

@@ -1,0 +1,13 @@
+//! The wire: ids, messages and the framed MessagePack codec.
+//!
+//! Imports nothing of ours; knows nothing of sockets beyond the codec.
+
+pub mod admin;
+pub mod codec;
+pub mod ids;
+pub mod msg;
+
+pub use admin::*;
+pub use codec::{CodecError, MsgCodec, MAX_FRAME};
+pub use ids::{Attempt, InvalidName, JobId, NodeName, Role};
+pub use msg::*;

@@ -1,0 +1,281 @@
+//! Every message on the wire, one `enum`, encoded as named MessagePack.
+//!
+//! These types are the protocol's API: fields may be added (named encoding keeps
+//! old peers decoding), never renamed. Nothing here does I/O.
+
+use super::admin::{AdminRequest, AdminResponse};
+use super::ids::{Attempt, JobId, NodeName, Role};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a job does on each leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Answer at once without spawning a process.
+    Ping,
+    /// Run a command without a shell.
+    Run(RunSpec),
+}
+
+/// A command to run on each leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Program and arguments; no shell.
+    pub argv: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory on the client.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Kill the whole process group after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Which leaves an assignment covers, as seen by the relay receiving it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every client below each named relay, as known when that relay receives
+    /// it; the named relays are in the receiver's subtree (or the receiver).
+    AllLowerOf(Vec<NodeName>),
+    /// Exactly these clients (a rerun, or a split of a snapshot).
+    Targets(Vec<NodeName>),
+}
+
+/// One attempt of one job, travelling down one hop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: JobId,
+    /// The attempt (1 for the original).
+    pub attempt: Attempt,
+    /// What to do.
+    pub action: Action,
+    /// Unix milliseconds after which an undelivered leaf is `expired`.
+    pub expires_at_ms: Option<u64>,
+    /// Which leaves.
+    pub scope: Scope,
+}
+
+/// A leaf's state; moves forward only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeafState {
+    /// Targeted, not yet acknowledged by the client.
+    Pending,
+    /// The client holds the assignment durably.
+    Delivered,
+    /// The client started it.
+    Running,
+    /// Exit code 0 (or ping answered).
+    Succeeded,
+    /// Non-zero exit, signal, spawn failure or interrupted.
+    Failed,
+    /// Killed at the timeout.
+    TimedOut,
+    /// Never reached before the job's expiry.
+    Expired,
+    /// Withdrawn.
+    Canceled,
+}
+
+impl LeafState {
+    /// Every state, in display order.
+    pub const ALL: [LeafState; 8] = [
+        LeafState::Pending,
+        LeafState::Delivered,
+        LeafState::Running,
+        LeafState::Succeeded,
+        LeafState::Failed,
+        LeafState::TimedOut,
+        LeafState::Expired,
+        LeafState::Canceled,
+    ];
+    /// Progress rank: a state may only be replaced by one of higher rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            LeafState::Pending => 0,
+            LeafState::Delivered => 1,
+            LeafState::Running => 2,
+            _ => 3,
+        }
+    }
+    /// No further change within this attempt.
+    pub fn is_final(self) -> bool {
+        self.rank() == 3
+    }
+    /// A rerun of failed leaves targets this state.
+    pub fn is_rerunnable(self) -> bool {
+        matches!(self, LeafState::Failed | LeafState::TimedOut)
+    }
+    /// Lowercase name as in the JSON contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeafState::Pending => "pending",
+            LeafState::Delivered => "delivered",
+            LeafState::Running => "running",
+            LeafState::Succeeded => "succeeded",
+            LeafState::Failed => "failed",
+            LeafState::TimedOut => "timed_out",
+            LeafState::Expired => "expired",
+            LeafState::Canceled => "canceled",
+        }
+    }
+}
+
+/// A leaf's state change, reported upward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafUpdate {
+    /// The job.
+    pub job: JobId,
+    /// The attempt this state belongs to.
+    pub attempt: Attempt,
+    /// The client (leaf).
+    pub client: NodeName,
+    /// The client's home relay.
+    pub relay: NodeName,
+    /// The new state.
+    pub state: LeafState,
+    /// Exit code, when the command exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why it failed, expired or was canceled.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Bounded tail of the command's output.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// Unix milliseconds when the state was reached.
+    pub at_ms: u64,
+}
+
+/// Something a child reports upward through its persistent outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A leaf changed state.
+    Leaf(LeafUpdate),
+    /// The target set of an attempt, as snapshotted by `reporter` (in chunks;
+    /// `last` marks the final chunk).
+    Targets {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: Attempt,
+        /// The relay named in the job's destination that took the snapshot.
+        reporter: NodeName,
+        /// (client, home relay) pairs.
+        leaves: Vec<(NodeName, NodeName)>,
+        /// This is the last chunk of the snapshot.
+        last: bool,
+    },
+    /// An agent registered with `relay` as its home.
+    ClientJoined {
+        /// The agent.
+        client: NodeName,
+        /// Its home relay.
+        relay: NodeName,
+    },
+    /// A relay connected to `parent`.
+    RelayJoined {
+        /// The relay.
+        relay: NodeName,
+        /// Its parent (a relay, or HQ's name).
+        parent: NodeName,
+    },
+    /// A relay's session to `parent` ended.
+    RelayLeft {
+        /// The relay.
+        relay: NodeName,
+        /// Its parent.
+        parent: NodeName,
+        /// When, unix ms.
+        at_ms: u64,
+    },
+}
+
+/// The first frame each way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// Who the sender says it is; must match its certificate.
+    pub name: NodeName,
+    /// The sender's role; must match its certificate.
+    pub role: Role,
+}
+
+/// Every message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Msg {
+    /// Session opening, both ways.
+    Hello(Hello),
+    /// Keeps an idle session alive, both ways.
+    Heartbeat,
+    /// Parent to child: an attempt to carry out.
+    Assign(Assignment),
+    /// Child to parent: the assignment is durably held.
+    AssignAck {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// Child to parent: outbox entries, each with its sequence number.
+    Events(Vec<(u64, Event)>),
+    /// Parent to child: every event up to `seq` is durably stored.
+    Ack {
+        /// Highest sequence number persisted.
+        seq: u64,
+    },
+    /// Admin to HQ.
+    AdminReq {
+        /// Correlates the response.
+        id: u64,
+        /// The request.
+        req: AdminRequest,
+    },
+    /// HQ to admin.
+    AdminResp {
+        /// The request's id.
+        id: u64,
+        /// The answer, or an error text.
+        resp: Result<AdminResponse, String>,
+    },
+    /// A peer explains why it is closing the session.
+    Bye {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Msg {
+    /// Short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello(_) => "hello",
+            Msg::Heartbeat => "heartbeat",
+            Msg::Assign(_) => "assign",
+            Msg::AssignAck { .. } => "assign_ack",
+            Msg::Events(_) => "events",
+            Msg::Ack { .. } => "ack",
+            Msg::AdminReq { .. } => "admin_req",
+            Msg::AdminResp { .. } => "admin_resp",
+            Msg::Bye { .. } => "bye",
+        }
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,170 @@
+//! A relay manager: the home of the agents that dial it. Receives assignments
+//! from its parent, snapshots or routes their targets, delivers to its agents
+//! and child relays, keeps every home client's status, and rolls events up
+//! through its outbox.
+//!
+//! Never imports `hq` or `agent`.
+
+mod assign;
+mod children;
+mod expire;
+mod upward;
+
+use crate::link::{self, Admission, Dialer, SessionTx, Timing};
+use crate::proto::{Action, Hello, NodeName, Role, PROTOCOL_VERSION};
+use crate::store::{Outbox, Store, StoreError, Table};
+use crate::tls::{Identity, TlsError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A relay failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Identity files.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How to run a relay.
+pub struct RelayConfig {
+    /// Directory with ca.crt, node.crt, node.key.
+    pub identity: PathBuf,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// The parent's HOST:PORT (HQ or another relay).
+    pub parent: String,
+    /// Session timers.
+    pub timing: Timing,
+}
+
+/// Where a client lives, as this relay knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DirEntry {
+    /// Its home relay.
+    pub home: NodeName,
+    /// The direct child through which it is reached (itself for a home agent).
+    pub via: NodeName,
+}
+
+/// An attempt this relay received.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct AttemptRecord {
+    pub action: Action,
+    pub expires_at_ms: Option<u64>,
+    /// Home leaves past expiry have been expired.
+    pub swept: bool,
+}
+
+/// The relay's shared state.
+pub(crate) struct RelayState {
+    pub me: NodeName,
+    pub store: Store,
+    /// client -> DirEntry, for every client in the subtree.
+    pub dir_clients: Table,
+    /// relay -> via (direct child), for every relay in the subtree.
+    pub dir_relays: Table,
+    /// job ++ attempt -> AttemptRecord.
+    pub attempts: Table,
+    /// job ++ client -> LeafRecord, home clients only.
+    pub leaves: Table,
+    /// client ++ 0 ++ job -> attempt, index of home leaves by client.
+    pub client_leaves: Table,
+    /// child ++ 0 ++ job ++ attempt -> Assignment for a child relay, until acknowledged.
+    pub downq: Table,
+    /// Events for the parent.
+    pub outbox: Outbox,
+    /// Live sessions of agents and child relays.
+    pub children: Mutex<HashMap<NodeName, SessionTx>>,
+    /// Serialises read-modify-write of leaves (no await inside).
+    pub write: Mutex<()>,
+}
+
+impl RelayState {
+    fn open(me: NodeName, store: Store) -> Result<RelayState, StoreError> {
+        Ok(RelayState {
+            me,
+            dir_clients: store.table("dir_clients")?,
+            dir_relays: store.table("dir_relays")?,
+            attempts: store.table("attempts")?,
+            leaves: store.table("leaves")?,
+            client_leaves: store.table("client_leaves")?,
+            downq: store.table("downq")?,
+            outbox: store.outbox("outbox")?,
+            store,
+            children: Mutex::new(HashMap::new()),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The live session of a direct child, if any.
+    pub fn child(&self, name: &NodeName) -> Option<SessionTx> {
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+/// Runs a relay on a bound listener until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let identity = Identity::load(&cfg.identity)?;
+    let me = identity.me().clone();
+    if me.role != Role::Relay {
+        return Err(RelayError::Config(format!(
+            "{} holds a {} certificate, not a relay one",
+            cfg.identity.display(),
+            me.role
+        )));
+    }
+    let store = Store::open(&cfg.data_dir)?;
+    let st = Arc::new(RelayState::open(me.name.clone(), store)?);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        name: me.name.clone(),
+        role: Role::Relay,
+    };
+    // Upward: the parent is HQ or another relay.
+    let connector = tokio_rustls::TlsConnector::from(
+        identity.client_config_any(&[Role::Hq, Role::Relay], None)?,
+    );
+    let dialer = Dialer {
+        addr: cfg.parent.clone(),
+        connector,
+        me: hello.clone(),
+        timing: cfg.timing,
+    };
+    let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));
+    let sweeper = tokio::spawn(expire::run(st.clone(), shutdown.clone()));
+    let admit = [Role::Relay, Role::Agent];
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
+    let adm = Arc::new(Admission {
+        admit: admit.to_vec(),
+        me: hello,
+        trust_domain: me.trust_domain.clone(),
+        timing: cfg.timing,
+    });
+    let s2 = st.clone();
+    link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
+        children::handle(s2.clone(), s)
+    })
+    .await;
+    let _ = up.await;
+    let _ = sweeper.await;
+    st.store.durable().await?;
+    Ok(())
+}

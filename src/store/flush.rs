@@ -1,0 +1,68 @@
+//! Group commit: one background task flushes sled on behalf of every waiter.
+//!
+//! The task ends (and releases the database) when the last `Store` is dropped.
+
+use super::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Result of the latest finished flush round: (ticket covered, error if it failed).
+type Round = (u64, Option<String>);
+
+struct Shared {
+    requested: AtomicU64,
+    flushes: AtomicU64,
+    done: watch::Sender<Round>,
+}
+
+pub(super) struct Flusher {
+    shared: Arc<Shared>,
+    kick: mpsc::Sender<()>,
+}
+
+impl Flusher {
+    pub(super) fn start(db: sled::Db) -> Arc<Flusher> {
+        let (done, _) = watch::channel((0, None));
+        let shared = Arc::new(Shared {
+            requested: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            done,
+        });
+        let (kick, mut kicks) = mpsc::channel::<()>(1);
+        let s = shared.clone();
+        tokio::spawn(async move {
+            while kicks.recv().await.is_some() {
+                let target = s.requested.load(Ordering::SeqCst);
+                let res = db.flush_async().await;
+                s.flushes.fetch_add(1, Ordering::Relaxed);
+                let err = res.err().map(|e| e.to_string());
+                if let Some(e) = &err {
+                    tracing::error!(error = %e, "flush to disk failed; not acknowledging");
+                }
+                s.done.send_replace((target, err));
+            }
+        });
+        Arc::new(Flusher { shared, kick })
+    }
+
+    pub(super) async fn durable(&self) -> Result<(), StoreError> {
+        let mut rx = self.shared.done.subscribe();
+        let ticket = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        // A full channel means a round is already queued, which will cover us.
+        let _ = self.kick.try_send(());
+        let round = rx
+            .wait_for(|(covered, _)| *covered >= ticket)
+            .await
+            .map_err(|_| StoreError::Flush("flusher stopped".into()))?;
+        match &round.1 {
+            None => Ok(()),
+            Some(e) => Err(StoreError::Flush(e.clone())),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,265 @@
+//! Durable state: the only importer of sled.
+//!
+//! One sled database per node, a few fixed trees, MessagePack values and
+//! big-endian integer keys (see [`keys`]). Writes become durable only through
+//! [`Store::durable`], a group commit: every caller waiting at the same time
+//! shares one flush. Callers acknowledge to a peer only after it returns.
+
+mod flush;
+pub mod keys;
+mod outbox;
+
+pub use outbox::Outbox;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The on-disk layout version; a database with another refuses to open.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open database at {path}: {source}")]
+    Open {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// The database was written by another version.
+    #[error("database at {path} has schema version {found}, this build uses {SCHEMA_VERSION}")]
+    Schema {
+        /// Where.
+        path: PathBuf,
+        /// What it holds.
+        found: u32,
+    },
+    /// A read or write failed.
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// Flushing to disk failed: nothing since the last good flush is durable.
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
+    /// A stored value did not decode.
+    #[error("corrupt value in {tree}: {reason}")]
+    Corrupt {
+        /// Which tree.
+        tree: String,
+        /// Why.
+        reason: String,
+    },
+    /// A value could not be encoded.
+    #[error("cannot encode value: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// A node's database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    flusher: Arc<flush::Flusher>,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir/db`. Must run inside a tokio runtime.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            Some(v) => {
+                let found = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { path, found });
+                }
+            }
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        let flusher = flush::Flusher::start(db.clone());
+        Ok(Store { db, flusher })
+    }
+
+    /// A typed view of one tree.
+    pub fn table(&self, name: &'static str) -> Result<Table, StoreError> {
+        Ok(Table {
+            name,
+            tree: self.db.open_tree(name)?,
+        })
+    }
+
+    /// The outbox tree `name`.
+    pub fn outbox(&self, name: &'static str) -> Result<Outbox, StoreError> {
+        Outbox::open(self.table(name)?)
+    }
+
+    /// Waits until everything written before the call is on disk. Concurrent
+    /// callers share flushes (group commit).
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.flusher.durable().await
+    }
+
+    /// A counter kept in the `meta` tree; returns the next value (from 1).
+    pub fn next_id(&self, name: &str) -> Result<u64, StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        let v = meta.update_and_fetch(name, |old| {
+            let n = old
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(v.and_then(|b| b.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+}
+
+/// One tree with MessagePack values.
+#[derive(Clone)]
+pub struct Table {
+    name: &'static str,
+    tree: sled::Tree,
+}
+
+impl Table {
+    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, StoreError> {
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            tree: self.name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The value at `key`.
+    pub fn get<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, StoreError> {
+        match self.tree.get(key)? {
+            Some(b) => Ok(Some(self.decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `key` is present.
+    pub fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    /// Writes `value` at `key` (durable after [`Store::durable`]).
+    pub fn put<V: Serialize>(&self, key: &[u8], value: &V) -> Result<(), StoreError> {
+        self.tree.insert(key, rmp_serde::to_vec_named(value)?)?;
+        Ok(())
+    }
+
+    /// Writes many values in one batch.
+    pub fn put_many<'a, V: Serialize + 'a>(
+        &self,
+        items: impl IntoIterator<Item = (Vec<u8>, &'a V)>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in items {
+            batch.insert(k, rmp_serde::to_vec_named(v)?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes `key`.
+    pub fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn scan<V: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |r| {
+            let (k, v) = r?;
+            Ok((k.to_vec(), self.decode(&v)?))
+        })
+    }
+
+    /// Entries with keys in `[from, ..)`, in key order.
+    pub fn range_from<V: DeserializeOwned>(
+        &self,
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
+        self.tree.range(from.to_vec()..).map(move |r| {
+            let (k, v) = r?;
+            Ok((k.to_vec(), self.decode(&v)?))
+        })
+    }
+
+    /// Number of entries (walks the tree).
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_durable_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let t = s.table("t").unwrap();
+            t.put(b"k", &("v".to_string(), 3u32)).unwrap();
+            assert_eq!(s.next_id("job").unwrap(), 1);
+            assert_eq!(s.next_id("job").unwrap(), 2);
+            s.durable().await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.table("t").unwrap();
+        assert_eq!(
+            t.get::<(String, u32)>(b"k").unwrap(),
+            Some(("v".to_string(), 3))
+        );
+        assert_eq!(s.next_id("job").unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_calls_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.table("t").unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let (s, t) = (s.clone(), t.clone());
+            tasks.push(tokio::spawn(async move {
+                t.put(&i.to_be_bytes(), &i).unwrap();
+                s.durable().await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(s.flusher.flushes() < 200, "flushes: {}", s.flusher.flushes());
+        assert_eq!(t.len(), 200);
+    }
+}

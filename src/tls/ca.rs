@@ -1,0 +1,175 @@
+//! The installation's private CA: creation, saving and reloading
+//! (`ca.crt` 0644, `ca.key` 0600), and issuing node certificates that carry
+//! a single `spiffe://<trust-domain>/<role>/<name>` URI SAN.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::CertificateDer;
+
+use super::files::{self, PRIVATE_MODE, PUBLIC_MODE};
+use super::verify::{ca_trust_domain, valid_trust_domain};
+use super::{PeerIdentity, TlsError};
+use crate::proto::{NodeName, Role};
+
+/// Certificates are valid from a day before issue (clock skew between nodes)...
+const BACKDATE: Duration = Duration::from_secs(24 * 3600);
+/// ...to about ten years after.
+const VALIDITY: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// The installation's private CA.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    trust_domain: String,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Creates a new CA (ECDSA P-256, ~10 years) for `trust_domain`, which must
+    /// be DNS-like (`[a-z0-9.-]+`). The CA certificate carries the URI SAN
+    /// `spiffe://<trust-domain>`.
+    pub fn create(trust_domain: &str) -> Result<Ca, TlsError> {
+        if !valid_trust_domain(trust_domain) {
+            return Err(TlsError::InvalidTrustDomain(trust_domain.to_string()));
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("relaytree CA {trust_domain}"));
+        params.subject_alt_names = vec![uri_san(&format!("spiffe://{trust_domain}"))?];
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+            trust_domain: trust_domain.to_string(),
+        })
+    }
+
+    /// Writes `dir/ca.crt` (0644) and `dir/ca.key` (0600), creating `dir` (0700).
+    pub fn save(&self, dir: &Path) -> Result<(), TlsError> {
+        files::create_dir(dir)?;
+        files::write_file(
+            &dir.join("ca.key"),
+            self.issuer.key().serialize_pem().as_bytes(),
+            PRIVATE_MODE,
+        )?;
+        files::write_file(&dir.join("ca.crt"), self.cert_pem.as_bytes(), PUBLIC_MODE)
+    }
+
+    /// Reloads a CA saved by [`Ca::save`]. Refuses a `ca.key` open to group or
+    /// others, and a key that does not match the certificate.
+    pub fn load(dir: &Path) -> Result<Ca, TlsError> {
+        let crt_path = dir.join("ca.crt");
+        let key_path = dir.join("ca.key");
+        let crt_pem = files::read_file(&crt_path)?;
+        let key_pem = files::read_private(&key_path)?;
+        let cert_der = files::pem_certs(&crt_path, &crt_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| files::bad(&crt_path, "no PEM certificate found"))?;
+        let trust_domain =
+            ca_trust_domain(&cert_der).map_err(|e| files::bad(&crt_path, e.to_string()))?;
+        let key_text = String::from_utf8(key_pem)
+            .map_err(|_| files::bad(&key_path, "not a PEM file (not UTF-8)"))?;
+        let key = KeyPair::from_pem(&key_text)
+            .map_err(|e| files::bad(&key_path, format!("no usable private key: {e}")))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| files::bad(&crt_path, format!("cannot parse certificate: {e}")))?;
+        if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(files::bad(
+                &key_path,
+                format!("key does not match {}", crt_path.display()),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| files::bad(&crt_path, format!("not a usable CA certificate: {e}")))?;
+        let cert_pem = String::from_utf8(crt_pem)
+            .map_err(|_| files::bad(&crt_path, "not a PEM file (not UTF-8)"))?;
+        Ok(Ca {
+            issuer,
+            cert_der,
+            cert_pem,
+            trust_domain,
+        })
+    }
+
+    /// The installation's trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// Issues a certificate for `role`/`name` (ECDSA P-256, ~10 years, usable
+    /// as TLS client and server) and writes `out/ca.crt`, `out/node.crt`
+    /// (0644) and `out/node.key` (0600), creating `out` (0700). Existing files
+    /// are replaced.
+    pub fn issue(&self, role: Role, name: &NodeName, out: &Path) -> Result<(), TlsError> {
+        let id = PeerIdentity {
+            role,
+            name: name.clone(),
+            trust_domain: self.trust_domain.clone(),
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{role} {name}"));
+        params.subject_alt_names = vec![uri_san(&id.spiffe_id())?];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params);
+        let cert = params.signed_by(&key, &self.issuer)?;
+
+        files::create_dir(out)?;
+        files::write_file(
+            &out.join("node.key"),
+            key.serialize_pem().as_bytes(),
+            PRIVATE_MODE,
+        )?;
+        files::write_file(&out.join("node.crt"), cert.pem().as_bytes(), PUBLIC_MODE)?;
+        files::write_file(&out.join("ca.crt"), self.cert_pem.as_bytes(), PUBLIC_MODE)
+    }
+}
+
+fn uri_san(uri: &str) -> Result<SanType, TlsError> {
+    Ok(SanType::URI(Ia5String::try_from(uri)?))
+}
+
+fn set_validity(params: &mut CertificateParams) {
+    let now = SystemTime::now();
+    params.not_before = now.checked_sub(BACKDATE).unwrap_or(now).into();
+    params.not_after = now.checked_add(VALIDITY).unwrap_or(now).into();
+}

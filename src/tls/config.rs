@@ -1,0 +1,77 @@
+//! rustls configurations built from an [`Identity`]: TLS 1.3 only, the ring
+//! provider named explicitly (never a process default), client certificates
+//! required, no session resumption (every connection is fully verified).
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, ServerConfig};
+
+use super::verify::{AdmitRoles, ExpectRole};
+use super::{Identity, TlsError};
+use crate::proto::{NodeName, Role};
+
+/// The ring provider, explicitly.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn config_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Config(e.to_string())
+}
+
+impl Identity {
+    /// Server side: TLS 1.3 only, client certificate required and verified
+    /// to the CA; a client whose SPIFFE role is not in `admit` (or whose
+    /// trust domain differs) is refused during the handshake.
+    pub fn server_config(&self, admit: &[Role]) -> Result<Arc<ServerConfig>, TlsError> {
+        let provider = provider();
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(config_err)?;
+        let verifier = Arc::new(AdmitRoles {
+            inner,
+            admit: admit.to_vec(),
+            trust_domain: self.me.trust_domain.clone(),
+        });
+        let mut cfg = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        cfg.session_storage = Arc::new(NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+        Ok(Arc::new(cfg))
+    }
+
+    /// Client side: TLS 1.3 only, presents our certificate; verifies the
+    /// server's chain to the CA and that its SPIFFE role is `expect_role`
+    /// (and its name `expect_name` when given), never a hostname.
+    pub fn client_config(
+        &self,
+        expect_role: Role,
+        expect_name: Option<&NodeName>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let provider = provider();
+        let verifier = Arc::new(ExpectRole {
+            roots: self.roots.clone(),
+            algs: provider.signature_verification_algorithms,
+            role: expect_role,
+            name: expect_name.cloned(),
+            trust_domain: self.me.trust_domain.clone(),
+        });
+        let mut cfg = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(config_err)?;
+        cfg.resumption = Resumption::disabled();
+        Ok(Arc::new(cfg))
+    }
+}
