@@ -3,9 +3,10 @@
 
 pub mod agent;
 pub mod hq;
+pub mod link;
 pub mod node;
 pub mod proto;
+pub mod relay;
 pub mod rules;
-pub mod link;
 pub mod store;
 pub mod tls;

@@ -116,7 +116,10 @@ where
 
 /// The chain of ancestors of `relay` up to the root, given each relay's
 /// parent; stops at a cycle or an unknown parent.
-pub fn ancestors(relay: &NodeName, parent_of: impl Fn(&NodeName) -> Option<NodeName>) -> Vec<NodeName> {
+pub fn ancestors(
+    relay: &NodeName,
+    parent_of: impl Fn(&NodeName) -> Option<NodeName>,
+) -> Vec<NodeName> {
     let mut out = Vec::new();
     let mut cur = relay.clone();
     while let Some(p) = parent_of(&cur) {
@@ -226,7 +229,9 @@ mod tests {
     #[test]
     fn rerun_selects_only_failed_and_timed_out() {
         let names: Vec<NodeName> = (0..8).map(|i| n(&format!("c{i}"))).collect();
-        let states = [Succeeded, Failed, TimedOut, Expired, Canceled, Pending, Running, Delivered];
+        let states = [
+            Succeeded, Failed, TimedOut, Expired, Canceled, Pending, Running, Delivered,
+        ];
         let recs: Vec<LeafRecord> = states.iter().map(|s| rec(1, *s)).collect();
         let picked = rerun_targets(names.iter().zip(recs.iter()));
         let picked: Vec<&str> = picked.iter().map(|(c, _)| c.as_str()).collect();

@@ -8,7 +8,11 @@ use crate::store::{keys, StoreError};
 use tracing::{debug, warn};
 
 /// Applies one batch from child `from` (not yet durable).
-pub(crate) fn apply(st: &HqState, from: &NodeName, events: &[(u64, Event)]) -> Result<(), StoreError> {
+pub(crate) fn apply(
+    st: &HqState,
+    from: &NodeName,
+    events: &[(u64, Event)],
+) -> Result<(), StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = crate::proto::now_ms();
     let mut dirty: Vec<(Vec<u8>, LeafRecord)> = Vec::new();
@@ -96,6 +100,7 @@ pub(crate) fn apply(st: &HqState, from: &NodeName, events: &[(u64, Event)]) -> R
     }
     dirty.extend(pending);
     debug!(from = %from, events = events.len(), leaves = dirty.len(), "applied batch");
-    st.leaves.put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
+    st.leaves
+        .put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(())
 }

@@ -2,9 +2,7 @@
 //! each top-level relay, persist it in that relay's queue, then send it.
 
 use super::{HqError, HqState, RelayRecord};
-use crate::proto::{
-    now_ms, Action, Assignment, Attempt, JobId, Msg, NodeName, RerunResult, Scope,
-};
+use crate::proto::{now_ms, Action, Assignment, Attempt, JobId, Msg, NodeName, RerunResult, Scope};
 use crate::rules::{self, LeafRecord};
 use crate::store::keys;
 use serde::{Deserialize, Serialize};

@@ -63,7 +63,9 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
         .filter_map(|r| r.ok().map(|(_, a)| a))
         .collect();
     for a in queued {
-        tx.send(Msg::Assign(a)).await.map_err(|_| LinkError::Closed)?;
+        tx.send(Msg::Assign(a))
+            .await
+            .map_err(|_| LinkError::Closed)?;
     }
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
@@ -86,7 +88,8 @@ async fn relay_loop(
     loop {
         match rx.recv().await? {
             Msg::AssignAck { job, attempt } => {
-                st.downq.remove(&keys::name_job_attempt(name, job, attempt))?;
+                st.downq
+                    .remove(&keys::name_job_attempt(name, job, attempt))?;
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {

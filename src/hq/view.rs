@@ -3,8 +3,8 @@
 use super::jobs::{load_leaves, JobRecord};
 use super::{ClientRecord, HqError, HqState, RelayRecord};
 use crate::proto::{
-    Action, ClientStatus, JobId, JobStatus, JobSummary, NodeName, RelayTotals, RelayView,
-    Totals, TreeView,
+    Action, ClientStatus, JobId, JobStatus, JobSummary, NodeName, RelayTotals, RelayView, Totals,
+    TreeView,
 };
 use crate::rules::LeafRecord;
 use crate::store::keys;

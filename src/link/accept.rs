@@ -58,18 +58,17 @@ pub async fn serve<H, F>(
         tokio::spawn(
             async move {
                 let within = adm.timing.handshake_timeout;
-                let session =
-                    match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
-                        Err(_) => {
-                            warn!("handshake timed out; closing");
-                            return;
-                        }
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "session refused");
-                            return;
-                        }
-                        Ok(Ok(s)) => s,
-                    };
+                let session = match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
+                    Err(_) => {
+                        warn!("handshake timed out; closing");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "session refused");
+                        return;
+                    }
+                    Ok(Ok(s)) => s,
+                };
                 let span = tracing::info_span!(
                     "session",
                     peer = %session.peer.name,

@@ -119,7 +119,13 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&b"\xc1"[..], b"\xff\xff", b"", b"\x92\x01", b"\x81\xa3foo\x01"] {
+        for bytes in [
+            &b"\xc1"[..],
+            b"\xff\xff",
+            b"",
+            b"\x92\x01",
+            b"\x81\xa3foo\x01",
+        ] {
             assert!(decode(bytes).is_err());
         }
         // deep nesting

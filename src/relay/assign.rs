@@ -60,8 +60,10 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         Scope::AllLowerOf(list) if list.contains(&st.me) => {
             let snap = all_clients(st)?;
             let mut events = Vec::new();
-            let pairs: Vec<(NodeName, NodeName)> =
-                snap.iter().map(|(c, e)| (c.clone(), e.home.clone())).collect();
+            let pairs: Vec<(NodeName, NodeName)> = snap
+                .iter()
+                .map(|(c, e)| (c.clone(), e.home.clone()))
+                .collect();
             let chunks: Vec<_> = pairs.chunks(TARGETS_CHUNK).collect();
             let n = chunks.len().max(1);
             for i in 0..n {

@@ -19,6 +19,7 @@ struct Shared {
 pub(super) struct Flusher {
     shared: Arc<Shared>,
     kick: mpsc::Sender<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Flusher {
@@ -31,7 +32,7 @@ impl Flusher {
         });
         let (kick, mut kicks) = mpsc::channel::<()>(1);
         let s = shared.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while kicks.recv().await.is_some() {
                 let target = s.requested.load(Ordering::SeqCst);
                 let res = db.flush_async().await;
@@ -43,7 +44,16 @@ impl Flusher {
                 s.done.send_replace((target, err));
             }
         });
-        Arc::new(Flusher { shared, kick })
+        Arc::new(Flusher {
+            shared,
+            kick,
+            task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The flusher task, to await its end after the last handle is dropped.
+    pub(super) fn take_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub(super) async fn durable(&self) -> Result<(), StoreError> {

@@ -117,6 +117,18 @@ impl Store {
         self.flusher.durable().await
     }
 
+    /// Flushes and releases the database, so that it can be opened again in
+    /// this process (other clones must be dropped first).
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.durable().await?;
+        let task = self.flusher.take_task();
+        drop(self);
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+
     /// A counter kept in the `meta` tree; returns the next value (from 1).
     pub fn next_id(&self, name: &str) -> Result<u64, StoreError> {
         let meta = self.db.open_tree("meta")?;
@@ -232,7 +244,8 @@ mod tests {
             t.put(b"k", &("v".to_string(), 3u32)).unwrap();
             assert_eq!(s.next_id("job").unwrap(), 1);
             assert_eq!(s.next_id("job").unwrap(), 2);
-            s.durable().await.unwrap();
+            drop(t);
+            s.close().await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let t = s.table("t").unwrap();
@@ -259,7 +272,11 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        assert!(s.flusher.flushes() < 200, "flushes: {}", s.flusher.flushes());
+        assert!(
+            s.flusher.flushes() < 200,
+            "flushes: {}",
+            s.flusher.flushes()
+        );
         assert_eq!(t.len(), 200);
     }
 }

@@ -118,7 +118,8 @@ mod tests {
             assert_eq!(o.read_after(1, 1).unwrap(), vec![(2, ev(2))]);
             o.ack(2).unwrap();
             assert_eq!(o.read_after(0, 10).unwrap(), vec![(3, ev(3))]);
-            s.durable().await.unwrap();
+            drop(o);
+            s.close().await.unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         let o = s.outbox("outbox").unwrap();

@@ -56,11 +56,21 @@ impl Identity {
         expect_role: Role,
         expect_name: Option<&NodeName>,
     ) -> Result<Arc<ClientConfig>, TlsError> {
+        self.client_config_any(&[expect_role], expect_name)
+    }
+
+    /// As [`Identity::client_config`], accepting a server with any of `roles`
+    /// (a relay's parent may be HQ or another relay).
+    pub fn client_config_any(
+        &self,
+        roles: &[Role],
+        expect_name: Option<&NodeName>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = provider();
         let verifier = Arc::new(ExpectRole {
             roots: self.roots.clone(),
             algs: provider.signature_verification_algorithms,
-            role: expect_role,
+            roles: roles.to_vec(),
             name: expect_name.cloned(),
             trust_domain: self.me.trust_domain.clone(),
         });

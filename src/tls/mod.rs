@@ -127,8 +127,8 @@ pub enum TlsError {
     UnexpectedRole {
         /// The role the server's certificate grants.
         got: Role,
-        /// The role expected.
-        expected: Role,
+        /// The roles expected, as text.
+        expected: String,
     },
     /// A server's name is not the one the dialer expected.
     #[error("server name {got} is not the expected {expected}")]

@@ -145,7 +145,7 @@ pub(crate) fn check_admitted(
 /// A dialer's rule: same trust domain, the expected role, and the expected name when known.
 pub(crate) fn check_expected(
     peer: &PeerIdentity,
-    role: Role,
+    roles: &[Role],
     name: Option<&NodeName>,
     trust_domain: &str,
 ) -> Result<(), TlsError> {
@@ -155,10 +155,10 @@ pub(crate) fn check_expected(
             expected: trust_domain.to_string(),
         });
     }
-    if peer.role != role {
+    if !roles.contains(&peer.role) {
         return Err(TlsError::UnexpectedRole {
             got: peer.role,
-            expected: role,
+            expected: roles_text(roles),
         });
     }
     if let Some(name) = name {
@@ -296,7 +296,7 @@ impl ClientCertVerifier for AdmitRoles {
 pub(crate) struct ExpectRole {
     pub(crate) roots: Arc<RootCertStore>,
     pub(crate) algs: WebPkiSupportedAlgorithms,
-    pub(crate) role: Role,
+    pub(crate) roles: Vec<Role>,
     pub(crate) name: Option<NodeName>,
     pub(crate) trust_domain: String,
 }
@@ -304,7 +304,7 @@ pub(crate) struct ExpectRole {
 impl fmt::Debug for ExpectRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExpectRole")
-            .field("role", &self.role)
+            .field("roles", &self.roles)
             .field("name", &self.name)
             .field("trust_domain", &self.trust_domain)
             .finish_non_exhaustive()
@@ -329,7 +329,8 @@ impl ServerCertVerifier for ExpectRole {
             self.algs.all,
         )?;
         let peer = identity_from_cert(end_entity).map_err(refuse)?;
-        check_expected(&peer, self.role, self.name.as_ref(), &self.trust_domain).map_err(refuse)?;
+        check_expected(&peer, &self.roles, self.name.as_ref(), &self.trust_domain)
+            .map_err(refuse)?;
         Ok(ServerCertVerified::assertion())
     }
 

@@ -1,0 +1,291 @@
+//! Sessions of a relay's children: agents (deliver their pending leaves,
+//! collect their results) and child relays (forward assignments, relay their
+//! events upward). Results are acknowledged only after they are on disk.
+
+use super::assign::for_agent;
+use super::{AttemptRecord, DirEntry, RelayState};
+use crate::link::{unexpected, LinkError, Session, SessionRx, SessionTx};
+use crate::proto::{now_ms, Assignment, Event, JobId, LeafState, LeafUpdate, Msg, NodeName, Role};
+use crate::rules::{self, LeafRecord};
+use crate::store::{keys, StoreError};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Runs one admitted child session to its end.
+pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
+    let name = s.peer.name.clone();
+    let tx = s.tx.clone();
+    let r = match s.peer.role {
+        Role::Agent => agent_session(&st, s).await,
+        Role::Relay => relay_session(&st, s).await,
+        other => Err(LinkError::Protocol(format!("role {other} not served here"))),
+    };
+    {
+        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.get(&name).is_some_and(|t| t.same_channel(&tx)) {
+            children.remove(&name);
+        }
+    }
+    match r {
+        Ok(()) | Err(LinkError::Closed) => info!("session closed"),
+        Err(e) => {
+            warn!(error = %e, "session ended");
+            if matches!(e, LinkError::Protocol(_) | LinkError::Codec(_)) {
+                let _ = tx.try_send(Msg::Bye {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+fn register(st: &RelayState, name: &NodeName, tx: &SessionTx) {
+    st.children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone(), tx.clone());
+}
+
+/// The pending leaves of `client`, as assignments to send it.
+fn pending_for(st: &RelayState, client: &NodeName) -> Result<Vec<Assignment>, StoreError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for r in st.client_leaves.scan::<u32>(&keys::name_prefix(client)) {
+        let (k, attempt) = r?;
+        let Some(job) = k
+            .get(client.as_str().len() + 1..)
+            .and_then(keys::read_u64)
+            .map(JobId)
+        else {
+            continue;
+        };
+        let Some(leaf) = st
+            .leaves
+            .get::<LeafRecord>(&keys::job_client(job, client))?
+        else {
+            continue;
+        };
+        if leaf.state != LeafState::Pending || leaf.attempt.0 != attempt {
+            continue;
+        }
+        let Some(ar) = st
+            .attempts
+            .get::<AttemptRecord>(&keys::job_attempt(job, leaf.attempt))?
+        else {
+            continue;
+        };
+        if ar.expires_at_ms.is_some_and(|e| e <= now) {
+            continue;
+        }
+        out.push(for_agent(
+            &Assignment {
+                job,
+                attempt: leaf.attempt,
+                action: ar.action,
+                expires_at_ms: ar.expires_at_ms,
+                scope: crate::proto::Scope::Targets(vec![]),
+            },
+            client,
+        ));
+    }
+    Ok(out)
+}
+
+async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
+    let Session { peer, tx, mut rx } = s;
+    let me = st.me.clone();
+    let client = peer.name;
+    let home = DirEntry {
+        home: me.clone(),
+        via: me.clone(),
+    };
+    if st.dir_clients.get::<DirEntry>(&keys::name(&client))? != Some(home.clone()) {
+        st.dir_clients.put(&keys::name(&client), &home)?;
+        st.outbox.push(&[Event::ClientJoined {
+            client: client.clone(),
+            relay: me.clone(),
+        }])?;
+        st.store.durable().await?;
+        info!(%client, "client registered");
+    }
+    register(st, &client, &tx);
+    for a in pending_for(st, &client)? {
+        tx.send(Msg::Assign(a))
+            .await
+            .map_err(|_| LinkError::Closed)?;
+    }
+    agent_loop(st, &client, &tx, &mut rx).await
+}
+
+async fn agent_loop(
+    st: &RelayState,
+    client: &NodeName,
+    tx: &SessionTx,
+    rx: &mut SessionRx,
+) -> Result<(), LinkError> {
+    loop {
+        match rx.recv().await? {
+            Msg::AssignAck { job, attempt } => {
+                let u = LeafUpdate {
+                    job,
+                    attempt,
+                    client: client.clone(),
+                    relay: st.me.clone(),
+                    state: LeafState::Delivered,
+                    exit_code: None,
+                    reason: None,
+                    output: None,
+                    at_ms: now_ms(),
+                };
+                // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
+                apply_home(st, client, std::slice::from_ref(&u))?;
+            }
+            Msg::Events(events) => {
+                let Some(last) = events.last().map(|(s, _)| *s) else {
+                    continue;
+                };
+                let mut ups = Vec::with_capacity(events.len());
+                for (_, ev) in events {
+                    match ev {
+                        Event::Leaf(u) => ups.push(u),
+                        other => {
+                            warn!(%client, event = ?other, "agent sent a non-leaf event; ignored")
+                        }
+                    }
+                }
+                apply_home(st, client, &ups)?;
+                st.store.durable().await?;
+                tx.send(Msg::Ack { seq: last })
+                    .await
+                    .map_err(|_| LinkError::Closed)?;
+            }
+            other => return Err(unexpected(&other, "from an agent")),
+        }
+    }
+}
+
+/// Merges an agent's own updates into its home leaves and queues the changes
+/// upward (not yet durable). Updates for other clients or for attempts this
+/// relay never gave it are dropped.
+fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<(), StoreError> {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let mut events = Vec::new();
+    for u in ups {
+        if u.client != *client {
+            warn!(%client, claimed = %u.client, "agent reported another client's leaf; dropped");
+            continue;
+        }
+        let k = keys::job_client(u.job, client);
+        let Some(cur) = st.leaves.get::<LeafRecord>(&k)? else {
+            warn!(%client, job = %u.job, "update for a leaf this relay does not hold; dropped");
+            continue;
+        };
+        if cur.attempt != u.attempt {
+            continue;
+        }
+        let mut u = u.clone();
+        u.relay = st.me.clone();
+        if let Some(new) = rules::merge(Some(&cur), &u) {
+            st.leaves.put(&k, &new)?;
+            events.push(Event::Leaf(u));
+        }
+    }
+    st.outbox.push(&events)?;
+    Ok(())
+}
+
+async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
+    let Session { peer, tx, mut rx } = s;
+    let child = peer.name;
+    st.dir_relays.put(&keys::name(&child), &child)?;
+    st.outbox.push(&[Event::RelayJoined {
+        relay: child.clone(),
+        parent: st.me.clone(),
+    }])?;
+    st.store.durable().await?;
+    register(st, &child, &tx);
+    let queued: Vec<Assignment> = st
+        .downq
+        .scan::<Assignment>(&keys::name_prefix(&child))
+        .filter_map(|r| r.ok().map(|(_, a)| a))
+        .collect();
+    for a in queued {
+        tx.send(Msg::Assign(a))
+            .await
+            .map_err(|_| LinkError::Closed)?;
+    }
+    let r = relay_loop(st, &child, &tx, &mut rx).await;
+    st.outbox.push(&[Event::RelayLeft {
+        relay: child.clone(),
+        parent: st.me.clone(),
+        at_ms: now_ms(),
+    }])?;
+    r
+}
+
+async fn relay_loop(
+    st: &RelayState,
+    child: &NodeName,
+    tx: &SessionTx,
+    rx: &mut SessionRx,
+) -> Result<(), LinkError> {
+    loop {
+        match rx.recv().await? {
+            Msg::AssignAck { job, attempt } => {
+                st.downq
+                    .remove(&keys::name_job_attempt(child, job, attempt))?;
+            }
+            Msg::Events(events) => {
+                let Some(last) = events.last().map(|(s, _)| *s) else {
+                    continue;
+                };
+                let fwd = learn(st, child, events)?;
+                st.outbox.push(&fwd)?;
+                st.store.durable().await?;
+                tx.send(Msg::Ack { seq: last })
+                    .await
+                    .map_err(|_| LinkError::Closed)?;
+            }
+            other => return Err(unexpected(&other, "from a child relay")),
+        }
+    }
+}
+
+/// Updates the directory from a child relay's events and returns those to
+/// forward upward. Leaf results for clients not under that child are dropped.
+fn learn(
+    st: &RelayState,
+    child: &NodeName,
+    events: Vec<(u64, Event)>,
+) -> Result<Vec<Event>, StoreError> {
+    let mut fwd = Vec::with_capacity(events.len());
+    for (_, ev) in events {
+        match &ev {
+            Event::ClientJoined { client, relay } => {
+                st.dir_clients.put(
+                    &keys::name(client),
+                    &DirEntry {
+                        home: relay.clone(),
+                        via: child.clone(),
+                    },
+                )?;
+            }
+            Event::RelayJoined { relay, .. } => {
+                st.dir_relays.put(&keys::name(relay), child)?;
+            }
+            Event::Leaf(u) => {
+                let via = st
+                    .dir_clients
+                    .get::<DirEntry>(&keys::name(&u.client))?
+                    .map(|e| e.via);
+                if via.as_ref() != Some(child) {
+                    warn!(%child, client = %u.client, "leaf result for a client not under this child; dropped");
+                    continue;
+                }
+            }
+            Event::Targets { .. } | Event::RelayLeft { .. } => {}
+        }
+        fwd.push(ev);
+    }
+    Ok(fwd)
+}
