@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cli;
 pub mod hq;
 pub mod link;
 pub mod node;

@@ -1,0 +1,81 @@
+//! Carrying out one accepted attempt: `ping` answers at once; a command is
+//! recorded as started (on disk) before it is spawned, then its result is
+//! recorded and queued upward.
+
+use super::exec::{self, ExecSpec, Outcome};
+use super::runlog::{self, RunRecord};
+use super::AgentState;
+use crate::proto::{Action, LeafState};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn, Instrument};
+
+/// Runs `rec` to its end, logging rather than failing.
+pub(crate) async fn execute(st: Arc<AgentState>, rec: RunRecord) {
+    let span =
+        tracing::info_span!("run", job = %rec.job, attempt = %rec.attempt, relay = %rec.relay);
+    if let Err(e) = execute_inner(&st, rec).instrument(span).await {
+        warn!(error = %e, "cannot record a run");
+    }
+}
+
+async fn execute_inner(
+    st: &AgentState,
+    mut rec: RunRecord,
+) -> Result<(), crate::store::StoreError> {
+    let spec = match &rec.action {
+        Action::Ping => {
+            let u = runlog::update(st, &rec, LeafState::Succeeded);
+            runlog::record(st, &mut rec, u)?;
+            return st.store.durable().await;
+        }
+        Action::Run(r) => r.clone(),
+    };
+    let _slot = st.slots.acquire().await;
+    let u = runlog::update(st, &rec, LeafState::Running);
+    runlog::record(st, &mut rec, u)?;
+    // Started is on disk before the process exists.
+    st.store.durable().await?;
+    let mut env = vec![
+        ("RELAYTREE_JOB".to_string(), rec.job.to_string()),
+        ("RELAYTREE_ATTEMPT".to_string(), rec.attempt.to_string()),
+        ("RELAYTREE_CLIENT".to_string(), st.me.to_string()),
+        ("RELAYTREE_RELAY".to_string(), rec.relay.to_string()),
+    ];
+    env.extend(spec.env.iter().cloned());
+    let res = exec::run(&ExecSpec {
+        argv: spec.argv.clone(),
+        env,
+        cwd: spec.cwd.as_ref().map(PathBuf::from),
+        timeout: spec.timeout_ms.map(Duration::from_millis),
+        tail_bytes: st.tail_bytes,
+    })
+    .await;
+    let mut u = runlog::update(st, &rec, LeafState::Failed);
+    match &res.outcome {
+        Outcome::Exited { code } => {
+            u.exit_code = Some(*code);
+            if *code == 0 {
+                u.state = LeafState::Succeeded;
+            } else {
+                u.reason = Some(format!("exited with code {code}"));
+            }
+        }
+        Outcome::Signaled { signal } => u.reason = Some(format!("killed by signal {signal}")),
+        Outcome::TimedOut => {
+            u.state = LeafState::TimedOut;
+            u.reason = Some(format!(
+                "timed out after {}; process group killed",
+                humantime::format_duration(Duration::from_millis(spec.timeout_ms.unwrap_or(0)))
+            ));
+        }
+        Outcome::SpawnFailed { reason } => u.reason = Some(reason.clone()),
+    }
+    if !res.output_tail.is_empty() {
+        u.output = Some(res.output_tail);
+    }
+    info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "run finished");
+    runlog::record(st, &mut rec, u)?;
+    st.store.durable().await
+}

@@ -1,0 +1,128 @@
+//! The run log: every attempt this agent accepted, and how far it got.
+//! Written before each step it records, so that an attempt runs at most once.
+
+use super::AgentState;
+use crate::proto::{
+    now_ms, Action, Assignment, Attempt, Event, JobId, LeafState, LeafUpdate, NodeName, Scope,
+};
+use crate::store::{keys, StoreError};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// How far an attempt got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RunState {
+    /// Held; not started.
+    Received,
+    /// Started (recorded before the process was spawned).
+    Started,
+    /// Finished; the result is in the outbox or acknowledged.
+    Finished,
+}
+
+/// One attempt in the run log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    pub job: JobId,
+    pub attempt: Attempt,
+    pub action: Action,
+    /// The relay that delivered it.
+    pub relay: NodeName,
+    pub state: RunState,
+    /// The final state, once finished.
+    #[serde(default)]
+    pub result: Option<LeafState>,
+    pub received_at_ms: u64,
+}
+
+/// Records a newly received assignment (not yet durable); `None` when this
+/// attempt is already in the log (a re-send), or is not for this agent.
+pub(crate) fn accept(
+    st: &AgentState,
+    a: &Assignment,
+    relay: &NodeName,
+) -> Result<Option<RunRecord>, StoreError> {
+    let for_me = matches!(&a.scope, Scope::Targets(t) if t.contains(&st.me));
+    if !for_me {
+        warn!(job = %a.job, "assignment does not target this agent; ignored");
+        return Ok(None);
+    }
+    let k = keys::job_attempt(a.job, a.attempt);
+    if st.runs.contains(&k)? {
+        return Ok(None);
+    }
+    let rec = RunRecord {
+        job: a.job,
+        attempt: a.attempt,
+        action: a.action.clone(),
+        relay: relay.clone(),
+        state: RunState::Received,
+        result: None,
+        received_at_ms: now_ms(),
+    };
+    st.runs.put(&k, &rec)?;
+    info!(job = %a.job, attempt = %a.attempt, "assignment received");
+    Ok(Some(rec))
+}
+
+/// Moves a run to `state` and queues the matching leaf update (not yet durable).
+pub(crate) fn record(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    u: LeafUpdate,
+) -> Result<(), StoreError> {
+    rec.state = if u.state.is_final() {
+        RunState::Finished
+    } else {
+        RunState::Started
+    };
+    if u.state.is_final() {
+        rec.result = Some(u.state);
+    }
+    st.runs.put(&keys::job_attempt(rec.job, rec.attempt), rec)?;
+    st.outbox.push(&[Event::Leaf(u)])?;
+    Ok(())
+}
+
+/// A leaf update for `rec`.
+pub(crate) fn update(st: &AgentState, rec: &RunRecord, state: LeafState) -> LeafUpdate {
+    LeafUpdate {
+        job: rec.job,
+        attempt: rec.attempt,
+        client: st.me.clone(),
+        relay: rec.relay.clone(),
+        state,
+        exit_code: None,
+        reason: None,
+        output: None,
+        at_ms: now_ms(),
+    }
+}
+
+/// At start-up: an attempt started but never finished is reported failed,
+/// never run again; one received but not started is returned to be run.
+pub(crate) fn recover(st: &AgentState) -> Result<Vec<RunRecord>, StoreError> {
+    let mut to_run = Vec::new();
+    let all: Vec<RunRecord> = st
+        .runs
+        .scan::<RunRecord>(b"")
+        .map(|r| r.map(|(_, v)| v))
+        .collect::<Result<_, _>>()?;
+    for mut rec in all {
+        match rec.state {
+            RunState::Finished => {}
+            RunState::Received => to_run.push(rec),
+            RunState::Started => {
+                let mut u = update(st, &rec, LeafState::Failed);
+                u.reason = Some(
+                    "interrupted: the agent stopped while the command was running; not run again"
+                        .into(),
+                );
+                warn!(job = %rec.job, attempt = %rec.attempt, "attempt interrupted by a restart; reporting failed");
+                record(st, &mut rec, u)?;
+            }
+        }
+    }
+    Ok(to_run)
+}

@@ -1,0 +1,289 @@
+//! The command lines of `hq`, `relay` and `agent` (DESIGN.md section 6).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Where admin commands find HQ and their identity.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// HQ's HOST:PORT.
+    #[arg(long, env = "RELAYTREE_HQ", global = true)]
+    pub hq: Option<String>,
+    /// Directory with the admin's ca.crt, node.crt, node.key.
+    #[arg(long, env = "RELAYTREE_IDENTITY", global = true)]
+    pub identity: Option<PathBuf>,
+    /// HQ's data directory: defaults --hq (from listen.addr) and --identity (admin/).
+    #[arg(long = "data-dir", env = "RELAYTREE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// relaytree headquarters: the CA, the jobs, and the whole picture.
+#[derive(Parser, Debug)]
+#[command(name = "hq", version, about)]
+pub struct HqCli {
+    #[command(subcommand)]
+    pub cmd: HqCmd,
+}
+
+/// Roles a certificate can be issued for.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum IssueRole {
+    /// A relay manager.
+    Relay,
+    /// A client.
+    Agent,
+    /// An operator.
+    Admin,
+}
+
+/// Destination kinds.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// Every client below the named relays.
+    AllLowerClients,
+}
+
+/// `hq` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum HqCmd {
+    /// Create the CA, HQ's identity and an admin identity (DIR/admin).
+    Init {
+        /// HQ's data directory.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// Trust domain written into every certificate.
+        #[arg(long, default_value = "relaytree.local")]
+        trust_domain: String,
+    },
+    /// Certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+    /// Run HQ.
+    Serve {
+        /// HQ's data directory.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// HOST:PORT to listen on (port 0 picks one).
+        #[arg(long)]
+        listen: String,
+    },
+    /// Jobs.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Relays, their parents, connected or last seen, clients under each.
+    Tree {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Start a real local tree on loopback, run a job, rerun its failures, stop.
+    Demo {
+        /// Keep the demo's files in this directory instead of a temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `hq cert` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Issue a certificate: OUT/ca.crt, OUT/node.crt, OUT/node.key.
+    Issue {
+        /// HQ's data directory (holds the CA).
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// The node's role.
+        #[arg(long, value_enum)]
+        role: IssueRole,
+        /// The node's name (with --count: the prefix).
+        #[arg(long)]
+        name: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Issue N identities OUT/NAME-00001 ... (agents).
+        #[arg(long)]
+        count: Option<u32>,
+    },
+}
+
+/// `hq job` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Create a job; prints its id.
+    Create {
+        /// Destination kind.
+        #[arg(long, value_enum)]
+        dest: Dest,
+        /// Relay whose lower clients are targeted (repeatable).
+        #[arg(long = "relay", required = true)]
+        relays: Vec<String>,
+        /// Kill the command after this long (e.g. 30s, 5m).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Leaves not delivered within this long expire (e.g. 1h).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Answer without spawning a process.
+        #[arg(long, conflicts_with = "command")]
+        ping: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// All jobs in brief, or one job in full.
+    Status {
+        /// The job.
+        job: Option<String>,
+        /// List every leaf, not only those that did not succeed.
+        #[arg(long)]
+        clients: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until every leaf of the latest attempt is final; exit 0 iff all succeeded.
+    Wait {
+        /// The job.
+        job: String,
+        /// Give up after this long (default 10m); exit 3.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Print the final status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-execute the leaves whose latest result is failed or timed_out.
+    Rerun {
+        /// The job.
+        job: String,
+        /// Rerun the failed leaves (the only kind of rerun).
+        #[arg(long, required = true)]
+        failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// All jobs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// relaytree relay manager.
+#[derive(Parser, Debug)]
+#[command(name = "relay", version, about)]
+pub struct RelayCli {
+    #[command(subcommand)]
+    pub cmd: RelayCmd,
+}
+
+/// `relay` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RelayCmd {
+    /// Run a relay.
+    Serve {
+        /// Directory with ca.crt, node.crt, node.key.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Where the relay keeps its database.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// HOST:PORT to listen on for agents and child relays (port 0 picks one).
+        #[arg(long)]
+        listen: String,
+        /// The parent's HOST:PORT (HQ or another relay).
+        #[arg(long)]
+        parent: String,
+    },
+}
+
+/// relaytree agent.
+#[derive(Parser, Debug)]
+#[command(name = "agent", version, about)]
+pub struct AgentCli {
+    #[command(subcommand)]
+    pub cmd: AgentCmd,
+}
+
+/// `agent` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AgentCmd {
+    /// Run an agent.
+    Serve {
+        /// Directory with ca.crt, node.crt, node.key.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Where the agent keeps its run log.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// The relay's HOST:PORT.
+        #[arg(long)]
+        relay: String,
+        /// Commands run at the same time, at most.
+        #[arg(long, default_value_t = 4)]
+        max_parallel: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clis_are_consistent() {
+        HqCli::command().debug_assert();
+        RelayCli::command().debug_assert();
+        AgentCli::command().debug_assert();
+    }
+
+    #[test]
+    fn job_create_takes_the_command_after_dashes() {
+        let c = HqCli::try_parse_from([
+            "hq",
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "r1",
+            "--relay",
+            "r2",
+            "--",
+            "echo",
+            "--x",
+        ])
+        .unwrap();
+        match c.cmd {
+            HqCmd::Job {
+                cmd: JobCmd::Create {
+                    relays, command, ..
+                },
+                ..
+            } => {
+                assert_eq!(relays, vec!["r1", "r2"]);
+                assert_eq!(command, vec!["echo", "--x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            HqCli::try_parse_from(["hq", "job", "create", "--dest", "some", "--relay", "r1"])
+                .is_err()
+        );
+        assert!(HqCli::try_parse_from(["hq", "job", "rerun", "3"]).is_err());
+    }
+}

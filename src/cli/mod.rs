@@ -1,0 +1,314 @@
+//! The command lines: parsing (clap), the admin commands against HQ, how
+//! results are shown, and `hq demo`. The binaries in `src/bin` only call
+//! [`hq_main`], [`relay_main`] and [`agent_main`].
+
+pub mod args;
+pub mod client;
+mod demo;
+pub mod render;
+pub mod setup;
+
+use crate::link::Timing;
+use crate::proto::{Action, AdminRequest, AdminResponse, JobId, NodeName, RunSpec};
+use args::{AdminArgs, AgentCmd, CertCmd, HqCmd, JobCmd, RelayCmd};
+pub use client::CliError;
+use client::{AdminClient, Target};
+use std::time::Duration;
+
+/// Exit code: success (and, for `job wait`, every leaf succeeded).
+pub const EXIT_OK: u8 = 0;
+/// `job wait`: every leaf is final and some did not succeed.
+pub const EXIT_FAILED_LEAVES: u8 = 1;
+/// An error: bad input, unreachable HQ, refused request.
+pub const EXIT_ERROR: u8 = 2;
+/// `job wait`: the timeout passed first.
+pub const EXIT_TIMEOUT: u8 = 3;
+
+/// Logs to stderr (stdout carries results and the "listening on" line);
+/// `RUST_LOG` overrides the level.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Parses `30s`, `5m`, `1h30m`, or a plain number of seconds.
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, CliError> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        CliError::Usage(format!(
+            "invalid duration {s:?} for {flag}: {e} (expected e.g. 30s, 5m, 2h)"
+        ))
+    })
+}
+
+fn parse_job(s: &str) -> Result<JobId, CliError> {
+    s.parse().map_err(CliError::Usage)
+}
+
+fn target(a: &AdminArgs) -> Target {
+    Target {
+        hq: a.hq.clone(),
+        identity: a.identity.clone(),
+        data_dir: a.data_dir.clone(),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn unexpected(r: AdminResponse) -> CliError {
+    CliError::Unexpected(format!("{r:?}"))
+}
+
+/// Announces the bound address: first line on stdout.
+fn announce(addr: std::net::SocketAddr) {
+    use std::io::Write;
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+}
+
+/// `hq ...`; returns the exit code.
+pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
+    match cli.cmd {
+        HqCmd::Init {
+            data_dir,
+            trust_domain,
+        } => {
+            setup::init(&data_dir, &trust_domain)?;
+            println!(
+                "initialised {}: CA in ca/, hq identity in hq/, admin identity in admin/",
+                data_dir.display()
+            );
+        }
+        HqCmd::Cert {
+            cmd:
+                CertCmd::Issue {
+                    data_dir,
+                    role,
+                    name,
+                    out,
+                    count,
+                },
+        } => {
+            let dirs = setup::issue(&data_dir, role, &name, &out, count)?;
+            if count.is_some() {
+                println!("issued {} identities under {}", dirs.len(), out.display());
+            } else {
+                println!("issued {}", out.display());
+            }
+        }
+        HqCmd::Serve { data_dir, listen } => {
+            let shutdown = crate::node::shutdown_on_signal();
+            let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            announce(addr);
+            crate::hq::run(listener, &data_dir, Timing::default(), shutdown)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+        }
+        HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
+        HqCmd::Tree { json, admin } => {
+            let mut c = AdminClient::connect(&target(&admin)).await?;
+            match c.request(AdminRequest::Tree).await? {
+                AdminResponse::Tree(t) if json => print_json(&t)?,
+                AdminResponse::Tree(t) => print!("{}", render::tree(&t)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        HqCmd::Demo { dir } => demo::run(dir.as_deref()).await?,
+    }
+    Ok(EXIT_OK)
+}
+
+async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
+    match cmd {
+        JobCmd::Create {
+            dest: _,
+            relays,
+            timeout,
+            expires,
+            ping,
+            json,
+            command,
+        } => {
+            let dest = relays
+                .iter()
+                .map(|r| {
+                    NodeName::new(r.as_str()).map_err(|e| CliError::Usage(format!("--relay: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let timeout_ms = timeout
+                .map(|s| parse_duration("--timeout", &s))
+                .transpose()?
+                .map(|d| d.as_millis() as u64);
+            let expires_ms = expires
+                .map(|s| parse_duration("--expires", &s))
+                .transpose()?
+                .map(|d| d.as_millis() as u64);
+            let action = if ping {
+                Action::Ping
+            } else if command.is_empty() {
+                return Err(CliError::Usage(
+                    "no command: give it after --, or use --ping".into(),
+                ));
+            } else {
+                Action::Run(RunSpec {
+                    argv: command,
+                    env: vec![],
+                    cwd: None,
+                    timeout_ms,
+                })
+            };
+            let mut c = AdminClient::connect(t).await?;
+            match c
+                .request(AdminRequest::CreateJob {
+                    dest,
+                    action,
+                    expires_ms,
+                })
+                .await?
+            {
+                AdminResponse::Created { job } if json => {
+                    print_json(&serde_json::json!({ "job": job }))?
+                }
+                AdminResponse::Created { job } => println!("{job}"),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Status {
+            job: None, json, ..
+        }
+        | JobCmd::List { json } => {
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::List).await? {
+                AdminResponse::List(l) if json => print_json(&l)?,
+                AdminResponse::List(l) => print!("{}", render::list(&l)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Status {
+            job: Some(job),
+            clients,
+            json,
+        } => {
+            let job = parse_job(&job)?;
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Status { job }).await? {
+                AdminResponse::Status(s) if json => print_json(&s)?,
+                AdminResponse::Status(s) => print!("{}", render::status(&s, clients)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Wait { job, timeout, json } => {
+            let job = parse_job(&job)?;
+            let timeout = timeout
+                .map(|s| parse_duration("--timeout", &s))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(600));
+            let mut c = AdminClient::connect(t).await?;
+            let s = match c
+                .request(AdminRequest::Wait {
+                    job,
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+                .await?
+            {
+                AdminResponse::Status(s) => s,
+                other => return Err(unexpected(other)),
+            };
+            if json {
+                print_json(&s)?;
+            } else {
+                print!("{}", render::status(&s, false));
+            }
+            if !s.done {
+                eprintln!(
+                    "job {job} not finished after {}",
+                    humantime::format_duration(timeout)
+                );
+                return Ok(EXIT_TIMEOUT);
+            }
+            if s.totals.succeeded != s.totals.total() {
+                return Ok(EXIT_FAILED_LEAVES);
+            }
+        }
+        JobCmd::Rerun { job, json, .. } => {
+            let job = parse_job(&job)?;
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Rerun { job }).await? {
+                AdminResponse::Rerun(r) if json => print_json(&r)?,
+                AdminResponse::Rerun(r) => {
+                    println!(
+                        "job {} attempt {}: {} leaves targeted",
+                        r.job, r.attempt, r.targets
+                    )
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `relay ...`.
+pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
+    match cli.cmd {
+        RelayCmd::Serve {
+            identity,
+            data_dir,
+            listen,
+            parent,
+        } => {
+            // Fail on a bad identity before announcing anything.
+            crate::tls::Identity::load(&identity)?;
+            let shutdown = crate::node::shutdown_on_signal();
+            let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            announce(addr);
+            let cfg = crate::relay::RelayConfig {
+                identity,
+                data_dir,
+                parent,
+                timing: Timing::default(),
+            };
+            crate::relay::run(listener, cfg, shutdown)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `agent ...`.
+pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
+    match cli.cmd {
+        AgentCmd::Serve {
+            identity,
+            data_dir,
+            relay,
+            max_parallel,
+        } => {
+            crate::tls::Identity::load(&identity)?;
+            let shutdown = crate::node::shutdown_on_signal();
+            let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);
+            cfg.max_parallel = max_parallel;
+            crate::agent::run(cfg, shutdown)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,65 @@
+//! `hq init` and `hq cert issue`: the CA and the identities it signs.
+
+use super::args::IssueRole;
+use super::CliError;
+use crate::proto::{NodeName, Role};
+use crate::tls::Ca;
+use std::path::Path;
+
+/// Creates the CA, HQ's identity (name `hq`) and an admin identity (`admin`).
+pub fn init(data_dir: &Path, trust_domain: &str) -> Result<(), CliError> {
+    let ca_dir = crate::hq::layout::ca(data_dir);
+    if ca_dir.join("ca.key").exists() {
+        return Err(CliError::Usage(format!(
+            "{} already holds a CA; refusing to overwrite it",
+            data_dir.display()
+        )));
+    }
+    let ca = Ca::create(trust_domain)?;
+    ca.save(&ca_dir)?;
+    ca.issue(Role::Hq, &name("hq")?, &crate::hq::layout::hq(data_dir))?;
+    ca.issue(
+        Role::Admin,
+        &name("admin")?,
+        &crate::hq::layout::admin(data_dir),
+    )?;
+    Ok(())
+}
+
+fn name(s: &str) -> Result<NodeName, CliError> {
+    NodeName::new(s).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// Issues one identity into `out`, or `count` identities into
+/// `out/NAME-00001` ... `out/NAME-N`. Returns the directories written.
+pub fn issue(
+    data_dir: &Path,
+    role: IssueRole,
+    prefix: &str,
+    out: &Path,
+    count: Option<u32>,
+) -> Result<Vec<std::path::PathBuf>, CliError> {
+    let ca = Ca::load(&crate::hq::layout::ca(data_dir))?;
+    let role = match role {
+        IssueRole::Relay => Role::Relay,
+        IssueRole::Agent => Role::Agent,
+        IssueRole::Admin => Role::Admin,
+    };
+    match count {
+        None => {
+            ca.issue(role, &name(prefix)?, out)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        Some(0) => Err(CliError::Usage("--count must be at least 1".into())),
+        Some(n) => {
+            let mut dirs = Vec::with_capacity(n as usize);
+            for i in 1..=n {
+                let nm = format!("{prefix}-{i:05}");
+                let dir = out.join(&nm);
+                ca.issue(role, &name(&nm)?, &dir)?;
+                dirs.push(dir);
+            }
+            Ok(dirs)
+        }
+    }
+}
