@@ -134,15 +134,9 @@ impl AdminClient {
             .send(Msg::AdminReq { id, req })
             .await
             .map_err(|_| link(LinkError::Closed))?;
-        loop {
-            match self.session.rx.recv().await.map_err(link)? {
-                Msg::AdminResp { id: got, resp } if got == id => {
-                    return resp.map_err(CliError::Refused)
-                }
-                other => {
-                    return Err(CliError::Unexpected(other.kind().to_string()));
-                }
-            }
+        match self.session.rx.recv().await.map_err(link)? {
+            Msg::AdminResp { id: got, resp } if got == id => resp.map_err(CliError::Refused),
+            other => Err(CliError::Unexpected(other.kind().to_string())),
         }
     }
 }
