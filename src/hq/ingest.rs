@@ -7,12 +7,14 @@ use crate::rules::{self, LeafRecord};
 use crate::store::{keys, StoreError};
 use tracing::{debug, warn};
 
-/// Applies one batch from child `from` (not yet durable).
+/// Applies one batch from child `from` (not yet durable). Returns the
+/// `Forget`s to send once it is durable: (child, client, new home).
 pub(crate) fn apply(
     st: &HqState,
     from: &NodeName,
     events: &[(u64, Event)],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(NodeName, NodeName, NodeName)>, StoreError> {
+    let mut forgets = Vec::new();
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = crate::proto::now_ms();
     let mut dirty: Vec<(Vec<u8>, LeafRecord)> = Vec::new();
@@ -62,6 +64,14 @@ pub(crate) fn apply(
                 if let Some(old) = st.clients.get::<ClientRecord>(&k)? {
                     if old.relay != *relay {
                         warn!(%client, from = %old.relay, to = %relay, "client moved");
+                        // The old branch forgets it, unless a relay below HQ
+                        // (the branches' meeting point) already saw the move.
+                        if let Ok(old_top) = super::jobs::top_child(st, &old.relay) {
+                            if old_top != *from {
+                                st.forgetq.put(&keys::name_name(&old_top, client), relay)?;
+                                forgets.push((old_top, client.clone(), relay.clone()));
+                            }
+                        }
                     }
                 }
                 st.clients.put(
@@ -102,5 +112,5 @@ pub(crate) fn apply(
     debug!(from = %from, events = events.len(), leaves = dirty.len(), "applied batch");
     st.leaves
         .put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
-    Ok(())
+    Ok(forgets)
 }

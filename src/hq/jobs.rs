@@ -36,7 +36,7 @@ fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
 }
 
 /// The relay directly under HQ through which `relay` is reached.
-fn top_child(st: &HqState, relay: &NodeName) -> Result<NodeName, HqError> {
+pub(crate) fn top_child(st: &HqState, relay: &NodeName) -> Result<NodeName, HqError> {
     let mut chain = vec![relay.clone()];
     chain.extend(rules::ancestors(relay, |r| parent_of(st, r)));
     let pos = chain.iter().position(|r| *r == st.me);
@@ -69,8 +69,7 @@ fn send_now(st: &HqState, sent: Vec<(NodeName, Assignment)>) {
     let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
     for (child, a) in sent {
         if let Some(tx) = children.get(&child) {
-            // A full or closed session gets it again from the queue on reconnect.
-            let _ = tx.try_send(Msg::Assign(a));
+            crate::link::send_soon(tx, Msg::Assign(a));
         }
     }
 }

@@ -64,6 +64,8 @@ pub(crate) struct HqState {
     pub clients: Table,
     /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
     pub downq: Table,
+    /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
+    pub forgetq: Table,
     /// Sessions of directly connected relays.
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves and jobs (no await inside).
@@ -81,6 +83,7 @@ impl HqState {
             relays: store.table("relays")?,
             clients: store.table("clients")?,
             downq: store.table("downq")?,
+            forgetq: store.table("forgetq")?,
             store,
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),

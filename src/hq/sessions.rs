@@ -3,7 +3,7 @@
 //! a log line naming the peer; every other session goes on.
 
 use super::{ingest, jobs, view, HqError, HqState, RelayRecord};
-use crate::link::{LinkError, Session};
+use crate::link::{queue, LinkError, Session};
 use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
 use crate::store::{keys, StoreError};
 use std::sync::Arc;
@@ -67,6 +67,9 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
             .await
             .map_err(|_| LinkError::Closed)?;
     }
+    for m in queue::queued_forgets(&st.forgetq, &name)? {
+        tx.send(m).await.map_err(|_| LinkError::Closed)?;
+    }
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
         let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,16 +94,20 @@ async fn relay_loop(
                 st.downq
                     .remove(&keys::name_job_attempt(name, job, attempt))?;
             }
+            Msg::ForgetAck { client } => {
+                st.forgetq.remove(&keys::name_name(name, &client))?;
+            }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
                     continue;
                 };
-                ingest::apply(st, name, &events)?;
+                let forgets = ingest::apply(st, name, &events)?;
                 st.store.durable().await?;
                 tx.send(Msg::Ack { seq: last })
                     .await
                     .map_err(|_| LinkError::Closed)?;
                 st.bump();
+                queue::send_forgets(&st.children, forgets);
             }
             other => {
                 let _ = tx

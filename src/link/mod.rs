@@ -8,12 +8,13 @@
 mod accept;
 mod dial;
 mod pump;
+pub mod queue;
 mod session;
 
 pub use accept::{serve, Admission};
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor};
-pub use session::{Session, SessionRx, SessionTx, Timing};
+pub use session::{send_soon, Session, SessionRx, SessionTx, Timing};
 
 use crate::proto::{CodecError, Msg};
 use crate::tls::TlsError;

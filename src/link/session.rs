@@ -35,6 +35,18 @@ impl Default for Timing {
 /// when every sender is dropped.
 pub type SessionTx = mpsc::Sender<Msg>;
 
+/// Sends without waiting: when the session's queue is full the message is
+/// sent from a task of its own; when the session is gone it is dropped (the
+/// receiver gets it again from the sender's queue on its next session).
+pub fn send_soon(tx: &SessionTx, msg: Msg) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = tx.try_send(msg) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(msg).await;
+        });
+    }
+}
+
 /// Receives messages from a session.
 pub struct SessionRx {
     inner: Box<dyn futures::Stream<Item = Result<Msg, crate::proto::CodecError>> + Send + Unpin>,

@@ -227,6 +227,19 @@ pub enum Msg {
         /// The attempt.
         attempt: Attempt,
     },
+    /// Parent to child: `client` registered elsewhere (under `moved_to`);
+    /// drop it from this subtree's directory.
+    Forget {
+        /// The client that moved.
+        client: NodeName,
+        /// Its new home relay.
+        moved_to: NodeName,
+    },
+    /// Child to parent: the `Forget` is durably applied.
+    ForgetAck {
+        /// The client.
+        client: NodeName,
+    },
     /// Child to parent: outbox entries, each with its sequence number.
     Events(Vec<(u64, Event)>),
     /// Parent to child: every event up to `seq` is durably stored.
@@ -263,6 +276,8 @@ impl Msg {
             Msg::Heartbeat => "heartbeat",
             Msg::Assign(_) => "assign",
             Msg::AssignAck { .. } => "assign_ack",
+            Msg::Forget { .. } => "forget",
+            Msg::ForgetAck { .. } => "forget_ack",
             Msg::Events(_) => "events",
             Msg::Ack { .. } => "ack",
             Msg::AdminReq { .. } => "admin_req",

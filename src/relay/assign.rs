@@ -177,19 +177,19 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
         // it so that they account for their own.
         for (child, fwd) in d.relays {
             if let Some(tx) = st.child(&child) {
-                let _ = tx.try_send(Msg::Assign(fwd));
+                crate::link::send_soon(&tx, Msg::Assign(fwd));
             }
         }
         return;
     }
     for client in d.agents {
         if let Some(tx) = st.child(&client) {
-            let _ = tx.try_send(Msg::Assign(for_agent(a, &client)));
+            crate::link::send_soon(&tx, Msg::Assign(for_agent(a, &client)));
         }
     }
     for (child, fwd) in d.relays {
         if let Some(tx) = st.child(&child) {
-            let _ = tx.try_send(Msg::Assign(fwd));
+            crate::link::send_soon(&tx, Msg::Assign(fwd));
         }
     }
 }

@@ -3,7 +3,8 @@
 //! events upward). Results are acknowledged only after they are on disk.
 
 use super::assign::for_agent;
-use super::{AttemptRecord, DirEntry, RelayState};
+use super::{moves, AttemptRecord, DirEntry, RelayState};
+use crate::link::queue::{self, ForgetTo};
 use crate::link::{unexpected, LinkError, Session, SessionRx, SessionTx};
 use crate::proto::{now_ms, Assignment, Event, JobId, LeafState, LeafUpdate, Msg, NodeName, Role};
 use crate::rules::{self, LeafRecord};
@@ -99,13 +100,17 @@ async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
         home: me.clone(),
         via: me.clone(),
     };
-    if st.dir_clients.get::<DirEntry>(&keys::name(&client))? != Some(home.clone()) {
+    let old = st.dir_clients.get::<DirEntry>(&keys::name(&client))?;
+    if old.as_ref() != Some(&home) {
+        let (mut events, forget) = moves::moved(st, &client, old.as_ref(), &me, &me)?;
         st.dir_clients.put(&keys::name(&client), &home)?;
-        st.outbox.push(&[Event::ClientJoined {
+        events.push(Event::ClientJoined {
             client: client.clone(),
             relay: me.clone(),
-        }])?;
+        });
+        st.outbox.push(&events)?;
         st.store.durable().await?;
+        queue::send_forgets(&st.children, forget.into_iter().collect());
         info!(%client, "client registered");
     }
     register(st, &client, &tx);
@@ -177,7 +182,11 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
         }
         let k = keys::job_client(u.job, client);
         let Some(cur) = st.leaves.get::<LeafRecord>(&k)? else {
-            warn!(%client, job = %u.job, "update for a leaf this relay does not hold; dropped");
+            // Delivered by the relay this client lived under before it moved:
+            // pass the result on (HQ merges it), keep nothing here.
+            let mut u = u.clone();
+            u.relay = st.me.clone();
+            events.push(Event::Leaf(u));
             continue;
         };
         if cur.attempt != u.attempt {
@@ -235,16 +244,20 @@ async fn relay_loop(
                 st.downq
                     .remove(&keys::name_job_attempt(child, job, attempt))?;
             }
+            Msg::ForgetAck { client } => {
+                st.forgetq.remove(&keys::name_name(child, &client))?;
+            }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
                     continue;
                 };
-                let fwd = learn(st, child, events)?;
+                let (fwd, forgets) = learn(st, child, events)?;
                 st.outbox.push(&fwd)?;
                 st.store.durable().await?;
                 tx.send(Msg::Ack { seq: last })
                     .await
                     .map_err(|_| LinkError::Closed)?;
+                queue::send_forgets(&st.children, forgets);
             }
             other => return Err(unexpected(&other, "from a child relay")),
         }
@@ -252,16 +265,23 @@ async fn relay_loop(
 }
 
 /// Updates the directory from a child relay's events and returns those to
-/// forward upward. Leaf results for clients not under that child are dropped.
+/// forward upward, and `Forget`s for clients that moved into that child from
+/// elsewhere in this subtree. Leaf results for clients not under that child
+/// are dropped.
 fn learn(
     st: &RelayState,
     child: &NodeName,
     events: Vec<(u64, Event)>,
-) -> Result<Vec<Event>, StoreError> {
+) -> Result<(Vec<Event>, Vec<ForgetTo>), StoreError> {
     let mut fwd = Vec::with_capacity(events.len());
+    let mut forgets = Vec::new();
     for (_, ev) in events {
         match &ev {
             Event::ClientJoined { client, relay } => {
+                let old = st.dir_clients.get::<DirEntry>(&keys::name(client))?;
+                let (cancels, forget) = moves::moved(st, client, old.as_ref(), child, relay)?;
+                fwd.extend(cancels);
+                forgets.extend(forget);
                 st.dir_clients.put(
                     &keys::name(client),
                     &DirEntry {
@@ -287,5 +307,5 @@ fn learn(
         }
         fwd.push(ev);
     }
-    Ok(fwd)
+    Ok((fwd, forgets))
 }

@@ -8,6 +8,7 @@
 mod assign;
 mod children;
 mod expire;
+mod moves;
 mod upward;
 
 use crate::link::{self, Admission, Dialer, SessionTx, Timing};
@@ -81,6 +82,8 @@ pub(crate) struct RelayState {
     pub client_leaves: Table,
     /// child ++ 0 ++ job ++ attempt -> Assignment for a child relay, until acknowledged.
     pub downq: Table,
+    /// child ++ 0 ++ client -> new home: `Forget`s not yet acknowledged.
+    pub forgetq: Table,
     /// Events for the parent.
     pub outbox: Outbox,
     /// Live sessions of agents and child relays.
@@ -99,6 +102,7 @@ impl RelayState {
             leaves: store.table("leaves")?,
             client_leaves: store.table("client_leaves")?,
             downq: store.table("downq")?,
+            forgetq: store.table("forgetq")?,
             outbox: store.outbox("outbox")?,
             store,
             children: Mutex::new(HashMap::new()),

@@ -1,7 +1,8 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, RelayState};
+use super::{assign, moves, RelayState};
+use crate::link::queue;
 use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -30,6 +31,15 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     .await
                     .map_err(|_| LinkError::Closed)?;
                     assign::deliver(&st, &a, d);
+                }
+                Msg::Forget { client, moved_to } => {
+                    let (events, forget) = moves::forget(&st, &client, &moved_to)?;
+                    st.outbox.push(&events)?;
+                    st.store.durable().await?;
+                    tx.send(Msg::ForgetAck { client })
+                        .await
+                        .map_err(|_| LinkError::Closed)?;
+                    queue::send_forgets(&st.children, forget.into_iter().collect());
                 }
                 Msg::Ack { seq } => {
                     st.outbox.ack(seq)?;

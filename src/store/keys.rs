@@ -59,6 +59,13 @@ pub fn name_job(n: &NodeName, job: JobId) -> Vec<u8> {
     k
 }
 
+/// Key of a name under another name (a client queued for a child).
+pub fn name_name(n: &NodeName, m: &NodeName) -> Vec<u8> {
+    let mut k = name_prefix(n);
+    k.extend_from_slice(m.as_str().as_bytes());
+    k
+}
+
 /// A big-endian u64 key.
 pub fn seq(n: u64) -> [u8; 8] {
     n.to_be_bytes()

@@ -1,0 +1,107 @@
+//! Clients that move: an agent registers under another relay. The branch it
+//! left forgets it (so no leaf is counted twice), and its leaves here that
+//! were never delivered are canceled with the reason.
+
+use super::{DirEntry, RelayState};
+use crate::link::queue::ForgetTo;
+use crate::proto::{now_ms, Event, JobId, LeafState, LeafUpdate, NodeName};
+use crate::rules::LeafRecord;
+use crate::store::{keys, StoreError};
+use tracing::info;
+
+/// `client` now lives under `moved_to`, reached through `via_now` (a child,
+/// or this relay itself). Given its previous directory entry, decides who
+/// forgets it: this relay (its home leaves), or the child it was under (a
+/// queued `Forget`). Returns events to send up and a `Forget` to send down.
+pub(crate) fn moved(
+    st: &RelayState,
+    client: &NodeName,
+    old: Option<&DirEntry>,
+    via_now: &NodeName,
+    moved_to: &NodeName,
+) -> Result<(Vec<Event>, Option<ForgetTo>), StoreError> {
+    let Some(old) = old else {
+        return Ok((vec![], None));
+    };
+    if old.via == *via_now {
+        return Ok((vec![], None));
+    }
+    info!(%client, from = %old.home, to = %moved_to, "client moved");
+    if old.via == st.me {
+        return Ok((cancel_undelivered(st, client, moved_to)?, None));
+    }
+    st.forgetq
+        .put(&keys::name_name(&old.via, client), moved_to)?;
+    Ok((
+        vec![],
+        Some((old.via.clone(), client.clone(), moved_to.clone())),
+    ))
+}
+
+/// A `Forget` from the parent: drop `client` from this subtree.
+pub(crate) fn forget(
+    st: &RelayState,
+    client: &NodeName,
+    moved_to: &NodeName,
+) -> Result<(Vec<Event>, Option<ForgetTo>), StoreError> {
+    let k = keys::name(client);
+    let old = st.dir_clients.get::<DirEntry>(&k)?;
+    st.dir_clients.remove(&k)?;
+    match old {
+        None => Ok((vec![], None)),
+        Some(o) if o.via == st.me => Ok((cancel_undelivered(st, client, moved_to)?, None)),
+        Some(o) => {
+            st.forgetq.put(&keys::name_name(&o.via, client), moved_to)?;
+            Ok((vec![], Some((o.via, client.clone(), moved_to.clone()))))
+        }
+    }
+}
+
+/// Cancels the home leaves of `client` still pending here.
+fn cancel_undelivered(
+    st: &RelayState,
+    client: &NodeName,
+    moved_to: &NodeName,
+) -> Result<Vec<Event>, StoreError> {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let now = now_ms();
+    let mut events = Vec::new();
+    let prefix = keys::name_prefix(client);
+    let jobs: Vec<JobId> = st
+        .client_leaves
+        .scan::<u32>(&prefix)
+        .filter_map(|r| r.ok())
+        .filter_map(|(k, _)| k.get(prefix.len()..).and_then(keys::read_u64).map(JobId))
+        .collect();
+    for job in jobs {
+        let lk = keys::job_client(job, client);
+        let Some(leaf) = st.leaves.get::<LeafRecord>(&lk)? else {
+            continue;
+        };
+        if leaf.state != LeafState::Pending {
+            continue;
+        }
+        let reason = format!("client moved to relay {moved_to} before delivery");
+        st.leaves.put(
+            &lk,
+            &LeafRecord {
+                state: LeafState::Canceled,
+                reason: Some(reason.clone()),
+                at_ms: now,
+                ..leaf.clone()
+            },
+        )?;
+        events.push(Event::Leaf(LeafUpdate {
+            job,
+            attempt: leaf.attempt,
+            client: client.clone(),
+            relay: st.me.clone(),
+            state: LeafState::Canceled,
+            exit_code: None,
+            reason: Some(reason),
+            output: None,
+            at_ms: now,
+        }));
+    }
+    Ok(events)
+}
