@@ -193,3 +193,117 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Action, Attempt, JobId};
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn relay(dir: &std::path::Path) -> RelayState {
+        let st = RelayState::open(n("r1"), Store::open(dir).unwrap()).unwrap();
+        let home = DirEntry {
+            home: n("r1"),
+            via: n("r1"),
+        };
+        let below = DirEntry {
+            home: n("r2"),
+            via: n("r2"),
+        };
+        let deeper = DirEntry {
+            home: n("r4"),
+            via: n("r2"),
+        };
+        for (c, e) in [
+            ("c1", &home),
+            ("c2", &home),
+            ("c3", &below),
+            ("c4", &deeper),
+        ] {
+            st.dir_clients.put(&keys::name(&n(c)), e).unwrap();
+        }
+        st.dir_relays.put(&keys::name(&n("r2")), &n("r2")).unwrap();
+        st.dir_relays.put(&keys::name(&n("r4")), &n("r2")).unwrap();
+        st
+    }
+
+    fn assignment(attempt: u32, scope: Scope) -> Assignment {
+        Assignment {
+            job: JobId(7),
+            attempt: Attempt(attempt),
+            action: Action::Ping,
+            expires_at_ms: None,
+            scope,
+        }
+    }
+
+    fn targets_reported(st: &RelayState) -> Vec<(String, String)> {
+        st.outbox
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, e)| match e {
+                Event::Targets { leaves, .. } => leaves,
+                _ => vec![],
+            })
+            .map(|(c, h)| (c.to_string(), h.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn snapshot_covers_every_lower_client_and_splits_by_hop() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = relay(dir.path());
+        let d = apply(&st, &assignment(1, Scope::AllLowerOf(vec![n("r1")]))).unwrap();
+        assert_eq!(d.agents, vec![n("c1"), n("c2")]);
+        assert_eq!(d.relays.len(), 1);
+        assert_eq!(d.relays[0].0, n("r2"));
+        assert_eq!(d.relays[0].1.scope, Scope::Targets(vec![n("c3"), n("c4")]));
+        let reported = targets_reported(&st);
+        assert_eq!(reported.len(), 4);
+        assert!(reported.contains(&("c4".into(), "r4".into())));
+        // The same assignment again creates nothing and reports nothing new.
+        let again = apply(&st, &assignment(1, Scope::AllLowerOf(vec![n("r1")]))).unwrap();
+        assert!(again.agents.is_empty() && again.relays.is_empty());
+        assert_eq!(targets_reported(&st).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_named_lower_relay_is_routed_not_snapshotted_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = relay(dir.path());
+        let d = apply(&st, &assignment(1, Scope::AllLowerOf(vec![n("r4")]))).unwrap();
+        assert!(d.agents.is_empty());
+        assert_eq!(d.relays[0].0, n("r2"));
+        assert_eq!(d.relays[0].1.scope, Scope::AllLowerOf(vec![n("r4")]));
+        assert!(targets_reported(&st).is_empty());
+    }
+
+    #[tokio::test]
+    async fn explicit_targets_route_and_unknown_clients_are_accounted_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = relay(dir.path());
+        let d = apply(
+            &st,
+            &assignment(2, Scope::Targets(vec![n("c2"), n("c4"), n("gone")])),
+        )
+        .unwrap();
+        assert_eq!(d.agents, vec![n("c2")]);
+        assert_eq!(d.relays[0].1.scope, Scope::Targets(vec![n("c4")]));
+        let canceled: Vec<_> = st
+            .outbox
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Leaf(u) if u.state == LeafState::Canceled => Some(u.client.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(canceled, vec!["gone"]);
+    }
+}

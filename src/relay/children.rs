@@ -196,6 +196,10 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
         u.relay = st.me.clone();
         if let Some(new) = rules::merge(Some(&cur), &u) {
             st.leaves.put(&k, &new)?;
+            if new.state.is_final() {
+                // Nothing left to deliver: keep the per-client index small.
+                st.client_leaves.remove(&keys::name_job(client, u.job))?;
+            }
             events.push(Event::Leaf(u));
         }
     }

@@ -96,3 +96,51 @@ pub(crate) fn sweep(st: &RelayState, now: u64) -> Result<usize, StoreError> {
     }
     Ok(expired)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Action, Assignment, Attempt, Scope};
+    use crate::relay::DirEntry;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn pending_leaves_expire_once_and_delivered_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = NodeName::new("r1").unwrap();
+        let st = RelayState::open(me.clone(), Store::open(dir.path()).unwrap()).unwrap();
+        let home = DirEntry {
+            home: me.clone(),
+            via: me.clone(),
+        };
+        let (c1, c2) = (NodeName::new("c1").unwrap(), NodeName::new("c2").unwrap());
+        for c in [&c1, &c2] {
+            st.dir_clients.put(&keys::name(c), &home).unwrap();
+        }
+        let a = Assignment {
+            job: JobId(1),
+            attempt: Attempt(1),
+            action: Action::Ping,
+            expires_at_ms: Some(1_000),
+            scope: Scope::AllLowerOf(vec![me.clone()]),
+        };
+        crate::relay::assign::apply(&st, &a).unwrap();
+        // c2 got it before the expiry.
+        let k2 = keys::job_client(JobId(1), &c2);
+        let mut l2: LeafRecord = st.leaves.get(&k2).unwrap().unwrap();
+        l2.state = LeafState::Delivered;
+        st.leaves.put(&k2, &l2).unwrap();
+
+        assert_eq!(sweep(&st, 999).unwrap(), 0);
+        assert_eq!(sweep(&st, 1_000).unwrap(), 1);
+        assert_eq!(sweep(&st, 5_000).unwrap(), 0);
+        let l1: LeafRecord = st
+            .leaves
+            .get(&keys::job_client(JobId(1), &c1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(l1.state, LeafState::Expired);
+        let l2: LeafRecord = st.leaves.get(&k2).unwrap().unwrap();
+        assert_eq!(l2.state, LeafState::Delivered);
+    }
+}
