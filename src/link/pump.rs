@@ -7,8 +7,10 @@ use crate::proto::Msg;
 use crate::store::Outbox;
 use tokio::sync::watch;
 
-/// Entries per `Events` message.
+/// Entries per `Events` message, at most.
 pub const BATCH: usize = 2048;
+/// Stored bytes per `Events` message, at most (well under the frame limit).
+pub const BATCH_BYTES: usize = 512 * 1024;
 /// Entries sent but not acknowledged before the pump waits.
 pub const WINDOW: u64 = 16 * BATCH as u64;
 
@@ -29,7 +31,7 @@ pub async fn pump_outbox(
         let changed = notify.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let batch = outbox.read_after(sent, BATCH)?;
+        let batch = outbox.read_batch(sent, BATCH, BATCH_BYTES)?;
         if batch.is_empty() {
             changed.await;
             continue;

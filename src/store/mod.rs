@@ -153,7 +153,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, StoreError> {
+    pub(crate) fn decode<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, StoreError> {
         rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt {
             tree: self.name.to_string(),
             reason: e.to_string(),

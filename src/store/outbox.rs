@@ -49,13 +49,29 @@ impl Outbox {
 
     /// Up to `max` entries with sequence numbers above `after`.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        self.read_batch(after, max, usize::MAX)
+    }
+
+    /// Up to `max` entries above `after`, stopping before their stored size
+    /// passes `max_bytes` (at least one entry, however large).
+    pub fn read_batch(
+        &self,
+        after: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Event)>, StoreError> {
         let mut out = Vec::new();
-        for r in self.table.range_from::<Event>(&keys::seq(after + 1)) {
-            let (k, e) = r?;
+        let mut bytes = 0usize;
+        for r in self.table.tree.range(keys::seq(after + 1).to_vec()..) {
+            let (k, v) = r?;
             let Some(seq) = keys::read_u64(&k) else {
                 continue;
             };
-            out.push((seq, e));
+            bytes += v.len() + 16;
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push((seq, self.table.decode(&v)?));
             if out.len() >= max {
                 break;
             }
@@ -125,5 +141,18 @@ mod tests {
         let o = s.outbox("outbox").unwrap();
         assert_eq!(o.push(&[ev(4)]).unwrap(), 4);
         assert_eq!(o.read_after(0, 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn batches_are_capped_by_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let o = s.outbox("outbox").unwrap();
+        let evs: Vec<Event> = (0..100).map(ev).collect();
+        o.push(&evs).unwrap();
+        let small = o.read_batch(0, 1000, 200).unwrap();
+        assert!(!small.is_empty() && small.len() < 100, "{}", small.len());
+        assert_eq!(o.read_batch(0, 1000, 1).unwrap().len(), 1);
+        assert_eq!(o.read_batch(0, 1000, usize::MAX).unwrap().len(), 100);
     }
 }
