@@ -1,19 +1,25 @@
 //! The agent: dials its relay, keeps a run log so that each attempt runs at
 //! most once (even across restarts), runs commands, and reports results
-//! through its outbox.
+//! through its outbox. `agent serve` runs one; `agent swarm` runs many on one
+//! runtime and one store, each with its own identity, TLS session, run log and
+//! outbox (keyed by its name), through exactly the same code.
 //!
 //! Never imports `hq` or `relay`.
 
 pub mod exec;
 mod run;
 mod runlog;
+mod swarm;
+
+pub use swarm::{swarm, SwarmConfig};
 
 use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session, Timing};
 use crate::proto::{Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
-use crate::store::{Outbox, Store, StoreError, Table};
+use crate::store::{keys, Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -32,7 +38,35 @@ pub enum AgentError {
     Config(String),
 }
 
-/// How to run an agent.
+/// How an agent behaves, beyond where it connects.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Session timers.
+    pub timing: Timing,
+    /// Commands run at the same time, at most.
+    pub max_parallel: usize,
+    /// Bytes of output kept per run.
+    pub tail_bytes: usize,
+    /// For load tests: this fraction of attempts fails without running
+    /// (chosen by a hash of client, job and attempt, so reruns differ).
+    pub fail_fraction: f64,
+    /// For load tests: wait this long before carrying out each attempt.
+    pub delay: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            timing: Timing::default(),
+            max_parallel: 4,
+            tail_bytes: 4096,
+            fail_fraction: 0.0,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// How to run one agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// Directory with ca.crt, node.crt, node.key.
@@ -41,58 +75,70 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The relay's HOST:PORT.
     pub relay: String,
-    /// Session timers.
-    pub timing: Timing,
-    /// Commands run at the same time, at most.
-    pub max_parallel: usize,
-    /// Bytes of output kept per run.
-    pub tail_bytes: usize,
+    /// Behaviour.
+    pub options: AgentOptions,
 }
 
 impl AgentConfig {
-    /// Defaults for everything but the three paths.
+    /// Default options.
     pub fn new(identity: PathBuf, data_dir: PathBuf, relay: String) -> AgentConfig {
         AgentConfig {
             identity,
             data_dir,
             relay,
-            timing: Timing::default(),
-            max_parallel: 4,
-            tail_bytes: 4096,
+            options: AgentOptions::default(),
         }
     }
 }
 
-/// The agent's shared state.
+/// One agent's state.
 pub(crate) struct AgentState {
     pub me: NodeName,
     pub store: Store,
-    /// job ++ attempt -> RunRecord.
+    /// name ++ 0 ++ job ++ attempt -> RunRecord.
     pub runs: Table,
     pub outbox: Outbox,
     pub slots: Semaphore,
-    pub tail_bytes: usize,
+    pub options: AgentOptions,
 }
 
-/// Runs an agent until `shutdown`.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
-    let identity = Identity::load(&cfg.identity)?;
-    let me = identity.me().clone();
-    if me.role != Role::Agent {
+/// Loads an identity meant for an agent.
+pub(crate) fn load_identity(dir: &std::path::Path) -> Result<Identity, AgentError> {
+    let identity = Identity::load(dir)?;
+    if identity.me().role != Role::Agent {
         return Err(AgentError::Config(format!(
             "{} holds a {} certificate, not an agent one",
-            cfg.identity.display(),
-            me.role
+            dir.display(),
+            identity.me().role
         )));
     }
+    Ok(identity)
+}
+
+/// Runs one agent until `shutdown`.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let identity = load_identity(&cfg.identity)?;
     let store = Store::open(&cfg.data_dir)?;
+    run_on(identity, store, cfg.relay, cfg.options, shutdown).await
+}
+
+/// Runs one agent on a store that may be shared with others.
+pub(crate) async fn run_on(
+    identity: Identity,
+    store: Store,
+    relay: String,
+    options: AgentOptions,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let me = identity.me().clone();
+    let prefix = keys::name_prefix(&me.name);
     let st = Arc::new(AgentState {
         me: me.name.clone(),
         runs: store.table("runs")?,
-        outbox: store.outbox("outbox")?,
+        outbox: store.outbox_prefixed("outbox", &prefix)?,
         store,
-        slots: Semaphore::new(cfg.max_parallel.max(1)),
-        tail_bytes: cfg.tail_bytes,
+        slots: Semaphore::new(options.max_parallel.max(1)),
+        options: options.clone(),
     });
     let span = tracing::info_span!("agent", client = %me.name);
     async {
@@ -101,14 +147,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }
         st.store.durable().await?;
         let dialer = Dialer {
-            addr: cfg.relay.clone(),
+            addr: relay,
             connector: tokio_rustls::TlsConnector::from(identity.client_config(Role::Relay, None)?),
             me: Hello {
                 version: PROTOCOL_VERSION,
                 name: me.name.clone(),
                 role: Role::Agent,
             },
-            timing: cfg.timing,
+            timing: options.timing,
         };
         dial_loop(dialer, shutdown, |s| session(st.clone(), s)).await;
         st.store.durable().await?;

@@ -24,6 +24,15 @@ async fn execute_inner(
     st: &AgentState,
     mut rec: RunRecord,
 ) -> Result<(), crate::store::StoreError> {
+    if !st.options.delay.is_zero() {
+        tokio::time::sleep(st.options.delay).await;
+    }
+    if should_fail(st, &rec) {
+        let mut u = runlog::update(st, &rec, LeafState::Failed);
+        u.reason = Some("failed on purpose (--fail-fraction)".into());
+        runlog::record(st, &mut rec, u)?;
+        return st.store.durable().await;
+    }
     let spec = match &rec.action {
         Action::Ping => {
             let u = runlog::update(st, &rec, LeafState::Succeeded);
@@ -49,7 +58,7 @@ async fn execute_inner(
         env,
         cwd: spec.cwd.as_ref().map(PathBuf::from),
         timeout: spec.timeout_ms.map(Duration::from_millis),
-        tail_bytes: st.tail_bytes,
+        tail_bytes: st.options.tail_bytes,
     })
     .await;
     let mut u = runlog::update(st, &rec, LeafState::Failed);
@@ -78,4 +87,18 @@ async fn execute_inner(
     info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "run finished");
     runlog::record(st, &mut rec, u)?;
     st.store.durable().await
+}
+
+/// Load tests: whether this attempt fails on purpose. A hash of client, job
+/// and attempt, so the same attempt always decides the same way and a rerun
+/// decides afresh.
+fn should_fail(st: &AgentState, rec: &RunRecord) -> bool {
+    use std::hash::{Hash, Hasher};
+    let f = st.options.fail_fraction;
+    if f <= 0.0 {
+        return false;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (st.me.as_str(), rec.job.0, rec.attempt.0).hash(&mut h);
+    (h.finish() % 1_000_000) as f64 / 1_000_000.0 < f
 }

@@ -48,7 +48,7 @@ pub(crate) fn accept(
         warn!(job = %a.job, "assignment does not target this agent; ignored");
         return Ok(None);
     }
-    let k = keys::job_attempt(a.job, a.attempt);
+    let k = keys::name_job_attempt(&st.me, a.job, a.attempt);
     if st.runs.contains(&k)? {
         return Ok(None);
     }
@@ -80,7 +80,8 @@ pub(crate) fn record(
     if u.state.is_final() {
         rec.result = Some(u.state);
     }
-    st.runs.put(&keys::job_attempt(rec.job, rec.attempt), rec)?;
+    st.runs
+        .put(&keys::name_job_attempt(&st.me, rec.job, rec.attempt), rec)?;
     st.outbox.push(&[Event::Leaf(u)])?;
     Ok(())
 }
@@ -106,7 +107,7 @@ pub(crate) fn recover(st: &AgentState) -> Result<Vec<RunRecord>, StoreError> {
     let mut to_run = Vec::new();
     let all: Vec<RunRecord> = st
         .runs
-        .scan::<RunRecord>(b"")
+        .scan::<RunRecord>(&keys::name_prefix(&st.me))
         .map(|r| r.map(|(_, v)| v))
         .collect::<Result<_, _>>()?;
     for mut rec in all {

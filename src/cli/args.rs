@@ -237,6 +237,27 @@ pub enum AgentCmd {
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,
     },
+    /// Run one real agent per identity under a directory, in one process.
+    Swarm {
+        /// Directory of identities (`hq cert issue --count N --out DIR`).
+        #[arg(long)]
+        identities: PathBuf,
+        /// The relay's HOST:PORT.
+        #[arg(long)]
+        relay: String,
+        /// Where the swarm keeps its (shared) store.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// For load tests: this fraction (0 to 1) of attempts fails without running.
+        #[arg(long, default_value_t = 0.0)]
+        fail_fraction: f64,
+        /// For load tests: wait this long before carrying out each attempt (e.g. 50ms).
+        #[arg(long)]
+        delay: Option<String>,
+        /// Commands run at the same time per agent, at most.
+        #[arg(long, default_value_t = 1)]
+        max_parallel: usize,
+    },
 }
 
 #[cfg(test)]

@@ -304,8 +304,42 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             crate::tls::Identity::load(&identity)?;
             let shutdown = crate::node::shutdown_on_signal();
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);
-            cfg.max_parallel = max_parallel;
+            cfg.options.max_parallel = max_parallel;
             crate::agent::run(cfg, shutdown)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+        }
+        AgentCmd::Swarm {
+            identities,
+            relay,
+            data_dir,
+            fail_fraction,
+            delay,
+            max_parallel,
+        } => {
+            if !(0.0..=1.0).contains(&fail_fraction) {
+                return Err(CliError::Usage(format!(
+                    "--fail-fraction {fail_fraction} is not between 0 and 1"
+                )));
+            }
+            let delay = delay
+                .map(|d| parse_duration("--delay", &d))
+                .transpose()?
+                .unwrap_or_default();
+            let shutdown = crate::node::shutdown_on_signal();
+            let options = crate::agent::AgentOptions {
+                max_parallel,
+                fail_fraction,
+                delay,
+                ..Default::default()
+            };
+            let cfg = crate::agent::SwarmConfig {
+                identities,
+                relay,
+                data_dir,
+                options,
+            };
+            crate::agent::swarm(cfg, shutdown)
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
         }

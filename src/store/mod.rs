@@ -108,7 +108,12 @@ impl Store {
 
     /// The outbox tree `name`.
     pub fn outbox(&self, name: &'static str) -> Result<Outbox, StoreError> {
-        Outbox::open(self.table(name)?)
+        Outbox::open(self.table(name)?, b"")
+    }
+
+    /// One of several outboxes sharing tree `name`, under `prefix`.
+    pub fn outbox_prefixed(&self, name: &'static str, prefix: &[u8]) -> Result<Outbox, StoreError> {
+        Outbox::open(self.table(name)?, prefix)
     }
 
     /// Waits until everything written before the call is on disk. Concurrent
