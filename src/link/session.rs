@@ -61,6 +61,9 @@ impl SessionRx {
             match tokio::time::timeout(self.idle, self.inner.next()).await {
                 Err(_) => return Err(LinkError::Idle(self.idle)),
                 Ok(None) => return Err(LinkError::Closed),
+                Ok(Some(Err(crate::proto::CodecError::Io(e)))) if is_disconnect(&e) => {
+                    return Err(LinkError::Closed)
+                }
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(Some(Ok(Msg::Heartbeat))) => continue,
                 Ok(Some(Ok(Msg::Bye { reason }))) => return Err(LinkError::Bye(reason)),
@@ -68,6 +71,15 @@ impl SessionRx {
             }
         }
     }
+}
+
+/// An EOF without close_notify or a reset: an ordinary disconnect, not a fault.
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
 }
 
 /// An established session with a verified peer.
