@@ -143,6 +143,7 @@ pub async fn run(
         },
         trust_domain: me.trust_domain.clone(),
         timing,
+        limits: Default::default(),
     });
     let st = state.clone();
     link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {

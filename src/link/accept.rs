@@ -10,10 +10,11 @@ use futures::SinkExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// Who may connect to a listener and how this side introduces itself.
 pub struct Admission {
@@ -25,6 +26,26 @@ pub struct Admission {
     pub trust_domain: String,
     /// Timers.
     pub timing: Timing,
+    /// Limits on connections.
+    pub limits: Limits,
+}
+
+/// Caps that keep a flood of connections from exhausting a server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections at most (sessions and handshakes together).
+    pub max_connections: usize,
+    /// Connections still in the TLS handshake or `Hello` at most.
+    pub max_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 200_000,
+            max_handshakes: 8192,
+        }
+    }
 }
 
 /// Accepts sessions until `shutdown`; each admitted session goes to `handler`
@@ -40,6 +61,8 @@ pub async fn serve<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    let conns = Arc::new(Semaphore::new(adm.limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(adm.limits.max_handshakes));
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -53,10 +76,20 @@ pub async fn serve<H, F>(
                 }
             },
         };
+        let (Ok(conn_permit), Ok(hs_permit)) = (
+            conns.clone().try_acquire_owned(),
+            handshakes.clone().try_acquire_owned(),
+        ) else {
+            // Over a cap: refuse at once rather than let the flood queue up.
+            debug!(%addr, "connection refused: too many connections or handshakes");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, adm, handler) = (acceptor.clone(), adm.clone(), handler.clone());
         tokio::spawn(
             async move {
+                let _conn_permit = conn_permit;
                 let within = adm.timing.handshake_timeout;
                 let session = match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
                     Err(_) => {
@@ -69,6 +102,7 @@ pub async fn serve<H, F>(
                     }
                     Ok(Ok(s)) => s,
                 };
+                drop(hs_permit);
                 let span = tracing::info_span!(
                     "session",
                     peer = %session.peer.name,

@@ -11,7 +11,7 @@ mod pump;
 pub mod queue;
 mod session;
 
-pub use accept::{serve, Admission};
+pub use accept::{serve, Admission, Limits};
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor};
 pub use session::{send_soon, Session, SessionRx, SessionTx, Timing};

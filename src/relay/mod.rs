@@ -161,6 +161,7 @@ pub async fn run(
         me: hello,
         trust_domain: me.trust_domain.clone(),
         timing: cfg.timing,
+        limits: Default::default(),
     });
     let s2 = st.clone();
     link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
