@@ -78,3 +78,17 @@ pub fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Raises the open-file limit to the hard limit where allowed (a relay holds
+/// one socket per agent); returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(0)
+        }
+    }
+}

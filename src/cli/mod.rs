@@ -109,6 +109,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             }
         }
         HqCmd::Serve { data_dir, listen } => {
+            crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
                 .await
@@ -273,6 +274,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
         } => {
             // Fail on a bad identity before announcing anything.
             crate::tls::Identity::load(&identity)?;
+            crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
                 .await
@@ -302,6 +304,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             max_parallel,
         } => {
             crate::tls::Identity::load(&identity)?;
+            crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);
             cfg.options.max_parallel = max_parallel;
@@ -326,6 +329,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 .map(|d| parse_duration("--delay", &d))
                 .transpose()?
                 .unwrap_or_default();
+            crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let options = crate::agent::AgentOptions {
                 max_parallel,
