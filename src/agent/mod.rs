@@ -10,11 +10,12 @@ pub mod exec;
 mod run;
 mod runlog;
 mod swarm;
+mod verify;
 
 pub use swarm::{swarm, SwarmConfig};
 
 use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session, Timing};
-use crate::proto::{Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
+use crate::proto::{now_ms, Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
 use crate::store::{keys, Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
 use std::path::PathBuf;
@@ -100,6 +101,8 @@ pub(crate) struct AgentState {
     pub outbox: Outbox,
     pub slots: Semaphore,
     pub options: AgentOptions,
+    /// HQ's public job-signing key: nothing runs without HQ's signature.
+    pub job_key: crate::tls::VerifyKey,
 }
 
 /// Loads an identity meant for an agent.
@@ -110,6 +113,13 @@ pub(crate) fn load_identity(dir: &std::path::Path) -> Result<Identity, AgentErro
             "{} holds a {} certificate, not an agent one",
             dir.display(),
             identity.me().role
+        )));
+    }
+    if identity.job_key().is_none() {
+        return Err(AgentError::Config(format!(
+            "{} has no {} (hq's job-signing key): issue the identity again with `hq cert issue`",
+            dir.display(),
+            crate::tls::SIGN_PUB
         )));
     }
     Ok(identity)
@@ -132,7 +142,12 @@ pub(crate) async fn run_on(
 ) -> Result<(), AgentError> {
     let me = identity.me().clone();
     let prefix = keys::name_prefix(&me.name);
+    let job_key = identity
+        .job_key()
+        .cloned()
+        .ok_or_else(|| AgentError::Config("identity has no job-signing key".into()))?;
     let st = Arc::new(AgentState {
+        job_key,
         me: me.name.clone(),
         runs: store.table("runs")?,
         outbox: store.outbox_prefixed("outbox", &prefix)?,
@@ -173,7 +188,13 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
         loop {
             match rx.recv().await? {
                 Msg::Assign(a) => {
-                    if let Some(fresh) = runlog::accept(&st, &a, &relay)? {
+                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, now_ms());
+                    if let Err(why) = verdict {
+                        tracing::warn!(job = %a.job, attempt = %a.attempt, %relay, reason = %why, "assignment refused");
+                        if runlog::refuse(&st, &a, &relay, &why)? {
+                            st.store.durable().await?;
+                        }
+                    } else if let Some(fresh) = runlog::accept(&st, &a, &relay)? {
                         st.store.durable().await?;
                         tokio::spawn(run::execute(st.clone(), fresh).in_current_span());
                     }

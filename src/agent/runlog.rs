@@ -66,6 +66,35 @@ pub(crate) fn accept(
     Ok(Some(rec))
 }
 
+/// Records a refused assignment as a failed run with the reason (not yet
+/// durable), unless this attempt is already in the log. Returns whether it
+/// recorded anything. The attempt will not run, even if a valid copy arrives
+/// later: only a rerun (a new attempt, newly signed) runs it.
+pub(crate) fn refuse(
+    st: &AgentState,
+    a: &Assignment,
+    relay: &NodeName,
+    why: &str,
+) -> Result<bool, StoreError> {
+    let k = keys::name_job_attempt(&st.me, a.job, a.attempt);
+    if st.runs.contains(&k)? {
+        return Ok(false);
+    }
+    let mut rec = RunRecord {
+        job: a.job,
+        attempt: a.attempt,
+        action: a.action.clone(),
+        relay: relay.clone(),
+        state: RunState::Received,
+        result: None,
+        received_at_ms: now_ms(),
+    };
+    let mut u = update(st, &rec, LeafState::Failed);
+    u.reason = Some(format!("refused: {why}"));
+    record(st, &mut rec, u)?;
+    Ok(true)
+}
+
 /// Moves a run to `state` and queues the matching leaf update (not yet durable).
 pub(crate) fn record(
     st: &AgentState,

@@ -17,6 +17,7 @@ pub fn init(data_dir: &Path, trust_domain: &str) -> Result<(), CliError> {
     }
     let ca = Ca::create(trust_domain)?;
     ca.save(&ca_dir)?;
+    crate::tls::SigningKey::create(&ca_dir)?;
     ca.issue(Role::Hq, &name("hq")?, &crate::hq::layout::hq(data_dir))?;
     ca.issue(
         Role::Admin,
@@ -39,15 +40,26 @@ pub fn issue(
     out: &Path,
     count: Option<u32>,
 ) -> Result<Vec<std::path::PathBuf>, CliError> {
-    let ca = Ca::load(&crate::hq::layout::ca(data_dir))?;
     let role = match role {
         IssueRole::Relay => Role::Relay,
         IssueRole::Agent => Role::Agent,
         IssueRole::Admin => Role::Admin,
     };
+    let ca_dir = crate::hq::layout::ca(data_dir);
+    let ca = Ca::load(&ca_dir)?;
+    // Every identity carries HQ's public job-signing key.
+    let sign_pub = ca_dir.join(crate::tls::SIGN_PUB);
+    let pubkey = std::fs::read(&sign_pub)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", sign_pub.display())))?;
+    let issue_one = |nm: &NodeName, dir: &Path| -> Result<(), CliError> {
+        ca.issue(role, nm, dir)?;
+        let p = dir.join(crate::tls::SIGN_PUB);
+        std::fs::write(&p, &pubkey)
+            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", p.display())))
+    };
     match count {
         None => {
-            ca.issue(role, &name(prefix)?, out)?;
+            issue_one(&name(prefix)?, out)?;
             Ok(vec![out.to_path_buf()])
         }
         Some(0) => Err(CliError::Usage("--count must be at least 1".into())),
@@ -56,7 +68,7 @@ pub fn issue(
             for i in 1..=n {
                 let nm = format!("{prefix}-{i:05}");
                 let dir = out.join(&nm);
-                ca.issue(role, &name(&nm)?, &dir)?;
+                issue_one(&name(&nm)?, &dir)?;
                 dirs.push(dir);
             }
             Ok(dirs)

@@ -31,6 +31,12 @@ pub(crate) fn apply(
             Event::Leaf(u) => {
                 let k = keys::job_client(u.job, &u.client);
                 let cur = lookup(&k, &pending)?;
+                if cur.is_none() {
+                    // Targets always arrive before results (same path, in
+                    // order): a result for an unknown leaf was never ordered.
+                    warn!(from = %from, job = %u.job, client = %u.client, "result for a leaf that was not targeted; dropped");
+                    continue;
+                }
                 if let Some(new) = rules::merge(cur.as_ref(), u) {
                     pending.insert(k, new);
                 }

@@ -2,7 +2,10 @@
 //! each top-level relay, persist it in that relay's queue, then send it.
 
 use super::{HqError, HqState, RelayRecord};
-use crate::proto::{now_ms, Action, Assignment, Attempt, JobId, Msg, NodeName, RerunResult, Scope};
+use crate::proto::{
+    now_ms, Action, Assignment, Attempt, JobId, Msg, NodeName, Order, RerunResult, Scope,
+    SignedOrder,
+};
 use crate::rules::{self, LeafRecord};
 use crate::store::keys;
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,17 @@ fn known_relays(st: &HqState) -> Vec<String> {
         .filter_map(|r| r.ok())
         .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
         .collect()
+}
+
+/// Encodes and signs an order.
+fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
+    let body = rmp_serde::to_vec_named(order)
+        .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
+    Ok(SignedOrder {
+        sig: st.signer.sign(&body),
+        body,
+        relay: order.relay.clone(),
+    })
 }
 
 /// Queues `a` for `child` (not yet durable).
@@ -118,6 +132,19 @@ pub(crate) async fn create(
             awaiting: dest_n,
         };
         st.jobs.put(&keys::job(job), &rec)?;
+        let order = sign(
+            st,
+            &Order {
+                job,
+                attempt: Attempt(1),
+                action: action.clone(),
+                expires_at_ms,
+                issued_at_ms: now,
+                dest: rec.awaiting.clone(),
+                relay: None,
+                targets: None,
+            },
+        )?;
         let mut queued = Vec::new();
         for (top, list) in by_top {
             let a = Assignment {
@@ -126,6 +153,7 @@ pub(crate) async fn create(
                 action: action.clone(),
                 expires_at_ms,
                 scope: Scope::AllLowerOf(list),
+                orders: vec![order.clone()],
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));
@@ -163,10 +191,15 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         rec.attempt = attempt;
         rec.expires_at_ms = rec.expires_ms.map(|e| now + e);
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
+        let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut fresh = Vec::with_capacity(targets.len());
         for (client, home) in &targets {
             by_top
                 .entry(top_child(st, home)?)
+                .or_default()
+                .push(client.clone());
+            by_home
+                .entry(home.clone())
                 .or_default()
                 .push(client.clone());
             fresh.push((
@@ -177,6 +210,24 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         st.leaves
             .put_many(fresh.iter().map(|(k, v)| (k.clone(), v)))?;
         st.jobs.put(&jk, &rec)?;
+        // One signed order per home relay, naming exactly its targets.
+        let mut orders: BTreeMap<NodeName, Vec<SignedOrder>> = BTreeMap::new();
+        for (home, list) in by_home {
+            let o = sign(
+                st,
+                &Order {
+                    job,
+                    attempt,
+                    action: rec.action.clone(),
+                    expires_at_ms: rec.expires_at_ms,
+                    issued_at_ms: now,
+                    dest: vec![],
+                    relay: Some(home.clone()),
+                    targets: Some(list),
+                },
+            )?;
+            orders.entry(top_child(st, &home)?).or_default().push(o);
+        }
         let mut queued = Vec::new();
         for (top, list) in by_top {
             let a = Assignment {
@@ -185,6 +236,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
                 action: rec.action.clone(),
                 expires_at_ms: rec.expires_at_ms,
                 scope: Scope::Targets(list),
+                orders: orders.remove(&top).unwrap_or_default(),
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));

@@ -70,14 +70,21 @@ pub(crate) struct HqState {
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves and jobs (no await inside).
     pub write: Mutex<()>,
+    /// Signs every order (end to end: relays cannot alter them).
+    pub signer: crate::tls::SigningKey,
     /// Bumped after every durable change of leaves, for `job wait`.
     pub changed: watch::Sender<u64>,
 }
 
 impl HqState {
-    fn open(me: NodeName, store: Store) -> Result<HqState, StoreError> {
+    fn open(
+        me: NodeName,
+        store: Store,
+        signer: crate::tls::SigningKey,
+    ) -> Result<HqState, StoreError> {
         Ok(HqState {
             me,
+            signer,
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
@@ -129,8 +136,9 @@ pub async fn run(
             me.role
         )));
     }
+    let signer = crate::tls::SigningKey::load(&layout::ca(data_dir))?;
     let store = Store::open(data_dir)?;
-    let state = Arc::new(HqState::open(me.name.clone(), store)?);
+    let state = Arc::new(HqState::open(me.name.clone(), store, signer)?);
     sessions::mark_all_disconnected(&state)?;
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);

@@ -113,6 +113,7 @@ mod tests {
             }),
             expires_at_ms: None,
             scope: Scope::Targets(vec![NodeName::new("c1").unwrap()]),
+            orders: vec![],
         }));
         roundtrip(Msg::Ack { seq: 9 });
     }

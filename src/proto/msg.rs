@@ -60,6 +60,49 @@ pub struct Assignment {
     pub expires_at_ms: Option<u64>,
     /// Which leaves.
     pub scope: Scope,
+    /// HQ's signed orders covering this attempt, passed through unchanged:
+    /// one for an original attempt, one per home relay for a rerun.
+    #[serde(default)]
+    pub orders: Vec<SignedOrder>,
+}
+
+/// What HQ orders for one attempt; signed by HQ so that no relay can alter,
+/// widen or invent it. Agents run only what a valid order covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// What to do.
+    pub action: Action,
+    /// Expiry of the attempt, unix ms.
+    pub expires_at_ms: Option<u64>,
+    /// When HQ made it, unix ms.
+    pub issued_at_ms: u64,
+    /// An original attempt: the destination relays (all their lower clients).
+    #[serde(default)]
+    pub dest: Vec<NodeName>,
+    /// A rerun: the home relay whose leaves this order covers...
+    #[serde(default)]
+    pub relay: Option<NodeName>,
+    /// ...and exactly which of them.
+    #[serde(default)]
+    pub targets: Option<Vec<NodeName>>,
+}
+
+/// An [`Order`] as HQ encoded and signed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedOrder {
+    /// The order, MessagePack-encoded: the exact bytes signed.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// HQ's Ed25519 signature of `body`.
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+    /// Unsigned copy of `Order::relay`, so relays can pick without decoding.
+    #[serde(default)]
+    pub relay: Option<NodeName>,
 }
 
 /// A leaf's state; moves forward only.

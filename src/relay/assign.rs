@@ -53,6 +53,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
             action: a.action.clone(),
             expires_at_ms: a.expires_at_ms,
             swept: false,
+            orders: a.orders.clone(),
         },
     )?;
     // Which clients this relay is responsible for, with their entries.
@@ -160,10 +161,18 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     Ok(out)
 }
 
-/// The assignment an agent receives for one of its leaves.
-pub(crate) fn for_agent(a: &Assignment, client: &NodeName) -> Assignment {
+/// The assignment an agent of relay `me` receives for one of its leaves,
+/// with the orders that can cover it (an original attempt's, or the rerun
+/// order for `me`'s leaves).
+pub(crate) fn for_agent(a: &Assignment, me: &NodeName, client: &NodeName) -> Assignment {
     Assignment {
         scope: Scope::Targets(vec![client.clone()]),
+        orders: a
+            .orders
+            .iter()
+            .filter(|o| o.relay.as_ref().is_none_or(|r| r == me))
+            .cloned()
+            .collect(),
         ..a.clone()
     }
 }
@@ -184,7 +193,7 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
     }
     for client in d.agents {
         if let Some(tx) = st.child(&client) {
-            crate::link::send_soon(&tx, Msg::Assign(for_agent(a, &client)));
+            crate::link::send_soon(&tx, Msg::Assign(for_agent(a, &st.me, &client)));
         }
     }
     for (child, fwd) in d.relays {
@@ -238,6 +247,7 @@ mod tests {
             action: Action::Ping,
             expires_at_ms: None,
             scope,
+            orders: vec![],
         }
     }
 

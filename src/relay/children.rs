@@ -85,7 +85,9 @@ fn pending_for(st: &RelayState, client: &NodeName) -> Result<Vec<Assignment>, St
                 action: ar.action,
                 expires_at_ms: ar.expires_at_ms,
                 scope: crate::proto::Scope::Targets(vec![]),
+                orders: ar.orders,
             },
+            &st.me,
             client,
         ));
     }

@@ -123,6 +123,7 @@ mod tests {
             action: Action::Ping,
             expires_at_ms: Some(1_000),
             scope: Scope::AllLowerOf(vec![me.clone()]),
+            orders: vec![],
         };
         crate::relay::assign::apply(&st, &a).unwrap();
         // c2 got it before the expiry.

@@ -64,6 +64,9 @@ pub(crate) struct AttemptRecord {
     pub expires_at_ms: Option<u64>,
     /// Home leaves past expiry have been expired.
     pub swept: bool,
+    /// HQ's signed orders for this attempt, passed on to agents.
+    #[serde(default)]
+    pub orders: Vec<crate::proto::SignedOrder>,
 }
 
 /// The relay's shared state.

@@ -23,6 +23,8 @@ pub struct Identity {
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
     pub(crate) me: PeerIdentity,
+    /// HQ's public job-signing key (`dir/sign.pub`), when the directory has one.
+    pub(crate) job_key: Option<super::VerifyKey>,
 }
 
 impl fmt::Debug for Identity {
@@ -99,12 +101,25 @@ impl Identity {
             )
         })?;
 
+        let pub_path = dir.join(super::SIGN_PUB);
+        let job_key = if pub_path.exists() {
+            Some(super::VerifyKey::load(&pub_path)?)
+        } else {
+            None
+        };
+
         Ok(Identity {
             roots: Arc::new(roots),
             chain,
             key,
             me,
+            job_key,
         })
+    }
+
+    /// HQ's public job-signing key, if this identity carries one.
+    pub fn job_key(&self) -> Option<&super::VerifyKey> {
+        self.job_key.as_ref()
     }
 
     /// Who this node is, as its certificate says.

@@ -10,6 +10,7 @@ mod ca;
 mod config;
 mod files;
 mod identity;
+mod sign;
 mod verify;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ use crate::proto::{NodeName, Role};
 
 pub use ca::Ca;
 pub use identity::Identity;
+pub use sign::{SigningKey, VerifyKey, SIGN_KEY, SIGN_PUB};
 pub use verify::identity_from_cert;
 
 /// The server name a dialer sends. The server verifier ignores it: a
