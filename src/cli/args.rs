@@ -113,6 +113,16 @@ pub enum CertCmd {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Revoke a node: HQ and every relay refuse it and close its sessions.
+    Revoke {
+        /// The node's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// `hq job` subcommands.

@@ -108,6 +108,29 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 println!("issued {}", out.display());
             }
         }
+        HqCmd::Cert {
+            cmd: CertCmd::Revoke { name, json, admin },
+        } => {
+            let name = NodeName::new(name.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut c = AdminClient::connect(&target(&admin)).await?;
+            match c
+                .request(AdminRequest::Revoke { name: name.clone() })
+                .await?
+            {
+                AdminResponse::Revoked { denied } if json => {
+                    print_json(&serde_json::json!({ "revoked": name, "denied": denied }))?
+                }
+                AdminResponse::Revoked { denied } => println!(
+                    "revoked {name}; deny list: {}",
+                    denied
+                        .iter()
+                        .map(|d| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                other => return Err(unexpected(other)),
+            }
+        }
         HqCmd::Serve { data_dir, listen } => {
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();

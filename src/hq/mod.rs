@@ -66,6 +66,10 @@ pub(crate) struct HqState {
     pub downq: Table,
     /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
     pub forgetq: Table,
+    /// name -> unix ms: revoked nodes.
+    pub denied: Table,
+    /// The same, in memory, as the listener checks it.
+    pub deny: crate::link::DenyList,
     /// Sessions of directly connected relays.
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves and jobs (no await inside).
@@ -91,6 +95,8 @@ impl HqState {
             clients: store.table("clients")?,
             downq: store.table("downq")?,
             forgetq: store.table("forgetq")?,
+            denied: store.table("denied")?,
+            deny: Default::default(),
             store,
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
@@ -140,6 +146,7 @@ pub async fn run(
     let store = Store::open(data_dir)?;
     let state = Arc::new(HqState::open(me.name.clone(), store, signer)?);
     sessions::mark_all_disconnected(&state)?;
+    sessions::load_deny_list(&state)?;
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
     let adm = Arc::new(Admission {
@@ -152,6 +159,7 @@ pub async fn run(
         trust_domain: me.trust_domain.clone(),
         timing,
         limits: Default::default(),
+        denied: state.deny.clone(),
     });
     let st = state.clone();
     link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {

@@ -24,6 +24,54 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
     }
 }
 
+/// Loads the deny list into the listener's view of it.
+pub(crate) fn load_deny_list(st: &HqState) -> Result<(), StoreError> {
+    let mut names = Vec::new();
+    for r in st.denied.scan::<u64>(b"") {
+        let (k, _) = r?;
+        if let Some(n) = std::str::from_utf8(&k)
+            .ok()
+            .and_then(|s| NodeName::new(s).ok())
+        {
+            names.push(n);
+        }
+    }
+    st.deny.replace(names);
+    Ok(())
+}
+
+/// `hq cert revoke NAME`: durable, refused at HQ's listener at once, pushed
+/// down the tree, and any session of that node closed.
+async fn revoke(st: &HqState, name: NodeName) -> Result<Vec<NodeName>, HqError> {
+    if name == st.me {
+        return Err(HqError::Refused("hq cannot revoke itself".into()));
+    }
+    st.denied.put(&keys::name(&name), &now_ms())?;
+    st.store.durable().await?;
+    load_deny_list(st)?;
+    let names = st.deny.names();
+    warn!(%name, "node revoked");
+    let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+    for (child, tx) in children.iter() {
+        if *child == name {
+            crate::link::send_soon(
+                tx,
+                Msg::Bye {
+                    reason: "revoked".into(),
+                },
+            );
+        } else {
+            crate::link::send_soon(
+                tx,
+                Msg::Deny {
+                    names: names.clone(),
+                },
+            );
+        }
+    }
+    Ok(names)
+}
+
 /// At start-up no relay is connected, whatever the store said at the crash.
 pub(crate) fn mark_all_disconnected(st: &HqState) -> Result<(), StoreError> {
     for r in st.relays.scan::<RelayRecord>(b"") {
@@ -70,6 +118,11 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     for m in queue::queued_forgets(&st.forgetq, &name)? {
         tx.send(m).await.map_err(|_| LinkError::Closed)?;
     }
+    tx.send(Msg::Deny {
+        names: st.deny.names(),
+    })
+    .await
+    .map_err(|_| LinkError::Closed)?;
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
         let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +209,9 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
         AdminRequest::List => AdminResponse::List(view::list(st)?),
         AdminRequest::Rerun { job } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
+        AdminRequest::Revoke { name } => AdminResponse::Revoked {
+            denied: revoke(st, name).await?,
+        },
         AdminRequest::Wait { job, timeout_ms } => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
             let mut changed = st.changed.subscribe();

@@ -28,6 +28,8 @@ pub struct Admission {
     pub timing: Timing,
     /// Limits on connections.
     pub limits: Limits,
+    /// Revoked nodes, refused after the TLS handshake.
+    pub denied: super::DenyList,
 }
 
 /// Caps that keep a flood of connections from exhausting a server.
@@ -126,6 +128,12 @@ async fn admit(
     adm: &Admission,
 ) -> Result<Session, LinkError> {
     let (tls, peer) = tls::accept(&acceptor, tcp, &adm.admit, &adm.trust_domain).await?;
+    if adm.denied.contains(&peer.name) {
+        return Err(LinkError::Protocol(format!(
+            "{} ({}) is revoked",
+            peer.name, peer.role
+        )));
+    }
     let mut framed = Framed::new(tls, MsgCodec::default());
     let first = read_first(&mut framed, adm.timing.handshake_timeout).await?;
     let hello = match first {

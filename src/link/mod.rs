@@ -6,12 +6,14 @@
 //! role that owns them.
 
 mod accept;
+mod deny;
 mod dial;
 mod pump;
 pub mod queue;
 mod session;
 
 pub use accept::{serve, Admission, Limits};
+pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor};
 pub use session::{send_soon, Session, SessionRx, SessionTx, Timing};

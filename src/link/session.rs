@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 /// Session timers.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +52,9 @@ pub fn send_soon(tx: &SessionTx, msg: Msg) {
 pub struct SessionRx {
     inner: Box<dyn futures::Stream<Item = Result<Msg, crate::proto::CodecError>> + Send + Unpin>,
     idle: Duration,
+    /// Cancelled once this side sent `Bye`: the session ends here whatever
+    /// the peer does.
+    closed: CancellationToken,
 }
 
 impl SessionRx {
@@ -58,7 +62,13 @@ impl SessionRx {
     /// silent past the idle timeout, closed, or sent something undecodable.
     pub async fn recv(&mut self) -> Result<Msg, LinkError> {
         loop {
-            match tokio::time::timeout(self.idle, self.inner.next()).await {
+            let next = tokio::select! {
+                _ = self.closed.cancelled() => {
+                    return Err(LinkError::Bye("closed by this side".into()))
+                }
+                n = tokio::time::timeout(self.idle, self.inner.next()) => n,
+            };
+            match next {
                 Err(_) => return Err(LinkError::Idle(self.idle)),
                 Ok(None) => return Err(LinkError::Closed),
                 Ok(Some(Err(crate::proto::CodecError::Io(e)))) if is_disconnect(&e) => {
@@ -118,6 +128,8 @@ where
     reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
     let mut writer = FramedWrite::new(write_half, MsgCodec::default());
     let (tx, mut out) = mpsc::channel::<Msg>(1024);
+    let closed = CancellationToken::new();
+    let closed_w = closed.clone();
     let heartbeat = timing.heartbeat;
     tokio::spawn(async move {
         loop {
@@ -142,8 +154,10 @@ where
                 break;
             }
         }
-        // close_notify, then the socket.
-        let _ = writer.close().await;
+        // This side is done: the reader stops now, whatever the peer does;
+        // then close_notify and the socket, bounded in case the peer stalls.
+        closed_w.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
     });
     Session {
         peer,
@@ -151,6 +165,7 @@ where
         rx: SessionRx {
             inner: Box::new(reader),
             idle: timing.idle_timeout,
+            closed,
         },
     }
 }

@@ -39,6 +39,11 @@ pub enum AdminRequest {
     },
     /// Relays, their parents and clients.
     Tree,
+    /// Revoke a node: refused everywhere from now on.
+    Revoke {
+        /// The node.
+        name: NodeName,
+    },
 }
 
 /// HQ's answer.
@@ -58,6 +63,11 @@ pub enum AdminResponse {
     Rerun(RerunResult),
     /// The tree.
     Tree(TreeView),
+    /// The deny list after a revocation.
+    Revoked {
+        /// Every revoked name.
+        denied: Vec<NodeName>,
+    },
 }
 
 /// Leaves counted by state.

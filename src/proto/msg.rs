@@ -283,6 +283,12 @@ pub enum Msg {
         /// The client.
         client: NodeName,
     },
+    /// Parent to child relay: the full list of revoked nodes, to refuse
+    /// everywhere below.
+    Deny {
+        /// Every revoked name.
+        names: Vec<NodeName>,
+    },
     /// Child to parent: outbox entries, each with its sequence number.
     Events(Vec<(u64, Event)>),
     /// Parent to child: every event up to `seq` is durably stored.
@@ -321,6 +327,7 @@ impl Msg {
             Msg::AssignAck { .. } => "assign_ack",
             Msg::Forget { .. } => "forget",
             Msg::ForgetAck { .. } => "forget_ack",
+            Msg::Deny { .. } => "deny",
             Msg::Events(_) => "events",
             Msg::Ack { .. } => "ack",
             Msg::AdminReq { .. } => "admin_req",

@@ -7,6 +7,7 @@
 
 mod assign;
 mod children;
+mod deny;
 mod expire;
 mod moves;
 mod upward;
@@ -87,6 +88,10 @@ pub(crate) struct RelayState {
     pub downq: Table,
     /// child ++ 0 ++ client -> new home: `Forget`s not yet acknowledged.
     pub forgetq: Table,
+    /// name -> unix ms: revoked nodes, as HQ last sent them.
+    pub denied: Table,
+    /// The same, in memory, as the listener checks it.
+    pub deny: crate::link::DenyList,
     /// Events for the parent.
     pub outbox: Outbox,
     /// Live sessions of agents and child relays.
@@ -106,6 +111,8 @@ impl RelayState {
             client_leaves: store.table("client_leaves")?,
             downq: store.table("downq")?,
             forgetq: store.table("forgetq")?,
+            denied: store.table("denied")?,
+            deny: Default::default(),
             outbox: store.outbox("outbox")?,
             store,
             children: Mutex::new(HashMap::new()),
@@ -140,6 +147,7 @@ pub async fn run(
     }
     let store = Store::open(&cfg.data_dir)?;
     let st = Arc::new(RelayState::open(me.name.clone(), store)?);
+    st.deny.replace(deny::stored(&st)?);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         name: me.name.clone(),
@@ -165,6 +173,7 @@ pub async fn run(
         trust_domain: me.trust_domain.clone(),
         timing: cfg.timing,
         limits: Default::default(),
+        denied: st.deny.clone(),
     });
     let s2 = st.clone();
     link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {

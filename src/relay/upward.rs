@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, moves, RelayState};
+use super::{assign, deny, moves, RelayState};
 use crate::link::queue;
 use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session};
 use crate::proto::Msg;
@@ -40,6 +40,11 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                         .await
                         .map_err(|_| LinkError::Closed)?;
                     queue::send_forgets(&st.children, forget.into_iter().collect());
+                }
+                Msg::Deny { names } => {
+                    deny::store(&st, &names)?;
+                    st.store.durable().await?;
+                    deny::apply(&st, names);
                 }
                 Msg::Ack { seq } => {
                     st.outbox.ack(seq)?;

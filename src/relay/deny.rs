@@ -1,0 +1,70 @@
+//! The deny list as HQ pushes it down: kept on disk (so a restarted relay
+//! refuses revoked nodes before its parent is back), applied to the listener,
+//! to open sessions, and passed on to child relays.
+
+use super::RelayState;
+use crate::link::send_soon;
+use crate::proto::{now_ms, Msg, NodeName};
+use crate::store::{keys, StoreError};
+use tracing::warn;
+
+/// The stored list.
+pub(crate) fn stored(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
+    let mut out = Vec::new();
+    for r in st.denied.scan::<u64>(b"") {
+        let (k, _) = r?;
+        if let Some(n) = std::str::from_utf8(&k)
+            .ok()
+            .and_then(|s| NodeName::new(s).ok())
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the stored list (not yet durable).
+pub(crate) fn store(st: &RelayState, names: &[NodeName]) -> Result<(), StoreError> {
+    for old in stored(st)? {
+        if !names.contains(&old) {
+            st.denied.remove(&keys::name(&old))?;
+        }
+    }
+    let now = now_ms();
+    for n in names {
+        if !st.denied.contains(&keys::name(n))? {
+            st.denied.put(&keys::name(n), &now)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies a durable list: the listener refuses these names, their open
+/// sessions here are closed, and child relays get the list.
+pub(crate) fn apply(st: &RelayState, names: Vec<NodeName>) {
+    st.deny.replace(names.clone());
+    let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+    for (child, tx) in children.iter() {
+        if st.deny.contains(child) {
+            warn!(%child, "closing the session of a revoked node");
+            send_soon(
+                tx,
+                Msg::Bye {
+                    reason: "revoked".into(),
+                },
+            );
+        } else if is_child_relay(st, child) {
+            send_soon(
+                tx,
+                Msg::Deny {
+                    names: names.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Whether `name` is a relay directly below this one.
+pub(crate) fn is_child_relay(st: &RelayState, name: &NodeName) -> bool {
+    matches!(st.dir_relays.get::<NodeName>(&keys::name(name)), Ok(Some(via)) if via == *name)
+}
