@@ -110,9 +110,9 @@ pub(crate) fn load_identity(dir: &std::path::Path) -> Result<Identity, AgentErro
     let identity = Identity::load(dir)?;
     if identity.me().role != Role::Agent {
         return Err(AgentError::Config(format!(
-            "{} holds a {} certificate, not an agent one",
+            "{} holds {} certificate, not an agent one",
             dir.display(),
-            identity.me().role
+            identity.me().role.with_article()
         )));
     }
     if identity.job_key().is_none() {

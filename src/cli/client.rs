@@ -95,9 +95,9 @@ impl AdminClient {
         let id = Identity::load(&identity)?;
         if id.me().role != Role::Admin {
             return Err(CliError::Usage(format!(
-                "{} holds a {} certificate; admin commands need an admin identity",
+                "{} holds {} certificate; admin commands need an admin identity",
                 identity.display(),
-                id.me().role
+                id.me().role.with_article()
             )));
         }
         let dialer = Dialer {

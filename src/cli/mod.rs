@@ -71,6 +71,20 @@ fn unexpected(r: AdminResponse) -> CliError {
     CliError::Unexpected(format!("{r:?}"))
 }
 
+/// Loads an identity and checks its role, before anything is announced.
+fn check_identity(dir: &std::path::Path, role: crate::proto::Role) -> Result<(), CliError> {
+    let id = crate::tls::Identity::load(dir)?;
+    if id.me().role != role {
+        return Err(CliError::Usage(format!(
+            "{} holds {} certificate; this needs {} one",
+            dir.display(),
+            id.me().role.with_article(),
+            role.with_article()
+        )));
+    }
+    Ok(())
+}
+
 /// Announces the bound address: first line on stdout.
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write;
@@ -296,7 +310,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             parent,
         } => {
             // Fail on a bad identity before announcing anything.
-            crate::tls::Identity::load(&identity)?;
+            check_identity(&identity, crate::proto::Role::Relay)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
@@ -326,7 +340,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             relay,
             max_parallel,
         } => {
-            crate::tls::Identity::load(&identity)?;
+            check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);

@@ -137,9 +137,9 @@ pub async fn run(
     let me = identity.me().clone();
     if me.role != Role::Hq {
         return Err(HqError::Refused(format!(
-            "{} holds a {} certificate, not an hq one",
+            "{} holds {} certificate, not an hq one",
             layout::hq(data_dir).display(),
-            me.role
+            me.role.with_article()
         )));
     }
     let signer = crate::tls::SigningKey::load(&layout::ca(data_dir))?;

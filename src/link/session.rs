@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 /// Session timers.
@@ -122,11 +122,9 @@ pub(super) fn start<S>(framed: Framed<S, MsgCodec>, peer: PeerIdentity, timing: 
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let parts = framed.into_parts();
-    let (read_half, write_half) = tokio::io::split(parts.io);
-    let mut reader = FramedRead::new(read_half, MsgCodec::default());
-    reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
-    let mut writer = FramedWrite::new(write_half, MsgCodec::default());
+    // One Framed, split: bytes already buffered during the handshake (a
+    // message pipelined behind Hello) stay readable.
+    let (mut writer, reader) = futures::StreamExt::split(framed);
     let (tx, mut out) = mpsc::channel::<Msg>(1024);
     let closed = CancellationToken::new();
     let closed_w = closed.clone();
@@ -139,14 +137,14 @@ where
                 Err(_) => Msg::Heartbeat,
             };
             let mut closing = matches!(msg, Msg::Bye { .. });
-            if writer.feed(&msg).await.is_err() {
+            if writer.feed(msg).await.is_err() {
                 return;
             }
             // Write out what is queued before flushing, so bursts share a flush.
             while !closing {
                 let Ok(m) = out.try_recv() else { break };
                 closing = matches!(m, Msg::Bye { .. });
-                if writer.feed(&m).await.is_err() {
+                if writer.feed(m).await.is_err() {
                     return;
                 }
             }

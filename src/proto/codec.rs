@@ -82,6 +82,13 @@ impl Encoder<&Msg> for MsgCodec {
     }
 }
 
+impl Encoder<Msg> for MsgCodec {
+    type Error = CodecError;
+    fn encode(&mut self, msg: Msg, dst: &mut BytesMut) -> Result<(), CodecError> {
+        Encoder::<&Msg>::encode(self, &msg, dst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,18 @@ impl Role {
     }
 }
 
+impl Role {
+    /// The role with its article: "an agent", "a relay".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Hq => "an hq",
+            Role::Relay => "a relay",
+            Role::Agent => "an agent",
+            Role::Admin => "an admin",
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

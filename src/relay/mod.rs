@@ -140,9 +140,9 @@ pub async fn run(
     let me = identity.me().clone();
     if me.role != Role::Relay {
         return Err(RelayError::Config(format!(
-            "{} holds a {} certificate, not a relay one",
+            "{} holds {} certificate, not a relay one",
             cfg.identity.display(),
-            me.role
+            me.role.with_article()
         )));
     }
     let store = Store::open(&cfg.data_dir)?;
