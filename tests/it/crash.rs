@@ -1,6 +1,7 @@
 //! kill -9 of a relay or of HQ: nothing acknowledged is lost, nothing runs twice.
 
 use crate::harness::*;
+use std::collections::BTreeMap;
 
 const SLOW: &str = "sleep 2; echo done";
 
@@ -98,4 +99,74 @@ fn hq_kill9_while_job_runs_all_results_arrive() {
     assert_eq!(code, 0, "{st}");
     assert_eq!(states(&st), all(&clients, "succeeded"));
     assert_eq!(env.run_counts(&job), each(&clients, 1));
+}
+
+#[test]
+fn agent_kill9_mid_command_is_reported_failed_not_rerun() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.start_agent("c2", &r1);
+    env.wait_clients(2);
+
+    let job = env.create_job(&["r1"], &[], &env.job_script("sleep 3"));
+    wait_started(&env, &job, &["c1", "c2"]);
+    env.kill_agent("c1");
+    env.start_agent("c1", &r1);
+
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 1, "{st}");
+    let l = leaves(&st);
+    assert_eq!(l["c1"]["state"], "failed", "{st}");
+    let reason = l["c1"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("interrupted"), "{reason}");
+    assert_eq!(l["c2"]["state"], "succeeded", "{st}");
+    // The interrupted attempt was not run again by the restarted agent.
+    assert_eq!(env.run_counts(&job), each(&["c1", "c2"], 1));
+
+    // Only an operator's rerun runs it again.
+    let rerun = env
+        .admin(&["job", "rerun", &job, "--failed", "--json"])
+        .ok()
+        .json();
+    assert_eq!(rerun["targets"], 1, "{rerun}");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(
+        env.run_counts(&job),
+        BTreeMap::from([("c1".into(), 2), ("c2".into(), 1)])
+    );
+}
+
+#[test]
+fn timeout_kills_the_command_and_rerun_picks_it_up() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.start_agent("c2", &r1);
+    env.wait_clients(2);
+    // c1 hangs in its first attempt; everyone else is quick.
+    let script = env.job_script(
+        r#"if [ "$RELAYTREE_CLIENT" = c1 ] && [ "$RELAYTREE_ATTEMPT" = 1 ]; then sleep 30; fi"#,
+    );
+    let job = env.create_job(&["r1"], &["--timeout", "1s"], &script);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 1, "{st}");
+    assert_eq!(
+        states(&st),
+        BTreeMap::from([
+            ("c1".into(), "timed_out".into()),
+            ("c2".into(), "succeeded".into())
+        ])
+    );
+    let rerun = env
+        .admin(&["job", "rerun", &job, "--failed", "--json"])
+        .ok()
+        .json();
+    assert_eq!(rerun["targets"], 1, "{rerun}");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(leaves(&st)["c1"]["attempt"], 2, "{st}");
 }

@@ -102,3 +102,40 @@ fn nested_fanout_reaches_exactly_the_lower_clients() {
     // the last job): 4 + 2 + 5 lines in all.
     assert_eq!(env.runs().len(), 11, "{:?}", env.runs());
 }
+
+#[test]
+fn a_client_that_moves_is_counted_once_under_its_new_relay() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &r1);
+    let r3 = env.start_relay("r3", &hq);
+    env.start_agent("c1", &r2);
+    env.start_agent("c2", &r1);
+    env.wait_clients(2);
+
+    // c1 moves from r2 (under r1) to r3 (under hq).
+    env.kill_agent("c1");
+    env.start_agent("c1", &r3);
+    wait_until("hq to see c1 under r3", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["relay"] == "r3" && r["clients"] == 1)
+    });
+    let forgotten = || {
+        let job = env.create_ping(&["r1"]);
+        let (_, st) = env.wait_job(&job);
+        states(&st)
+    };
+    // r1's subtree forgets c1 (the Forget travels hq -> r1 -> r2).
+    wait_until("r1's subtree to forget c1", DEADLINE, || {
+        forgotten() == all(&["c2"], "succeeded")
+    });
+    let job = env.create_ping(&["r1", "r3"]);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
+    assert_eq!(leaves(&st)["c1"]["relay"], "r3", "{st}");
+}
