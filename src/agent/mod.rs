@@ -12,6 +12,7 @@ mod runlog;
 mod swarm;
 mod verify;
 
+pub use runlog::RunView;
 pub use swarm::{swarm, SwarmConfig};
 
 use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session, Timing};
@@ -123,6 +124,14 @@ pub(crate) fn load_identity(dir: &std::path::Path) -> Result<Identity, AgentErro
         )));
     }
     Ok(identity)
+}
+
+/// Every run recorded in the store under `data_dir` (of `agent serve` or
+/// `agent swarm`); the agent must not be running.
+pub async fn read_run_log(data_dir: &std::path::Path) -> Result<Vec<RunView>, AgentError> {
+    let store = Store::open(data_dir)?;
+    let runs = runlog::all_runs(&store.table("runs")?)?;
+    Ok(runs)
 }
 
 /// Runs one agent until `shutdown`.

@@ -156,3 +156,50 @@ pub(crate) fn recover(st: &AgentState) -> Result<Vec<RunRecord>, StoreError> {
     }
     Ok(to_run)
 }
+
+/// One run as `agent runlog` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunView {
+    /// The agent that ran it.
+    pub client: NodeName,
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub attempt: Attempt,
+    /// The relay that delivered it.
+    pub relay: NodeName,
+    /// received, started or finished.
+    pub state: String,
+    /// The final state, once finished.
+    pub result: Option<LeafState>,
+}
+
+/// Every run of every agent in a store (`agent runlog`).
+pub(crate) fn all_runs(runs: &crate::store::Table) -> Result<Vec<RunView>, StoreError> {
+    let mut out = Vec::new();
+    for r in runs.scan::<RunRecord>(b"") {
+        let (k, rec) = r?;
+        let Some(client) = k
+            .iter()
+            .position(|b| *b == 0)
+            .and_then(|i| std::str::from_utf8(&k[..i]).ok())
+            .and_then(|s| NodeName::new(s).ok())
+        else {
+            continue;
+        };
+        out.push(RunView {
+            client,
+            job: rec.job,
+            attempt: rec.attempt,
+            relay: rec.relay,
+            state: match rec.state {
+                RunState::Received => "received",
+                RunState::Started => "started",
+                RunState::Finished => "finished",
+            }
+            .into(),
+            result: rec.result,
+        });
+    }
+    Ok(out)
+}

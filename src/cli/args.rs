@@ -17,6 +17,17 @@ pub struct AdminArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Session timers of a server (defaults: heartbeat 5s, idle timeout 20s).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TimingArgs {
+    /// Send a heartbeat after this long without sending (e.g. 5s).
+    #[arg(long)]
+    pub heartbeat: Option<String>,
+    /// Close a session silent for this long (e.g. 20s); detects half-open links.
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+}
+
 /// relaytree headquarters: the CA, the jobs, and the whole picture.
 #[derive(Parser, Debug)]
 #[command(name = "hq", version, about)]
@@ -68,6 +79,8 @@ pub enum HqCmd {
         /// HOST:PORT to listen on (port 0 picks one).
         #[arg(long)]
         listen: String,
+        #[command(flatten)]
+        timing: TimingArgs,
     },
     /// Jobs.
     Job {
@@ -218,6 +231,8 @@ pub enum RelayCmd {
         /// The parent's HOST:PORT (HQ or another relay).
         #[arg(long)]
         parent: String,
+        #[command(flatten)]
+        timing: TimingArgs,
     },
 }
 
@@ -246,6 +261,18 @@ pub enum AgentCmd {
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,
+        #[command(flatten)]
+        timing: TimingArgs,
+    },
+    /// Print the run log of a stopped agent or swarm: every attempt it
+    /// accepted and how far it got.
+    Runlog {
+        /// The agent's (or swarm's) data directory.
+        #[arg(long = "data-dir")]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one real agent per identity under a directory, in one process.
     Swarm {
@@ -267,6 +294,8 @@ pub enum AgentCmd {
         /// Commands run at the same time per agent, at most.
         #[arg(long, default_value_t = 1)]
         max_parallel: usize,
+        #[command(flatten)]
+        timing: TimingArgs,
     },
 }
 

@@ -49,6 +49,25 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, CliError> {
     })
 }
 
+/// Session timers from the command line.
+fn timing(t: &args::TimingArgs) -> Result<Timing, CliError> {
+    let mut out = Timing::default();
+    if let Some(h) = &t.heartbeat {
+        out.heartbeat = parse_duration("--heartbeat", h)?;
+    }
+    if let Some(i) = &t.idle_timeout {
+        out.idle_timeout = parse_duration("--idle-timeout", i)?;
+    }
+    if out.heartbeat.is_zero() || out.idle_timeout <= out.heartbeat {
+        return Err(CliError::Usage(format!(
+            "--idle-timeout ({}) must be longer than --heartbeat ({})",
+            humantime::format_duration(out.idle_timeout),
+            humantime::format_duration(out.heartbeat)
+        )));
+    }
+    Ok(out)
+}
+
 fn parse_job(s: &str) -> Result<JobId, CliError> {
     s.parse().map_err(CliError::Usage)
 }
@@ -145,14 +164,19 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 other => return Err(unexpected(other)),
             }
         }
-        HqCmd::Serve { data_dir, listen } => {
+        HqCmd::Serve {
+            data_dir,
+            listen,
+            timing: t,
+        } => {
+            let t = timing(&t)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             announce(addr);
-            crate::hq::run(listener, &data_dir, Timing::default(), shutdown)
+            crate::hq::run(listener, &data_dir, t, shutdown)
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
         }
@@ -308,7 +332,9 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             data_dir,
             listen,
             parent,
+            timing: t,
         } => {
+            let t = timing(&t)?;
             // Fail on a bad identity before announcing anything.
             check_identity(&identity, crate::proto::Role::Relay)?;
             crate::node::raise_fd_limit();
@@ -321,7 +347,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
                 identity,
                 data_dir,
                 parent,
-                timing: Timing::default(),
+                timing: t,
             };
             crate::relay::run(listener, cfg, shutdown)
                 .await
@@ -339,15 +365,46 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             data_dir,
             relay,
             max_parallel,
+            timing: t,
         } => {
+            let t = timing(&t)?;
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);
             cfg.options.max_parallel = max_parallel;
+            cfg.options.timing = t;
             crate::agent::run(cfg, shutdown)
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
+        }
+        AgentCmd::Runlog { data_dir, json } => {
+            if !data_dir.join("db").exists() {
+                return Err(CliError::Usage(format!(
+                    "{} holds no agent database",
+                    data_dir.display()
+                )));
+            }
+            let runs = crate::agent::read_run_log(&data_dir)
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            if json {
+                print_json(&runs)?;
+            } else {
+                for r in runs {
+                    println!(
+                        "{} job {} attempt {} via {}: {}{}",
+                        r.client,
+                        r.job,
+                        r.attempt,
+                        r.relay,
+                        r.state,
+                        r.result
+                            .map(|s| format!(" ({})", s.as_str()))
+                            .unwrap_or_default()
+                    );
+                }
+            }
         }
         AgentCmd::Swarm {
             identities,
@@ -356,7 +413,9 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             fail_fraction,
             delay,
             max_parallel,
+            timing: t,
         } => {
+            let timing = timing(&t)?;
             if !(0.0..=1.0).contains(&fail_fraction) {
                 return Err(CliError::Usage(format!(
                     "--fail-fraction {fail_fraction} is not between 0 and 1"
@@ -370,6 +429,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             let shutdown = crate::node::shutdown_on_signal();
             let options = crate::agent::AgentOptions {
                 max_parallel,
+                timing,
                 fail_fraction,
                 delay,
                 ..Default::default()
