@@ -36,14 +36,14 @@ pub async fn run(dir: Option<&Path>) -> Result<(), CliError> {
 
 async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     let hq_dir = root.join("hq");
-    println!("== relaytree demo in {}", root.display());
+    outln!("== relaytree demo in {}", root.display());
     setup::init(&hq_dir, "demo.relaytree.local")?;
     let timing = Timing::default();
 
     let (listener, hq_addr) = crate::node::bind_announce("127.0.0.1:0", &hq_dir)
         .await
         .map_err(err)?;
-    println!("hq listening on {hq_addr}");
+    outln!("hq listening on {hq_addr}");
     {
         let (d, s) = (hq_dir.clone(), stop.clone());
         tokio::spawn(async move {
@@ -74,7 +74,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         let (listener, addr) = crate::node::bind_announce("127.0.0.1:0", &dir)
             .await
             .map_err(err)?;
-        println!("relay {name} listening on {addr}, parent {parent}");
+        outln!("relay {name} listening on {addr}, parent {parent}");
         let cfg = RelayConfig {
             identity: dir.join("id"),
             data_dir: dir.clone(),
@@ -107,7 +107,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
             }
         });
     }
-    println!("agents c1 c2 under r1; c3 c4 c5 under r2");
+    outln!("agents c1 c2 under r1; c3 c4 c5 under r2");
 
     let target = Target {
         hq: Some(hq_addr.to_string()),
@@ -120,7 +120,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     loop {
         if let AdminResponse::Tree(t) = admin.request(AdminRequest::Tree).await? {
             if t.clients as usize == agents.len() {
-                println!("\n$ hq tree\n{}", render::tree(&t));
+                outln!("\n$ hq tree\n{}", render::tree(&t));
                 break;
             }
         }
@@ -133,7 +133,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     // c2 and c4 fail on their first attempt only.
     let script = r#"echo "hello from $RELAYTREE_CLIENT (attempt $RELAYTREE_ATTEMPT via $RELAYTREE_RELAY)"; case "$RELAYTREE_CLIENT" in c2|c4) [ "$RELAYTREE_ATTEMPT" -gt 1 ] || { echo "$RELAYTREE_CLIENT: disk full" >&2; exit 3; };; esac"#;
     let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-    println!("$ hq job create --dest all-lower-clients --relay r1 -- sh -c '...'   (fails on c2 and c4 the first time)");
+    outln!("$ hq job create --dest all-lower-clients --relay r1 -- sh -c '...'   (fails on c2 and c4 the first time)");
     let job = match admin
         .request(AdminRequest::CreateJob {
             dest: vec![NodeName::new("r1").map_err(err)?],
@@ -150,18 +150,18 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         AdminResponse::Created { job } => job,
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     };
-    println!("{job}");
+    outln!("{job}");
     let s = wait(&mut admin, job).await?;
-    println!("\n$ hq job status {job}\n{}", render::status(&s, true));
+    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
 
-    println!("$ hq job rerun {job} --failed");
+    outln!("$ hq job rerun {job} --failed");
     match admin.request(AdminRequest::Rerun { job }).await? {
-        AdminResponse::Rerun(r) => println!("attempt {} targets {} leaves", r.attempt, r.targets),
+        AdminResponse::Rerun(r) => outln!("attempt {} targets {} leaves", r.attempt, r.targets),
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     }
     let s = wait(&mut admin, job).await?;
-    println!("\n$ hq job status {job}\n{}", render::status(&s, true));
-    println!(
+    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
+    outln!(
         "every leaf accounted for: {} leaves, {} succeeded; c1 c3 c5 ran once, c2 c4 twice.",
         s.totals.total(),
         s.totals.succeeded

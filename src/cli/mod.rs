@@ -2,6 +2,8 @@
 //! results are shown, and `hq demo`. The binaries in `src/bin` only call
 //! [`hq_main`], [`relay_main`] and [`agent_main`].
 
+#[macro_use]
+mod output;
 pub mod args;
 pub mod client;
 mod demo;
@@ -82,7 +84,7 @@ fn target(a: &AdminArgs) -> Target {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Other(e.to_string()))?;
-    println!("{s}");
+    outln!("{s}");
     Ok(())
 }
 
@@ -107,7 +109,7 @@ fn check_identity(dir: &std::path::Path, role: crate::proto::Role) -> Result<(),
 /// Announces the bound address: first line on stdout.
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write;
-    println!("listening on {addr}");
+    outln!("listening on {addr}");
     let _ = std::io::stdout().flush();
 }
 
@@ -119,7 +121,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             trust_domain,
         } => {
             setup::init(&data_dir, &trust_domain)?;
-            println!(
+            outln!(
                 "initialised {}: CA in ca/, hq identity in hq/, admin identity in admin/",
                 data_dir.display()
             );
@@ -136,9 +138,9 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         } => {
             let dirs = setup::issue(&data_dir, role, &name, &out, count)?;
             if count.is_some() {
-                println!("issued {} identities under {}", dirs.len(), out.display());
+                outln!("issued {} identities under {}", dirs.len(), out.display());
             } else {
-                println!("issued {}", out.display());
+                outln!("issued {}", out.display());
             }
         }
         HqCmd::Cert {
@@ -153,7 +155,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 AdminResponse::Revoked { denied } if json => {
                     print_json(&serde_json::json!({ "revoked": name, "denied": denied }))?
                 }
-                AdminResponse::Revoked { denied } => println!(
+                AdminResponse::Revoked { denied } => outln!(
                     "revoked {name}; deny list: {}",
                     denied
                         .iter()
@@ -185,7 +187,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {
                 AdminResponse::Tree(t) if json => print_json(&t)?,
-                AdminResponse::Tree(t) => print!("{}", render::tree(&t)),
+                AdminResponse::Tree(t) => out!("{}", render::tree(&t)),
                 other => return Err(unexpected(other)),
             }
         }
@@ -245,7 +247,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 AdminResponse::Created { job } if json => {
                     print_json(&serde_json::json!({ "job": job }))?
                 }
-                AdminResponse::Created { job } => println!("{job}"),
+                AdminResponse::Created { job } => outln!("{job}"),
                 other => return Err(unexpected(other)),
             }
         }
@@ -256,7 +258,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::List).await? {
                 AdminResponse::List(l) if json => print_json(&l)?,
-                AdminResponse::List(l) => print!("{}", render::list(&l)),
+                AdminResponse::List(l) => out!("{}", render::list(&l)),
                 other => return Err(unexpected(other)),
             }
         }
@@ -269,7 +271,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::Status { job }).await? {
                 AdminResponse::Status(s) if json => print_json(&s)?,
-                AdminResponse::Status(s) => print!("{}", render::status(&s, clients)),
+                AdminResponse::Status(s) => out!("{}", render::status(&s, clients)),
                 other => return Err(unexpected(other)),
             }
         }
@@ -293,7 +295,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             if json {
                 print_json(&s)?;
             } else {
-                print!("{}", render::status(&s, false));
+                out!("{}", render::status(&s, false));
             }
             if !s.done {
                 eprintln!(
@@ -312,9 +314,11 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             match c.request(AdminRequest::Rerun { job }).await? {
                 AdminResponse::Rerun(r) if json => print_json(&r)?,
                 AdminResponse::Rerun(r) => {
-                    println!(
+                    outln!(
                         "job {} attempt {}: {} leaves targeted",
-                        r.job, r.attempt, r.targets
+                        r.job,
+                        r.attempt,
+                        r.targets
                     )
                 }
                 other => return Err(unexpected(other)),
@@ -392,7 +396,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 print_json(&runs)?;
             } else {
                 for r in runs {
-                    println!(
+                    outln!(
                         "{} job {} attempt {} via {}: {}{}",
                         r.client,
                         r.job,
