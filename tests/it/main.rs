@@ -2,9 +2,14 @@
 
 mod cli_errors;
 mod crash;
+mod crashloop;
 mod fanout;
+mod faults;
+mod fuzz_regress;
 mod garbage;
 mod harness;
 mod offline;
+mod proxy;
 mod rerun;
 mod roles;
+mod security;
