@@ -132,6 +132,22 @@ impl Ca {
     /// (0644) and `out/node.key` (0600), creating `out` (0700). Existing files
     /// are replaced.
     pub fn issue(&self, role: Role, name: &NodeName, out: &Path) -> Result<(), TlsError> {
+        let now = SystemTime::now();
+        let from = now.checked_sub(BACKDATE).unwrap_or(now);
+        let until = now.checked_add(VALIDITY).unwrap_or(now);
+        self.issue_valid(role, name, out, from, until)
+    }
+
+    /// As [`Ca::issue`], valid from `not_before` to `not_after` (tests make
+    /// expired and not-yet-valid certificates with it).
+    pub fn issue_valid(
+        &self,
+        role: Role,
+        name: &NodeName,
+        out: &Path,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(), TlsError> {
         let id = PeerIdentity {
             role,
             name: name.clone(),
@@ -150,7 +166,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         let cert = params.signed_by(&key, &self.issuer)?;
 
         files::create_dir(out)?;

@@ -1,1 +1,376 @@
-//! (being written)
+//! No one let in: a tampering relay cannot make an agent run anything HQ did
+//! not sign; revoked nodes are refused everywhere; a Hello must match the
+//! certificate; bad key files and expired certificates are refused; a flood
+//! of idle connections does not lock real agents out.
+
+use crate::harness::*;
+use relaytree::link::{self, Admission, Session, Timing};
+use relaytree::proto::{
+    Action, Assignment, Attempt, Event, Hello, JobId, LeafState, LeafUpdate, Msg, NodeName, Order,
+    Role, RunSpec, Scope, SignedOrder, PROTOCOL_VERSION,
+};
+use relaytree::tls::{Identity, SigningKey};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn n(s: &str) -> NodeName {
+    NodeName::new(s).unwrap()
+}
+
+fn sh(script: &str) -> Action {
+    Action::Run(RunSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![],
+        cwd: None,
+        timeout_ms: None,
+    })
+}
+
+fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
+    let body = rmp_serde::to_vec_named(o).unwrap();
+    SignedOrder {
+        sig: key.sign(&body),
+        body,
+        relay: o.relay.clone(),
+    }
+}
+
+fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str])>) -> Order {
+    Order {
+        job: JobId(job),
+        attempt: Attempt(attempt),
+        action,
+        expires_at_ms: None,
+        issued_at_ms: 0,
+        dest: if rerun_of.is_none() {
+            vec![n("evil")]
+        } else {
+            vec![]
+        },
+        relay: rerun_of.map(|(r, _)| n(r)),
+        targets: rerun_of.map(|(_, t)| t.iter().map(|c| n(c)).collect()),
+    }
+}
+
+fn assign(job: u64, attempt: u32, action: Action, orders: Vec<SignedOrder>) -> Msg {
+    Msg::Assign(Assignment {
+        job: JobId(job),
+        attempt: Attempt(attempt),
+        action,
+        expires_at_ms: None,
+        scope: Scope::Targets(vec![n("c1")]),
+        orders,
+    })
+}
+
+/// Reads the agent's messages until `job` reaches a final state; acks every
+/// batch like a relay would. Returns the final update.
+async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, s.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no final result for job {job}"))
+            .expect("agent session");
+        if let Msg::Events(evs) = msg {
+            let last = evs.last().map(|(q, _)| *q).unwrap_or(0);
+            s.tx.send(Msg::Ack { seq: last }).await.unwrap();
+            for (_, e) in evs {
+                if let Event::Leaf(u) = e {
+                    if u.job == JobId(job) && u.state.is_final() {
+                        return u;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A tampering relay: a real relay certificate, speaking the protocol from
+/// the test. It alters a command, widens a rerun, replays attempts and forges
+/// a signature; the agent runs none of them and reports each refusal.
+#[test]
+fn a_tampering_relay_cannot_make_an_agent_run_anything() {
+    let env = Env::new();
+    let evil_id = Identity::load(&env.issue("relay", "evil")).unwrap();
+    let agent_id = env.issue("agent", "c1");
+    let hq_key = SigningKey::load(&env.hq_dir.join("ca")).unwrap();
+    let other_key = SigningKey::create(env.root()).unwrap();
+    let pwned = env.root().join("pwned");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    let (addr, mut sessions) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
+        let adm = Arc::new(Admission {
+            admit: vec![Role::Agent],
+            me: Hello {
+                version: PROTOCOL_VERSION,
+                name: n("evil"),
+                role: Role::Relay,
+            },
+            trust_domain: evil_id.me().trust_domain.clone(),
+            timing: Timing::default(),
+            limits: Default::default(),
+            denied: Default::default(),
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
+        let token = stop.clone();
+        tokio::spawn(link::serve(listener, acceptor, adm, token, move |s| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(s).await;
+            }
+        }));
+        (addr, rx)
+    });
+
+    let mut agent = Proc::spawn(
+        "c1",
+        {
+            let mut c = Command::new(AGENT);
+            c.args(["serve", "--identity"])
+                .arg(&agent_id)
+                .arg("--data-dir")
+                .arg(env.root().join("data/c1"))
+                .args(["--relay", &addr]);
+            c
+        },
+        &env.logs(),
+    );
+
+    rt.block_on(async {
+        let mut s = tokio::time::timeout(DEADLINE, sessions.recv())
+            .await
+            .expect("the agent connects")
+            .unwrap();
+        assert_eq!(s.peer.name, n("c1"));
+        let script = env.job_script("true");
+        let good = sign(&hq_key, &order(1, 1, sh(&script), None));
+
+        // A genuine order runs.
+        s.tx.send(assign(1, 1, sh(&script), vec![good.clone()]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 1).await;
+        assert_eq!(u.state, LeafState::Succeeded, "{u:?}");
+
+        // Altered command, signed order for another one.
+        let touch = sh(&format!("touch '{}'", pwned.display()));
+        let signed_true = sign(&hq_key, &order(2, 1, sh("true"), None));
+        s.tx.send(assign(2, 1, touch.clone(), vec![signed_true]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 2).await;
+        assert_eq!(u.state, LeafState::Failed);
+        assert!(
+            u.reason.as_deref().unwrap_or("").contains("refused"),
+            "{u:?}"
+        );
+
+        // A rerun widened to a client HQ did not target.
+        let rerun = sign(
+            &hq_key,
+            &order(3, 2, touch.clone(), Some(("evil", &["c2"]))),
+        );
+        s.tx.send(assign(3, 2, touch.clone(), vec![rerun]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 3).await;
+        assert!(
+            u.reason.as_deref().unwrap_or("").contains("not among"),
+            "{u:?}"
+        );
+
+        // An old attempt's order replayed as a new attempt.
+        s.tx.send(assign(1, 2, sh(&script), vec![good.clone()]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 1).await;
+        assert_eq!((u.attempt, u.state), (Attempt(2), LeafState::Failed));
+        assert!(
+            u.reason.as_deref().unwrap_or("").contains("attempt 1"),
+            "{u:?}"
+        );
+
+        // A signature by another key.
+        let forged = sign(&other_key, &order(4, 1, touch.clone(), None));
+        s.tx.send(assign(4, 1, touch.clone(), vec![forged]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 4).await;
+        assert!(
+            u.reason.as_deref().unwrap_or("").contains("signature"),
+            "{u:?}"
+        );
+
+        // No order at all.
+        s.tx.send(assign(5, 1, touch.clone(), vec![]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 5).await;
+        assert!(
+            u.reason.as_deref().unwrap_or("").contains("no order"),
+            "{u:?}"
+        );
+
+        // The genuine attempt replayed verbatim is acknowledged, not rerun:
+        // a later genuine job finishing proves the replay was processed.
+        s.tx.send(assign(1, 1, sh(&script), vec![good]))
+            .await
+            .unwrap();
+        let ping = sign(&hq_key, &order(6, 1, Action::Ping, None));
+        s.tx.send(assign(6, 1, Action::Ping, vec![ping]))
+            .await
+            .unwrap();
+        let u = final_update(&mut s, 6).await;
+        assert_eq!(u.state, LeafState::Succeeded);
+    });
+    stop.cancel();
+    agent.kill();
+    assert!(!pwned.exists(), "a tampered command ran");
+    assert_eq!(env.run_counts("1"), each(&["c1"], 1));
+    let log = agent.stderr_text();
+    assert!(log.contains("assignment refused"), "{log}");
+}
+
+#[test]
+fn revoked_nodes_are_refused_everywhere_and_others_go_on() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &r1);
+    env.start_agent("c1", &r1);
+    env.start_agent("c2", &r1);
+    env.start_agent("c3", &r2);
+    env.wait_clients(3);
+
+    let out = env.admin(&["cert", "revoke", "c1", "--json"]).ok().json();
+    assert_eq!(out["denied"], serde_json::json!(["c1"]), "{out}");
+    // c1's open session is closed and its reconnects are refused by r1.
+    wait_until("r1 to refuse c1", DEADLINE, || {
+        env.log_text().contains("c1 (agent) is revoked")
+    });
+    let job = env.create_ping(&["r1"]);
+    wait_until("c2 and c3 to answer", DEADLINE, || {
+        let st = env.status(&job);
+        let s = states(&st);
+        s.get("c2").map(String::as_str) == Some("succeeded")
+            && s.get("c3").map(String::as_str) == Some("succeeded")
+    });
+    assert_eq!(states(&env.status(&job))["c1"], "pending");
+
+    // A nested relay: r1 closes its session and refuses it; HQ shows it down.
+    env.admin(&["cert", "revoke", "r2"]).ok();
+    wait_until("hq to show r2 disconnected", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["relay"] == "r2" && r["connected"] == false)
+    });
+    wait_until("r1 to refuse r2", DEADLINE, || {
+        env.log_text().contains("r2 (relay) is revoked")
+    });
+    // Everyone else still works.
+    let job = env.create_ping(&["r1"]);
+    wait_until("c2 to answer", DEADLINE, || {
+        states(&env.status(&job)).get("c2").map(String::as_str) == Some("succeeded")
+    });
+}
+
+#[test]
+fn a_hello_naming_another_node_is_refused() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let c1 = Identity::load(&env.issue("agent", "c1")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(async {
+        let d = link::Dialer {
+            addr: r1.clone(),
+            connector: tokio_rustls::TlsConnector::from(
+                c1.client_config(Role::Relay, None).unwrap(),
+            ),
+            me: Hello {
+                version: PROTOCOL_VERSION,
+                name: n("c2"),
+                role: Role::Agent,
+            },
+            timing: Timing::default(),
+        };
+        link::dial_once(&d).await.err()
+    });
+    assert!(
+        err.is_some(),
+        "a hello naming c2 with c1's certificate was admitted"
+    );
+    wait_until("r1 to log the mismatch", DEADLINE, || {
+        env.log_text()
+            .contains("hello claims agent c2 but the certificate says agent c1")
+    });
+    // c2 was never registered.
+    assert_eq!(env.tree()["clients"], 0);
+}
+
+#[test]
+fn bad_key_modes_and_expired_certificates_are_refused_at_start() {
+    let env = Env::new();
+    let id = env.issue("agent", "c1");
+    // A key readable by others.
+    std::fs::set_permissions(
+        id.join("node.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Out::of(run(Command::new(AGENT)
+        .args(["serve", "--identity"])
+        .arg(&id)
+        .arg("--data-dir")
+        .arg(env.root().join("d1"))
+        .args(["--relay", "127.0.0.1:1"])));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+
+    // An expired certificate, properly signed by the CA.
+    let ca = relaytree::tls::Ca::load(&env.hq_dir.join("ca")).unwrap();
+    let old = env.root().join("old");
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    ca.issue_valid(Role::Agent, &n("c9"), &old, now - 30 * day, now - day)
+        .unwrap();
+    std::fs::copy(env.hq_dir.join("ca/sign.pub"), old.join("sign.pub")).unwrap();
+    let out = Out::of(run(Command::new(AGENT)
+        .args(["serve", "--identity"])
+        .arg(&old)
+        .arg("--data-dir")
+        .arg(env.root().join("d2"))
+        .args(["--relay", "127.0.0.1:1"])));
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.to_lowercase().contains("expired"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn two_thousand_idle_connections_do_not_lock_out_a_real_agent() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| std::net::TcpStream::connect(&r1).expect("connect"))
+        .collect();
+    env.start_agent("c1", &r1);
+    env.wait_clients(1);
+    let job = env.create_job(&["r1"], &[], &env.job_script("true"));
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    drop(idle);
+}
