@@ -92,3 +92,95 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
 }
+
+/// After a disk failure (sled refuses every write after an I/O error):
+/// logs it, waits until `data_dir` accepts writes again, then replaces this
+/// process with a fresh copy of itself (same arguments; `--listen` pinned to
+/// the address already bound, so children find it again), which reopens the
+/// database. Nothing was acknowledged after the failure, so nothing is lost.
+/// Returns only if the restart itself fails.
+pub async fn restart_when_writable(
+    data_dir: &Path,
+    listen: Option<SocketAddr>,
+    why: &str,
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    tracing::error!(
+        error = %why,
+        data_dir = %data_dir.display(),
+        "storage failed: acknowledging nothing; restarting once the disk accepts writes"
+    );
+    let mut waited = 0u64;
+    while let Err(e) = probe_write(data_dir) {
+        if waited % 30 == 0 {
+            tracing::warn!(error = %e, "disk still refuses writes; waiting");
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let args = pin_listen(std::env::args_os().skip(1).collect(), listen);
+    tracing::info!("disk accepts writes again; restarting");
+    std::process::Command::new(exe).args(args).exec()
+}
+
+/// Writes, syncs and removes a small file.
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let p = dir.join(".write-probe");
+    let r = (|| {
+        let mut f = std::fs::File::create(&p)?;
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&p);
+    r
+}
+
+/// The arguments with the value of `--listen` replaced by `addr`.
+fn pin_listen(
+    mut args: Vec<std::ffi::OsString>,
+    addr: Option<SocketAddr>,
+) -> Vec<std::ffi::OsString> {
+    let Some(addr) = addr else { return args };
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--listen" && i + 1 < args.len() {
+            args[i + 1] = addr.to_string().into();
+        } else if args[i].to_string_lossy().starts_with("--listen=") {
+            args[i] = format!("--listen={addr}").into();
+        }
+        i += 1;
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_is_pinned_to_the_bound_address() {
+        let a: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let args = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.into())
+                .collect::<Vec<std::ffi::OsString>>()
+        };
+        assert_eq!(
+            pin_listen(
+                args(&["serve", "--listen", "127.0.0.1:0", "--data-dir", "d"]),
+                Some(a)
+            ),
+            args(&["serve", "--listen", "127.0.0.1:4242", "--data-dir", "d"])
+        );
+        assert_eq!(
+            pin_listen(args(&["serve", "--listen=0.0.0.0:0"]), Some(a)),
+            args(&["serve", "--listen=127.0.0.1:4242"])
+        );
+        assert_eq!(pin_listen(args(&["serve"]), None), args(&["serve"]));
+    }
+}

@@ -40,6 +40,13 @@ pub enum AgentError {
     Config(String),
 }
 
+impl AgentError {
+    /// The disk refused a write: reopen the database once it accepts writes.
+    pub fn storage_failed(&self) -> bool {
+        matches!(self, AgentError::Store(e) if e.is_disk_failure())
+    }
+}
+
 /// How an agent behaves, beyond where it connects.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -180,7 +187,10 @@ pub(crate) async fn run_on(
             },
             timing: options.timing,
         };
-        dial_loop(dialer, shutdown, |s| session(st.clone(), s)).await;
+        tokio::select! {
+            _ = dial_loop(dialer, shutdown, |s| session(st.clone(), s)) => {}
+            e = st.store.failed() => return Err(AgentError::Store(e)),
+        }
         st.store.durable().await?;
         Ok(())
     }

@@ -57,6 +57,11 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
     while let Some(r) = set.join_next().await {
         match r {
             Ok(Ok(())) => {}
+            // One store for all: when the disk fails, they all stop.
+            Ok(Err(e)) if e.storage_failed() => {
+                set.abort_all();
+                return Err(e);
+            }
             Ok(Err(e)) => warn!(error = %e, "an agent of the swarm stopped"),
             Err(e) => warn!(error = %e, "an agent of the swarm panicked"),
         }

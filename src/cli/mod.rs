@@ -178,9 +178,15 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             announce(addr);
-            crate::hq::run(listener, &data_dir, t, shutdown)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+            match crate::hq::run(listener, &data_dir, t, shutdown).await {
+                Err(e) if e.storage_failed() => {
+                    let e =
+                        crate::node::restart_when_writable(&data_dir, Some(addr), &e.to_string())
+                            .await;
+                    return Err(CliError::Other(format!("cannot restart: {e}")));
+                }
+                r => r.map_err(|e| CliError::Other(e.to_string()))?,
+            }
         }
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
@@ -349,13 +355,19 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             announce(addr);
             let cfg = crate::relay::RelayConfig {
                 identity,
-                data_dir,
+                data_dir: data_dir.clone(),
                 parent,
                 timing: t,
             };
-            crate::relay::run(listener, cfg, shutdown)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+            match crate::relay::run(listener, cfg, shutdown).await {
+                Err(e) if e.storage_failed() => {
+                    let e =
+                        crate::node::restart_when_writable(&data_dir, Some(addr), &e.to_string())
+                            .await;
+                    return Err(CliError::Other(format!("cannot restart: {e}")));
+                }
+                r => r.map_err(|e| CliError::Other(e.to_string()))?,
+            }
         }
     }
     Ok(EXIT_OK)
@@ -375,12 +387,17 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
-            let mut cfg = crate::agent::AgentConfig::new(identity, data_dir, relay);
+            let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
-            crate::agent::run(cfg, shutdown)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+            match crate::agent::run(cfg, shutdown).await {
+                Err(e) if e.storage_failed() => {
+                    let e =
+                        crate::node::restart_when_writable(&data_dir, None, &e.to_string()).await;
+                    return Err(CliError::Other(format!("cannot restart: {e}")));
+                }
+                r => r.map_err(|e| CliError::Other(e.to_string()))?,
+            }
         }
         AgentCmd::Runlog { data_dir, json } => {
             if !data_dir.join("db").exists() {
@@ -441,12 +458,17 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             let cfg = crate::agent::SwarmConfig {
                 identities,
                 relay,
-                data_dir,
+                data_dir: data_dir.clone(),
                 options,
             };
-            crate::agent::swarm(cfg, shutdown)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+            match crate::agent::swarm(cfg, shutdown).await {
+                Err(e) if e.storage_failed() => {
+                    let e =
+                        crate::node::restart_when_writable(&data_dir, None, &e.to_string()).await;
+                    return Err(CliError::Other(format!("cannot restart: {e}")));
+                }
+                r => r.map_err(|e| CliError::Other(e.to_string()))?,
+            };
         }
     }
     Ok(EXIT_OK)

@@ -162,10 +162,23 @@ pub async fn run(
         denied: state.deny.clone(),
     });
     let st = state.clone();
-    link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
+    let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
         sessions::handle(st.clone(), s)
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = serving => {}
+        e = state.store.failed() => {
+            shutdown.cancel();
+            return Err(HqError::Store(e));
+        }
+    }
     state.store.durable().await?;
     Ok(())
+}
+
+impl HqError {
+    /// The disk refused a write: reopen the database once it accepts writes.
+    pub fn storage_failed(&self) -> bool {
+        matches!(self, HqError::Store(e) if e.is_disk_failure())
+    }
 }

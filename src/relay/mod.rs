@@ -163,6 +163,8 @@ pub async fn run(
         me: hello.clone(),
         timing: cfg.timing,
     };
+    // Everything below stops on `shutdown`, or when the disk fails.
+    let shutdown = shutdown.child_token();
     let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));
     let sweeper = tokio::spawn(expire::run(st.clone(), shutdown.clone()));
     let admit = [Role::Relay, Role::Agent];
@@ -176,12 +178,26 @@ pub async fn run(
         denied: st.deny.clone(),
     });
     let s2 = st.clone();
-    link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
+    let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
         children::handle(s2.clone(), s)
-    })
-    .await;
+    });
+    let failed = tokio::select! {
+        _ = serving => None,
+        e = st.store.failed() => Some(e),
+    };
+    shutdown.cancel();
     let _ = up.await;
     let _ = sweeper.await;
+    if let Some(e) = failed {
+        return Err(RelayError::Store(e));
+    }
     st.store.durable().await?;
     Ok(())
+}
+
+impl RelayError {
+    /// The disk refused a write: reopen the database once it accepts writes.
+    pub fn storage_failed(&self) -> bool {
+        matches!(self, RelayError::Store(e) if e.is_disk_failure())
+    }
 }

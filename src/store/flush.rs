@@ -14,6 +14,9 @@ struct Shared {
     requested: AtomicU64,
     flushes: AtomicU64,
     done: watch::Sender<Round>,
+    /// Set at the first failed flush: sled refuses every write after an I/O
+    /// error, so the node must stop acknowledging and reopen its database.
+    failed: watch::Sender<Option<String>>,
 }
 
 pub(super) struct Flusher {
@@ -29,6 +32,7 @@ impl Flusher {
             requested: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             done,
+            failed: watch::channel(None).0,
         });
         let (kick, mut kicks) = mpsc::channel::<()>(1);
         let s = shared.clone();
@@ -40,6 +44,13 @@ impl Flusher {
                 let err = res.err().map(|e| e.to_string());
                 if let Some(e) = &err {
                     tracing::error!(error = %e, "flush to disk failed; not acknowledging");
+                    s.failed.send_if_modified(|f| {
+                        let first = f.is_none();
+                        if first {
+                            *f = Some(e.clone());
+                        }
+                        first
+                    });
                 }
                 s.done.send_replace((target, err));
             }
@@ -68,6 +79,17 @@ impl Flusher {
         match &round.1 {
             None => Ok(()),
             Some(e) => Err(StoreError::Flush(e.clone())),
+        }
+    }
+
+    /// Resolves with the error of the first failed flush.
+    pub(super) async fn failed(&self) -> String {
+        let mut rx = self.shared.failed.subscribe();
+        let got = rx.wait_for(|f| f.is_some()).await.map(|f| f.clone());
+        match got {
+            Ok(f) => f.unwrap_or_default(),
+            // The flusher is gone with the store: nothing will fail any more.
+            Err(_) => std::future::pending().await,
         }
     }
 

@@ -64,6 +64,16 @@ pub struct Store {
     flusher: Arc<flush::Flusher>,
 }
 
+impl StoreError {
+    /// A write or flush was refused by the disk (full, read-only, failing).
+    pub fn is_disk_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Flush(_) | StoreError::Sled(sled::Error::Io(_))
+        )
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database under `dir/db`. Must run inside a tokio runtime.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -120,6 +130,13 @@ impl Store {
     /// callers share flushes (group commit).
     pub async fn durable(&self) -> Result<(), StoreError> {
         self.flusher.durable().await
+    }
+
+    /// Resolves when a flush fails (typically a full disk). From then on
+    /// nothing can be made durable: the node must stop acknowledging and
+    /// reopen the database once the disk accepts writes again.
+    pub async fn failed(&self) -> StoreError {
+        StoreError::Flush(self.flusher.failed().await)
     }
 
     /// Flushes and releases the database, so that it can be opened again in

@@ -3,6 +3,7 @@
 mod cli_errors;
 mod crash;
 mod crashloop;
+mod disk;
 mod fanout;
 mod faults;
 mod fuzz_regress;

@@ -1,0 +1,86 @@
+//! Disk trouble: a relay whose disk fills up stops acknowledging, says so in
+//! its log, and recovers by itself when space returns, with nothing
+//! acknowledged lost and nothing run twice.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
+    let mut env = Env::new();
+    let disk = match Tmpfs::mount(&env.relay_data("r1"), "24m") {
+        Ok(d) => d,
+        // Needs root (CI runs as root); say so loudly rather than pass quietly.
+        Err(e) => panic!("cannot mount a tmpfs for this test (run as root): {e}"),
+    };
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let clients = ["c1", "c2", "c3"];
+    for c in clients {
+        env.start_agent(c, &r1);
+    }
+    env.wait_clients(3);
+    let before = env.create_job(&["r1"], &[], &env.job_script("true"));
+    assert_eq!(env.wait_job(&before).0, 0);
+
+    let filler = disk.fill();
+    let job = env.create_job(&["r1"], &[], &env.job_script("echo done"));
+    wait_until("r1 to report the failing disk", DEADLINE, || {
+        env.log_text().contains("storage failed")
+    });
+    // Nothing is final at HQ while r1 cannot persist.
+    let st = env.status(&job);
+    assert_eq!(st["totals"]["succeeded"], 0, "{st}");
+
+    std::fs::remove_file(filler).unwrap();
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&clients, "succeeded"));
+    assert_eq!(env.run_counts(&job), each(&clients, 1));
+    // What was acknowledged before the failure is still there.
+    assert_eq!(states(&env.status(&before)), all(&clients, "succeeded"));
+    assert!(env
+        .log_text()
+        .contains("disk accepts writes again; restarting"));
+    if std::env::var("SHOW_LOGS").is_ok() {
+        eprintln!("{}", env.log_text());
+    }
+    // Stop the relay before the tmpfs goes.
+    env.relays.clear();
+}
