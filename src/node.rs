@@ -112,7 +112,7 @@ pub async fn restart_when_writable(
     );
     let mut waited = 0u64;
     while let Err(e) = probe_write(data_dir) {
-        if waited % 30 == 0 {
+        if waited.is_multiple_of(30) {
             tracing::warn!(error = %e, "disk still refuses writes; waiting");
         }
         waited += 1;
