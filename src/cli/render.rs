@@ -139,17 +139,13 @@ pub fn list(jobs: &[JobSummary]) -> String {
 
 /// The tree.
 pub fn tree(v: &TreeView) -> String {
-    let mut t = table(&["relay", "parent", "connected", "last seen", "clients"]);
+    let mut t = table(&["relay", "parent", "state", "since", "clients"]);
     for r in &v.relays {
         t.add_row(vec![
             r.relay.to_string(),
             r.parent.to_string(),
-            if r.connected { "yes" } else { "no" }.to_string(),
-            if r.connected {
-                "now".to_string()
-            } else {
-                ago(r.last_seen_ms)
-            },
+            r.state.clone(),
+            ago(r.last_seen_ms),
             r.clients.to_string(),
         ]);
     }

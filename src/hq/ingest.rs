@@ -120,3 +120,68 @@ pub(crate) fn apply(
         .put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(forgets)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Attempt, JobId, LeafState, LeafUpdate};
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn leaf(client: &str, attempt: u32, state: LeafState) -> Event {
+        Event::Leaf(LeafUpdate {
+            job: JobId(1),
+            attempt: Attempt(attempt),
+            client: n(client),
+            relay: n("r1"),
+            state,
+            exit_code: None,
+            reason: None,
+            output: None,
+            at_ms: 5,
+        })
+    }
+
+    fn snapshot(st: &HqState) -> Vec<(Vec<u8>, LeafRecord)> {
+        st.leaves
+            .scan::<LeafRecord>(b"")
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_applied_twice_or_out_of_order_leaves_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key).unwrap();
+        let targets = Event::Targets {
+            job: JobId(1),
+            attempt: Attempt(1),
+            reporter: n("r1"),
+            leaves: vec![(n("c1"), n("r1")), (n("c2"), n("r1"))],
+            last: true,
+        };
+        let batch: Vec<(u64, Event)> = vec![
+            (1, targets),
+            (2, leaf("c1", 1, LeafState::Running)),
+            (3, leaf("c1", 1, LeafState::Succeeded)),
+            (4, leaf("c2", 1, LeafState::Failed)),
+            // Never targeted: dropped.
+            (5, leaf("c9", 1, LeafState::Succeeded)),
+        ];
+        apply(&st, &n("r1"), &batch).unwrap();
+        let once = snapshot(&st);
+        assert_eq!(once.len(), 2);
+        // The parent's ack was lost: the child sends the same batch again.
+        apply(&st, &n("r1"), &batch).unwrap();
+        assert_eq!(snapshot(&st), once);
+        // A stale straggler (running, after succeeded) changes nothing either.
+        apply(&st, &n("r1"), &[(6, leaf("c1", 1, LeafState::Running))]).unwrap();
+        assert_eq!(snapshot(&st), once);
+        let states: Vec<LeafState> = once.iter().map(|(_, l)| l.state).collect();
+        assert_eq!(states, vec![LeafState::Succeeded, LeafState::Failed]);
+    }
+}

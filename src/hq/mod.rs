@@ -76,6 +76,8 @@ pub(crate) struct HqState {
     pub write: Mutex<()>,
     /// Signs every order (end to end: relays cannot alter them).
     pub signer: crate::tls::SigningKey,
+    /// When this HQ process started, unix ms (for the reconnect grace period).
+    pub started_at_ms: u64,
     /// Bumped after every durable change of leaves, for `job wait`.
     pub changed: watch::Sender<u64>,
 }
@@ -101,6 +103,7 @@ impl HqState {
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
             changed: watch::channel(0).0,
+            started_at_ms: crate::proto::now_ms(),
         })
     }
 

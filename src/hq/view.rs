@@ -103,6 +103,21 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
     Ok(out)
 }
 
+/// How long a relay that went down (or that HQ has not seen since HQ
+/// restarted) is shown as `reconnecting` before `disconnected`.
+pub(crate) const GRACE_MS: u64 = 30_000;
+
+/// A relay's state for `hq tree`, from its own session, the sessions above
+/// it, and how long ago that last changed (or HQ started).
+pub(crate) fn relay_state(connected: bool, path_down: bool, quiet_ms: u64) -> &'static str {
+    match (connected, path_down) {
+        (true, false) => "connected",
+        _ if quiet_ms < GRACE_MS => "reconnecting",
+        (true, true) => "unreachable",
+        (false, _) => "disconnected",
+    }
+}
+
 /// The tree as HQ knows it.
 pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
     let mut per_relay: BTreeMap<NodeName, u64> = BTreeMap::new();
@@ -112,21 +127,34 @@ pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
         *per_relay.entry(c.relay).or_default() += 1;
         total += 1;
     }
-    let mut relays = Vec::new();
+    let mut recs: BTreeMap<NodeName, RelayRecord> = BTreeMap::new();
     for r in st.relays.scan::<RelayRecord>(b"") {
         let (k, rec) = r?;
-        let Some(name) = std::str::from_utf8(&k)
+        if let Some(name) = std::str::from_utf8(&k)
             .ok()
             .and_then(|s| NodeName::new(s).ok())
-        else {
-            continue;
-        };
+        {
+            recs.insert(name, rec);
+        }
+    }
+    let now = crate::proto::now_ms();
+    let mut relays = Vec::new();
+    for (name, rec) in &recs {
+        let path_down = crate::rules::ancestors(name, |r| recs.get(r).map(|x| x.parent.clone()))
+            .iter()
+            .any(|a| recs.get(a).is_some_and(|x| !x.connected));
+        let state = relay_state(
+            rec.connected,
+            path_down,
+            now.saturating_sub(rec.last_seen_ms.max(st.started_at_ms)),
+        );
         relays.push(RelayView {
-            clients: per_relay.get(&name).copied().unwrap_or(0),
-            relay: name,
-            parent: rec.parent,
-            connected: rec.connected,
+            clients: per_relay.get(name).copied().unwrap_or(0),
+            relay: name.clone(),
+            parent: rec.parent.clone(),
+            connected: rec.connected && !path_down,
             last_seen_ms: rec.last_seen_ms,
+            state: state.into(),
         });
     }
     Ok(TreeView {
@@ -134,4 +162,20 @@ pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
         relays,
         clients: total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_states() {
+        assert_eq!(relay_state(true, false, 0), "connected");
+        assert_eq!(relay_state(true, false, 10 * GRACE_MS), "connected");
+        assert_eq!(relay_state(false, false, 1_000), "reconnecting");
+        assert_eq!(relay_state(false, false, GRACE_MS), "disconnected");
+        assert_eq!(relay_state(true, true, 1_000), "reconnecting");
+        assert_eq!(relay_state(true, true, GRACE_MS), "unreachable");
+        assert_eq!(relay_state(false, true, GRACE_MS), "disconnected");
+    }
 }

@@ -220,8 +220,13 @@ pub struct RelayView {
     pub parent: NodeName,
     /// A session to its parent is up (as last reported).
     pub connected: bool,
-    /// When HQ last heard of it, unix ms.
+    /// When its session last came up or went down, unix ms.
     pub last_seen_ms: u64,
+    /// `connected`; `reconnecting` (down, within the grace period after it
+    /// or HQ restarted); `unreachable` (up, but a relay above it is down);
+    /// `disconnected`. Never a loss of data: its results wait in its outbox.
+    #[serde(default)]
+    pub state: String,
     /// Clients whose home it is.
     pub clients: u64,
 }
