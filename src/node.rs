@@ -79,9 +79,14 @@ pub fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-/// Raises the open-file limit to the hard limit where allowed (a relay holds
-/// one socket per agent); returns the limit in force.
+/// Raises the open-file limit (a relay holds one socket per agent, a swarm
+/// one per agent): to 1,048,576 where the process may raise its hard limit
+/// (root), else to the hard limit. Returns the limit in force.
 pub fn raise_fd_limit() -> u64 {
+    const WANT: u64 = 1 << 20;
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, WANT, WANT).is_ok() {
+        return WANT;
+    }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
         Err(e) => {
