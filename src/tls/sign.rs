@@ -5,7 +5,9 @@
 use super::files::{bad, read_file, read_private, write_file};
 use super::TlsError;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// File name of HQ's private signing key (in the CA directory).
 pub const SIGN_KEY: &str = "sign.key";
@@ -48,13 +50,27 @@ impl SigningKey {
 
     /// The public half.
     pub fn verify_key(&self) -> VerifyKey {
-        VerifyKey(self.pair.public_key().as_ref().to_vec())
+        VerifyKey::from_bytes(self.pair.public_key().as_ref().to_vec())
     }
 }
 
-/// HQ's public job-signing key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VerifyKey(Vec<u8>);
+/// HQ's public job-signing key. Remembers the signatures it has already
+/// checked, so the agents of a swarm (sharing one key) verify each order once.
+#[derive(Clone, Debug)]
+pub struct VerifyKey {
+    key: Vec<u8>,
+    verified: Arc<Mutex<HashSet<Vec<u8>>>>,
+}
+
+impl PartialEq for VerifyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for VerifyKey {}
+
+/// Signatures remembered per key, at most (then the memory starts afresh).
+const VERIFIED_CACHE: usize = 4096;
 
 impl VerifyKey {
     /// Loads a public key file (32 raw bytes).
@@ -69,14 +85,40 @@ impl VerifyKey {
                 ),
             ));
         }
-        Ok(VerifyKey(bytes))
+        Ok(VerifyKey::from_bytes(bytes))
+    }
+
+    fn from_bytes(key: Vec<u8>) -> VerifyKey {
+        VerifyKey {
+            key,
+            verified: Default::default(),
+        }
     }
 
     /// Whether `sig` is HQ's signature of `msg`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
-        UnparsedPublicKey::new(&ED25519, &self.0)
+        // Remembered by signature and message together: a cached signature
+        // never vouches for another message.
+        let mut id = Vec::with_capacity(sig.len() + 32);
+        id.extend_from_slice(sig);
+        id.extend_from_slice(&ring::digest::digest(&ring::digest::SHA256, msg).as_ref()[..32]);
+        if let Ok(v) = self.verified.lock() {
+            if v.contains(&id) {
+                return true;
+            }
+        }
+        let ok = UnparsedPublicKey::new(&ED25519, &self.key)
             .verify(msg, sig)
-            .is_ok()
+            .is_ok();
+        if ok {
+            if let Ok(mut v) = self.verified.lock() {
+                if v.len() >= VERIFIED_CACHE {
+                    v.clear();
+                }
+                v.insert(id);
+            }
+        }
+        ok
     }
 }
 
@@ -92,6 +134,9 @@ mod tests {
         let v = VerifyKey::load(&dir.path().join(SIGN_PUB)).unwrap();
         assert!(v.verify(b"job 1 attempt 1", &sig));
         assert!(!v.verify(b"job 1 attempt 2", &sig));
+        // Remembered: still right, and never for another message.
+        assert!(v.verify(b"job 1 attempt 1", &sig));
+        assert!(!v.verify(b"job 1 attempt 3", &sig));
         let k2 = SigningKey::load(dir.path()).unwrap();
         assert_eq!(k2.verify_key(), v);
         // Another key's signature is refused.
