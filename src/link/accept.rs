@@ -134,7 +134,7 @@ async fn admit(
             peer.name, peer.role
         )));
     }
-    let mut framed = Framed::new(tls, MsgCodec::default());
+    let mut framed = Framed::new(tls, MsgCodec::for_session(adm.me.role, peer.role));
     let first = read_first(&mut framed, adm.timing.handshake_timeout).await?;
     let hello = match first {
         Msg::Hello(h) => h,

@@ -42,7 +42,7 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
             })?;
         let _ = tcp.set_nodelay(true);
         let (tls, peer) = tls::connect(&d.connector, tcp).await?;
-        let mut framed = Framed::new(tls, MsgCodec::default());
+        let mut framed = Framed::new(tls, MsgCodec::for_session(d.me.role, peer.role));
         framed.send(&Msg::Hello(d.me.clone())).await?;
         match read_first(&mut framed, within).await? {
             Msg::Hello(h) => check_hello(&h, &peer)?,

@@ -7,8 +7,13 @@ use super::msg::Msg;
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-/// Largest frame accepted or sent.
+/// Largest frame accepted or sent by default (relay to relay: assignments
+/// carry target lists).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Largest frame read from an agent, or by an agent: its messages are small.
+pub const AGENT_MAX_FRAME: usize = 1024 * 1024;
+/// Largest frame an admin reads (a full status of a very large job).
+pub const ADMIN_MAX_FRAME: usize = 256 * 1024 * 1024;
 /// Deepest MessagePack nesting accepted.
 pub const MAX_DEPTH: usize = 32;
 
@@ -31,19 +36,54 @@ pub enum CodecError {
     Encode(#[from] rmp_serde::encode::Error),
 }
 
-/// Length-delimited MessagePack codec for [`Msg`].
+/// Length-delimited MessagePack codec for [`Msg`], with a frame limit for
+/// each direction.
 pub struct MsgCodec {
-    inner: LengthDelimitedCodec,
+    read: LengthDelimitedCodec,
+    write: LengthDelimitedCodec,
 }
 
 impl Default for MsgCodec {
     fn default() -> Self {
+        MsgCodec::with_max_frame(MAX_FRAME)
+    }
+}
+
+fn ld(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(max)
+        .new_codec()
+}
+
+impl MsgCodec {
+    /// A codec refusing frames over `max` bytes, both ways.
+    pub fn with_max_frame(max: usize) -> MsgCodec {
         MsgCodec {
-            inner: LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .max_frame_length(MAX_FRAME)
-                .new_codec(),
+            read: ld(max),
+            write: ld(max),
         }
+    }
+
+    /// The codec of a session between a node of role `me` and one of role
+    /// `peer`: each side reads at most what the other may send it.
+    pub fn for_session(me: crate::proto::Role, peer: crate::proto::Role) -> MsgCodec {
+        MsgCodec {
+            read: ld(read_limit(me, peer)),
+            write: ld(read_limit(peer, me)),
+        }
+    }
+}
+
+/// The largest frame a `reader` accepts from a `sender`: 1 MiB where an
+/// agent or an admin sends (their messages are small) and for agents; 8 MiB
+/// between relays and HQ (target lists); 256 MiB for an admin reading answers.
+pub fn read_limit(reader: crate::proto::Role, sender: crate::proto::Role) -> usize {
+    use crate::proto::Role::*;
+    match (reader, sender) {
+        (Admin, _) => ADMIN_MAX_FRAME,
+        (Agent, _) | (_, Agent) | (_, Admin) => AGENT_MAX_FRAME,
+        _ => MAX_FRAME,
     }
 }
 
@@ -66,7 +106,7 @@ impl Decoder for MsgCodec {
     type Item = Msg;
     type Error = CodecError;
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Msg>, CodecError> {
-        match self.inner.decode(src)? {
+        match self.read.decode(src)? {
             Some(frame) => decode(&frame).map(Some),
             None => Ok(None),
         }
@@ -77,7 +117,7 @@ impl Encoder<&Msg> for MsgCodec {
     type Error = CodecError;
     fn encode(&mut self, msg: &Msg, dst: &mut BytesMut) -> Result<(), CodecError> {
         let bytes = encode(msg)?;
-        self.inner.encode(Bytes::from(bytes), dst)?;
+        self.write.encode(Bytes::from(bytes), dst)?;
         Ok(())
     }
 }
@@ -139,6 +179,21 @@ mod tests {
         // deep nesting
         let deep = vec![0x91u8; 100_000];
         assert!(decode(&deep).is_err());
+    }
+
+    #[test]
+    fn limits_per_direction() {
+        use crate::proto::Role::*;
+        assert_eq!(read_limit(Relay, Agent), AGENT_MAX_FRAME);
+        assert_eq!(read_limit(Agent, Relay), AGENT_MAX_FRAME);
+        assert_eq!(read_limit(Hq, Relay), MAX_FRAME);
+        assert_eq!(read_limit(Hq, Admin), AGENT_MAX_FRAME);
+        assert_eq!(read_limit(Admin, Hq), ADMIN_MAX_FRAME);
+        // A relay reading from an agent refuses a frame over 1 MiB.
+        let mut c = MsgCodec::for_session(Relay, Agent);
+        let mut buf = BytesMut::from(&((AGENT_MAX_FRAME as u32) + 1).to_be_bytes()[..]);
+        buf.extend_from_slice(&[0; 16]);
+        assert!(c.decode(&mut buf).is_err());
     }
 
     #[test]

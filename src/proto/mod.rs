@@ -8,6 +8,6 @@ pub mod ids;
 pub mod msg;
 
 pub use admin::*;
-pub use codec::{CodecError, MsgCodec, MAX_FRAME};
+pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAME};
 pub use ids::{Attempt, InvalidName, JobId, NodeName, Role};
 pub use msg::*;
