@@ -98,12 +98,14 @@ fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), Stor
 async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     let Session { peer, tx, mut rx } = s;
     let name = peer.name.clone();
-    set_relay(st, &name, true)?;
+    {
+        // Registering and marking connected under one lock: an older session
+        // of the same relay ending now cannot undo it.
+        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.insert(name.clone(), tx.clone());
+        set_relay(st, &name, true)?;
+    }
     st.store.durable().await?;
-    st.children
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.clone(), tx.clone());
     // Everything this relay has not acknowledged, oldest first.
     let queued: Vec<Assignment> = st
         .downq
@@ -125,12 +127,14 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     .map_err(|_| LinkError::Closed)?;
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
+        // Only the relay's current session may mark it disconnected: a stale
+        // one (a half-open link the relay already left) ends quietly.
         let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
         if children.get(&name).is_some_and(|t| t.same_channel(&tx)) {
             children.remove(&name);
+            set_relay(st, &name, false)?;
         }
     }
-    set_relay(st, &name, false)?;
     st.bump();
     result
 }

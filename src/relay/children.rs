@@ -213,12 +213,16 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
     let Session { peer, tx, mut rx } = s;
     let child = peer.name;
     st.dir_relays.put(&keys::name(&child), &child)?;
-    st.outbox.push(&[Event::RelayJoined {
-        relay: child.clone(),
-        parent: st.me.clone(),
-    }])?;
+    {
+        // Registering and reporting under one lock (see the end of the session).
+        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.insert(child.clone(), tx.clone());
+        st.outbox.push(&[Event::RelayJoined {
+            relay: child.clone(),
+            parent: st.me.clone(),
+        }])?;
+    }
     st.store.durable().await?;
-    register(st, &child, &tx);
     let queued: Vec<Assignment> = st
         .downq
         .scan::<Assignment>(&keys::name_prefix(&child))
@@ -230,11 +234,19 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
             .map_err(|_| LinkError::Closed)?;
     }
     let r = relay_loop(st, &child, &tx, &mut rx).await;
-    st.outbox.push(&[Event::RelayLeft {
-        relay: child.clone(),
-        parent: st.me.clone(),
-        at_ms: now_ms(),
-    }])?;
+    {
+        // Only the child's current session reports it gone: a stale one (a
+        // half-open link it already left) ends quietly.
+        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.get(&child).is_some_and(|t| t.same_channel(&tx)) {
+            children.remove(&child);
+            st.outbox.push(&[Event::RelayLeft {
+                relay: child.clone(),
+                parent: st.me.clone(),
+                at_ms: now_ms(),
+            }])?;
+        }
+    }
     r
 }
 

@@ -12,6 +12,8 @@
 //!   open, no FIN, no RST (a half-open link). A connection that lost bytes
 //!   can never carry its stream again, so leaving blackhole mode closes those
 //!   (FIN both ways) instead of handing the peers a corrupt stream.
+//!   [`Proxy::blackhole_open`] does this to the connections open now only
+//!   (a middlebox that forgot them): they never recover, new ones pass.
 //! - `Reset`: open connections are closed with RST (`SO_LINGER` 0), and new
 //!   ones are reset at once.
 //! - `Cut`: open connections are closed (FIN) and new ones closed at once.
@@ -63,7 +65,9 @@ struct State {
 struct Conn {
     down: TcpStream,
     up: TcpStream,
-    /// Bytes were dropped in blackhole mode.
+    /// Blackholed whatever the mode (see [`Proxy::blackhole_open`]).
+    hole: AtomicBool,
+    /// Bytes were dropped: the stream is broken for good.
     lost: AtomicBool,
     /// Closed by the proxy: threads stop without forwarding anything more.
     closed: AtomicBool,
@@ -145,7 +149,7 @@ impl Proxy {
                 Mode::Cut => c.close(false),
                 Mode::Blackhole => {}
                 Mode::Pass | Mode::Delay(_) => {
-                    if c.lost.load(Ordering::SeqCst) {
+                    if c.lost.load(Ordering::SeqCst) && !c.hole.load(Ordering::SeqCst) {
                         c.close(false);
                     }
                 }
@@ -168,6 +172,16 @@ impl Proxy {
     pub fn cut(&self) {
         self.set(Mode::Cut)
     }
+    /// Half-opens the connections open now, for good (a middlebox that lost
+    /// their state): they stay open and silent whatever the mode; new
+    /// connections are served by the mode as usual.
+    pub fn blackhole_open(&self) {
+        let st = lock(&self.shared.state);
+        for c in st.conns.iter().filter_map(Weak::upgrade) {
+            c.hole.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Back to `Pass`.
     pub fn restore(&self) {
         self.set(Mode::Pass)
@@ -222,6 +236,7 @@ fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
         let conn = Arc::new(Conn {
             down,
             up,
+            hole: AtomicBool::new(false),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -258,24 +273,34 @@ fn reader(c: &Conn, sh: &Shared, to_up: bool, tx: mpsc::Sender<(Instant, Vec<u8>
         if c.closed.load(Ordering::SeqCst) {
             return;
         }
-        let n = match src.read(&mut buf) {
+        let r = src.read(&mut buf);
+        if let Err(e) = &r {
+            if matches!(
+                e.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) {
+                continue; // SO_RCVTIMEO: look at the flags again
+            }
+        }
+        let mode = lock(&sh.state).mode;
+        // Dark: nothing gets through, not even a FIN or a RST.
+        let dark = mode == Mode::Blackhole || c.hole.load(Ordering::SeqCst);
+        if dark {
+            c.lost.store(true, Ordering::SeqCst);
+        }
+        let n = match r {
             Ok(0) => return, // EOF: dropping `tx` tells the writer to pass on the FIN
+            Ok(_) if dark => continue,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => {
                 // Reset by the peer: pass it on as a reset.
-                if !c.closed.load(Ordering::SeqCst) {
+                if !dark && !c.closed.load(Ordering::SeqCst) {
                     c.close(true);
                 }
                 return;
             }
         };
-        let due = match lock(&sh.state).mode {
-            Mode::Blackhole => {
-                c.lost.store(true, Ordering::SeqCst);
-                continue;
-            }
+        let due = match mode {
             Mode::Delay(d) => Instant::now() + d,
             _ => Instant::now(),
         };
@@ -315,7 +340,8 @@ fn writer(c: &Conn, to_up: bool, rx: mpsc::Receiver<(Instant, Vec<u8>)>) {
             }
         }
     }
-    if !c.closed.load(Ordering::SeqCst) {
+    // A half-open link carries no FIN either.
+    if !c.closed.load(Ordering::SeqCst) && !c.lost.load(Ordering::SeqCst) {
         let _ = dst.shutdown(Shutdown::Write);
     }
 }
