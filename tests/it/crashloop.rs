@@ -185,7 +185,8 @@ fn crash_loop(victim: Victim, n: usize) {
     let r1 = env.start_relay("r1", &hq);
     let mut swarm = Swarm::new(&env, AGENTS);
     swarm.start(&env, &r1);
-    env.wait_clients(AGENTS as u64);
+    wait_clients(&env);
+    let mut finished = Vec::new();
     for cycle in 0..n {
         let job = env.create_ping(&["r1"]);
         random_pause();
@@ -217,12 +218,24 @@ fn crash_loop(victim: Victim, n: usize) {
         } else {
             st
         };
-        swarm.kill();
-        recount(&st, &swarm.runlog(), &job);
-        eprintln!("cycle {cycle}: {}", st["totals"]);
-        swarm.start(&env, &r1);
+        eprintln!("cycle {cycle}: job {job}: {}", st["totals"]);
+        finished.push((job, st));
     }
+    // The agents' own run logs, read once they are stopped, must agree with
+    // HQ about every job of every cycle.
     swarm.kill();
+    let log = swarm.runlog();
+    for (job, st) in &finished {
+        recount(st, &log, job);
+    }
+}
+
+/// Waits until HQ knows all the agents (a thousand TLS handshakes on a busy
+/// machine take a while).
+fn wait_clients(env: &Env) {
+    wait_until("all agents to register", Duration::from_secs(120), || {
+        env.tree()["clients"].as_u64() == Some(AGENTS as u64)
+    });
 }
 
 #[test]
