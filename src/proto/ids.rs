@@ -141,6 +141,9 @@ impl<'de> Deserialize<'de> for JobId {
             Text(String),
         }
         match Either::deserialize(d)? {
+            Either::Num(0) => Err(serde::de::Error::custom(
+                "invalid job id 0: expected a positive number",
+            )),
             Either::Num(n) => Ok(JobId(n)),
             Either::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
