@@ -98,6 +98,30 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// An error that ends a node.
+pub trait NodeFailure: std::fmt::Display {
+    /// The disk refused a write: reopen the database once it accepts writes.
+    fn storage_failed(&self) -> bool;
+}
+
+impl NodeFailure for crate::hq::HqError {
+    fn storage_failed(&self) -> bool {
+        matches!(self, crate::hq::HqError::Store(e) if e.is_disk_failure())
+    }
+}
+
+impl NodeFailure for crate::relay::RelayError {
+    fn storage_failed(&self) -> bool {
+        matches!(self, crate::relay::RelayError::Store(e) if e.is_disk_failure())
+    }
+}
+
+impl NodeFailure for crate::agent::AgentError {
+    fn storage_failed(&self) -> bool {
+        matches!(self, crate::agent::AgentError::Store(e) if e.is_disk_failure())
+    }
+}
+
 /// After a disk failure (sled refuses every write after an I/O error):
 /// logs it, waits until `data_dir` accepts writes again, then replaces this
 /// process with a fresh copy of itself (same arguments; `--listen` pinned to

@@ -40,13 +40,6 @@ pub enum AgentError {
     Config(String),
 }
 
-impl AgentError {
-    /// The disk refused a write: reopen the database once it accepts writes.
-    pub fn storage_failed(&self) -> bool {
-        matches!(self, AgentError::Store(e) if e.is_disk_failure())
-    }
-}
-
 /// How an agent behaves, beyond where it connects.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {

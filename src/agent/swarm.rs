@@ -3,6 +3,7 @@
 //! keyed by name). Each has its own certificate and TLS session.
 
 use super::{load_identity, run_on, AgentError, AgentOptions};
+use crate::node::NodeFailure;
 use crate::store::Store;
 use std::path::PathBuf;
 use tokio::task::JoinSet;

@@ -106,6 +106,23 @@ fn check_identity(dir: &std::path::Path, role: crate::proto::Role) -> Result<(),
     Ok(())
 }
 
+/// A node's end: an error as a [`CliError`]; after a disk failure, waits
+/// until the disk accepts writes and restarts this process
+/// ([`crate::node::restart_when_writable`]), returning only if that fails.
+async fn finish<E: crate::node::NodeFailure>(
+    r: Result<(), E>,
+    data_dir: &std::path::Path,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<(), CliError> {
+    match r {
+        Err(e) if e.storage_failed() => {
+            let e = crate::node::restart_when_writable(data_dir, addr, &e.to_string()).await;
+            Err(CliError::Other(format!("cannot restart: {e}")))
+        }
+        r => r.map_err(|e| CliError::Other(e.to_string())),
+    }
+}
+
 /// Announces the bound address: first line on stdout.
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write;
@@ -178,15 +195,12 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             announce(addr);
-            match crate::hq::run(listener, &data_dir, t, shutdown).await {
-                Err(e) if e.storage_failed() => {
-                    let e =
-                        crate::node::restart_when_writable(&data_dir, Some(addr), &e.to_string())
-                            .await;
-                    return Err(CliError::Other(format!("cannot restart: {e}")));
-                }
-                r => r.map_err(|e| CliError::Other(e.to_string()))?,
-            }
+            finish(
+                crate::hq::run(listener, &data_dir, t, shutdown).await,
+                &data_dir,
+                Some(addr),
+            )
+            .await?;
         }
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
@@ -359,15 +373,12 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
                 parent,
                 timing: t,
             };
-            match crate::relay::run(listener, cfg, shutdown).await {
-                Err(e) if e.storage_failed() => {
-                    let e =
-                        crate::node::restart_when_writable(&data_dir, Some(addr), &e.to_string())
-                            .await;
-                    return Err(CliError::Other(format!("cannot restart: {e}")));
-                }
-                r => r.map_err(|e| CliError::Other(e.to_string()))?,
-            }
+            finish(
+                crate::relay::run(listener, cfg, shutdown).await,
+                &data_dir,
+                Some(addr),
+            )
+            .await?;
         }
     }
     Ok(EXIT_OK)
@@ -390,14 +401,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
-            match crate::agent::run(cfg, shutdown).await {
-                Err(e) if e.storage_failed() => {
-                    let e =
-                        crate::node::restart_when_writable(&data_dir, None, &e.to_string()).await;
-                    return Err(CliError::Other(format!("cannot restart: {e}")));
-                }
-                r => r.map_err(|e| CliError::Other(e.to_string()))?,
-            }
+            finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
         AgentCmd::Runlog { data_dir, json } => {
             if !data_dir.join("db").exists() {
@@ -461,14 +465,12 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 data_dir: data_dir.clone(),
                 options,
             };
-            match crate::agent::swarm(cfg, shutdown).await {
-                Err(e) if e.storage_failed() => {
-                    let e =
-                        crate::node::restart_when_writable(&data_dir, None, &e.to_string()).await;
-                    return Err(CliError::Other(format!("cannot restart: {e}")));
-                }
-                r => r.map_err(|e| CliError::Other(e.to_string()))?,
-            };
+            finish(
+                crate::agent::swarm(cfg, shutdown).await.map(drop),
+                &data_dir,
+                None,
+            )
+            .await?;
         }
     }
     Ok(EXIT_OK)

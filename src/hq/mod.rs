@@ -178,10 +178,3 @@ pub async fn run(
     state.store.durable().await?;
     Ok(())
 }
-
-impl HqError {
-    /// The disk refused a write: reopen the database once it accepts writes.
-    pub fn storage_failed(&self) -> bool {
-        matches!(self, HqError::Store(e) if e.is_disk_failure())
-    }
-}

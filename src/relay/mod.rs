@@ -194,10 +194,3 @@ pub async fn run(
     st.store.durable().await?;
     Ok(())
 }
-
-impl RelayError {
-    /// The disk refused a write: reopen the database once it accepts writes.
-    pub fn storage_failed(&self) -> bool {
-        matches!(self, RelayError::Store(e) if e.is_disk_failure())
-    }
-}
