@@ -15,14 +15,14 @@ mod verify;
 pub use runlog::RunView;
 pub use swarm::{swarm, SwarmConfig};
 
-use crate::link::{dial_loop, pump_outbox, unexpected, Dialer, LinkError, Session, Timing};
+use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Timing, Upward};
 use crate::proto::{now_ms, Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
 use crate::store::{keys, Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -194,8 +194,7 @@ pub(crate) async fn run_on(
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
     let Session { peer, tx, mut rx } = s;
     let relay = peer.name;
-    let (acked_tx, acked_rx) = watch::channel(0u64);
-    let pump = tokio::spawn(pump_outbox(st.outbox.clone(), tx.clone(), acked_rx));
+    let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {
             match rx.recv().await? {
@@ -210,22 +209,17 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         st.store.durable().await?;
                         tokio::spawn(run::execute(st.clone(), fresh).in_current_span());
                     }
-                    tx.send(Msg::AssignAck {
+                    crate::link::send(&tx, Msg::AssignAck {
                         job: a.job,
                         attempt: a.attempt,
-                    })
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+                    }).await?;
                 }
-                Msg::Ack { seq } => {
-                    st.outbox.ack(seq)?;
-                    acked_tx.send_replace(seq);
-                }
+                Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a relay")),
             }
         }
     }
     .await;
-    pump.abort();
+    drop(up);
     r
 }

@@ -113,18 +113,18 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
         .filter_map(|r| r.ok().map(|(_, a)| a))
         .collect();
     for a in queued {
-        tx.send(Msg::Assign(a))
-            .await
-            .map_err(|_| LinkError::Closed)?;
+        crate::link::send(&tx, Msg::Assign(a)).await?;
     }
     for m in queue::queued_forgets(&st.forgetq, &name)? {
-        tx.send(m).await.map_err(|_| LinkError::Closed)?;
+        crate::link::send(&tx, m).await?;
     }
-    tx.send(Msg::Deny {
-        names: st.deny.names(),
-    })
-    .await
-    .map_err(|_| LinkError::Closed)?;
+    crate::link::send(
+        &tx,
+        Msg::Deny {
+            names: st.deny.names(),
+        },
+    )
+    .await?;
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
         // Only the relay's current session may mark it disconnected: a stale
@@ -160,9 +160,7 @@ async fn relay_loop(
                 };
                 let forgets = ingest::apply(st, name, &events)?;
                 st.store.durable().await?;
-                tx.send(Msg::Ack { seq: last })
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+                crate::link::send(tx, Msg::Ack { seq: last }).await?;
                 st.bump();
                 queue::send_forgets(&st.children, forgets);
             }
@@ -184,9 +182,7 @@ async fn admin_session(st: &HqState, s: Session) -> Result<(), LinkError> {
         match rx.recv().await? {
             Msg::AdminReq { id, req } => {
                 let resp = answer(st, req).await.map_err(|e| e.to_string());
-                tx.send(Msg::AdminResp { id, resp })
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+                crate::link::send(&tx, Msg::AdminResp { id, resp }).await?;
             }
             other => {
                 let _ = tx

@@ -15,8 +15,8 @@ mod session;
 pub use accept::{serve, Admission, Limits};
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
-pub use pump::{pump_outbox, AckCursor};
-pub use session::{send_soon, Session, SessionRx, SessionTx, Timing};
+pub use pump::{pump_outbox, AckCursor, Upward};
+pub use session::{send, send_soon, Session, SessionRx, SessionTx, Timing};
 
 use crate::proto::{CodecError, Msg};
 use crate::tls::TlsError;

@@ -17,6 +17,40 @@ pub const WINDOW: u64 = 16 * BATCH as u64;
 /// The highest sequence number the parent acknowledged in this session.
 pub type AckCursor = watch::Sender<u64>;
 
+/// The child's side of a session with its parent: the outbox pump runs as
+/// long as this lives; [`Upward::ack`] takes the parent's acknowledgements.
+pub struct Upward {
+    outbox: Outbox,
+    acked: AckCursor,
+    pump: tokio::task::JoinHandle<Result<(), LinkError>>,
+}
+
+impl Upward {
+    /// Starts pumping `outbox` (from its oldest entry) into the session.
+    pub fn start(outbox: Outbox, tx: SessionTx) -> Upward {
+        let (acked, rx) = watch::channel(0u64);
+        let pump = tokio::spawn(pump_outbox(outbox.clone(), tx, rx));
+        Upward {
+            outbox,
+            acked,
+            pump,
+        }
+    }
+
+    /// The parent stored everything up to `seq`: drop it from the outbox.
+    pub fn ack(&self, seq: u64) -> Result<(), LinkError> {
+        self.outbox.ack(seq)?;
+        self.acked.send_replace(seq);
+        Ok(())
+    }
+}
+
+impl Drop for Upward {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
 /// Runs until the session's sender fails. `acked` is advanced by the session's
 /// reader when `Ack`s arrive (after it removed them from the outbox).
 pub async fn pump_outbox(
@@ -39,9 +73,7 @@ pub async fn pump_outbox(
         if let Some((last, _)) = batch.last() {
             sent = *last;
         }
-        tx.send(Msg::Events(coalesce(batch)))
-            .await
-            .map_err(|_| LinkError::Closed)?;
+        crate::link::send(&tx, Msg::Events(coalesce(batch))).await?;
         while sent > *acked.borrow() + WINDOW {
             acked.changed().await.map_err(|_| LinkError::Closed)?;
         }

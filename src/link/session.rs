@@ -36,6 +36,12 @@ impl Default for Timing {
 /// when every sender is dropped.
 pub type SessionTx = mpsc::Sender<Msg>;
 
+/// Sends, waiting for room in the session's queue; an error once the
+/// session is gone.
+pub async fn send(tx: &SessionTx, msg: Msg) -> Result<(), LinkError> {
+    tx.send(msg).await.map_err(|_| LinkError::Closed)
+}
+
 /// Sends without waiting: when the session's queue is full the message is
 /// sent from a task of its own; when the session is gone it is dropped (the
 /// receiver gets it again from the sender's queue on its next session).

@@ -117,9 +117,7 @@ async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
     }
     register(st, &client, &tx);
     for a in pending_for(st, &client)? {
-        tx.send(Msg::Assign(a))
-            .await
-            .map_err(|_| LinkError::Closed)?;
+        crate::link::send(&tx, Msg::Assign(a)).await?;
     }
     agent_loop(st, &client, &tx, &mut rx).await
 }
@@ -162,9 +160,7 @@ async fn agent_loop(
                 }
                 apply_home(st, client, &ups)?;
                 st.store.durable().await?;
-                tx.send(Msg::Ack { seq: last })
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+                crate::link::send(tx, Msg::Ack { seq: last }).await?;
             }
             other => return Err(unexpected(&other, "from an agent")),
         }
@@ -229,9 +225,7 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
         .filter_map(|r| r.ok().map(|(_, a)| a))
         .collect();
     for a in queued {
-        tx.send(Msg::Assign(a))
-            .await
-            .map_err(|_| LinkError::Closed)?;
+        crate::link::send(&tx, Msg::Assign(a)).await?;
     }
     let r = relay_loop(st, &child, &tx, &mut rx).await;
     {
@@ -272,9 +266,7 @@ async fn relay_loop(
                 let (fwd, forgets) = learn(st, child, events)?;
                 st.outbox.push(&fwd)?;
                 st.store.durable().await?;
-                tx.send(Msg::Ack { seq: last })
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+                crate::link::send(tx, Msg::Ack { seq: last }).await?;
                 queue::send_forgets(&st.children, forgets);
             }
             other => return Err(unexpected(&other, "from a child relay")),
