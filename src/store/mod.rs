@@ -82,6 +82,9 @@ impl Store {
             .path(&path)
             .cache_capacity(64 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
+            // No background flusher thread waking twice a second: every write
+            // that matters is followed by `durable()`, which flushes.
+            .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
