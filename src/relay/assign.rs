@@ -47,15 +47,19 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     if st.attempts.contains(&ak)? {
         return Ok(out);
     }
-    st.attempts.put(
-        &ak,
-        &AttemptRecord {
-            action: a.action.clone(),
-            expires_at_ms: a.expires_at_ms,
-            swept: false,
-            orders: a.orders.clone(),
-        },
-    )?;
+    // Written last (after a crash, writes survive as a prefix): once the
+    // attempt is recorded, everything it implies is too.
+    let record = || {
+        st.attempts.put(
+            &ak,
+            &AttemptRecord {
+                action: a.action.clone(),
+                expires_at_ms: a.expires_at_ms,
+                swept: false,
+                orders: a.orders.clone(),
+            },
+        )
+    };
     // Which clients this relay is responsible for, with their entries.
     let targets: Vec<(NodeName, Option<DirEntry>)> = match &a.scope {
         Scope::AllLowerOf(list) if list.contains(&st.me) => {
@@ -97,6 +101,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                     .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
                 out.relays.push((child, fwd));
             }
+            record()?;
             return Ok(out);
         }
         Scope::Targets(list) => list
@@ -158,6 +163,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
             .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
         out.relays.push((child, fwd));
     }
+    record()?;
     Ok(out)
 }
 

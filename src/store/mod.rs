@@ -204,16 +204,16 @@ impl Table {
         Ok(())
     }
 
-    /// Writes many values in one batch.
+    /// Writes many values. Not atomic as a group (sled's batches cost two
+    /// log writes each): after a crash, a prefix of the writes may be there,
+    /// so callers write the record that marks an operation done last.
     pub fn put_many<'a, V: Serialize + 'a>(
         &self,
         items: impl IntoIterator<Item = (Vec<u8>, &'a V)>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         for (k, v) in items {
-            batch.insert(k, rmp_serde::to_vec_named(v)?);
+            self.tree.insert(k, rmp_serde::to_vec_named(v)?)?;
         }
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 

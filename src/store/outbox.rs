@@ -100,12 +100,10 @@ impl Outbox {
 
     /// Drops every entry up to and including `seq`.
     pub fn ack(&self, seq: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         for r in self.table.tree.range(self.key(0)..=self.key(seq)) {
             let (k, _) = r?;
-            batch.remove(k);
+            self.table.tree.remove(k)?;
         }
-        self.table.tree.apply_batch(batch)?;
         Ok(())
     }
 
