@@ -2,9 +2,10 @@
 //! tree's membership. Idempotent: a re-sent batch changes nothing.
 
 use super::{ClientRecord, HqState, RelayRecord};
-use crate::proto::{Event, NodeName};
+use crate::proto::{Event, JobId, LeafState, NodeName};
 use crate::rules::{self, LeafRecord};
 use crate::store::{keys, StoreError};
+use std::collections::HashMap;
 use tracing::{debug, warn};
 
 /// Applies one batch from child `from` (not yet durable). Returns the
@@ -18,19 +19,27 @@ pub(crate) fn apply(
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = crate::proto::now_ms();
     let mut dirty: Vec<(Vec<u8>, LeafRecord)> = Vec::new();
-    // Coalesce: the latest record per leaf within this batch.
-    let mut pending: std::collections::HashMap<Vec<u8>, LeafRecord> = Default::default();
-    let lookup = |k: &Vec<u8>, pending: &std::collections::HashMap<Vec<u8>, LeafRecord>| {
+    // Coalesce: the latest record per leaf within this batch, and the state
+    // each leaf had before it (for the per-job counters).
+    let mut pending: HashMap<Vec<u8>, LeafRecord> = HashMap::new();
+    let mut before: HashMap<Vec<u8>, Option<LeafState>> = HashMap::new();
+    let lookup = |k: &Vec<u8>,
+                  pending: &HashMap<Vec<u8>, LeafRecord>,
+                  before: &mut HashMap<Vec<u8>, Option<LeafState>>| {
         match pending.get(k) {
             Some(r) => Ok(Some(r.clone())),
-            None => st.leaves.get::<LeafRecord>(k),
+            None => {
+                let r = st.leaves.get::<LeafRecord>(k)?;
+                before.insert(k.clone(), r.as_ref().map(|l| l.state));
+                Ok::<_, StoreError>(r)
+            }
         }
     };
     for (_, ev) in events {
         match ev {
             Event::Leaf(u) => {
                 let k = keys::job_client(u.job, &u.client);
-                let cur = lookup(&k, &pending)?;
+                let cur = lookup(&k, &pending, &mut before)?;
                 if cur.is_none() {
                     // Targets always arrive before results (same path, in
                     // order): a result for an unknown leaf was never ordered.
@@ -50,7 +59,7 @@ pub(crate) fn apply(
             } => {
                 for (client, home) in leaves {
                     let k = keys::job_client(*job, client);
-                    let cur = lookup(&k, &pending)?;
+                    let cur = lookup(&k, &pending, &mut before)?;
                     if let Some(new) = rules::target(cur.as_ref(), home, *attempt, now) {
                         pending.insert(k, new);
                     }
@@ -115,6 +124,12 @@ pub(crate) fn apply(
         }
     }
     dirty.extend(pending);
+    for (k, new) in &dirty {
+        if let Some(job) = keys::read_u64(k).map(JobId) {
+            st.counters
+                .moved(job, before.get(k).copied().flatten(), new.state);
+        }
+    }
     debug!(from = %from, events = events.len(), leaves = dirty.len(), "applied batch");
     st.leaves
         .put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;

@@ -3,8 +3,8 @@
 
 use super::{HqError, HqState, RelayRecord};
 use crate::proto::{
-    now_ms, Action, Assignment, Attempt, JobId, Msg, NodeName, Order, RerunResult, Scope,
-    SignedOrder,
+    now_ms, Action, Assignment, Attempt, JobId, LeafState, Msg, NodeName, Order, RerunResult,
+    Scope, SignedOrder,
 };
 use crate::rules::{self, LeafRecord};
 use crate::store::keys;
@@ -209,6 +209,9 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         }
         st.leaves
             .put_many(fresh.iter().map(|(k, v)| (k.clone(), v)))?;
+        for (_, l) in leaves.iter().filter(|(_, l)| l.state.is_rerunnable()) {
+            st.counters.moved(job, Some(l.state), LeafState::Pending);
+        }
         st.jobs.put(&jk, &rec)?;
         // One signed order per home relay, naming exactly its targets.
         let mut orders: BTreeMap<NodeName, Vec<SignedOrder>> = BTreeMap::new();

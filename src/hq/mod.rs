@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod counters;
 mod ingest;
 mod jobs;
 mod sessions;
@@ -78,6 +79,8 @@ pub(crate) struct HqState {
     pub signer: crate::tls::SigningKey,
     /// When this HQ process started, unix ms (for the reconnect grace period).
     pub started_at_ms: u64,
+    /// Leaves per state of each job looked at, kept as results arrive.
+    pub counters: counters::Counters,
     /// Bumped after every durable change of leaves, for `job wait`.
     pub changed: watch::Sender<u64>,
 }
@@ -103,6 +106,7 @@ impl HqState {
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
             changed: watch::channel(0).0,
+            counters: Default::default(),
             started_at_ms: crate::proto::now_ms(),
         })
     }

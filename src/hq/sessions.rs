@@ -217,16 +217,15 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
             let mut changed = st.changed.subscribe();
             loop {
                 changed.borrow_and_update();
-                let s = view::status(st, job)?;
-                if s.done {
-                    break AdminResponse::Status(s);
+                // Cheap check on every change; the full status once at the end.
+                if view::is_job_done(st, job)? {
+                    break AdminResponse::Status(view::status(st, job)?);
                 }
-                // Re-check on each change, at most every 50 ms, until the deadline.
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => break AdminResponse::Status(view::status(st, job)?),
-                    r = changed.changed() => if r.is_err() { break AdminResponse::Status(s) },
+                    r = changed.changed() => if r.is_err() { break AdminResponse::Status(view::status(st, job)?) },
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     })

@@ -39,6 +39,25 @@ fn is_done(rec: &JobRecord, totals: &Totals) -> bool {
     rec.awaiting.is_empty() && totals.open() == 0
 }
 
+/// Leaves per state of a job, from the in-memory counters (counted from the
+/// store the first time).
+pub(crate) fn totals(st: &HqState, job: JobId) -> Result<Totals, HqError> {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    st.counters.get_or_count(job, || {
+        let mut t = Totals::default();
+        for r in st.leaves.scan::<LeafRecord>(&keys::job(job)) {
+            t.add(r?.1.state);
+        }
+        Ok(t)
+    })
+}
+
+/// Whether every leaf of the job's latest attempt is final, cheaply.
+pub(crate) fn is_job_done(st: &HqState, job: JobId) -> Result<bool, HqError> {
+    let rec = job_record(st, job)?;
+    Ok(is_done(&rec, &totals(st, job)?))
+}
+
 /// One job in full.
 pub(crate) fn status(st: &HqState, job: JobId) -> Result<JobStatus, HqError> {
     let rec = job_record(st, job)?;
@@ -86,10 +105,7 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
     let mut out = Vec::new();
     for r in st.jobs.scan::<JobRecord>(b"") {
         let (_, rec) = r?;
-        let mut totals = Totals::default();
-        for r in st.leaves.scan::<LeafRecord>(&keys::job(rec.job)) {
-            totals.add(r?.1.state);
-        }
+        let totals = totals(st, rec.job)?;
         out.push(JobSummary {
             job: rec.job,
             attempt: rec.attempt,

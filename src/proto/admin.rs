@@ -96,6 +96,11 @@ impl Totals {
     pub fn add(&mut self, state: LeafState) {
         *self.slot(state) += 1;
     }
+    /// Counts one leaf fewer in `state`.
+    pub fn remove(&mut self, state: LeafState) {
+        let slot = self.slot(state);
+        *slot = slot.saturating_sub(1);
+    }
     /// The count for `state`.
     pub fn get(&self, state: LeafState) -> u64 {
         let mut t = self.clone();

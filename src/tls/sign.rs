@@ -59,8 +59,11 @@ impl SigningKey {
 #[derive(Clone, Debug)]
 pub struct VerifyKey {
     key: Vec<u8>,
-    verified: Arc<Mutex<HashSet<Vec<u8>>>>,
+    verified: Memory,
 }
+
+/// Signatures (with a digest of their message) already verified.
+type Memory = Arc<Mutex<HashSet<Vec<u8>>>>;
 
 impl PartialEq for VerifyKey {
     fn eq(&self, other: &Self) -> bool {
@@ -89,10 +92,21 @@ impl VerifyKey {
     }
 
     fn from_bytes(key: Vec<u8>) -> VerifyKey {
-        VerifyKey {
-            key,
-            verified: Default::default(),
-        }
+        // One memory per key per process: the agents of a swarm each load
+        // the same key from their own identity directory.
+        static MEMORIES: Mutex<Vec<(Vec<u8>, Memory)>> = Mutex::new(Vec::new());
+        let verified = match MEMORIES.lock() {
+            Ok(mut m) => match m.iter().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.clone(),
+                None => {
+                    let v: Memory = Default::default();
+                    m.push((key.clone(), v.clone()));
+                    v
+                }
+            },
+            Err(_) => Default::default(),
+        };
+        VerifyKey { key, verified }
     }
 
     /// Whether `sig` is HQ's signature of `msg`.
