@@ -1,6 +1,5 @@
 //! Sends a node's outbox to its parent: everything unacknowledged at the start
-//! of a session, then each new entry, in batches, within a window of entries
-//! sent but not yet acknowledged.
+//! of a session, then each new entry, in batches, one batch in flight.
 
 use super::{LinkError, SessionTx};
 use crate::proto::{Attempt, Event, JobId, Msg, NodeName};
@@ -11,8 +10,7 @@ use tokio::sync::watch;
 pub const BATCH: usize = 2048;
 /// Stored bytes per `Events` message, at most (well under the frame limit).
 pub const BATCH_BYTES: usize = 512 * 1024;
-/// Entries sent but not acknowledged before the pump waits.
-pub const WINDOW: u64 = 16 * BATCH as u64;
+
 
 /// The highest sequence number the parent acknowledged in this session.
 pub type AckCursor = watch::Sender<u64>;
@@ -74,7 +72,10 @@ pub async fn pump_outbox(
             sent = *last;
         }
         crate::link::send(&tx, Msg::Events(coalesce(batch))).await?;
-        while sent > *acked.borrow() + WINDOW {
+        // One batch in flight: while the parent stores it (one flush), new
+        // events gather here, and the next batch carries them all. Under load
+        // batches grow and flushes stay few; when idle, each event goes at once.
+        while sent > *acked.borrow() {
             acked.changed().await.map_err(|_| LinkError::Closed)?;
         }
     }
