@@ -17,7 +17,7 @@ pub use swarm::{swarm, SwarmConfig};
 
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Timing, Upward};
 use crate::proto::{now_ms, Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
-use crate::store::{keys, Outbox, Store, StoreError, Table};
+use crate::store::{Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,7 +130,7 @@ pub(crate) fn load_identity(dir: &std::path::Path) -> Result<Identity, AgentErro
 /// `agent swarm`); the agent must not be running.
 pub async fn read_run_log(data_dir: &std::path::Path) -> Result<Vec<RunView>, AgentError> {
     let store = Store::open(data_dir)?;
-    let runs = runlog::all_runs(&store.table("runs")?)?;
+    let runs = runlog::all_runs(&store.table(runlog::TREE)?)?;
     Ok(runs)
 }
 
@@ -150,7 +150,6 @@ pub(crate) async fn run_on(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let me = identity.me().clone();
-    let prefix = keys::name_prefix(&me.name);
     let job_key = identity
         .job_key()
         .cloned()
@@ -158,8 +157,8 @@ pub(crate) async fn run_on(
     let st = Arc::new(AgentState {
         job_key,
         me: me.name.clone(),
-        runs: store.table("runs")?,
-        outbox: store.outbox_prefixed("outbox", &prefix)?,
+        runs: store.table(runlog::TREE)?,
+        outbox: store.outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me.name))?,
         store,
         slots: Semaphore::new(options.max_parallel.max(1)),
         options: options.clone(),
@@ -206,8 +205,13 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                             st.store.durable().await?;
                         }
                     } else if let Some(fresh) = runlog::accept(&st, &a, &relay)? {
+                        // A ping is answered with the same flush that records
+                        // its receipt; anything else runs in its own task.
+                        let rest = run::finish_now(&st, fresh)?;
                         st.store.durable().await?;
-                        tokio::spawn(run::execute(st.clone(), fresh).in_current_span());
+                        if let Some(rec) = rest {
+                            tokio::spawn(run::execute(st.clone(), rec).in_current_span());
+                        }
                     }
                     crate::link::send(&tx, Msg::AssignAck {
                         job: a.job,

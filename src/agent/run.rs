@@ -20,6 +20,32 @@ pub(crate) async fn execute(st: Arc<AgentState>, rec: RunRecord) {
     }
 }
 
+/// Finishes an attempt that needs no process (`ping`, or a load test's
+/// deliberate failure) without waiting: recorded (not yet durable) and
+/// queued upward. Returns the record back when it does need a process.
+pub(crate) fn finish_now(
+    st: &AgentState,
+    mut rec: RunRecord,
+) -> Result<Option<RunRecord>, crate::store::StoreError> {
+    if !st.options.delay.is_zero() {
+        return Ok(Some(rec));
+    }
+    if should_fail(st, &rec) {
+        let mut u = runlog::update(st, &rec, LeafState::Failed);
+        u.reason = Some("failed on purpose (--fail-fraction)".into());
+        runlog::record(st, &mut rec, u)?;
+        return Ok(None);
+    }
+    match &rec.action {
+        Action::Ping => {
+            let u = runlog::update(st, &rec, LeafState::Succeeded);
+            runlog::record(st, &mut rec, u)?;
+            Ok(None)
+        }
+        Action::Run(_) => Ok(Some(rec)),
+    }
+}
+
 async fn execute_inner(
     st: &AgentState,
     mut rec: RunRecord,

@@ -48,7 +48,7 @@ pub(crate) fn accept(
         warn!(job = %a.job, "assignment does not target this agent; ignored");
         return Ok(None);
     }
-    let k = keys::name_job_attempt(&st.me, a.job, a.attempt);
+    let k = run_key(&st.me, a.job, a.attempt);
     if st.runs.contains(&k)? {
         return Ok(None);
     }
@@ -76,7 +76,7 @@ pub(crate) fn refuse(
     relay: &NodeName,
     why: &str,
 ) -> Result<bool, StoreError> {
-    let k = keys::name_job_attempt(&st.me, a.job, a.attempt);
+    let k = run_key(&st.me, a.job, a.attempt);
     if st.runs.contains(&k)? {
         return Ok(false);
     }
@@ -109,10 +109,39 @@ pub(crate) fn record(
     if u.state.is_final() {
         rec.result = Some(u.state);
     }
-    st.runs
-        .put(&keys::name_job_attempt(&st.me, rec.job, rec.attempt), rec)?;
-    st.outbox.push(&[Event::Leaf(u)])?;
+    // The run and its event together, atomically: after a crash neither a
+    // state without its report nor a report without its state.
+    st.outbox.push_with(
+        &[Event::Leaf(u)],
+        &run_key(&st.me, rec.job, rec.attempt),
+        rec,
+    )?;
     Ok(())
+}
+
+/// Runs and outboxes share the agent's tree (so that a run and its event are
+/// written in one batch): runs under `r\0`, outboxes under `o\0`.
+pub(crate) const TREE: &str = "agent";
+
+/// Where agent `me` keeps its run of (job, attempt).
+pub(crate) fn run_key(me: &NodeName, job: JobId, attempt: Attempt) -> Vec<u8> {
+    let mut k = b"r\0".to_vec();
+    k.extend_from_slice(&keys::name_job_attempt(me, job, attempt));
+    k
+}
+
+/// The prefix of every run of agent `me`.
+pub(crate) fn runs_prefix(me: &NodeName) -> Vec<u8> {
+    let mut k = b"r\0".to_vec();
+    k.extend_from_slice(&keys::name_prefix(me));
+    k
+}
+
+/// The prefix of agent `me`'s outbox.
+pub(crate) fn outbox_prefix(me: &NodeName) -> Vec<u8> {
+    let mut k = b"o\0".to_vec();
+    k.extend_from_slice(&keys::name_prefix(me));
+    k
 }
 
 /// A leaf update for `rec`.
@@ -136,7 +165,7 @@ pub(crate) fn recover(st: &AgentState) -> Result<Vec<RunRecord>, StoreError> {
     let mut to_run = Vec::new();
     let all: Vec<RunRecord> = st
         .runs
-        .scan::<RunRecord>(&keys::name_prefix(&st.me))
+        .scan::<RunRecord>(&runs_prefix(&st.me))
         .map(|r| r.map(|(_, v)| v))
         .collect::<Result<_, _>>()?;
     for mut rec in all {
@@ -177,8 +206,9 @@ pub struct RunView {
 /// Every run of every agent in a store (`agent runlog`).
 pub(crate) fn all_runs(runs: &crate::store::Table) -> Result<Vec<RunView>, StoreError> {
     let mut out = Vec::new();
-    for r in runs.scan::<RunRecord>(b"") {
+    for r in runs.scan::<RunRecord>(b"r\0") {
         let (k, rec) = r?;
+        let k = &k[2..];
         let Some(client) = k
             .iter()
             .position(|b| *b == 0)

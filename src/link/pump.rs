@@ -11,7 +11,6 @@ pub const BATCH: usize = 2048;
 /// Stored bytes per `Events` message, at most (well under the frame limit).
 pub const BATCH_BYTES: usize = 512 * 1024;
 
-
 /// The highest sequence number the parent acknowledged in this session.
 pub type AckCursor = watch::Sender<u64>;
 

@@ -105,12 +105,14 @@ async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
     let old = st.dir_clients.get::<DirEntry>(&keys::name(&client))?;
     if old.as_ref() != Some(&home) {
         let (mut events, forget) = moves::moved(st, &client, old.as_ref(), &me, &me)?;
-        st.dir_clients.put(&keys::name(&client), &home)?;
         events.push(Event::ClientJoined {
             client: client.clone(),
             relay: me.clone(),
         });
+        // The event before the entry: after a crash, writes survive as a
+        // prefix, and an entry without its event would never be reported.
         st.outbox.push(&events)?;
+        st.dir_clients.put(&keys::name(&client), &home)?;
         st.store.durable().await?;
         queue::send_forgets(&st.children, forget.into_iter().collect());
         info!(%client, "client registered");
@@ -173,6 +175,7 @@ async fn agent_loop(
 fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<(), StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut events = Vec::new();
+    let mut writes = Vec::new();
     for u in ups {
         if u.client != *client {
             warn!(%client, claimed = %u.client, "agent reported another client's leaf; dropped");
@@ -193,15 +196,21 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
         let mut u = u.clone();
         u.relay = st.me.clone();
         if let Some(new) = rules::merge(Some(&cur), &u) {
-            st.leaves.put(&k, &new)?;
-            if new.state.is_final() {
-                // Nothing left to deliver: keep the per-client index small.
-                st.client_leaves.remove(&keys::name_job(client, u.job))?;
-            }
+            writes.push((k, new, u.job));
             events.push(Event::Leaf(u));
         }
     }
+    // Events before the states they report: after a crash writes survive as
+    // a prefix, and a state without its event would never be reported (the
+    // agent's re-sent update would merge as nothing new).
     st.outbox.push(&events)?;
+    for (k, new, job) in writes {
+        st.leaves.put(&k, &new)?;
+        if new.state.is_final() {
+            // Nothing left to deliver: keep the per-client index small.
+            st.client_leaves.remove(&keys::name_job(client, job))?;
+        }
+    }
     Ok(())
 }
 

@@ -88,9 +88,10 @@ pub(crate) fn sweep(st: &RelayState, now: u64) -> Result<usize, StoreError> {
             }));
         }
         expired += writes.len();
+        // Events first: a crash keeps a prefix of the writes.
+        st.outbox.push(&events)?;
         st.leaves
             .put_many(writes.iter().map(|(k, v)| (k.clone(), v)))?;
-        st.outbox.push(&events)?;
         rec.swept = true;
         st.attempts.put(&ak, &rec)?;
     }

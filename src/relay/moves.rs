@@ -57,7 +57,8 @@ pub(crate) fn forget(
     }
 }
 
-/// Cancels the home leaves of `client` still pending here.
+/// Cancels the home leaves of `client` still pending here; queues their
+/// events itself (returns none).
 fn cancel_undelivered(
     st: &RelayState,
     client: &NodeName,
@@ -66,6 +67,7 @@ fn cancel_undelivered(
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = now_ms();
     let mut events = Vec::new();
+    let mut writes = Vec::new();
     let prefix = keys::name_prefix(client);
     let jobs: Vec<JobId> = st
         .client_leaves
@@ -82,15 +84,15 @@ fn cancel_undelivered(
             continue;
         }
         let reason = format!("client moved to relay {moved_to} before delivery");
-        st.leaves.put(
-            &lk,
-            &LeafRecord {
+        writes.push((
+            lk,
+            LeafRecord {
                 state: LeafState::Canceled,
                 reason: Some(reason.clone()),
                 at_ms: now,
                 ..leaf.clone()
             },
-        )?;
+        ));
         events.push(Event::Leaf(LeafUpdate {
             job,
             attempt: leaf.attempt,
@@ -103,5 +105,9 @@ fn cancel_undelivered(
             at_ms: now,
         }));
     }
-    Ok(events)
+    // Events before states: a crash keeps a prefix of the writes.
+    st.outbox.push(&events)?;
+    st.leaves
+        .put_many(writes.iter().map(|(k, v)| (k.clone(), v)))?;
+    Ok(Vec::new())
 }

@@ -65,6 +65,28 @@ impl Outbox {
         Ok(first + events.len() as u64 - 1)
     }
 
+    /// Appends events and writes `key` = `value` in the same tree, all in
+    /// one atomic batch: after a crash, either all of it is there or none.
+    pub fn push_with<V: serde::Serialize>(
+        &self,
+        events: &[Event],
+        key: &[u8],
+        value: &V,
+    ) -> Result<u64, StoreError> {
+        let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
+        let first = self.next.load(Ordering::SeqCst);
+        let mut batch = sled::Batch::default();
+        for (i, e) in events.iter().enumerate() {
+            batch.insert(self.key(first + i as u64), rmp_serde::to_vec_named(e)?);
+        }
+        batch.insert(key, rmp_serde::to_vec_named(value)?);
+        self.table.tree.apply_batch(batch)?;
+        self.next
+            .store(first + events.len() as u64, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        Ok((first + events.len() as u64).saturating_sub(1))
+    }
+
     /// Up to `max` entries with sequence numbers above `after`.
     pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Event)>, StoreError> {
         self.read_batch(after, max, usize::MAX)
