@@ -133,7 +133,6 @@ pub async fn restart_when_writable(
     listen: Option<SocketAddr>,
     why: &str,
 ) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
     tracing::error!(
         error = %why,
         data_dir = %data_dir.display(),
@@ -147,12 +146,46 @@ pub async fn restart_when_writable(
         waited += 1;
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    tracing::info!("disk accepts writes again; restarting");
+    reexec(listen)
+}
+
+/// A flush running longer than this means the store is stuck.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Watches, from a thread of its own (it works even when every runtime
+/// thread is blocked inside the store), for a flush that does not finish
+/// within [`STALL`]: then restarts the process as after a disk failure
+/// (nothing was acknowledged since, so nothing is lost).
+pub fn start_watchdog(data_dir: std::path::PathBuf, listen: Option<SocketAddr>) {
+    let spawned = std::thread::Builder::new()
+        .name("store-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if let Some(d) = crate::store::longest_stall().filter(|d| *d > STALL) {
+                tracing::error!(stalled = ?d, "storage failed: a flush did not finish; acknowledging nothing; restarting once the disk accepts writes");
+                while probe_write(&data_dir).is_err() {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                tracing::info!("disk accepts writes again; restarting");
+                let e = reexec(listen);
+                tracing::error!(error = %e, "cannot restart");
+                std::process::exit(70);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the storage watchdog");
+    }
+}
+
+/// Replaces this process with a fresh copy of itself, `--listen` pinned.
+fn reexec(listen: Option<SocketAddr>) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return e,
     };
     let args = pin_listen(std::env::args_os().skip(1).collect(), listen);
-    tracing::info!("disk accepts writes again; restarting");
     std::process::Command::new(exe).args(args).exec()
 }
 

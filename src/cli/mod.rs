@@ -195,6 +195,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             announce(addr);
+            crate::node::start_watchdog(data_dir.clone(), Some(addr));
             finish(
                 crate::hq::run(listener, &data_dir, t, shutdown).await,
                 &data_dir,
@@ -367,6 +368,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             announce(addr);
+            crate::node::start_watchdog(data_dir.clone(), Some(addr));
             let cfg = crate::relay::RelayConfig {
                 identity,
                 data_dir: data_dir.clone(),
@@ -397,6 +399,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             let t = timing(&t)?;
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
+            crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
             cfg.options.max_parallel = max_parallel;
@@ -451,6 +454,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 .transpose()?
                 .unwrap_or_default();
             crate::node::raise_fd_limit();
+            crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
             let options = crate::agent::AgentOptions {
                 max_parallel,

@@ -11,12 +11,32 @@ use tokio::sync::{mpsc, watch};
 type Round = (u64, Option<String>);
 
 struct Shared {
+    /// Since when (unix ms) some `durable()` caller has been waiting, 0 when
+    /// none is: a flush that hangs, or one that never gets to start because
+    /// the store blocks the runtime, shows here.
+    waiting_since_ms: AtomicU64,
     requested: AtomicU64,
     flushes: AtomicU64,
     done: watch::Sender<Round>,
     /// Set at the first failed flush: sled refuses every write after an I/O
     /// error, so the node must stop acknowledging and reopen its database.
     failed: watch::Sender<Option<String>>,
+}
+
+/// Every flusher of this process, for the stall watchdog.
+static FLUSHERS: std::sync::Mutex<Vec<std::sync::Weak<Shared>>> = std::sync::Mutex::new(Vec::new());
+
+/// How long the longest-waiting `durable()` call in this process has been
+/// waiting (sled can hang on a failing disk instead of returning an error).
+pub fn longest_stall() -> Option<std::time::Duration> {
+    let now = crate::proto::now_ms();
+    let all = FLUSHERS.lock().ok()?;
+    all.iter()
+        .filter_map(|w| w.upgrade())
+        .map(|s| s.waiting_since_ms.load(Ordering::SeqCst))
+        .filter(|t| *t > 0)
+        .map(|t| std::time::Duration::from_millis(now.saturating_sub(t)))
+        .max()
 }
 
 pub(super) struct Flusher {
@@ -29,6 +49,7 @@ impl Flusher {
     pub(super) fn start(db: sled::Db) -> Arc<Flusher> {
         let (done, _) = watch::channel((0, None));
         let shared = Arc::new(Shared {
+            waiting_since_ms: AtomicU64::new(0),
             requested: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             done,
@@ -40,6 +61,14 @@ impl Flusher {
             while kicks.recv().await.is_some() {
                 let target = s.requested.load(Ordering::SeqCst);
                 let res = db.flush_async().await;
+                // Everyone asked so far is covered: nobody waits any more.
+                // Otherwise the waiting goes on from now (a new round).
+                let now = if s.requested.load(Ordering::SeqCst) == target {
+                    0
+                } else {
+                    crate::proto::now_ms()
+                };
+                s.waiting_since_ms.store(now, Ordering::SeqCst);
                 s.flushes.fetch_add(1, Ordering::Relaxed);
                 let err = res.err().map(|e| e.to_string());
                 if let Some(e) = &err {
@@ -55,6 +84,10 @@ impl Flusher {
                 s.done.send_replace((target, err));
             }
         });
+        if let Ok(mut all) = FLUSHERS.lock() {
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(&shared));
+        }
         Arc::new(Flusher {
             shared,
             kick,
@@ -70,6 +103,12 @@ impl Flusher {
     pub(super) async fn durable(&self) -> Result<(), StoreError> {
         let mut rx = self.shared.done.subscribe();
         let ticket = self.shared.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = self.shared.waiting_since_ms.compare_exchange(
+            0,
+            crate::proto::now_ms().max(1),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         // A full channel means a round is already queued, which will cover us.
         let _ = self.kick.try_send(());
         let round = rx

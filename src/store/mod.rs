@@ -6,6 +6,7 @@
 //! shares one flush. Callers acknowledge to a peer only after it returns.
 
 mod flush;
+pub use flush::longest_stall;
 pub mod keys;
 mod outbox;
 
