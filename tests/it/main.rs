@@ -2,6 +2,7 @@
 
 mod cli_errors;
 mod crash;
+mod bench_scripts;
 mod crashloop;
 mod disk;
 mod fanout;
