@@ -150,12 +150,13 @@ pub async fn restart_when_writable(
     reexec(listen)
 }
 
-/// A flush running longer than this means the store is stuck.
-pub const STALL: std::time::Duration = std::time::Duration::from_secs(10);
+/// A `durable()` wait this long with no flush finishing means the store is
+/// stuck (not merely slow).
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Watches, from a thread of its own (it works even when every runtime
 /// thread is blocked inside the store), for a flush that does not finish
-/// within [`STALL`]: then restarts the process as after a disk failure
+/// within [`STALL`] while no flush finishes: then restarts the process as after a disk failure
 /// (nothing was acknowledged since, so nothing is lost).
 pub fn start_watchdog(data_dir: std::path::PathBuf, listen: Option<SocketAddr>) {
     let spawned = std::thread::Builder::new()

@@ -15,6 +15,9 @@ struct Shared {
     /// none is: a flush that hangs, or one that never gets to start because
     /// the store blocks the runtime, shows here.
     waiting_since_ms: AtomicU64,
+    /// When the latest flush finished (unix ms): a slow but moving store
+    /// (overload) is not a stuck one.
+    last_done_ms: AtomicU64,
     requested: AtomicU64,
     flushes: AtomicU64,
     done: watch::Sender<Round>,
@@ -26,14 +29,22 @@ struct Shared {
 /// Every flusher of this process, for the stall watchdog.
 static FLUSHERS: std::sync::Mutex<Vec<std::sync::Weak<Shared>>> = std::sync::Mutex::new(Vec::new());
 
-/// How long the longest-waiting `durable()` call in this process has been
-/// waiting (sled can hang on a failing disk instead of returning an error).
+/// How long some `durable()` call in this process has been waiting with no
+/// flush finishing at all meanwhile (sled can hang on a failing disk instead
+/// of returning an error; an overloaded store is slow, but flushes finish).
 pub fn longest_stall() -> Option<std::time::Duration> {
     let now = crate::proto::now_ms();
     let all = FLUSHERS.lock().ok()?;
     all.iter()
         .filter_map(|w| w.upgrade())
-        .map(|s| s.waiting_since_ms.load(Ordering::SeqCst))
+        .map(|s| {
+            let waiting = s.waiting_since_ms.load(Ordering::SeqCst);
+            if waiting == 0 {
+                0
+            } else {
+                waiting.max(s.last_done_ms.load(Ordering::SeqCst))
+            }
+        })
         .filter(|t| *t > 0)
         .map(|t| std::time::Duration::from_millis(now.saturating_sub(t)))
         .max()
@@ -50,6 +61,7 @@ impl Flusher {
         let (done, _) = watch::channel((0, None));
         let shared = Arc::new(Shared {
             waiting_since_ms: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(crate::proto::now_ms()),
             requested: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             done,
@@ -61,6 +73,8 @@ impl Flusher {
             while kicks.recv().await.is_some() {
                 let target = s.requested.load(Ordering::SeqCst);
                 let res = db.flush_async().await;
+                s.last_done_ms
+                    .store(crate::proto::now_ms(), Ordering::SeqCst);
                 // Everyone asked so far is covered: nobody waits any more.
                 // Otherwise the waiting goes on from now (a new round).
                 let now = if s.requested.load(Ordering::SeqCst) == target {

@@ -66,7 +66,7 @@ fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
     let job = env.create_job(&["r1"], &[], &env.job_script("echo done"));
     // An I/O error from sled, or a flush that hangs (sled can hang on a full
     // disk): either way the relay reports it and stops acknowledging.
-    wait_until("r1 to report the failing disk", DEADLINE, || {
+    wait_until("r1 to report the failing disk", 2 * DEADLINE, || {
         env.log_text().contains("storage failed")
     });
     // (Writes into space sled had already claimed may still succeed, so some
