@@ -1,8 +1,8 @@
 //! Integration tests: the real `hq`, `relay` and `agent` binaries on loopback.
 
+mod bench_scripts;
 mod cli_errors;
 mod crash;
-mod bench_scripts;
 mod crashloop;
 mod disk;
 mod fanout;
