@@ -126,6 +126,13 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                     st.client_leaves
                         .put(&keys::name_job(&client, a.job), &a.attempt.0)?;
                     out.agents.push(client);
+                } else if cur
+                    .as_ref()
+                    .is_some_and(|c| c.attempt == a.attempt && c.state == LeafState::Pending)
+                {
+                    // Left by an earlier apply cut short by a crash (the
+                    // attempt record is written last): still to deliver.
+                    out.agents.push(client);
                 }
             }
             Some(e) => to_child.entry(e.via).or_default().push(client),

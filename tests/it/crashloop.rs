@@ -148,23 +148,36 @@ fn wait_monotonic(env: &Env, job: &str) -> Value {
         }
     }
     let mut seen: BTreeMap<String, (u64, u8)> = BTreeMap::new();
-    wait_for(
-        &format!("job {job} to finish"),
-        Duration::from_secs(90),
-        || {
-            let st = env.status(job);
-            for (c, l) in leaves(&st) {
-                let now = (
-                    l["attempt"].as_u64().unwrap_or(0),
-                    rank(l["state"].as_str().unwrap_or("")),
-                );
-                if let Some(before) = seen.insert(c.clone(), now) {
-                    assert!(now >= before, "{c} moved backwards: {before:?} -> {now:?}");
-                }
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let st = env.status(job);
+        for (c, l) in leaves(&st) {
+            let now = (
+                l["attempt"].as_u64().unwrap_or(0),
+                rank(l["state"].as_str().unwrap_or("")),
+            );
+            if let Some(before) = seen.insert(c.clone(), now) {
+                assert!(now >= before, "{c} moved backwards: {before:?} -> {now:?}");
             }
-            (st["done"] == true).then_some(st)
-        },
-    )
+        }
+        if st["done"] == true {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let open: Vec<String> = leaves(&st)
+                .into_iter()
+                .filter(|(_, l)| rank(l["state"].as_str().unwrap_or("")) < 3)
+                .take(10)
+                .map(|(c, l)| format!("{c}: {l}"))
+                .collect();
+            env.dump_logs();
+            panic!(
+                "job {job} not done after 180 s: totals {} awaiting {}; open leaves: {open:#?}",
+                st["totals"], st["awaiting"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn random_pause() {
