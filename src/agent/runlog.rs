@@ -52,7 +52,15 @@ pub(crate) fn accept(
     if st.runs.contains(&k)? {
         return Ok(None);
     }
-    let rec = RunRecord {
+    let rec = received(a, relay);
+    st.runs.put(&k, &rec)?;
+    info!(job = %a.job, attempt = %a.attempt, "assignment received");
+    Ok(Some(rec))
+}
+
+/// A run just received, not started.
+fn received(a: &Assignment, relay: &NodeName) -> RunRecord {
+    RunRecord {
         job: a.job,
         attempt: a.attempt,
         action: a.action.clone(),
@@ -60,10 +68,7 @@ pub(crate) fn accept(
         state: RunState::Received,
         result: None,
         received_at_ms: now_ms(),
-    };
-    st.runs.put(&k, &rec)?;
-    info!(job = %a.job, attempt = %a.attempt, "assignment received");
-    Ok(Some(rec))
+    }
 }
 
 /// Records a refused assignment as a failed run with the reason (not yet
@@ -80,15 +85,7 @@ pub(crate) fn refuse(
     if st.runs.contains(&k)? {
         return Ok(false);
     }
-    let mut rec = RunRecord {
-        job: a.job,
-        attempt: a.attempt,
-        action: a.action.clone(),
-        relay: relay.clone(),
-        state: RunState::Received,
-        result: None,
-        received_at_ms: now_ms(),
-    };
+    let mut rec = received(a, relay);
     let mut u = update(st, &rec, LeafState::Failed);
     u.reason = Some(format!("refused: {why}"));
     record(st, &mut rec, u)?;

@@ -2,7 +2,7 @@
 //! become `expired`, once, including after the relay was down past it.
 
 use super::{AttemptRecord, RelayState};
-use crate::proto::{now_ms, Event, JobId, LeafState, LeafUpdate, NodeName};
+use crate::proto::{now_ms, JobId, LeafState, NodeName};
 use crate::rules::LeafRecord;
 use crate::store::{keys, StoreError};
 use std::sync::Arc;
@@ -65,27 +65,17 @@ pub(crate) fn sweep(st: &RelayState, now: u64) -> Result<usize, StoreError> {
             else {
                 continue;
             };
-            let reason = "not delivered before the job's expiry".to_string();
-            writes.push((
-                k,
-                LeafRecord {
-                    state: LeafState::Expired,
-                    reason: Some(reason.clone()),
-                    at_ms: now,
-                    ..leaf.clone()
-                },
-            ));
-            events.push(Event::Leaf(LeafUpdate {
+            let (rec, ev) = super::close_here(
+                st,
                 job,
-                attempt: leaf.attempt,
-                client,
-                relay: st.me.clone(),
-                state: LeafState::Expired,
-                exit_code: None,
-                reason: Some(reason),
-                output: None,
-                at_ms: now,
-            }));
+                &client,
+                &leaf,
+                LeafState::Expired,
+                "not delivered before the job's expiry".to_string(),
+                now,
+            );
+            writes.push((k, rec));
+            events.push(ev);
         }
         expired += writes.len();
         // Events first: a crash keeps a prefix of the writes.

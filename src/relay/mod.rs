@@ -130,6 +130,37 @@ impl RelayState {
     }
 }
 
+/// A pending home leaf closed by this relay itself (expired, canceled): its
+/// new record and the event that reports it.
+pub(crate) fn close_here(
+    st: &RelayState,
+    job: crate::proto::JobId,
+    client: &NodeName,
+    leaf: &crate::rules::LeafRecord,
+    state: crate::proto::LeafState,
+    reason: String,
+    now: u64,
+) -> (crate::rules::LeafRecord, crate::proto::Event) {
+    let rec = crate::rules::LeafRecord {
+        state,
+        reason: Some(reason.clone()),
+        at_ms: now,
+        ..leaf.clone()
+    };
+    let ev = crate::proto::Event::Leaf(crate::proto::LeafUpdate {
+        job,
+        attempt: leaf.attempt,
+        client: client.clone(),
+        relay: st.me.clone(),
+        state,
+        exit_code: None,
+        reason: Some(reason),
+        output: None,
+        at_ms: now,
+    });
+    (rec, ev)
+}
+
 /// Runs a relay on a bound listener until `shutdown`.
 pub async fn run(
     listener: TcpListener,

@@ -4,7 +4,7 @@
 
 use super::{DirEntry, RelayState};
 use crate::link::queue::ForgetTo;
-use crate::proto::{now_ms, Event, JobId, LeafState, LeafUpdate, NodeName};
+use crate::proto::{now_ms, Event, JobId, LeafState, NodeName};
 use crate::rules::LeafRecord;
 use crate::store::{keys, StoreError};
 use tracing::info;
@@ -83,27 +83,17 @@ fn cancel_undelivered(
         if leaf.state != LeafState::Pending {
             continue;
         }
-        let reason = format!("client moved to relay {moved_to} before delivery");
-        writes.push((
-            lk,
-            LeafRecord {
-                state: LeafState::Canceled,
-                reason: Some(reason.clone()),
-                at_ms: now,
-                ..leaf.clone()
-            },
-        ));
-        events.push(Event::Leaf(LeafUpdate {
+        let (rec, ev) = super::close_here(
+            st,
             job,
-            attempt: leaf.attempt,
-            client: client.clone(),
-            relay: st.me.clone(),
-            state: LeafState::Canceled,
-            exit_code: None,
-            reason: Some(reason),
-            output: None,
-            at_ms: now,
-        }));
+            client,
+            &leaf,
+            LeafState::Canceled,
+            format!("client moved to relay {moved_to} before delivery"),
+            now,
+        );
+        writes.push((lk, rec));
+        events.push(ev);
     }
     // Events before states: a crash keeps a prefix of the writes.
     st.outbox.push(&events)?;
