@@ -205,7 +205,11 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
         } => AdminResponse::Created {
             job: jobs::create(st, dest, action, expires_ms).await?,
         },
-        AdminRequest::Status { job } => AdminResponse::Status(view::status(st, job)?),
+        AdminRequest::Status { job } => {
+            // Report only what is on disk: what a restart would still show.
+            st.store.durable().await?;
+            AdminResponse::Status(view::status(st, job)?)
+        }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
         AdminRequest::Rerun { job } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
@@ -219,6 +223,8 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
                 changed.borrow_and_update();
                 // Cheap check on every change; the full status once at the end.
                 if view::is_job_done(st, job)? {
+                    // "Done" only once it is on disk.
+                    st.store.durable().await?;
                     break AdminResponse::Status(view::status(st, job)?);
                 }
                 tokio::select! {

@@ -5,7 +5,7 @@
 use super::StoreError;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Result of the latest finished flush round: (ticket covered, error if it failed).
 type Round = (u64, Option<String>);
@@ -52,8 +52,8 @@ pub fn longest_stall() -> Option<std::time::Duration> {
 
 pub(super) struct Flusher {
     shared: Arc<Shared>,
-    kick: mpsc::Sender<()>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    kick: std::sync::mpsc::SyncSender<()>,
+    task: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Flusher {
@@ -67,37 +67,43 @@ impl Flusher {
             done,
             failed: watch::channel(None).0,
         });
-        let (kick, mut kicks) = mpsc::channel::<()>(1);
+        // A thread of its own, not a runtime task: flushes go on even when
+        // the runtime's threads are all busy (a handshake storm), so a slow
+        // node is never mistaken for a stuck store.
+        let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
         let s = shared.clone();
-        let task = tokio::spawn(async move {
-            while kicks.recv().await.is_some() {
-                let target = s.requested.load(Ordering::SeqCst);
-                let res = db.flush_async().await;
-                s.last_done_ms
-                    .store(crate::proto::now_ms(), Ordering::SeqCst);
-                // Everyone asked so far is covered: nobody waits any more.
-                // Otherwise the waiting goes on from now (a new round).
-                let now = if s.requested.load(Ordering::SeqCst) == target {
-                    0
-                } else {
-                    crate::proto::now_ms()
-                };
-                s.waiting_since_ms.store(now, Ordering::SeqCst);
-                s.flushes.fetch_add(1, Ordering::Relaxed);
-                let err = res.err().map(|e| e.to_string());
-                if let Some(e) = &err {
-                    tracing::error!(error = %e, "flush to disk failed; not acknowledging");
-                    s.failed.send_if_modified(|f| {
-                        let first = f.is_none();
-                        if first {
-                            *f = Some(e.clone());
-                        }
-                        first
-                    });
+        let task = std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || {
+                while kicks.recv().is_ok() {
+                    let target = s.requested.load(Ordering::SeqCst);
+                    let res = db.flush();
+                    s.last_done_ms
+                        .store(crate::proto::now_ms(), Ordering::SeqCst);
+                    // Everyone asked so far is covered: nobody waits any more.
+                    // Otherwise the waiting goes on from now (a new round).
+                    let now = if s.requested.load(Ordering::SeqCst) == target {
+                        0
+                    } else {
+                        crate::proto::now_ms()
+                    };
+                    s.waiting_since_ms.store(now, Ordering::SeqCst);
+                    s.flushes.fetch_add(1, Ordering::Relaxed);
+                    let err = res.err().map(|e| e.to_string());
+                    if let Some(e) = &err {
+                        tracing::error!(error = %e, "flush to disk failed; not acknowledging");
+                        s.failed.send_if_modified(|f| {
+                            let first = f.is_none();
+                            if first {
+                                *f = Some(e.clone());
+                            }
+                            first
+                        });
+                    }
+                    s.done.send_replace((target, err));
                 }
-                s.done.send_replace((target, err));
-            }
-        });
+            })
+            .ok();
         if let Ok(mut all) = FLUSHERS.lock() {
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(&shared));
@@ -105,12 +111,12 @@ impl Flusher {
         Arc::new(Flusher {
             shared,
             kick,
-            task: std::sync::Mutex::new(Some(task)),
+            task: std::sync::Mutex::new(task),
         })
     }
 
     /// The flusher task, to await its end after the last handle is dropped.
-    pub(super) fn take_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+    pub(super) fn take_task(&self) -> Option<std::thread::JoinHandle<()>> {
         self.task.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 

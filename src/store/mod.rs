@@ -150,7 +150,7 @@ impl Store {
         let task = self.flusher.take_task();
         drop(self);
         if let Some(t) = task {
-            let _ = t.await;
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         Ok(())
     }
