@@ -123,6 +123,20 @@ async fn finish<E: crate::node::NodeFailure>(
     }
 }
 
+/// Binds `listen`, announces the address (stdout and `listen.addr`) and
+/// starts the storage watchdog: what every server does before it runs.
+async fn serve_on(
+    listen: &str,
+    data_dir: &std::path::Path,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), CliError> {
+    let (listener, addr) = crate::node::bind_announce(listen, data_dir)
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    announce(addr);
+    crate::node::start_watchdog(data_dir.to_path_buf(), Some(addr));
+    Ok((listener, addr))
+}
+
 /// Announces the bound address: first line on stdout.
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write;
@@ -191,11 +205,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             let t = timing(&t)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
-            let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
-            announce(addr);
-            crate::node::start_watchdog(data_dir.clone(), Some(addr));
+            let (listener, addr) = serve_on(&listen, &data_dir).await?;
             finish(
                 crate::hq::run(listener, &data_dir, t, shutdown).await,
                 &data_dir,
@@ -364,11 +374,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             check_identity(&identity, crate::proto::Role::Relay)?;
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
-            let (listener, addr) = crate::node::bind_announce(&listen, &data_dir)
-                .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
-            announce(addr);
-            crate::node::start_watchdog(data_dir.clone(), Some(addr));
+            let (listener, addr) = serve_on(&listen, &data_dir).await?;
             let cfg = crate::relay::RelayConfig {
                 identity,
                 data_dir: data_dir.clone(),
