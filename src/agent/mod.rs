@@ -54,6 +54,9 @@ pub struct AgentOptions {
     pub fail_fraction: f64,
     /// For load tests: wait this long before carrying out each attempt.
     pub delay: Duration,
+    /// Shared by the agents of one swarm: how many of them may be connecting
+    /// at once (`None`: no limit, as for a single `agent serve`).
+    pub dial_gate: Option<Arc<Semaphore>>,
 }
 
 impl Default for AgentOptions {
@@ -64,6 +67,7 @@ impl Default for AgentOptions {
             tail_bytes: 4096,
             fail_fraction: 0.0,
             delay: Duration::ZERO,
+            dial_gate: None,
         }
     }
 }
@@ -178,6 +182,7 @@ pub(crate) async fn run_on(
                 role: Role::Agent,
             },
             timing: options.timing,
+            gate: options.dial_gate.clone(),
         };
         tokio::select! {
             _ = dial_loop(dialer, shutdown, |s| session(st.clone(), s)) => {}

@@ -294,6 +294,10 @@ pub enum AgentCmd {
         /// Commands run at the same time per agent, at most.
         #[arg(long, default_value_t = 1)]
         max_parallel: usize,
+        /// Agents of this swarm connecting (TCP, TLS, Hello) at once, at most;
+        /// the others wait their turn, as a fleet's machines come up spread out.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_dialing: u32,
         #[command(flatten)]
         timing: TimingArgs,
     },

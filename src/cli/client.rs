@@ -109,6 +109,7 @@ impl AdminClient {
                 role: Role::Admin,
             },
             timing: Timing::default(),
+            gate: None,
         };
         let session = dial_once(&dialer).await.map_err(|source| CliError::Link {
             addr: addr.clone(),

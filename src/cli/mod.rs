@@ -447,6 +447,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             fail_fraction,
             delay,
             max_parallel,
+            max_dialing,
             timing: t,
         } => {
             let timing = timing(&t)?;
@@ -467,6 +468,9 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 timing,
                 fail_fraction,
                 delay,
+                dial_gate: Some(std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    max_dialing as usize,
+                ))),
                 ..Default::default()
             };
             let cfg = crate::agent::SwarmConfig {

@@ -37,8 +37,14 @@ pub struct Admission {
 pub struct Limits {
     /// Open connections at most (sessions and handshakes together).
     pub max_connections: usize,
-    /// Connections still in the TLS handshake or `Hello` at most.
+    /// Connections still in the TLS handshake or `Hello` at most, counting
+    /// those that have not sent a byte yet.
     pub max_handshakes: usize,
+    /// Handshakes worked on at once, at most. A connection takes one of these
+    /// only once its first bytes have arrived, so idle connections cannot hold
+    /// them, and a reconnect storm is served a batch at a time instead of
+    /// every handshake crawling along until all of them time out.
+    pub max_busy_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +52,7 @@ impl Default for Limits {
         Limits {
             max_connections: 200_000,
             max_handshakes: 8192,
+            max_busy_handshakes: 128,
         }
     }
 }
@@ -65,6 +72,7 @@ pub async fn serve<H, F>(
     let handler = Arc::new(handler);
     let conns = Arc::new(Semaphore::new(adm.limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(adm.limits.max_handshakes));
+    let busy = Arc::new(Semaphore::new(adm.limits.max_busy_handshakes.max(1)));
     loop {
         let (tcp, addr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -89,10 +97,24 @@ pub async fn serve<H, F>(
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, adm, handler) = (acceptor.clone(), adm.clone(), handler.clone());
+        let busy = busy.clone();
         tokio::spawn(
             async move {
                 let _conn_permit = conn_permit;
                 let within = adm.timing.handshake_timeout;
+                // Stage one: wait for the client to speak (an idle connection
+                // holds only its `max_handshakes` slot).
+                // (`peek`, not `readable`: readiness can be reported before
+                // any byte has arrived.)
+                let mut first = [0u8; 1];
+                if !matches!(tokio::time::timeout(within, tcp.peek(&mut first)).await, Ok(Ok(1..))) {
+                    debug!("connection closed or idle before its handshake");
+                    return;
+                }
+                // Stage two: one of the few busy slots, then the handshake.
+                let Ok(busy_permit) = busy.acquire_owned().await else {
+                    return;
+                };
                 let session = match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
                     Err(_) => {
                         warn!("handshake timed out; closing");
@@ -104,6 +126,7 @@ pub async fn serve<H, F>(
                     }
                     Ok(Ok(s)) => s,
                 };
+                drop(busy_permit);
                 drop(hs_permit);
                 let span = tracing::info_span!(
                     "session",

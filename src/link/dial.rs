@@ -9,8 +9,10 @@ use crate::tls;
 use futures::SinkExt;
 use rand::Rng;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +29,19 @@ pub struct Dialer {
     pub me: Hello,
     /// Timers.
     pub timing: Timing,
+    /// Shared by many dialers in one process (a swarm): connection attempts
+    /// in flight at once, at most, so thousands of agents starting together
+    /// do not all handshake at the same moment.
+    pub gate: Option<Arc<Semaphore>>,
 }
 
 /// Connects once; the session is up only after the parent's `Hello` arrived
 /// (a refused client certificate shows as an error here, not at connect).
 pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
+    let _permit = match &d.gate {
+        Some(g) => g.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let within = d.timing.handshake_timeout;
     tokio::time::timeout(within, async {
         let tcp = TcpStream::connect(&d.addr)

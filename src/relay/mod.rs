@@ -193,6 +193,7 @@ pub async fn run(
         connector,
         me: hello.clone(),
         timing: cfg.timing,
+        gate: None,
     };
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();

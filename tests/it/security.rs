@@ -302,6 +302,7 @@ fn a_hello_naming_another_node_is_refused() {
                 role: Role::Agent,
             },
             timing: Timing::default(),
+            gate: None,
         };
         link::dial_once(&d).await.err()
     });
