@@ -6,6 +6,7 @@ pub mod cli;
 pub mod hq;
 pub mod link;
 pub mod node;
+pub mod pkg;
 pub mod proto;
 pub mod relay;
 pub mod rules;
