@@ -9,5 +9,6 @@ pub mod node;
 pub mod proto;
 pub mod relay;
 pub mod rules;
+pub mod schedule;
 pub mod store;
 pub mod tls;
