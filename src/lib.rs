@@ -10,6 +10,5 @@ pub mod pkg;
 pub mod proto;
 pub mod relay;
 pub mod rules;
-pub mod schedule;
 pub mod store;
 pub mod tls;

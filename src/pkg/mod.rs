@@ -23,6 +23,7 @@ mod hash;
 mod manifest;
 mod paths;
 mod stage;
+pub mod schedule;
 
 use std::io;
 use std::path::PathBuf;
