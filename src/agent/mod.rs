@@ -180,6 +180,7 @@ pub(crate) async fn run_on(
                 version: PROTOCOL_VERSION,
                 name: me.name.clone(),
                 role: Role::Agent,
+                purpose: Default::default(),
             },
             timing: options.timing,
             gate: options.dial_gate.clone(),
@@ -196,7 +197,9 @@ pub(crate) async fn run_on(
 }
 
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
-    let Session { peer, tx, mut rx } = s;
+    let Session {
+        peer, tx, mut rx, ..
+    } = s;
     let relay = peer.name;
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {

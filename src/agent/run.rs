@@ -42,7 +42,7 @@ pub(crate) fn finish_now(
             runlog::record(st, &mut rec, u)?;
             Ok(None)
         }
-        Action::Run(_) => Ok(Some(rec)),
+        Action::Run(_) | Action::Install(_) | Action::Remove(_) => Ok(Some(rec)),
     }
 }
 
@@ -66,6 +66,12 @@ async fn execute_inner(
             return st.store.durable().await;
         }
         Action::Run(r) => r.clone(),
+        Action::Install(_) | Action::Remove(_) => {
+            let mut u = runlog::update(st, &rec, LeafState::Failed);
+            u.reason = Some("packages are not supported by this agent yet".into());
+            runlog::record(st, &mut rec, u)?;
+            return st.store.durable().await;
+        }
     };
     let _slot = st.slots.acquire().await;
     let u = runlog::update(st, &rec, LeafState::Running);

@@ -107,6 +107,7 @@ impl AdminClient {
                 version: PROTOCOL_VERSION,
                 name: id.me().name.clone(),
                 role: Role::Admin,
+                purpose: Default::default(),
             },
             timing: Timing::default(),
             gate: None,

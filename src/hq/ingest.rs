@@ -107,6 +107,8 @@ pub(crate) fn apply(
                     },
                 )?;
             }
+            Event::Cache(c) => super::packages::ingest_cache(st, c)?,
+            Event::Inventory(i) => super::packages::ingest_inventory(st, i)?,
             Event::RelayLeft {
                 relay,
                 parent,
@@ -171,7 +173,8 @@ mod tests {
     async fn a_batch_applied_twice_or_out_of_order_leaves_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
         let key = crate::tls::SigningKey::create(dir.path()).unwrap();
-        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
         let targets = Event::Targets {
             job: JobId(1),
             attempt: Attempt(1),

@@ -98,10 +98,12 @@ pub(crate) async fn create(
     if dest.is_empty() {
         return Err(HqError::Refused("no destination relay given".into()));
     }
-    if let Action::Run(r) = &action {
-        if r.argv.is_empty() {
+    match &action {
+        Action::Run(r) if r.argv.is_empty() => {
             return Err(HqError::Refused("empty command".into()));
         }
+        Action::Install(i) => super::packages::check_install(st, i)?,
+        _ => {}
     }
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());

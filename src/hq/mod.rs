@@ -6,6 +6,7 @@
 mod counters;
 mod ingest;
 mod jobs;
+mod packages;
 mod sessions;
 mod view;
 
@@ -83,6 +84,22 @@ pub(crate) struct HqState {
     pub counters: counters::Counters,
     /// Bumped after every durable change of leaves, for `job wait`.
     pub changed: watch::Sender<u64>,
+    /// Package blobs (chunks and manifests).
+    pub depot: Arc<crate::pkg::ChunkStore>,
+    /// name ++ 0 ++ version -> PackageInfo: the depot's catalog.
+    pub packages: Table,
+    /// relay ++ 0 ++ name ++ 0 ++ version -> CacheReport: relay caches as reported.
+    pub caches: Table,
+    /// client -> InventoryReport.
+    pub inventory: Table,
+    /// sync id -> SyncOrder not yet answered by its relay.
+    pub syncs: Table,
+    /// relay -> RelaySchedule.
+    pub schedules: Table,
+    /// Blob bytes sent to each relay.
+    pub egress: Arc<crate::link::transfer::Egress>,
+    /// Uploads in progress (pieces of blobs), and package adds under way.
+    pub uploads: packages::Uploads,
 }
 
 impl HqState {
@@ -90,10 +107,19 @@ impl HqState {
         me: NodeName,
         store: Store,
         signer: crate::tls::SigningKey,
+        depot: crate::pkg::ChunkStore,
     ) -> Result<HqState, StoreError> {
         Ok(HqState {
             me,
             signer,
+            depot: Arc::new(depot),
+            packages: store.table("packages")?,
+            caches: store.table("caches")?,
+            inventory: store.table("inventory")?,
+            syncs: store.table("syncs")?,
+            schedules: store.table("schedules")?,
+            egress: Default::default(),
+            uploads: Default::default(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
@@ -131,6 +157,10 @@ pub mod layout {
     pub fn admin(data: &Path) -> PathBuf {
         data.join("admin")
     }
+    /// The package depot's blobs.
+    pub fn depot(data: &Path) -> PathBuf {
+        data.join("depot")
+    }
 }
 
 /// Runs HQ on an already bound listener until `shutdown`.
@@ -151,7 +181,9 @@ pub async fn run(
     }
     let signer = crate::tls::SigningKey::load(&layout::ca(data_dir))?;
     let store = Store::open(data_dir)?;
-    let state = Arc::new(HqState::open(me.name.clone(), store, signer)?);
+    let depot = crate::pkg::ChunkStore::open(layout::depot(data_dir))
+        .map_err(|e| HqError::Refused(format!("cannot open the package depot: {e}")))?;
+    let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     let admit = [Role::Relay, Role::Admin];
@@ -162,6 +194,7 @@ pub async fn run(
             version: PROTOCOL_VERSION,
             name: me.name.clone(),
             role: Role::Hq,
+            purpose: Default::default(),
         },
         trust_domain: me.trust_domain.clone(),
         timing,
@@ -172,6 +205,8 @@ pub async fn run(
     let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
         sessions::handle(st.clone(), s)
     });
+    let schedules = tokio::spawn(packages::run_schedules(state.clone()));
+    let _stop_schedules = AbortOnDrop(schedules);
     tokio::select! {
         _ = serving => {}
         e = state.store.failed() => {
@@ -181,4 +216,12 @@ pub async fn run(
     }
     state.store.durable().await?;
     Ok(())
+}
+
+/// Aborts a background task when HQ stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

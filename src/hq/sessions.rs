@@ -2,7 +2,7 @@
 //! (requests and answers). A session that breaks the protocol is closed with
 //! a log line naming the peer; every other session goes on.
 
-use super::{ingest, jobs, view, HqError, HqState, RelayRecord};
+use super::{ingest, jobs, packages, view, HqError, HqState, RelayRecord};
 use crate::link::{queue, LinkError, Session};
 use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
 use crate::store::{keys, StoreError};
@@ -14,6 +14,9 @@ use tracing::{info, warn};
 pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
     let peer = s.peer.clone();
     let r = match peer.role {
+        Role::Relay if s.purpose == crate::proto::Purpose::Transfer => {
+            crate::link::transfer::serve(s, st.depot.clone(), None, st.egress.clone()).await
+        }
         Role::Relay => relay_session(&st, s).await,
         Role::Admin => admin_session(&st, s).await,
         other => Err(LinkError::Protocol(format!("role {other} not served here"))),
@@ -96,7 +99,9 @@ fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), Stor
 }
 
 async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
-    let Session { peer, tx, mut rx } = s;
+    let Session {
+        peer, tx, mut rx, ..
+    } = s;
     let name = peer.name.clone();
     {
         // Registering and marking connected under one lock: an older session
@@ -125,6 +130,9 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
         },
     )
     .await?;
+    if let Err(e) = packages::resend_syncs(st) {
+        warn!(error = %e, "cannot re-send package syncs");
+    }
     let result = relay_loop(st, &name, &tx, &mut rx).await;
     {
         // Only the relay's current session may mark it disconnected: a stale
@@ -163,6 +171,15 @@ async fn relay_loop(
                 crate::link::send(tx, Msg::Ack { seq: last }).await?;
                 st.bump();
                 queue::send_forgets(&st.children, forgets);
+                // A relay that joined anywhere below may have syncs waiting.
+                if events
+                    .iter()
+                    .any(|(_, e)| matches!(e, crate::proto::Event::RelayJoined { .. }))
+                {
+                    if let Err(e) = packages::resend_syncs(st) {
+                        warn!(error = %e, "cannot re-send package syncs");
+                    }
+                }
             }
             other => {
                 let _ = tx
@@ -216,6 +233,50 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
         AdminRequest::Revoke { name } => AdminResponse::Revoked {
             denied: revoke(st, name).await?,
         },
+        AdminRequest::PackageMissing { hashes } => AdminResponse::Missing {
+            hashes: packages::missing(st, &hashes),
+        },
+        AdminRequest::PackageUpload {
+            hash,
+            offset,
+            total,
+            data,
+        } => AdminResponse::Uploaded {
+            complete: packages::upload(st, hash, offset, total, data).await?,
+        },
+        AdminRequest::PackageAdd { manifest } => {
+            AdminResponse::Package(packages::add(st, manifest).await?)
+        }
+        AdminRequest::PackageList => AdminResponse::Packages(packages::list(st)?),
+        AdminRequest::PackageShow { name, version } => {
+            AdminResponse::Package(packages::show(st, &name, version.as_deref()).await?)
+        }
+        AdminRequest::PackageSync {
+            relays,
+            name,
+            version,
+            complete,
+        } => {
+            let (id, pk) = packages::sync(st, relays.clone(), name, version, complete).await?;
+            AdminResponse::SyncOrdered {
+                id,
+                relays,
+                packages: pk,
+            }
+        }
+        AdminRequest::PackageStatus { relay } => {
+            st.store.durable().await?;
+            AdminResponse::PackageStatus(packages::status(st, relay.as_ref())?)
+        }
+        AdminRequest::PackageSchedule {
+            relay,
+            spec,
+            stagger_ms,
+        } => AdminResponse::Scheduled(packages::set_schedule(st, relay, spec, stagger_ms).await?),
+        AdminRequest::ClientShow { name } => {
+            st.store.durable().await?;
+            AdminResponse::Client(packages::client(st, &name)?)
+        }
         AdminRequest::Wait { job, timeout_ms } => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
             let mut changed = st.changed.subscribe();

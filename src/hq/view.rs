@@ -26,6 +26,8 @@ pub(crate) fn describe(a: &Action) -> String {
             })
             .collect::<Vec<_>>()
             .join(" "),
+        Action::Install(i) => format!("install {}@{}", i.name, i.version),
+        Action::Remove(r) => format!("remove {}", r.name),
     }
 }
 

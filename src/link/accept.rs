@@ -107,7 +107,10 @@ pub async fn serve<H, F>(
                 // (`peek`, not `readable`: readiness can be reported before
                 // any byte has arrived.)
                 let mut first = [0u8; 1];
-                if !matches!(tokio::time::timeout(within, tcp.peek(&mut first)).await, Ok(Ok(1..))) {
+                if !matches!(
+                    tokio::time::timeout(within, tcp.peek(&mut first)).await,
+                    Ok(Ok(1..))
+                ) {
                     debug!("connection closed or idle before its handshake");
                     return;
                 }
@@ -172,7 +175,9 @@ async fn admit(
     };
     check_hello(&hello, &peer)?;
     framed.send(&Msg::Hello(adm.me.clone())).await?;
-    Ok(start(framed, peer, adm.timing))
+    let mut s = start(framed, peer, adm.timing);
+    s.purpose = hello.purpose;
+    Ok(s)
 }
 
 /// A `Hello` must name the node its certificate names, at our protocol version.

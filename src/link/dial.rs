@@ -59,7 +59,9 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
             Msg::Bye { reason } => return Err(LinkError::Bye(reason)),
             other => return Err(super::unexpected(&other, "before hello")),
         }
-        Ok(start(framed, peer, d.timing))
+        let mut s = start(framed, peer, d.timing);
+        s.purpose = d.me.purpose;
+        Ok(s)
     })
     .await
     .map_err(|_| LinkError::Timeout("connect"))?

@@ -11,6 +11,7 @@ mod dial;
 mod pump;
 pub mod queue;
 mod session;
+pub mod transfer;
 
 pub use accept::{serve, Admission, Limits};
 pub use deny::DenyList;

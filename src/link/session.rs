@@ -106,6 +106,8 @@ pub struct Session {
     pub tx: SessionTx,
     /// Receive side.
     pub rx: SessionRx,
+    /// What the connection is for, as its `Hello` said.
+    pub purpose: crate::proto::Purpose,
 }
 
 /// Reads one message during the handshake phase (heartbeats not expected).
@@ -171,5 +173,6 @@ where
             idle: timing.idle_timeout,
             closed,
         },
+        purpose: Default::default(),
     }
 }

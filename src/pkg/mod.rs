@@ -22,8 +22,8 @@ mod chunks;
 mod hash;
 mod manifest;
 mod paths;
-mod stage;
 pub mod schedule;
+mod stage;
 
 use std::io;
 use std::path::PathBuf;

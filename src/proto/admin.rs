@@ -3,6 +3,8 @@
 
 use super::ids::{Attempt, JobId, NodeName};
 use super::msg::{Action, LeafState};
+use super::pkg::{Installed, PackageRef};
+use crate::pkg::ChunkHash;
 use serde::{Deserialize, Serialize};
 
 /// What an admin asks of HQ.
@@ -44,6 +46,67 @@ pub enum AdminRequest {
         /// The node.
         name: NodeName,
     },
+    /// Which of these blobs the depot lacks (before an upload).
+    PackageMissing {
+        /// Blob addresses.
+        hashes: Vec<ChunkHash>,
+    },
+    /// A piece of a blob for the depot (pieces of one blob in order).
+    PackageUpload {
+        /// The blob's address.
+        hash: ChunkHash,
+        /// Where this piece starts.
+        offset: u64,
+        /// The blob's whole size.
+        total: u64,
+        /// The piece.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Adds the package whose manifest (and every chunk) was uploaded.
+    PackageAdd {
+        /// The manifest's address.
+        manifest: ChunkHash,
+    },
+    /// Every package version in the depot.
+    PackageList,
+    /// One package version (the newest when `version` is `None`).
+    PackageShow {
+        /// Package name.
+        name: String,
+        /// Its version.
+        version: Option<String>,
+    },
+    /// Sync relay caches now.
+    PackageSync {
+        /// The relays.
+        relays: Vec<NodeName>,
+        /// One package (`None`: the newest version of every package).
+        name: Option<String>,
+        /// Its version (`None`: the newest).
+        version: Option<String>,
+        /// Re-verify and re-fetch everything.
+        complete: bool,
+    },
+    /// Per relay: which packages are present, missing, outdated or syncing.
+    PackageStatus {
+        /// Only this relay.
+        relay: Option<NodeName>,
+    },
+    /// Sets (or clears) a relay's sync schedule.
+    PackageSchedule {
+        /// The relay.
+        relay: NodeName,
+        /// The schedule's text (`None` clears it).
+        spec: Option<String>,
+        /// Spread relays' pulls over this many milliseconds.
+        stagger_ms: u64,
+    },
+    /// One client: its home relay and installed packages.
+    ClientShow {
+        /// The client.
+        name: NodeName,
+    },
 }
 
 /// HQ's answer.
@@ -68,6 +131,134 @@ pub enum AdminResponse {
         /// Every revoked name.
         denied: Vec<NodeName>,
     },
+    /// Blobs the depot lacks.
+    Missing {
+        /// Their addresses.
+        hashes: Vec<ChunkHash>,
+    },
+    /// A piece was taken.
+    Uploaded {
+        /// The whole blob is now stored.
+        complete: bool,
+    },
+    /// One package version.
+    Package(PackageInfo),
+    /// Every package version.
+    Packages(Vec<PackageInfo>),
+    /// A sync was ordered.
+    SyncOrdered {
+        /// Its id.
+        id: u64,
+        /// The relays.
+        relays: Vec<NodeName>,
+        /// The packages.
+        packages: Vec<PackageRef>,
+    },
+    /// Relay caches.
+    PackageStatus(PackageStatusView),
+    /// A schedule was set or cleared.
+    Scheduled(RelaySchedule),
+    /// One client.
+    Client(ClientView),
+}
+
+/// A package version in the depot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The manifest's address (hex in JSON).
+    pub manifest: ChunkHash,
+    /// Files.
+    pub files: u64,
+    /// File bytes in all.
+    pub size: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Install command (`/bin/sh -c`, in the unpacked tree).
+    pub install: Option<String>,
+    /// Remove command.
+    pub remove: Option<String>,
+    /// When it was added, unix ms.
+    pub added_ms: u64,
+    /// Bytes the depot stored new for it (what was not already there).
+    pub new_bytes: u64,
+    /// Entries (paths and kinds), for `package show`.
+    #[serde(default)]
+    pub entries: Vec<String>,
+}
+
+/// A relay's sync schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaySchedule {
+    /// The relay.
+    pub relay: NodeName,
+    /// The schedule, as text.
+    pub spec: Option<String>,
+    /// Stagger window, ms.
+    pub stagger_ms: u64,
+    /// The next sync, unix ms.
+    pub next_ms: Option<u64>,
+    /// The last scheduled sync, unix ms.
+    pub last_ms: Option<u64>,
+}
+
+/// One package at one relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayPackage {
+    /// Package name.
+    pub name: String,
+    /// The newest version in the depot.
+    pub newest: String,
+    /// The newest version present in the relay's cache, if any.
+    pub present: Option<String>,
+    /// `present`, `outdated`, `missing`, `syncing` or `failed`.
+    pub state: String,
+    /// Why the last sync failed.
+    pub reason: Option<String>,
+    /// The relay's last report for this package, unix ms.
+    pub at_ms: Option<u64>,
+}
+
+/// One relay's cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCache {
+    /// The relay.
+    pub relay: NodeName,
+    /// Its schedule.
+    pub schedule: RelaySchedule,
+    /// When its last sync finished, unix ms.
+    pub last_sync_ms: Option<u64>,
+    /// Each package.
+    pub packages: Vec<RelayPackage>,
+    /// Bytes of blobs it reported fetching from its parent, in all.
+    pub fetched_bytes: u64,
+}
+
+/// Every relay's cache, and what HQ sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageStatusView {
+    /// Per relay.
+    pub relays: Vec<RelayCache>,
+    /// Bytes of blobs HQ sent to each directly connected relay since HQ started.
+    pub hq_egress: Vec<(NodeName, u64)>,
+}
+
+/// One client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientView {
+    /// The client.
+    pub name: NodeName,
+    /// Its home relay.
+    pub relay: NodeName,
+    /// Since when, unix ms.
+    pub since_ms: u64,
+    /// Installed packages, as last reported.
+    pub packages: Vec<Installed>,
+    /// When the inventory was reported, unix ms.
+    pub inventory_at_ms: Option<u64>,
 }
 
 /// Leaves counted by state.

@@ -148,6 +148,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             name: NodeName::new("r1").unwrap(),
             role: Role::Relay,
+            purpose: Default::default(),
         }));
         roundtrip(Msg::Assign(Assignment {
             job: JobId(3),

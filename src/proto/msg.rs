@@ -18,6 +18,10 @@ pub enum Action {
     Ping,
     /// Run a command without a shell.
     Run(RunSpec),
+    /// Fetch, verify, unpack and install a package.
+    Install(super::pkg::InstallSpec),
+    /// Remove an installed package.
+    Remove(super::pkg::RemoveSpec),
 }
 
 /// A command to run on each leaf.
@@ -231,6 +235,10 @@ pub enum Event {
         /// Its parent (a relay, or HQ's name).
         parent: NodeName,
     },
+    /// A relay's cache changed.
+    Cache(super::pkg::CacheReport),
+    /// A client's packages after an install or remove.
+    Inventory(super::pkg::InventoryReport),
     /// A relay's session to `parent` ended.
     RelayLeft {
         /// The relay.
@@ -251,6 +259,9 @@ pub struct Hello {
     pub name: NodeName,
     /// The sender's role; must match its certificate.
     pub role: Role,
+    /// What the connection is for (a session unless said otherwise).
+    #[serde(default)]
+    pub purpose: super::pkg::Purpose,
 }
 
 /// Every message.
@@ -310,6 +321,34 @@ pub enum Msg {
         /// The answer, or an error text.
         resp: Result<AdminResponse, String>,
     },
+    /// Parent to child relay: a cache sync, for `relay` or to route towards it.
+    Sync(super::pkg::SyncOrder),
+    /// Child to parent on a transfer connection: send these blobs.
+    GetBlobs {
+        /// Their addresses.
+        hashes: Vec<crate::pkg::ChunkHash>,
+    },
+    /// Parent to child on a transfer connection: a piece of a blob.
+    Blob {
+        /// The blob's address.
+        hash: crate::pkg::ChunkHash,
+        /// Where this piece starts.
+        offset: u64,
+        /// The blob's whole size.
+        total: u64,
+        /// The piece.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Parent to child on a transfer connection: a requested blob cannot be had.
+    BlobMissing {
+        /// The blob's address.
+        hash: crate::pkg::ChunkHash,
+        /// Why.
+        reason: String,
+    },
+    /// Parent to child on a transfer connection: every blob asked for was sent.
+    BlobsDone,
     /// A peer explains why it is closing the session.
     Bye {
         /// Why.
@@ -332,6 +371,11 @@ impl Msg {
             Msg::Ack { .. } => "ack",
             Msg::AdminReq { .. } => "admin_req",
             Msg::AdminResp { .. } => "admin_resp",
+            Msg::Sync(_) => "sync",
+            Msg::GetBlobs { .. } => "get_blobs",
+            Msg::Blob { .. } => "blob",
+            Msg::BlobMissing { .. } => "blob_missing",
+            Msg::BlobsDone => "blobs_done",
             Msg::Bye { .. } => "bye",
         }
     }

@@ -95,7 +95,9 @@ fn pending_for(st: &RelayState, client: &NodeName) -> Result<Vec<Assignment>, St
 }
 
 async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
-    let Session { peer, tx, mut rx } = s;
+    let Session {
+        peer, tx, mut rx, ..
+    } = s;
     let me = st.me.clone();
     let client = peer.name;
     let home = DirEntry {
@@ -152,13 +154,21 @@ async fn agent_loop(
                     continue;
                 };
                 let mut ups = Vec::with_capacity(events.len());
+                let mut inventories = Vec::new();
                 for (_, ev) in events {
                     match ev {
                         Event::Leaf(u) => ups.push(u),
+                        Event::Inventory(mut i) if i.client == *client => {
+                            i.relay = st.me.clone();
+                            inventories.push(Event::Inventory(i));
+                        }
                         other => {
                             warn!(%client, event = ?other, "agent sent a non-leaf event; ignored")
                         }
                     }
+                }
+                if !inventories.is_empty() {
+                    st.outbox.push(&inventories)?;
                 }
                 apply_home(st, client, &ups)?;
                 st.store.durable().await?;
@@ -215,7 +225,9 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
 }
 
 async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
-    let Session { peer, tx, mut rx } = s;
+    let Session {
+        peer, tx, mut rx, ..
+    } = s;
     let child = peer.name;
     st.dir_relays.put(&keys::name(&child), &child)?;
     {
@@ -322,7 +334,17 @@ fn learn(
                     continue;
                 }
             }
-            Event::Targets { .. } | Event::RelayLeft { .. } => {}
+            Event::Inventory(i) => {
+                let via = st
+                    .dir_clients
+                    .get::<DirEntry>(&keys::name(&i.client))?
+                    .map(|e| e.via);
+                if via.as_ref() != Some(child) {
+                    warn!(%child, client = %i.client, "inventory of a client not under this child; dropped");
+                    continue;
+                }
+            }
+            Event::Targets { .. } | Event::RelayLeft { .. } | Event::Cache(_) => {}
         }
         fwd.push(ev);
     }

@@ -183,6 +183,7 @@ pub async fn run(
         version: PROTOCOL_VERSION,
         name: me.name.clone(),
         role: Role::Relay,
+        purpose: Default::default(),
     };
     // Upward: the parent is HQ or another relay.
     let connector = tokio_rustls::TlsConnector::from(

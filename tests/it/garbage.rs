@@ -80,6 +80,7 @@ pub fn hello_of(id: &relaytree::tls::Identity) -> Msg {
         version: PROTOCOL_VERSION,
         name: id.me().name.clone(),
         role: id.me().role,
+        purpose: Default::default(),
     })
 }
 

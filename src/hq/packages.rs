@@ -1,0 +1,583 @@
+//! HQ's package depot: uploads from admins into the blob store, the catalog
+//! of package versions, relay cache syncs (ordered now or by schedule) and
+//! what relays and clients report back (cache states, inventories).
+//!
+//! The depot's blobs live in a [`crate::pkg::ChunkStore`]; the catalog, the
+//! reports, pending syncs and schedules in HQ's store. Never serves blobs
+//! itself (the transfer module does, from the same store).
+
+use super::{HqError, HqState};
+use crate::pkg::schedule::{next_for_relay, Schedule};
+use crate::pkg::{ChunkHash, EntryKind, Manifest};
+use crate::proto::{
+    now_ms, CacheReport, CacheState, ClientView, InventoryReport, Msg, NodeName, PackageInfo,
+    PackageRef, PackageStatusView, RelayCache, RelayPackage, RelaySchedule, SyncOrder,
+};
+use crate::store::{keys, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Blobs being uploaded (pieces so far) and package adds under way.
+#[derive(Default)]
+pub(crate) struct Uploads {
+    partial: Mutex<HashMap<ChunkHash, Vec<u8>>>,
+    /// Package adds in progress: a scheduled sync waits for them.
+    pub adding: AtomicUsize,
+}
+
+fn refused(msg: impl Into<String>) -> HqError {
+    HqError::Refused(msg.into())
+}
+
+fn pkg_key(name: &str, version: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(version.as_bytes());
+    k
+}
+
+fn cache_key(relay: &NodeName, name: &str, version: &str) -> Vec<u8> {
+    let mut k = keys::name_prefix(relay);
+    k.extend_from_slice(&pkg_key(name, version));
+    k
+}
+
+/// Blobs of `hashes` the depot lacks.
+pub(crate) fn missing(st: &HqState, hashes: &[ChunkHash]) -> Vec<ChunkHash> {
+    st.depot.missing(hashes)
+}
+
+/// Takes one piece of an uploaded blob; stores the blob when it is whole.
+pub(crate) async fn upload(
+    st: &HqState,
+    hash: ChunkHash,
+    offset: u64,
+    total: u64,
+    data: Vec<u8>,
+) -> Result<bool, HqError> {
+    if total > crate::link::transfer::MAX_BLOB {
+        return Err(refused(format!(
+            "blob {hash} of {total} bytes is over the {}-byte limit",
+            crate::link::transfer::MAX_BLOB
+        )));
+    }
+    st.uploads.adding.fetch_add(1, Ordering::SeqCst);
+    let _done = Guard(&st.uploads.adding);
+    let whole = {
+        let mut p = st.uploads.partial.lock().unwrap_or_else(|p| p.into_inner());
+        let buf = p.entry(hash).or_default();
+        if offset == 0 {
+            buf.clear();
+        }
+        if offset != buf.len() as u64 || offset + data.len() as u64 > total {
+            let have = buf.len();
+            p.remove(&hash);
+            return Err(refused(format!(
+                "blob {hash}: piece at {offset} does not follow the {have} bytes received"
+            )));
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() as u64 == total {
+            p.remove(&hash)
+        } else {
+            None
+        }
+    };
+    let Some(bytes) = whole else {
+        return Ok(false);
+    };
+    let depot = st.depot.clone();
+    tokio::task::spawn_blocking(move || depot.put(&hash, &bytes))
+        .await
+        .map_err(|e| refused(format!("store task: {e}")))?
+        .map_err(|e| refused(format!("cannot store blob {hash}: {e}")))?;
+    Ok(true)
+}
+
+struct Guard<'a>(&'a AtomicUsize);
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn info_of(m: &Manifest, id: ChunkHash, new_bytes: u64, entries: bool) -> PackageInfo {
+    let chunks = m.chunks();
+    PackageInfo {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        manifest: id,
+        files: m
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .count() as u64,
+        size: m.total_size(),
+        chunks: chunks.len() as u64,
+        install: m.install.clone(),
+        remove: m.remove.clone(),
+        added_ms: now_ms(),
+        new_bytes,
+        entries: if entries {
+            m.entries
+                .iter()
+                .map(|e| match &e.kind {
+                    EntryKind::Dir { mode } => format!("d {mode:o} {}/", e.path),
+                    EntryKind::File { mode, size, .. } => {
+                        format!("f {mode:o} {} ({size} bytes)", e.path)
+                    }
+                    EntryKind::Symlink { target } => format!("l {} -> {target}", e.path),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Adds the package whose manifest and chunks are in the depot.
+pub(crate) async fn add(st: &HqState, id: ChunkHash) -> Result<PackageInfo, HqError> {
+    st.uploads.adding.fetch_add(1, Ordering::SeqCst);
+    let _done = Guard(&st.uploads.adding);
+    let depot = st.depot.clone();
+    let m = tokio::task::spawn_blocking(move || depot.get_manifest(&id))
+        .await
+        .map_err(|e| refused(format!("store task: {e}")))?
+        .map_err(|e| refused(format!("manifest {id}: {e}")))?;
+    let hashes: Vec<ChunkHash> = m.chunks().iter().map(|c| c.hash).collect();
+    let lacking = st.depot.missing(&hashes);
+    if let Some(h) = lacking.first() {
+        return Err(refused(format!(
+            "package {}@{}: {} of its chunks are not in the depot (first: {h}); upload them first",
+            m.name,
+            m.version,
+            lacking.len()
+        )));
+    }
+    let k = pkg_key(&m.name, &m.version);
+    if let Some(old) = st.packages.get::<PackageInfo>(&k)? {
+        if old.manifest == id {
+            return Ok(old);
+        }
+        return Err(refused(format!(
+            "package {}@{} already exists with other content (manifest {}); give it a new version",
+            m.name,
+            m.version,
+            old.manifest.short()
+        )));
+    }
+    let info = info_of(&m, id, 0, false);
+    st.packages.put(&k, &info)?;
+    st.store.durable().await?;
+    info!(package = %m.name, version = %m.version, manifest = %id.short(), "package added");
+    Ok(info)
+}
+
+/// Every package version, by name then age.
+pub(crate) fn list(st: &HqState) -> Result<Vec<PackageInfo>, HqError> {
+    let mut v: Vec<PackageInfo> = st
+        .packages
+        .scan::<PackageInfo>(b"")
+        .map(|r| r.map(|(_, p)| p))
+        .collect::<Result<_, StoreError>>()?;
+    v.sort_by(|a, b| a.name.cmp(&b.name).then(a.added_ms.cmp(&b.added_ms)));
+    Ok(v)
+}
+
+/// The newest version of each package (the one added last).
+fn newest(st: &HqState) -> Result<BTreeMap<String, PackageInfo>, HqError> {
+    let mut out = BTreeMap::new();
+    for p in list(st)? {
+        out.insert(p.name.clone(), p);
+    }
+    Ok(out)
+}
+
+/// One version (the newest when `version` is `None`).
+pub(crate) fn find(
+    st: &HqState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<PackageInfo, HqError> {
+    let found = match version {
+        Some(v) => st.packages.get::<PackageInfo>(&pkg_key(name, v))?,
+        None => newest(st)?.remove(name),
+    };
+    found.ok_or_else(|| match version {
+        Some(v) => refused(format!(
+            "no package {name}@{v} in the depot (see `hq package list`)"
+        )),
+        None => refused(format!(
+            "no package named {name} in the depot (see `hq package list`)"
+        )),
+    })
+}
+
+/// One version with its entries.
+pub(crate) async fn show(
+    st: &HqState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<PackageInfo, HqError> {
+    let p = find(st, name, version)?;
+    let depot = st.depot.clone();
+    let id = p.manifest;
+    let m = tokio::task::spawn_blocking(move || depot.get_manifest(&id))
+        .await
+        .map_err(|e| refused(format!("store task: {e}")))?
+        .map_err(|e| refused(format!("manifest {id}: {e}")))?;
+    Ok(PackageInfo {
+        entries: info_of(&m, id, 0, true).entries,
+        ..p
+    })
+}
+
+/// Checks an install job's package against the catalog.
+pub(crate) fn check_install(st: &HqState, spec: &crate::proto::InstallSpec) -> Result<(), HqError> {
+    let p = find(st, &spec.name, Some(&spec.version))?;
+    if p.manifest != spec.manifest {
+        return Err(refused(format!(
+            "package {}@{} has manifest {}, not {}",
+            spec.name,
+            spec.version,
+            p.manifest.short(),
+            spec.manifest.short()
+        )));
+    }
+    Ok(())
+}
+
+/// Orders a sync of `packages` (default: the newest of each) at `relays`.
+pub(crate) async fn sync(
+    st: &HqState,
+    relays: Vec<NodeName>,
+    name: Option<String>,
+    version: Option<String>,
+    complete: bool,
+) -> Result<(u64, Vec<PackageRef>), HqError> {
+    if relays.is_empty() {
+        return Err(refused("name at least one relay (--relay R)"));
+    }
+    for r in &relays {
+        if st
+            .relays
+            .get::<super::RelayRecord>(&keys::name(r))?
+            .is_none()
+        {
+            return Err(refused(format!(
+                "relay {r} is not known to hq (see `hq tree`)"
+            )));
+        }
+    }
+    let packages: Vec<PackageRef> = match &name {
+        Some(n) => vec![find(st, n, version.as_deref())?],
+        None => newest(st)?.into_values().collect(),
+    }
+    .into_iter()
+    .map(|p| PackageRef {
+        name: p.name,
+        version: p.version,
+        manifest: p.manifest,
+    })
+    .collect();
+    if packages.is_empty() {
+        return Err(refused("the depot holds no package yet (hq package add)"));
+    }
+    let id = st.store.next_id("sync")?;
+    for relay in &relays {
+        let order = SyncOrder {
+            id,
+            relay: relay.clone(),
+            packages: packages.clone(),
+            complete,
+        };
+        st.syncs.put(&sync_key(id, relay), &order)?;
+        for p in &packages {
+            let k = cache_key(relay, &p.name, &p.version);
+            let mut rep = st.caches.get::<CacheReport>(&k)?.unwrap_or(CacheReport {
+                relay: relay.clone(),
+                package: p.clone(),
+                state: CacheState::Syncing,
+                reason: None,
+                sync_id: Some(id),
+                fetched_bytes: 0,
+                at_ms: now_ms(),
+            });
+            rep.state = CacheState::Syncing;
+            rep.sync_id = Some(id);
+            st.caches.put(&k, &rep)?;
+        }
+    }
+    st.store.durable().await?;
+    for relay in &relays {
+        send_sync(st, relay, id)?;
+    }
+    Ok((id, packages))
+}
+
+fn sync_key(id: u64, relay: &NodeName) -> Vec<u8> {
+    let mut k = keys::seq(id).to_vec();
+    k.extend_from_slice(relay.as_str().as_bytes());
+    k
+}
+
+/// Sends one pending sync towards its relay, if the way there is up.
+fn send_sync(st: &HqState, relay: &NodeName, id: u64) -> Result<(), HqError> {
+    let Some(order) = st.syncs.get::<SyncOrder>(&sync_key(id, relay))? else {
+        return Ok(());
+    };
+    let Ok(top) = super::jobs::top_child(st, relay) else {
+        return Ok(());
+    };
+    if let Some(tx) = st
+        .children
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&top)
+    {
+        crate::link::send_soon(tx, Msg::Sync(order));
+    }
+    Ok(())
+}
+
+/// Re-sends every sync still unanswered (a relay came back).
+pub(crate) fn resend_syncs(st: &HqState) -> Result<(), HqError> {
+    let pending: Vec<SyncOrder> = st
+        .syncs
+        .scan::<SyncOrder>(b"")
+        .filter_map(|r| r.ok().map(|(_, o)| o))
+        .collect();
+    for o in pending {
+        send_sync(st, &o.relay, o.id)?;
+    }
+    Ok(())
+}
+
+/// A relay reported its cache (inside an events batch; not yet durable).
+pub(crate) fn ingest_cache(st: &HqState, c: &CacheReport) -> Result<(), StoreError> {
+    let k = cache_key(&c.relay, &c.package.name, &c.package.version);
+    let mut rep = c.clone();
+    if let Some(old) = st.caches.get::<CacheReport>(&k)? {
+        rep.fetched_bytes += old.fetched_bytes;
+    }
+    st.caches.put(&k, &rep)?;
+    if let (Some(id), CacheState::Present | CacheState::Failed) = (c.sync_id, c.state) {
+        // The sync is answered once every package in it is.
+        let sk = sync_key(id, &c.relay);
+        if let Some(order) = st.syncs.get::<SyncOrder>(&sk)? {
+            let open = order.packages.iter().any(|p| {
+                st.caches
+                    .get::<CacheReport>(&cache_key(&c.relay, &p.name, &p.version))
+                    .ok()
+                    .flatten()
+                    .is_none_or(|r| r.sync_id != Some(id) || r.state == CacheState::Syncing)
+            });
+            if !open {
+                st.syncs.remove(&sk)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A client reported its inventory (inside an events batch).
+pub(crate) fn ingest_inventory(st: &HqState, i: &InventoryReport) -> Result<(), StoreError> {
+    let k = keys::name(&i.client);
+    if let Some(old) = st.inventory.get::<InventoryReport>(&k)? {
+        if old.at_ms > i.at_ms {
+            return Ok(());
+        }
+    }
+    st.inventory.put(&k, i)
+}
+
+/// One client.
+pub(crate) fn client(st: &HqState, name: &NodeName) -> Result<ClientView, HqError> {
+    let Some(c) = st.clients.get::<super::ClientRecord>(&keys::name(name))? else {
+        return Err(refused(format!(
+            "no client {name} has registered (see `hq tree`)"
+        )));
+    };
+    let inv = st.inventory.get::<InventoryReport>(&keys::name(name))?;
+    Ok(ClientView {
+        name: name.clone(),
+        relay: c.relay,
+        since_ms: c.since_ms,
+        packages: inv.as_ref().map(|i| i.packages.clone()).unwrap_or_default(),
+        inventory_at_ms: inv.map(|i| i.at_ms),
+    })
+}
+
+fn schedule_of(st: &HqState, relay: &NodeName) -> Result<RelaySchedule, HqError> {
+    Ok(st
+        .schedules
+        .get::<RelaySchedule>(&keys::name(relay))?
+        .unwrap_or(RelaySchedule {
+            relay: relay.clone(),
+            spec: None,
+            stagger_ms: 0,
+            next_ms: None,
+            last_ms: None,
+        }))
+}
+
+/// Sets or clears a relay's schedule.
+pub(crate) async fn set_schedule(
+    st: &HqState,
+    relay: NodeName,
+    spec: Option<String>,
+    stagger_ms: u64,
+) -> Result<RelaySchedule, HqError> {
+    if st
+        .relays
+        .get::<super::RelayRecord>(&keys::name(&relay))?
+        .is_none()
+    {
+        return Err(refused(format!(
+            "relay {relay} is not known to hq (see `hq tree`)"
+        )));
+    }
+    let mut s = schedule_of(st, &relay)?;
+    match spec {
+        None => {
+            s.spec = None;
+            s.next_ms = None;
+        }
+        Some(text) => {
+            let parsed: Schedule = text.parse().map_err(|e| refused(format!("{e}")))?;
+            s.spec = Some(parsed.to_string());
+            s.stagger_ms = stagger_ms;
+            s.next_ms = next_for_relay(&parsed, relay.as_str(), stagger_ms, now_ms());
+        }
+    }
+    st.schedules.put(&keys::name(&relay), &s)?;
+    st.store.durable().await?;
+    Ok(s)
+}
+
+/// Runs due scheduled syncs until HQ stops; a sync that comes due while a
+/// package is being added waits until the add is finished.
+pub(crate) async fn run_schedules(st: std::sync::Arc<HqState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if st.uploads.adding.load(Ordering::SeqCst) > 0 {
+            continue;
+        }
+        if let Err(e) = due_syncs(&st).await {
+            warn!(error = %e, "scheduled sync");
+        }
+    }
+}
+
+async fn due_syncs(st: &HqState) -> Result<(), HqError> {
+    let now = now_ms();
+    let due: Vec<RelaySchedule> = st
+        .schedules
+        .scan::<RelaySchedule>(b"")
+        .filter_map(|r| r.ok().map(|(_, s)| s))
+        .filter(|s| s.next_ms.is_some_and(|n| n <= now))
+        .collect();
+    for mut s in due {
+        let Some(parsed) = s.spec.as_deref().and_then(|t| t.parse::<Schedule>().ok()) else {
+            continue;
+        };
+        if !newest(st)?.is_empty() {
+            info!(relay = %s.relay, "scheduled package sync");
+            sync(st, vec![s.relay.clone()], None, None, false).await?;
+        }
+        s.last_ms = Some(now);
+        s.next_ms = next_for_relay(&parsed, s.relay.as_str(), s.stagger_ms, now);
+        st.schedules.put(&keys::name(&s.relay), &s)?;
+    }
+    st.store.durable().await?;
+    Ok(())
+}
+
+/// Per relay: each package present, outdated, missing, syncing or failed.
+pub(crate) fn status(st: &HqState, only: Option<&NodeName>) -> Result<PackageStatusView, HqError> {
+    let newest = newest(st)?;
+    let mut relays: Vec<NodeName> = st
+        .relays
+        .scan::<super::RelayRecord>(b"")
+        .filter_map(|r| r.ok())
+        .filter_map(|(k, _)| NodeName::new(String::from_utf8_lossy(&k).into_owned()).ok())
+        .collect();
+    if let Some(o) = only {
+        if !relays.contains(o) {
+            return Err(refused(format!(
+                "relay {o} is not known to hq (see `hq tree`)"
+            )));
+        }
+        relays.retain(|r| r == o);
+    }
+    let mut out = Vec::new();
+    for relay in relays {
+        let reports: Vec<CacheReport> = st
+            .caches
+            .scan::<CacheReport>(&keys::name_prefix(&relay))
+            .filter_map(|r| r.ok().map(|(_, c)| c))
+            .collect();
+        let mut packages = Vec::new();
+        for (name, p) in &newest {
+            let mine: Vec<&CacheReport> =
+                reports.iter().filter(|r| r.package.name == *name).collect();
+            let of_newest = mine.iter().find(|r| r.package.version == p.version);
+            let present_versions: Vec<&CacheReport> = mine
+                .iter()
+                .copied()
+                .filter(|r| r.state == CacheState::Present)
+                .collect();
+            let present = present_versions
+                .iter()
+                .filter_map(|r| {
+                    st.packages
+                        .get::<PackageInfo>(&pkg_key(&r.package.name, &r.package.version))
+                        .ok()
+                        .flatten()
+                        .map(|i| (i.added_ms, r.package.version.clone()))
+                })
+                .max()
+                .map(|(_, v)| v);
+            let (state, reason, at) = match of_newest {
+                Some(r) if r.state == CacheState::Present => ("present", None, Some(r.at_ms)),
+                Some(r) if r.state == CacheState::Syncing => ("syncing", None, Some(r.at_ms)),
+                Some(r) => ("failed", r.reason.clone(), Some(r.at_ms)),
+                None if present.is_some() => ("outdated", None, mine.iter().map(|r| r.at_ms).max()),
+                None => ("missing", None, None),
+            };
+            let state = if state == "failed" && present.is_some() {
+                "outdated"
+            } else {
+                state
+            };
+            packages.push(RelayPackage {
+                name: name.clone(),
+                newest: p.version.clone(),
+                present,
+                state: state.to_string(),
+                reason,
+                at_ms: at,
+            });
+        }
+        let last_sync_ms = reports
+            .iter()
+            .filter(|r| r.state == CacheState::Present && r.sync_id.is_some())
+            .map(|r| r.at_ms)
+            .max();
+        out.push(RelayCache {
+            schedule: schedule_of(st, &relay)?,
+            fetched_bytes: reports.iter().map(|r| r.fetched_bytes).sum(),
+            relay,
+            last_sync_ms,
+            packages,
+        });
+    }
+    Ok(PackageStatusView {
+        relays: out,
+        hq_egress: st.egress.snapshot(),
+    })
+}

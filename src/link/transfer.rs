@@ -1,0 +1,252 @@
+//! Blob transfer between a child and its parent, on a connection of its own
+//! (`Hello.purpose = transfer`) so packages never hold up job traffic.
+//!
+//! The child asks for blobs by address (`GetBlobs`); the parent streams each
+//! one in pieces (`Blob`), or says it cannot (`BlobMissing`), then
+//! `BlobsDone`. The child verifies every blob against its address before
+//! storing it, so a damaged cache or a tampering parent is caught at once.
+//! A cut connection loses nothing stored: the caller asks again for what it
+//! still lacks.
+//!
+//! Knows nothing of jobs, manifests or where the parent gets its blobs: a
+//! serving role passes an `ensure` hook that fills its store on demand.
+
+use super::{dial_once, send, Dialer, LinkError, Session};
+use crate::pkg::{ChunkHash, ChunkStore, PkgError};
+use crate::proto::{Msg, NodeName, BLOB_PIECE};
+use futures::future::BoxFuture;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tracing::{debug, warn};
+
+/// Blobs asked for in one request, at most.
+const BATCH: usize = 64;
+/// The largest blob accepted (a manifest of a very large tree).
+pub const MAX_BLOB: u64 = 256 * 1024 * 1024;
+
+/// A transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The connection failed or broke.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The parent does not have a blob.
+    #[error("parent cannot send blob {hash}: {reason}")]
+    Missing {
+        /// The blob.
+        hash: ChunkHash,
+        /// The parent's reason.
+        reason: String,
+    },
+    /// A blob failed verification, or the local store failed.
+    #[error(transparent)]
+    Pkg(#[from] PkgError),
+    /// The parent broke the transfer protocol.
+    #[error("transfer protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl TransferError {
+    /// Worth retrying on a new connection (the link broke); other failures
+    /// would only repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TransferError::Link(_))
+    }
+}
+
+/// Fetches `hashes` from the parent behind `dialer` (whose `me.purpose` must
+/// be `transfer`) into `store`, skipping what the store already holds.
+/// Returns the blob bytes received.
+pub async fn fetch(
+    dialer: &Dialer,
+    store: &Arc<ChunkStore>,
+    hashes: &[ChunkHash],
+) -> Result<u64, TransferError> {
+    let want: Vec<ChunkHash> = {
+        let mut seen = HashSet::new();
+        hashes
+            .iter()
+            .filter(|h| seen.insert(**h) && !store.has(h))
+            .copied()
+            .collect()
+    };
+    if want.is_empty() {
+        return Ok(0);
+    }
+    let s = dial_once(dialer).await?;
+    let Session { tx, mut rx, .. } = s;
+    let mut received = 0u64;
+    for batch in want.chunks(BATCH) {
+        send(
+            &tx,
+            Msg::GetBlobs {
+                hashes: batch.to_vec(),
+            },
+        )
+        .await?;
+        let mut partial: HashMap<ChunkHash, Vec<u8>> = HashMap::new();
+        let asked: HashSet<ChunkHash> = batch.iter().copied().collect();
+        loop {
+            match rx.recv().await? {
+                Msg::Blob {
+                    hash,
+                    offset,
+                    total,
+                    data,
+                } => {
+                    if !asked.contains(&hash) {
+                        return Err(TransferError::Protocol(format!(
+                            "blob {hash} was not asked for"
+                        )));
+                    }
+                    if total > MAX_BLOB {
+                        return Err(TransferError::Protocol(format!(
+                            "blob {hash} of {total} bytes is over the {MAX_BLOB}-byte limit"
+                        )));
+                    }
+                    let buf = partial.entry(hash).or_default();
+                    if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > total {
+                        return Err(TransferError::Protocol(format!(
+                            "blob {hash}: piece at {offset} does not follow {} bytes of {total}",
+                            buf.len()
+                        )));
+                    }
+                    buf.extend_from_slice(&data);
+                    received += data.len() as u64;
+                    if buf.len() as u64 == total {
+                        let bytes = partial.remove(&hash).unwrap_or_default();
+                        let st = store.clone();
+                        tokio::task::spawn_blocking(move || st.put(&hash, &bytes))
+                            .await
+                            .map_err(|e| TransferError::Protocol(format!("store task: {e}")))??;
+                    }
+                }
+                Msg::BlobMissing { hash, reason } => {
+                    return Err(TransferError::Missing { hash, reason })
+                }
+                Msg::BlobsDone => break,
+                Msg::Bye { reason } => return Err(LinkError::Bye(reason).into()),
+                other => return Err(super::unexpected(&other, "in a transfer").into()),
+            }
+        }
+        if let Some(h) = partial.keys().next() {
+            return Err(TransferError::Protocol(format!("blob {h} ended early")));
+        }
+    }
+    drop(tx);
+    Ok(received)
+}
+
+/// Fills the serving side's store with blobs it lacks (a relay fetching from
+/// its own parent); an error text names what could not be had.
+pub type Ensure =
+    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Bytes of blobs sent, per peer, since the process started.
+#[derive(Default)]
+pub struct Egress(Mutex<HashMap<NodeName, u64>>);
+
+impl Egress {
+    fn add(&self, peer: &NodeName, n: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(peer.clone()).or_default() += n;
+    }
+    /// Every peer's total, by name.
+    pub fn snapshot(&self) -> Vec<(NodeName, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort();
+        v
+    }
+}
+
+/// Serves one transfer connection from `store` until the child closes it.
+pub async fn serve(
+    s: Session,
+    store: Arc<ChunkStore>,
+    ensure: Option<Ensure>,
+    egress: Arc<Egress>,
+) -> Result<(), LinkError> {
+    let Session {
+        peer, tx, mut rx, ..
+    } = s;
+    loop {
+        let hashes = match rx.recv().await {
+            Ok(Msg::GetBlobs { hashes }) => hashes,
+            Ok(other) => return Err(super::unexpected(&other, "in a transfer")),
+            Err(LinkError::Closed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if hashes.len() > 4 * BATCH {
+            return Err(LinkError::Protocol(format!(
+                "{} blobs asked at once (at most {})",
+                hashes.len(),
+                4 * BATCH
+            )));
+        }
+        let mut failed: Option<String> = None;
+        if let Some(ensure) = &ensure {
+            let lacking = store.missing(&hashes);
+            if !lacking.is_empty() {
+                if let Err(e) = ensure(lacking).await {
+                    failed = Some(e);
+                }
+            }
+        }
+        for hash in hashes {
+            let st = store.clone();
+            let got = tokio::task::spawn_blocking(move || st.get(&hash)).await;
+            let bytes = match got {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    let reason = match (&e, &failed) {
+                        (PkgError::NotFound(_), Some(f)) => f.clone(),
+                        _ => e.to_string(),
+                    };
+                    warn!(%hash, %reason, peer = %peer.name, "cannot serve a blob");
+                    send(&tx, Msg::BlobMissing { hash, reason }).await?;
+                    continue;
+                }
+                Err(e) => {
+                    send(
+                        &tx,
+                        Msg::BlobMissing {
+                            hash,
+                            reason: format!("store task: {e}"),
+                        },
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            let total = bytes.len() as u64;
+            if bytes.is_empty() {
+                send(
+                    &tx,
+                    Msg::Blob {
+                        hash,
+                        offset: 0,
+                        total: 0,
+                        data: Vec::new(),
+                    },
+                )
+                .await?;
+            }
+            for (i, piece) in bytes.chunks(BLOB_PIECE).enumerate() {
+                send(
+                    &tx,
+                    Msg::Blob {
+                        hash,
+                        offset: (i * BLOB_PIECE) as u64,
+                        total,
+                        data: piece.to_vec(),
+                    },
+                )
+                .await?;
+            }
+            egress.add(&peer.name, total);
+        }
+        send(&tx, Msg::BlobsDone).await?;
+        debug!(peer = %peer.name, "blobs sent");
+    }
+}
