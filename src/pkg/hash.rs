@@ -99,13 +99,22 @@ fn hex_val(c: u8) -> Option<u8> {
 
 impl Serialize for ChunkHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        // Hex in JSON (what operators read), raw bytes on the wire.
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for ChunkHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ChunkHash, D::Error> {
-        d.deserialize_bytes(HashVisitor)
+        if d.is_human_readable() {
+            d.deserialize_str(HashVisitor)
+        } else {
+            d.deserialize_bytes(HashVisitor)
+        }
     }
 }
 
@@ -116,6 +125,10 @@ impl<'de> Visitor<'de> for HashVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("32 bytes of blake3 hash")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ChunkHash, E> {
+        v.parse().map_err(E::custom)
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<ChunkHash, E> {
@@ -142,6 +155,17 @@ impl<'de> Visitor<'de> for HashVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_hex_and_msgpack_is_bytes() {
+        let h = ChunkHash::of(b"x");
+        let j = serde_json::to_string(&h).unwrap();
+        assert_eq!(j, format!("\"{}\"", h.to_hex()));
+        assert_eq!(serde_json::from_str::<ChunkHash>(&j).unwrap(), h);
+        let m = rmp_serde::to_vec_named(&h).unwrap();
+        assert_eq!(m.len(), 34);
+        assert_eq!(rmp_serde::from_slice::<ChunkHash>(&m).unwrap(), h);
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -227,7 +227,12 @@ mod tests {
     }
 
     fn relay(dir: &std::path::Path) -> RelayState {
-        let st = RelayState::open(n("r1"), Store::open(dir).unwrap()).unwrap();
+        let st = RelayState::open(
+            n("r1"),
+            Store::open(dir).unwrap(),
+            crate::relay::cache::for_tests(dir),
+        )
+        .unwrap();
         let home = DirEntry {
             home: n("r1"),
             via: n("r1"),

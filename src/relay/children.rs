@@ -16,6 +16,17 @@ use tracing::{info, warn};
 pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
     let name = s.peer.name.clone();
     let tx = s.tx.clone();
+    if s.purpose == crate::proto::Purpose::Transfer {
+        let hook = Some(st.cache.ensure_hook());
+        let r =
+            crate::link::transfer::serve(s, st.cache.store.clone(), hook, st.cache.egress.clone())
+                .await;
+        match r {
+            Ok(()) | Err(LinkError::Closed) => {}
+            Err(e) => warn!(error = %e, "transfer ended"),
+        }
+        return;
+    }
     let r = match s.peer.role {
         Role::Agent => agent_session(&st, s).await,
         Role::Relay => relay_session(&st, s).await,

@@ -99,7 +99,12 @@ mod tests {
     async fn pending_leaves_expire_once_and_delivered_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let me = NodeName::new("r1").unwrap();
-        let st = RelayState::open(me.clone(), Store::open(dir.path()).unwrap()).unwrap();
+        let st = RelayState::open(
+            me.clone(),
+            Store::open(dir.path()).unwrap(),
+            crate::relay::cache::for_tests(dir.path()),
+        )
+        .unwrap();
         let home = DirEntry {
             home: me.clone(),
             via: me.clone(),

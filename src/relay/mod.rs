@@ -6,6 +6,7 @@
 //! Never imports `hq` or `agent`.
 
 mod assign;
+mod cache;
 mod children;
 mod deny;
 mod expire;
@@ -98,11 +99,14 @@ pub(crate) struct RelayState {
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves (no await inside).
     pub write: Mutex<()>,
+    /// Package blobs for this relay's subtree.
+    pub cache: Arc<cache::Cache>,
 }
 
 impl RelayState {
-    fn open(me: NodeName, store: Store) -> Result<RelayState, StoreError> {
+    fn open(me: NodeName, store: Store, cache: cache::Cache) -> Result<RelayState, StoreError> {
         Ok(RelayState {
+            cache: Arc::new(cache),
             me,
             dir_clients: store.table("dir_clients")?,
             dir_relays: store.table("dir_relays")?,
@@ -177,8 +181,6 @@ pub async fn run(
         )));
     }
     let store = Store::open(&cfg.data_dir)?;
-    let st = Arc::new(RelayState::open(me.name.clone(), store)?);
-    st.deny.replace(deny::stored(&st)?);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         name: me.name.clone(),
@@ -196,6 +198,11 @@ pub async fn run(
         timing: cfg.timing,
         gate: None,
     };
+    let blobs = crate::pkg::ChunkStore::open(cfg.data_dir.join("cache"))
+        .map_err(|e| RelayError::Config(format!("cannot open the package cache: {e}")))?;
+    let cache = cache::Cache::new(blobs, dialer.clone());
+    let st = Arc::new(RelayState::open(me.name.clone(), store, cache)?);
+    st.deny.replace(deny::stored(&st)?);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();
     let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));

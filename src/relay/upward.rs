@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, deny, moves, RelayState};
+use super::{assign, cache, deny, moves, RelayState};
 use crate::link::queue;
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
@@ -30,8 +30,17 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                         },
                     )
                     .await?;
+                    if let crate::proto::Action::Install(i) = &a.action {
+                        let p = crate::proto::PackageRef {
+                            name: i.name.clone(),
+                            version: i.version.clone(),
+                            manifest: i.manifest,
+                        };
+                        tokio::spawn(cache::prefetch(st.clone(), p));
+                    }
                     assign::deliver(&st, &a, d);
                 }
+                Msg::Sync(order) => cache::route_sync(&st, order),
                 Msg::Forget { client, moved_to } => {
                     let (events, forget) = moves::forget(&st, &client, &moved_to)?;
                     st.outbox.push(&events)?;
