@@ -11,6 +11,7 @@ mod fuzz_regress;
 mod garbage;
 mod harness;
 mod offline;
+mod packages;
 mod proxy;
 mod rerun;
 mod roles;
