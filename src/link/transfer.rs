@@ -195,7 +195,15 @@ pub async fn serve(
         }
         for hash in hashes {
             let st = store.clone();
-            let got = tokio::task::spawn_blocking(move || st.get(&hash)).await;
+            let mut got = tokio::task::spawn_blocking(move || st.get(&hash)).await;
+            if let (Ok(Err(PkgError::Corrupt { .. })), Some(ensure)) = (&got, &ensure) {
+                // Damaged here (and now removed): fetch it again, then serve.
+                warn!(%hash, "damaged blob in the cache; fetching it again");
+                if ensure(vec![hash]).await.is_ok() {
+                    let st = store.clone();
+                    got = tokio::task::spawn_blocking(move || st.get(&hash)).await;
+                }
+            }
             let bytes = match got {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {

@@ -156,7 +156,10 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
         ["c1 1", "c2 1", "c3 1", "c4 1"].map(String::from).to_vec()
     );
     for c in ["c1", "c3"] {
-        assert_eq!(installed(&env, c), vec![("tool".to_string(), "1".to_string())]);
+        assert_eq!(
+            installed(&env, c),
+            vec![("tool".to_string(), "1".to_string())]
+        );
     }
     // HQ sent the package once, to r1 only; r2 and the agents were served below.
     let s1 = pkg_status(&env);
@@ -185,7 +188,10 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
         "version 2 (1% changed) cost hq {sent2} bytes, {}% of the package",
         sent2 * 100 / SIZE as u64
     );
-    assert_eq!(installed(&env, "c4"), vec![("tool".to_string(), "2".to_string())]);
+    assert_eq!(
+        installed(&env, "c4"),
+        vec![("tool".to_string(), "2".to_string())]
+    );
 
     // A failing install: the leaf fails with the reason, version 2 stays.
     let dir3 = make_package(env.root(), "v3", &payload, &marker);
@@ -194,7 +200,10 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
     let (code, st) = env.wait_job(&job3);
     assert_eq!(code, 1, "{st}");
     assert_eq!(states(&st), all(&["c3", "c4"], "failed"));
-    assert_eq!(installed(&env, "c3"), vec![("tool".to_string(), "2".to_string())]);
+    assert_eq!(
+        installed(&env, "c3"),
+        vec![("tool".to_string(), "2".to_string())]
+    );
 
     // Remove.
     let out = env
@@ -213,7 +222,10 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
     let (code, st) = env.wait_job(&job_id(&out.json()));
     assert_eq!(code, 0, "{st}");
     assert!(installed(&env, "c3").is_empty());
-    assert_eq!(installed(&env, "c1"), vec![("tool".to_string(), "2".to_string())]);
+    assert_eq!(
+        installed(&env, "c1"),
+        vec![("tool".to_string(), "2".to_string())]
+    );
 }
 
 /// Every blob file under a relay's cache, by address.
@@ -240,7 +252,11 @@ fn complete_sync_repairs_a_damaged_relay_cache() {
     let mut env = Env::new();
     let hq = env.start_hq();
     env.start_relay("r1", &hq);
-    wait_until("r1 known", DEADLINE, || env.tree()["relays"].as_array().is_some_and(|r| !r.is_empty()));
+    wait_until("r1 known", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
     let marker = env.root().join("m.txt");
     let dir = make_package(env.root(), "p", &noise(SIZE / 2, 3), &marker);
     add(&env, &dir, "tool", "1", "./setup.sh");
@@ -251,13 +267,19 @@ fn complete_sync_repairs_a_damaged_relay_cache() {
     let (hash, path) = files[files.len() / 2].clone();
     std::fs::write(&path, b"damaged").unwrap();
 
-    env.admin(&["package", "sync", "--relay", "r1", "--complete"]).ok();
+    env.admin(&["package", "sync", "--relay", "r1", "--complete"])
+        .ok();
     wait_until("the damaged blob repaired", DEADLINE, || {
         std::fs::read(&path).is_ok_and(|b| ChunkHash::of(&b) == hash)
     });
     let st = wait_present(&env, "r1", "tool");
     for (h, p) in cache_files(&env, "r1") {
-        assert_eq!(ChunkHash::of(&std::fs::read(&p).unwrap()), h, "{}", p.display());
+        assert_eq!(
+            ChunkHash::of(&std::fs::read(&p).unwrap()),
+            h,
+            "{}",
+            p.display()
+        );
     }
     assert!(st["relays"][0]["last_sync_ms"].as_u64().is_some(), "{st}");
 }
@@ -270,7 +292,11 @@ fn a_transfer_cut_halfway_resumes_with_what_is_missing() {
     let hq = env.start_hq();
     let proxy = Proxy::start(&hq);
     env.start_relay("r1", &proxy.addr());
-    wait_until("r1 known", DEADLINE, || env.tree()["relays"].as_array().is_some_and(|r| !r.is_empty()));
+    wait_until("r1 known", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
     let marker = env.root().join("m.txt");
     let size = 8 * 1024 * 1024;
     let dir = make_package(env.root(), "big", &noise(size, 11), &marker);
@@ -328,4 +354,70 @@ fn bad_package_input_is_refused_clearly() {
     let out = env.admin(&["package", "sync", "--relay", "r9"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("r9"), "{out:?}");
+}
+
+/// A blob damaged in a relay's cache is caught when served (its hash does not
+/// match), fetched again from the parent, and the install succeeds; a chunk
+/// missing from HQ's depot fails only the leaves of that install, naming it.
+#[test]
+fn damaged_cache_is_healed_and_a_missing_chunk_fails_only_its_leaves() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.wait_clients(1);
+    let marker = env.root().join("m.txt");
+    let dir = make_package(env.root(), "p", &noise(SIZE / 4, 5), &marker);
+    add(&env, &dir, "tool", "1", "./setup.sh");
+    env.admin(&["package", "sync", "--relay", "r1"]).ok();
+    wait_present(&env, "r1", "tool");
+    let files = cache_files(&env, "r1");
+    let big = files
+        .iter()
+        .max_by_key(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap()
+        .clone();
+    std::fs::write(&big.1, b"damaged on disk").unwrap();
+    let job = install_job(&env, &["r1"], "tool@1");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(ChunkHash::of(&std::fs::read(&big.1).unwrap()), big.0);
+
+    // Version 2 with a chunk that then vanishes from HQ's depot.
+    let dir2 = make_package(env.root(), "p2", &noise(SIZE / 4, 6), &marker);
+    let p2 = add(&env, &dir2, "tool", "2", "./setup.sh");
+    let depot = env.hq_dir.join("depot");
+    let manifest: ChunkHash = p2["manifest"].as_str().unwrap().parse().unwrap();
+    let mut victim = None;
+    for shard in std::fs::read_dir(&depot).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().to_string();
+            let known = cache_files(&env, "r1")
+                .iter()
+                .any(|(h, _)| h.to_string() == name);
+            if !known && name != manifest.to_string() && name.len() == 64 {
+                victim = Some((name, f.path()));
+            }
+        }
+    }
+    let (victim, path) = victim.expect("a chunk only version 2 has");
+    std::fs::remove_file(path).unwrap();
+    let job = install_job(&env, &["r1"], "tool@2");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 1, "{st}");
+    let leaf = &leaves(&st)["c1"];
+    assert_eq!(leaf["state"], "failed", "{st}");
+    let reason = leaf["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&victim[..12]),
+        "reason does not name the chunk: {reason}"
+    );
+    assert_eq!(
+        installed(&env, "c1"),
+        vec![("tool".to_string(), "1".to_string())]
+    );
 }
