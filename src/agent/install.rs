@@ -429,3 +429,240 @@ mod tests {
         assert!(e.to_string().contains("foo@3"), "{e}");
     }
 }
+
+/// Installs and removals carried out for real, without a network: the chunk
+/// store is filled beforehand, so fetching has nothing to ask the relay for.
+#[cfg(test)]
+mod offline {
+    use super::*;
+    use crate::agent::runlog::RunState;
+    use crate::agent::AgentOptions;
+    use crate::link::{Dialer, Timing};
+    use crate::proto::{
+        Action, Attempt, Event, Hello, JobId, NodeName, Purpose, Role, PROTOCOL_VERSION,
+    };
+    use crate::store::Store;
+
+    fn state(dir: &Path) -> Arc<AgentState> {
+        let store = Store::open(dir).unwrap();
+        let me = NodeName::new("a1").unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
+        Arc::new(AgentState {
+            job_key,
+            runs: store.table(runlog::TREE).unwrap(),
+            outbox: store
+                .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
+                .unwrap(),
+            inventory: store.table(inventory::TREE).unwrap(),
+            store,
+            slots: tokio::sync::Semaphore::new(1),
+            options: AgentOptions::default(),
+            transfer: Dialer {
+                // Nothing listens here: a test that dials fails loudly.
+                addr: "127.0.0.1:1".into(),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                me: Hello {
+                    version: PROTOCOL_VERSION,
+                    name: me.clone(),
+                    role: Role::Agent,
+                    purpose: Purpose::Transfer,
+                },
+                timing: Timing::default(),
+                gate: None,
+            },
+            pkg: inventory::PkgDirs::new(dir, &me),
+            chunks: tokio::sync::OnceCell::new(),
+            pkg_lock: tokio::sync::Mutex::new(()),
+            report_inventory: Default::default(),
+            me,
+        })
+    }
+
+    /// Builds package `version` of "foo" into the agent's chunk store.
+    async fn build(st: &AgentState, src: &Path, version: &str, install: &str) -> InstallSpec {
+        let store = chunk_store(st).await.unwrap();
+        std::fs::create_dir_all(src).unwrap();
+        std::fs::write(src.join("data.txt"), format!("version {version}\n")).unwrap();
+        let (m, _) = crate::pkg::add_path(
+            src,
+            "foo",
+            version,
+            Some(install.into()),
+            Some(
+                "echo bye > \"$RELAYTREE_PACKAGE_DIR/../removed-$RELAYTREE_PACKAGE_VERSION\""
+                    .into(),
+            ),
+            &store,
+        )
+        .unwrap();
+        let manifest = store.put_manifest(&m).unwrap();
+        InstallSpec {
+            name: "foo".into(),
+            version: version.into(),
+            manifest,
+            size: m.total_size(),
+            timeout_ms: Some(10_000),
+        }
+    }
+
+    fn rec(job: u64, action: Action) -> RunRecord {
+        RunRecord {
+            job: JobId(job),
+            attempt: Attempt(1),
+            action,
+            relay: NodeName::new("r1").unwrap(),
+            state: RunState::Started,
+            result: None,
+            received_at_ms: 0,
+        }
+    }
+
+    /// The events queued so far, oldest first.
+    fn events(st: &AgentState) -> Vec<Event> {
+        st.outbox
+            .read_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    fn last_leaf(st: &AgentState) -> crate::proto::LeafUpdate {
+        events(st)
+            .into_iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Leaf(u) => Some(u),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn install_upgrade_fail_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let v1 = build(&st, &tmp.path().join("src1"), "1", "echo \"$RELAYTREE_PACKAGE@$RELAYTREE_PACKAGE_VERSION j$RELAYTREE_JOB\" > installed.txt").await;
+        let mut r = rec(1, Action::Install(v1.clone()));
+        install(&st, &mut r, &v1).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
+        assert_eq!(r.state, RunState::Finished);
+        let e1 = inventory::get(&st.inventory, &st.me, "foo")
+            .unwrap()
+            .unwrap();
+        let t1 = st.pkg.tree_of(&e1);
+        assert_eq!(t1, st.pkg.package("foo").join("1-j1a1"));
+        assert_eq!(
+            std::fs::read_to_string(t1.join("installed.txt")).unwrap(),
+            "foo@1 j1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t1.join("data.txt")).unwrap(),
+            "version 1\n"
+        );
+        // The inventory report comes before the leaf's result.
+        let evs = events(&st);
+        let n = evs.len();
+        assert!(
+            matches!(&evs[n - 2], Event::Inventory(i) if i.client == st.me && i.packages.len() == 1 && i.packages[0].version == "1")
+        );
+        assert!(matches!(&evs[n - 1], Event::Leaf(_)));
+
+        // An upgrade replaces the old tree.
+        let v2 = build(&st, &tmp.path().join("src2"), "2", "true").await;
+        let mut r = rec(2, Action::Install(v2.clone()));
+        install(&st, &mut r, &v2).await.unwrap();
+        assert_eq!(last_leaf(&st).state, LeafState::Succeeded);
+        let e2 = inventory::get(&st.inventory, &st.me, "foo")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e2.version, "2");
+        assert!(st.pkg.tree_of(&e2).is_dir());
+        assert!(!t1.exists(), "the replaced version's tree is deleted");
+
+        // A failing install command leaves v2 as it was.
+        let v3 = build(&st, &tmp.path().join("src3"), "3", "echo oops; exit 3").await;
+        let mut r = rec(3, Action::Install(v3.clone()));
+        install(&st, &mut r, &v3).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert_eq!(
+            u.reason.as_deref(),
+            Some("package foo@3: install command exited with code 3")
+        );
+        assert_eq!(u.output.as_deref(), Some("oops\n"));
+        assert!(!st.pkg.package("foo").join("3-j3a1").exists());
+        assert_eq!(
+            inventory::get(&st.inventory, &st.me, "foo").unwrap(),
+            Some(e2.clone())
+        );
+
+        // A manifest that is not the signed package is refused.
+        let mut wrong = v2.clone();
+        wrong.version = "9".into();
+        let mut r = rec(4, Action::Install(wrong.clone()));
+        install(&st, &mut r, &wrong).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert!(
+            u.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("not the package the signed order names"),
+            "{:?}",
+            u.reason
+        );
+
+        // Remove runs the remove command, then the tree and entry go.
+        let rm = RemoveSpec {
+            name: "foo".into(),
+            timeout_ms: None,
+        };
+        let mut r = rec(5, Action::Remove(rm.clone()));
+        remove(&st, &mut r, &rm).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
+        assert!(st.pkg.package("foo").join("removed-2").is_file());
+        assert!(!st.pkg.tree_of(&e2).exists());
+        assert_eq!(inventory::get(&st.inventory, &st.me, "foo").unwrap(), None);
+        let evs = events(&st);
+        assert!(matches!(&evs[evs.len() - 2], Event::Inventory(i) if i.packages.is_empty()));
+
+        // Removing it again fails plainly.
+        let mut r = rec(6, Action::Remove(rm.clone()));
+        remove(&st, &mut r, &rm).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert_eq!(u.reason.as_deref(), Some("package foo is not installed"));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_chunk_fails_the_install_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let v1 = build(&st, &tmp.path().join("src1"), "1", "true").await;
+        let store = chunk_store(&st).await.unwrap();
+        let m = store.get_manifest(&v1.manifest).unwrap();
+        let c = m.chunks()[0].hash;
+        std::fs::write(store.path_of(&c), b"tampered").unwrap();
+        let mut r = rec(1, Action::Install(v1.clone()));
+        install(&st, &mut r, &v1).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        let why = u.reason.unwrap_or_default();
+        assert!(
+            why.starts_with("package foo@1: ") && why.contains(&c.to_hex()),
+            "{why}"
+        );
+        assert!(!st.pkg.package("foo").join("1-j1a1").exists());
+        assert!(inventory::list(&st.inventory, &st.me).unwrap().is_empty());
+    }
+}
