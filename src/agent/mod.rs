@@ -7,19 +7,23 @@
 //! Never imports `hq` or `relay`.
 
 pub mod exec;
+mod install;
+mod inventory;
 mod run;
 mod runlog;
 mod swarm;
 mod verify;
 
+pub use inventory::InventoryView;
 pub use runlog::RunView;
 pub use swarm::{swarm, SwarmConfig};
 
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Timing, Upward};
-use crate::proto::{now_ms, Hello, Msg, NodeName, Role, PROTOCOL_VERSION};
+use crate::proto::{now_ms, Hello, Msg, NodeName, Purpose, Role, PROTOCOL_VERSION};
 use crate::store::{Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -108,6 +112,18 @@ pub(crate) struct AgentState {
     pub options: AgentOptions,
     /// HQ's public job-signing key: nothing runs without HQ's signature.
     pub job_key: crate::tls::VerifyKey,
+    /// Dials the same relay for blob transfers (`purpose = transfer`).
+    pub transfer: Dialer,
+    /// This agent's package directories (its own, also in a swarm).
+    pub pkg: inventory::PkgDirs,
+    /// This agent's chunk store, opened on first use.
+    pub chunks: tokio::sync::OnceCell<Arc<crate::pkg::ChunkStore>>,
+    /// name ++ 0 ++ package -> InventoryEntry.
+    pub inventory: Table,
+    /// One inventory change at a time.
+    pub pkg_lock: tokio::sync::Mutex<()>,
+    /// An inventory report is to be queued once a relay is known (start-up).
+    pub report_inventory: std::sync::atomic::AtomicBool,
 }
 
 /// Loads an identity meant for an agent.
@@ -138,17 +154,34 @@ pub async fn read_run_log(data_dir: &std::path::Path) -> Result<Vec<RunView>, Ag
     Ok(runs)
 }
 
+/// Every package installed by every agent whose store is under `data_dir`
+/// (of `agent serve` or `agent swarm`); the agent must not be running.
+pub async fn read_inventory(data_dir: &std::path::Path) -> Result<Vec<InventoryView>, AgentError> {
+    let store = Store::open(data_dir)?;
+    let all = inventory::all(&store.table(inventory::TREE)?, data_dir)?;
+    Ok(all)
+}
+
 /// Runs one agent until `shutdown`.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let identity = load_identity(&cfg.identity)?;
     let store = Store::open(&cfg.data_dir)?;
-    run_on(identity, store, cfg.relay, cfg.options, shutdown).await
+    run_on(
+        identity,
+        store,
+        cfg.data_dir,
+        cfg.relay,
+        cfg.options,
+        shutdown,
+    )
+    .await
 }
 
 /// Runs one agent on a store that may be shared with others.
 pub(crate) async fn run_on(
     identity: Identity,
     store: Store,
+    data_dir: PathBuf,
     relay: String,
     options: AgentOptions,
     shutdown: CancellationToken,
@@ -158,33 +191,47 @@ pub(crate) async fn run_on(
         .job_key()
         .cloned()
         .ok_or_else(|| AgentError::Config("identity has no job-signing key".into()))?;
+    let dialer = Dialer {
+        addr: relay,
+        connector: tokio_rustls::TlsConnector::from(identity.client_config(Role::Relay, None)?),
+        me: Hello {
+            version: PROTOCOL_VERSION,
+            name: me.name.clone(),
+            role: Role::Agent,
+            purpose: Purpose::Session,
+        },
+        timing: options.timing,
+        gate: options.dial_gate.clone(),
+    };
+    let mut transfer = dialer.clone();
+    transfer.me.purpose = Purpose::Transfer;
     let st = Arc::new(AgentState {
         job_key,
         me: me.name.clone(),
         runs: store.table(runlog::TREE)?,
         outbox: store.outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me.name))?,
+        inventory: store.table(inventory::TREE)?,
         store,
         slots: Semaphore::new(options.max_parallel.max(1)),
         options: options.clone(),
+        transfer,
+        pkg: inventory::PkgDirs::new(&data_dir, &me.name),
+        chunks: tokio::sync::OnceCell::new(),
+        pkg_lock: tokio::sync::Mutex::new(()),
+        report_inventory: AtomicBool::new(false),
     });
     let span = tracing::info_span!("agent", client = %me.name);
     async {
-        for a in runlog::recover(&st)? {
+        let to_run = runlog::recover(&st)?;
+        // Before anything runs: trees of cut-short installs and removals go.
+        let changed = inventory::reconcile(&st.inventory, &st.me, &st.pkg)?;
+        if changed || !inventory::list(&st.inventory, &st.me)?.is_empty() {
+            st.report_inventory.store(true, Ordering::SeqCst);
+        }
+        for a in to_run {
             tokio::spawn(run::execute(st.clone(), a).in_current_span());
         }
         st.store.durable().await?;
-        let dialer = Dialer {
-            addr: relay,
-            connector: tokio_rustls::TlsConnector::from(identity.client_config(Role::Relay, None)?),
-            me: Hello {
-                version: PROTOCOL_VERSION,
-                name: me.name.clone(),
-                role: Role::Agent,
-                purpose: Default::default(),
-            },
-            timing: options.timing,
-            gate: options.dial_gate.clone(),
-        };
         tokio::select! {
             _ = dial_loop(dialer, shutdown, |s| session(st.clone(), s)) => {}
             e = st.store.failed() => return Err(AgentError::Store(e)),
@@ -201,6 +248,11 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
         peer, tx, mut rx, ..
     } = s;
     let relay = peer.name;
+    if st.report_inventory.swap(false, Ordering::SeqCst) {
+        // Once after start-up: what is installed here, as it stands.
+        inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;
+        st.store.durable().await?;
+    }
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {

@@ -1,11 +1,13 @@
 //! Carrying out one accepted attempt: `ping` answers at once; a command is
 //! recorded as started (on disk) before it is spawned, then its result is
-//! recorded and queued upward.
+//! recorded and queued upward. Installs and removals start the same way,
+//! then go to `install.rs`.
 
-use super::exec::{self, ExecSpec, Outcome};
+use super::exec::{self, ExecResult, ExecSpec, Outcome};
+use super::install;
 use super::runlog::{self, RunRecord};
 use super::AgentState;
-use crate::proto::{Action, LeafState};
+use crate::proto::{Action, LeafState, LeafUpdate};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,24 +68,22 @@ async fn execute_inner(
             return st.store.durable().await;
         }
         Action::Run(r) => r.clone(),
-        Action::Install(_) | Action::Remove(_) => {
-            let mut u = runlog::update(st, &rec, LeafState::Failed);
-            u.reason = Some("packages are not supported by this agent yet".into());
-            runlog::record(st, &mut rec, u)?;
-            return st.store.durable().await;
+        Action::Install(spec) => {
+            let spec = spec.clone();
+            let _slot = st.slots.acquire().await;
+            start(st, &mut rec).await?;
+            return install::install(st, &mut rec, &spec).await;
+        }
+        Action::Remove(spec) => {
+            let spec = spec.clone();
+            let _slot = st.slots.acquire().await;
+            start(st, &mut rec).await?;
+            return install::remove(st, &mut rec, &spec).await;
         }
     };
     let _slot = st.slots.acquire().await;
-    let u = runlog::update(st, &rec, LeafState::Running);
-    runlog::record(st, &mut rec, u)?;
-    // Started is on disk before the process exists.
-    st.store.durable().await?;
-    let mut env = vec![
-        ("RELAYTREE_JOB".to_string(), rec.job.to_string()),
-        ("RELAYTREE_ATTEMPT".to_string(), rec.attempt.to_string()),
-        ("RELAYTREE_CLIENT".to_string(), st.me.to_string()),
-        ("RELAYTREE_RELAY".to_string(), rec.relay.to_string()),
-    ];
+    start(st, &mut rec).await?;
+    let mut env = base_env(st, &rec);
     env.extend(spec.env.iter().cloned());
     let res = exec::run(&ExecSpec {
         argv: spec.argv.clone(),
@@ -94,31 +94,64 @@ async fn execute_inner(
     })
     .await;
     let mut u = runlog::update(st, &rec, LeafState::Failed);
+    apply_outcome(&mut u, &res, spec.timeout_ms, "");
+    info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "run finished");
+    runlog::record(st, &mut rec, u)?;
+    st.store.durable().await
+}
+
+/// Records the attempt as running and waits until that is on disk: started
+/// is durable before anything irreversible happens.
+async fn start(st: &AgentState, rec: &mut RunRecord) -> Result<(), crate::store::StoreError> {
+    let u = runlog::update(st, rec, LeafState::Running);
+    runlog::record(st, rec, u)?;
+    st.store.durable().await
+}
+
+/// The variables every command of an attempt sees.
+pub(crate) fn base_env(st: &AgentState, rec: &RunRecord) -> Vec<(String, String)> {
+    vec![
+        ("RELAYTREE_JOB".to_string(), rec.job.to_string()),
+        ("RELAYTREE_ATTEMPT".to_string(), rec.attempt.to_string()),
+        ("RELAYTREE_CLIENT".to_string(), st.me.to_string()),
+        ("RELAYTREE_RELAY".to_string(), rec.relay.to_string()),
+    ]
+}
+
+/// Sets a leaf update's state, exit code, reason (after `prefix`) and output
+/// from how a process ended: exit 0 succeeded, a timeout timed out, anything
+/// else failed.
+pub(crate) fn apply_outcome(
+    u: &mut LeafUpdate,
+    res: &ExecResult,
+    timeout_ms: Option<u64>,
+    prefix: &str,
+) {
+    u.state = LeafState::Failed;
     match &res.outcome {
         Outcome::Exited { code } => {
             u.exit_code = Some(*code);
             if *code == 0 {
                 u.state = LeafState::Succeeded;
             } else {
-                u.reason = Some(format!("exited with code {code}"));
+                u.reason = Some(format!("{prefix}exited with code {code}"));
             }
         }
-        Outcome::Signaled { signal } => u.reason = Some(format!("killed by signal {signal}")),
+        Outcome::Signaled { signal } => {
+            u.reason = Some(format!("{prefix}killed by signal {signal}"))
+        }
         Outcome::TimedOut => {
             u.state = LeafState::TimedOut;
             u.reason = Some(format!(
-                "timed out after {}; process group killed",
-                humantime::format_duration(Duration::from_millis(spec.timeout_ms.unwrap_or(0)))
+                "{prefix}timed out after {}; process group killed",
+                humantime::format_duration(Duration::from_millis(timeout_ms.unwrap_or(0)))
             ));
         }
-        Outcome::SpawnFailed { reason } => u.reason = Some(reason.clone()),
+        Outcome::SpawnFailed { reason } => u.reason = Some(format!("{prefix}{reason}")),
     }
     if !res.output_tail.is_empty() {
-        u.output = Some(res.output_tail);
+        u.output = Some(res.output_tail.clone());
     }
-    info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "run finished");
-    runlog::record(st, &mut rec, u)?;
-    st.store.durable().await
 }
 
 /// Load tests: whether this attempt fails on purpose. A hash of client, job

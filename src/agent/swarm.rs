@@ -53,7 +53,7 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
             cfg.options.clone(),
             shutdown.clone(),
         );
-        set.spawn(run_on(id, store, relay, opts, stop));
+        set.spawn(run_on(id, store, cfg.data_dir.clone(), relay, opts, stop));
     }
     while let Some(r) = set.join_next().await {
         match r {

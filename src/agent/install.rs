@@ -1,0 +1,668 @@
+//! Installing and removing packages, once the attempt is recorded as started.
+//!
+//! Install: fetch the manifest HQ signed (by address) and then the chunks
+//! the agent's chunk store lacks over a transfer connection to the relay
+//! (retrying a broken link, asking each time only for what is still
+//! missing), check the manifest is the signed package, unpack it into a
+//! fresh `installed/NAME/VERSION-jJOBaATTEMPT`, run its install command
+//! there, then record it in the inventory, queue the inventory report, and
+//! only then the leaf's result; the older version's tree goes last. Any
+//! failure removes the new tree and leaves earlier installs as they were.
+//!
+//! Remove: run the entry's remove command in its tree, then move the tree
+//! aside, drop the entry, queue the report, record the result, delete it.
+//!
+//! Must not decide whether an attempt may run (`run.rs` and the run log do).
+
+use super::exec::{self, ExecSpec};
+use super::inventory::{self, InventoryEntry};
+use super::run::{apply_outcome, base_env};
+use super::runlog::{self, RunRecord};
+use super::AgentState;
+use crate::link::transfer::{self, TransferError};
+use crate::link::Backoff;
+use crate::pkg::{assemble, ChunkHash, ChunkStore, Manifest, PkgError, StageLimits};
+use crate::proto::{now_ms, InstallSpec, LeafState, LeafUpdate, RemoveSpec};
+use crate::store::StoreError;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// How long an install keeps retrying a broken transfer link.
+pub(crate) const FETCH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Why a package could not be installed or removed (the leaf's reason,
+/// after "package NAME@VERSION: ").
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PackageError {
+    /// A blob arrived whose hash is not its address.
+    #[error("{what} {} failed verification (expected {expected}, got {got})", .expected.short())]
+    Verify {
+        /// "manifest" or "chunk".
+        what: &'static str,
+        /// The address asked for.
+        expected: ChunkHash,
+        /// The hash of what arrived.
+        got: ChunkHash,
+    },
+    /// The relay cannot provide a blob.
+    #[error("the relay cannot send {what} {hash}: {reason}")]
+    Missing {
+        /// "manifest" or "chunk".
+        what: &'static str,
+        /// The blob.
+        hash: ChunkHash,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay ended a transfer without a blob it was asked for.
+    #[error("the relay did not send {0} chunk(s), e.g. {1}")]
+    NotSent(usize, ChunkHash),
+    /// Fetching failed for another reason (after retries if it was the link).
+    #[error("cannot fetch from the relay: {0}")]
+    Fetch(#[source] TransferError),
+    /// The manifest blob is not a valid manifest.
+    #[error("manifest {}: {source}", .hash.short())]
+    Manifest {
+        /// Its address.
+        hash: ChunkHash,
+        /// What is wrong.
+        source: PkgError,
+    },
+    /// The manifest is valid but not the package the signed order names.
+    #[error("the manifest is {got}, not the package the signed order names")]
+    NotSigned {
+        /// `name@version` in the manifest.
+        got: String,
+    },
+    /// Unpacking failed (path escapes, sizes, disk full, a corrupt chunk).
+    #[error("{}", describe_stage(.0))]
+    Stage(PkgError),
+    /// A local file operation failed.
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A blocking task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn describe_stage(e: &PkgError) -> String {
+    match e {
+        PkgError::BadPath { path, why } => {
+            format!("entry '{path}' is refused ({why}): it would escape the staging directory")
+        }
+        other => format!("cannot unpack: {other}"),
+    }
+}
+
+/// The agent's chunk store, opened on first use.
+async fn chunk_store(st: &AgentState) -> Result<Arc<ChunkStore>, PackageError> {
+    let dir = st.pkg.chunks();
+    st.chunks
+        .get_or_try_init(|| async {
+            let d = dir.clone();
+            blocking(move || ChunkStore::open(d))
+                .await?
+                .map(Arc::new)
+                .map_err(PackageError::Stage)
+        })
+        .await
+        .cloned()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PackageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PackageError::Task(e.to_string()))
+}
+
+/// Fetches every blob of `hashes` the store lacks, retrying a broken link
+/// until `deadline`.
+async fn fetch_all(
+    st: &AgentState,
+    store: &Arc<ChunkStore>,
+    hashes: &[ChunkHash],
+    manifest: ChunkHash,
+    deadline: Instant,
+) -> Result<u64, PackageError> {
+    let what = |h: &ChunkHash| if *h == manifest { "manifest" } else { "chunk" };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut received = 0u64;
+    loop {
+        match transfer::fetch(&st.transfer, store, hashes).await {
+            Ok(n) => {
+                received += n;
+                break;
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                if Instant::now() + delay >= deadline {
+                    return Err(PackageError::Fetch(e));
+                }
+                warn!(error = %e, retry_in = ?delay, "transfer broke; retrying for what is still missing");
+                tokio::time::sleep(delay).await;
+            }
+            Err(TransferError::Pkg(PkgError::HashMismatch { expected, got })) => {
+                return Err(PackageError::Verify {
+                    what: what(&expected),
+                    expected,
+                    got,
+                })
+            }
+            Err(TransferError::Missing { hash, reason }) => {
+                return Err(PackageError::Missing {
+                    what: what(&hash),
+                    hash,
+                    reason,
+                })
+            }
+            Err(e) => return Err(PackageError::Fetch(e)),
+        }
+    }
+    let missing = store.missing(hashes);
+    if let Some(h) = missing.first() {
+        return Err(PackageError::NotSent(missing.len(), *h));
+    }
+    Ok(received)
+}
+
+/// Fetches, checks and unpacks the package into `tree`; returns its manifest.
+async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manifest, PackageError> {
+    let store = chunk_store(st).await?;
+    let deadline = Instant::now() + FETCH_PATIENCE;
+    let mut bytes = fetch_all(st, &store, &[spec.manifest], spec.manifest, deadline).await?;
+    let (s, h) = (store.clone(), spec.manifest);
+    let manifest = blocking(move || s.get_manifest(&h))
+        .await?
+        .map_err(|source| PackageError::Manifest { hash: h, source })?;
+    if manifest.name != spec.name || manifest.version != spec.version {
+        return Err(PackageError::NotSigned {
+            got: manifest.label(),
+        });
+    }
+    let limits = StageLimits::default();
+    let need = manifest.total_size();
+    if need > limits.max_bytes {
+        return Err(PackageError::Stage(PkgError::TooBig {
+            limit: limits.max_bytes,
+            need,
+        }));
+    }
+    let chunks: Vec<ChunkHash> = manifest.chunks().iter().map(|c| c.hash).collect();
+    bytes += fetch_all(st, &store, &chunks, spec.manifest, deadline).await?;
+    info!(
+        chunks = chunks.len(),
+        fetched_bytes = bytes,
+        "package blobs present"
+    );
+    let (m, t) = (manifest.clone(), tree.to_path_buf());
+    let report = blocking(move || {
+        if let Some(parent) = t.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| PackageError::Io {
+                what: "cannot create",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        assemble(&m, &store, &t, &limits).map_err(PackageError::Stage)
+    })
+    .await??;
+    info!(files = report.files, bytes = report.bytes, dir = %tree.display(), "package unpacked");
+    Ok(manifest)
+}
+
+/// The environment of an install or remove command.
+fn package_env(
+    st: &AgentState,
+    rec: &RunRecord,
+    name: &str,
+    version: &str,
+    tree: &Path,
+) -> Vec<(String, String)> {
+    let mut env = base_env(st, rec);
+    env.push(("RELAYTREE_PACKAGE".into(), name.into()));
+    env.push(("RELAYTREE_PACKAGE_VERSION".into(), version.into()));
+    env.push((
+        "RELAYTREE_PACKAGE_DIR".into(),
+        tree.to_string_lossy().into_owned(),
+    ));
+    env
+}
+
+/// Runs `script` with `/bin/sh -c` in `tree`; the update says how it ended.
+async fn run_script(
+    st: &AgentState,
+    rec: &RunRecord,
+    script: &str,
+    env: Vec<(String, String)>,
+    tree: &Path,
+    timeout_ms: Option<u64>,
+    prefix: &str,
+) -> LeafUpdate {
+    let res = exec::run(&ExecSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env,
+        cwd: Some(tree.to_path_buf()),
+        timeout: timeout_ms.map(Duration::from_millis),
+        tail_bytes: st.options.tail_bytes,
+    })
+    .await;
+    let mut u = runlog::update(st, rec, LeafState::Failed);
+    apply_outcome(&mut u, &res, timeout_ms, prefix);
+    info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "{prefix}finished");
+    u
+}
+
+/// Records a failed (or timed out) package attempt; durable on return.
+async fn finish(st: &AgentState, rec: &mut RunRecord, u: LeafUpdate) -> Result<(), StoreError> {
+    if let Some(r) = &u.reason {
+        warn!(reason = %r, state = u.state.as_str(), "package attempt failed");
+    }
+    runlog::record(st, rec, u)?;
+    st.store.durable().await
+}
+
+/// Carries out an install whose start is already on disk.
+pub(crate) async fn install(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    spec: &InstallSpec,
+) -> Result<(), StoreError> {
+    let label = format!("{}@{}", spec.name, spec.version);
+    let dir = inventory::install_dir_name(&spec.version, rec.job, rec.attempt);
+    let tree = st.pkg.package(&spec.name).join(&dir);
+    let discard = |t: PathBuf| async move {
+        let p = t.clone();
+        match blocking(move || inventory::remove_tree(&p)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(dir = %t.display(), error = %e, "cannot remove a failed install"),
+            Err(e) => warn!(dir = %t.display(), error = %e, "cannot remove a failed install"),
+        }
+    };
+    let manifest = match stage(st, spec, &tree).await {
+        Ok(m) => m,
+        Err(e) => {
+            discard(tree.clone()).await;
+            let mut u = runlog::update(st, rec, LeafState::Failed);
+            u.reason = Some(format!("package {label}: {e}"));
+            return finish(st, rec, u).await;
+        }
+    };
+    let mut done = runlog::update(st, rec, LeafState::Succeeded);
+    if let Some(script) = &manifest.install {
+        let env = package_env(st, rec, &spec.name, &spec.version, &tree);
+        let prefix = format!("package {label}: install command ");
+        let u = run_script(st, rec, script, env, &tree, spec.timeout_ms, &prefix).await;
+        if u.state != LeafState::Succeeded {
+            discard(tree.clone()).await;
+            return finish(st, rec, u).await;
+        }
+        done = u;
+    }
+    // Commit: the inventory first, its report next, the leaf's result last.
+    let old = {
+        let _one_at_a_time = st.pkg_lock.lock().await;
+        let old = inventory::get(&st.inventory, &st.me, &spec.name)?;
+        let entry = InventoryEntry {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            manifest: spec.manifest,
+            dir: dir.clone(),
+            remove: manifest.remove.clone(),
+            job: rec.job,
+            attempt: rec.attempt,
+            at_ms: now_ms(),
+        };
+        inventory::put(&st.inventory, &st.me, &entry)?;
+        inventory::push_report(&st.inventory, &st.outbox, &st.me, &rec.relay)?;
+        runlog::record(st, rec, done)?;
+        st.store.durable().await?;
+        old
+    };
+    info!(package = %label, dir = %tree.display(), "package installed");
+    if let Some(old) = old.filter(|o| o.dir != dir) {
+        let t = st.pkg.tree_of(&old);
+        info!(package = %old.label(), dir = %t.display(), "removing the replaced version");
+        discard(t).await;
+    }
+    Ok(())
+}
+
+/// Carries out a removal whose start is already on disk.
+pub(crate) async fn remove(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    spec: &RemoveSpec,
+) -> Result<(), StoreError> {
+    let _one_at_a_time = st.pkg_lock.lock().await;
+    let Some(entry) = inventory::get(&st.inventory, &st.me, &spec.name)? else {
+        let mut u = runlog::update(st, rec, LeafState::Failed);
+        u.reason = Some(format!("package {} is not installed", spec.name));
+        return finish(st, rec, u).await;
+    };
+    let label = entry.label();
+    let tree = st.pkg.tree_of(&entry);
+    let mut done = runlog::update(st, rec, LeafState::Succeeded);
+    if let Some(script) = &entry.remove {
+        let env = package_env(st, rec, &entry.name, &entry.version, &tree);
+        let prefix = format!("package {label}: remove command ");
+        let u = run_script(st, rec, script, env, &tree, spec.timeout_ms, &prefix).await;
+        if u.state != LeafState::Succeeded {
+            return finish(st, rec, u).await;
+        }
+        done = u;
+    }
+    // Aside first (atomic), so a failure here leaves everything in place.
+    let trash = st
+        .pkg
+        .package(&entry.name)
+        .join(inventory::trash_dir_name(rec.job, rec.attempt));
+    if let Err(source) = std::fs::rename(&tree, &trash) {
+        if source.kind() != std::io::ErrorKind::NotFound {
+            let e = PackageError::Io {
+                what: "cannot move aside",
+                path: tree,
+                source,
+            };
+            let mut u = runlog::update(st, rec, LeafState::Failed);
+            u.reason = Some(format!("package {label}: {e}"));
+            return finish(st, rec, u).await;
+        }
+        warn!(dir = %tree.display(), "installed tree was already gone");
+    }
+    inventory::drop_entry(&st.inventory, &st.me, &entry.name)?;
+    inventory::push_report(&st.inventory, &st.outbox, &st.me, &rec.relay)?;
+    runlog::record(st, rec, done)?;
+    st.store.durable().await?;
+    info!(package = %label, "package removed");
+    let t = trash.clone();
+    match blocking(move || inventory::remove_tree(&t)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(dir = %trash.display(), error = %e, "cannot delete a removed package's tree (deleted at next start)")
+        }
+        Err(e) => {
+            warn!(dir = %trash.display(), error = %e, "cannot delete a removed package's tree")
+        }
+    }
+    let _ = std::fs::remove_dir(st.pkg.package(&entry.name));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_name_what_went_wrong() {
+        let (a, b) = (ChunkHash::of(b"a"), ChunkHash::of(b"b"));
+        let e = PackageError::Verify {
+            what: "chunk",
+            expected: a,
+            got: b,
+        };
+        let s = e.to_string();
+        assert!(
+            s.starts_with(&format!("chunk {} failed verification", a.short())),
+            "{s}"
+        );
+        assert!(s.contains(&a.to_hex()) && s.contains(&b.to_hex()), "{s}");
+        let e = PackageError::Stage(PkgError::BadPath {
+            path: "../x".into(),
+            why: "'..' component".into(),
+        });
+        assert!(e.to_string().starts_with("entry '../x' is refused"), "{e}");
+        let e = PackageError::NotSigned {
+            got: "foo@3".into(),
+        };
+        assert!(e.to_string().contains("foo@3"), "{e}");
+    }
+}
+
+/// Installs and removals carried out for real, without a network: the chunk
+/// store is filled beforehand, so fetching has nothing to ask the relay for.
+#[cfg(test)]
+mod offline {
+    use super::*;
+    use crate::agent::runlog::RunState;
+    use crate::agent::AgentOptions;
+    use crate::link::{Dialer, Timing};
+    use crate::proto::{
+        Action, Attempt, Event, Hello, JobId, NodeName, Purpose, Role, PROTOCOL_VERSION,
+    };
+    use crate::store::Store;
+
+    fn state(dir: &Path) -> Arc<AgentState> {
+        let store = Store::open(dir).unwrap();
+        let me = NodeName::new("a1").unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
+        Arc::new(AgentState {
+            job_key,
+            runs: store.table(runlog::TREE).unwrap(),
+            outbox: store
+                .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
+                .unwrap(),
+            inventory: store.table(inventory::TREE).unwrap(),
+            store,
+            slots: tokio::sync::Semaphore::new(1),
+            options: AgentOptions::default(),
+            transfer: Dialer {
+                // Nothing listens here: a test that dials fails loudly.
+                addr: "127.0.0.1:1".into(),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                me: Hello {
+                    version: PROTOCOL_VERSION,
+                    name: me.clone(),
+                    role: Role::Agent,
+                    purpose: Purpose::Transfer,
+                },
+                timing: Timing::default(),
+                gate: None,
+            },
+            pkg: inventory::PkgDirs::new(dir, &me),
+            chunks: tokio::sync::OnceCell::new(),
+            pkg_lock: tokio::sync::Mutex::new(()),
+            report_inventory: Default::default(),
+            me,
+        })
+    }
+
+    /// Builds package `version` of "foo" into the agent's chunk store.
+    async fn build(st: &AgentState, src: &Path, version: &str, install: &str) -> InstallSpec {
+        let store = chunk_store(st).await.unwrap();
+        std::fs::create_dir_all(src).unwrap();
+        std::fs::write(src.join("data.txt"), format!("version {version}\n")).unwrap();
+        let (m, _) = crate::pkg::add_path(
+            src,
+            "foo",
+            version,
+            Some(install.into()),
+            Some(
+                "echo bye > \"$RELAYTREE_PACKAGE_DIR/../removed-$RELAYTREE_PACKAGE_VERSION\""
+                    .into(),
+            ),
+            &store,
+        )
+        .unwrap();
+        let manifest = store.put_manifest(&m).unwrap();
+        InstallSpec {
+            name: "foo".into(),
+            version: version.into(),
+            manifest,
+            size: m.total_size(),
+            timeout_ms: Some(10_000),
+        }
+    }
+
+    fn rec(job: u64, action: Action) -> RunRecord {
+        RunRecord {
+            job: JobId(job),
+            attempt: Attempt(1),
+            action,
+            relay: NodeName::new("r1").unwrap(),
+            state: RunState::Started,
+            result: None,
+            received_at_ms: 0,
+        }
+    }
+
+    /// The events queued so far, oldest first.
+    fn events(st: &AgentState) -> Vec<Event> {
+        st.outbox
+            .read_after(0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    fn last_leaf(st: &AgentState) -> crate::proto::LeafUpdate {
+        events(st)
+            .into_iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Leaf(u) => Some(u),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn install_upgrade_fail_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let v1 = build(&st, &tmp.path().join("src1"), "1", "echo \"$RELAYTREE_PACKAGE@$RELAYTREE_PACKAGE_VERSION j$RELAYTREE_JOB\" > installed.txt").await;
+        let mut r = rec(1, Action::Install(v1.clone()));
+        install(&st, &mut r, &v1).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
+        assert_eq!(r.state, RunState::Finished);
+        let e1 = inventory::get(&st.inventory, &st.me, "foo")
+            .unwrap()
+            .unwrap();
+        let t1 = st.pkg.tree_of(&e1);
+        assert_eq!(t1, st.pkg.package("foo").join("1-j1a1"));
+        assert_eq!(
+            std::fs::read_to_string(t1.join("installed.txt")).unwrap(),
+            "foo@1 j1\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(t1.join("data.txt")).unwrap(),
+            "version 1\n"
+        );
+        // The inventory report comes before the leaf's result.
+        let evs = events(&st);
+        let n = evs.len();
+        assert!(
+            matches!(&evs[n - 2], Event::Inventory(i) if i.client == st.me && i.packages.len() == 1 && i.packages[0].version == "1")
+        );
+        assert!(matches!(&evs[n - 1], Event::Leaf(_)));
+
+        // An upgrade replaces the old tree.
+        let v2 = build(&st, &tmp.path().join("src2"), "2", "true").await;
+        let mut r = rec(2, Action::Install(v2.clone()));
+        install(&st, &mut r, &v2).await.unwrap();
+        assert_eq!(last_leaf(&st).state, LeafState::Succeeded);
+        let e2 = inventory::get(&st.inventory, &st.me, "foo")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e2.version, "2");
+        assert!(st.pkg.tree_of(&e2).is_dir());
+        assert!(!t1.exists(), "the replaced version's tree is deleted");
+
+        // A failing install command leaves v2 as it was.
+        let v3 = build(&st, &tmp.path().join("src3"), "3", "echo oops; exit 3").await;
+        let mut r = rec(3, Action::Install(v3.clone()));
+        install(&st, &mut r, &v3).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert_eq!(
+            u.reason.as_deref(),
+            Some("package foo@3: install command exited with code 3")
+        );
+        assert_eq!(u.output.as_deref(), Some("oops\n"));
+        assert!(!st.pkg.package("foo").join("3-j3a1").exists());
+        assert_eq!(
+            inventory::get(&st.inventory, &st.me, "foo").unwrap(),
+            Some(e2.clone())
+        );
+
+        // A manifest that is not the signed package is refused.
+        let mut wrong = v2.clone();
+        wrong.version = "9".into();
+        let mut r = rec(4, Action::Install(wrong.clone()));
+        install(&st, &mut r, &wrong).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert!(
+            u.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("not the package the signed order names"),
+            "{:?}",
+            u.reason
+        );
+
+        // Remove runs the remove command, then the tree and entry go.
+        let rm = RemoveSpec {
+            name: "foo".into(),
+            timeout_ms: None,
+        };
+        let mut r = rec(5, Action::Remove(rm.clone()));
+        remove(&st, &mut r, &rm).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
+        assert!(st.pkg.package("foo").join("removed-2").is_file());
+        assert!(!st.pkg.tree_of(&e2).exists());
+        assert_eq!(inventory::get(&st.inventory, &st.me, "foo").unwrap(), None);
+        let evs = events(&st);
+        assert!(matches!(&evs[evs.len() - 2], Event::Inventory(i) if i.packages.is_empty()));
+
+        // Removing it again fails plainly.
+        let mut r = rec(6, Action::Remove(rm.clone()));
+        remove(&st, &mut r, &rm).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        assert_eq!(u.reason.as_deref(), Some("package foo is not installed"));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_chunk_fails_the_install_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let v1 = build(&st, &tmp.path().join("src1"), "1", "true").await;
+        let store = chunk_store(&st).await.unwrap();
+        let m = store.get_manifest(&v1.manifest).unwrap();
+        let c = m.chunks()[0].hash;
+        std::fs::write(store.path_of(&c), b"tampered").unwrap();
+        let mut r = rec(1, Action::Install(v1.clone()));
+        install(&st, &mut r, &v1).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Failed);
+        let why = u.reason.unwrap_or_default();
+        assert!(
+            why.starts_with("package foo@1: ") && why.contains(&c.to_hex()),
+            "{why}"
+        );
+        assert!(!st.pkg.package("foo").join("1-j1a1").exists());
+        assert!(inventory::list(&st.inventory, &st.me).unwrap().is_empty());
+    }
+}
