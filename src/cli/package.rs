@@ -9,13 +9,16 @@ use crate::pkg::{ChunkHash, ChunkStore, Manifest};
 use crate::proto::{
     AdminRequest, AdminResponse, InstallSpec, NodeName, PackageInfo, RemoveSpec, BLOB_PIECE,
 };
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Hashes asked about in one `PackageMissing` request, at most.
 const MISSING_BATCH: usize = 4096;
+/// Upload pieces sent ahead of their answers, at most (HQ takes an admin's
+/// requests in order, one at a time).
+const UPLOAD_WINDOW: usize = 16;
 
 fn node(flag: &str, s: &str) -> Result<NodeName, CliError> {
     NodeName::new(s).map_err(|e| CliError::Usage(format!("{flag}: {e}")))
@@ -289,16 +292,7 @@ async fn add(
         .filter(|c| missing.contains(&c.hash))
         .map(|c| u64::from(c.len))
         .sum();
-    let progress = std::io::stderr().is_terminal() && !todo.is_empty();
-    for (i, hash) in todo.iter().enumerate() {
-        upload(&mut c, &store, *hash).await?;
-        if progress {
-            eprint!("\ruploading: {}/{} blobs", i + 1, todo.len());
-        }
-    }
-    if progress {
-        eprintln!();
-    }
+    upload_all(&mut c, &store, &todo).await?;
     let info = match c.request(AdminRequest::PackageAdd { manifest: id }).await? {
         AdminResponse::Package(info) => info,
         other => return Err(unexpected(other)),
@@ -309,41 +303,81 @@ async fn add(
     Ok(p)
 }
 
-/// Uploads one blob in pieces of at most [`BLOB_PIECE`] bytes.
-async fn upload(
+/// One upload piece in flight.
+struct Piece {
+    id: u64,
+    hash: ChunkHash,
+    total: u64,
+    last: bool,
+}
+
+/// Reads the answer to the oldest piece in flight.
+async fn settle(c: &mut AdminClient, p: Piece) -> Result<(), CliError> {
+    match c.recv(p.id).await? {
+        AdminResponse::Uploaded { complete: false } if p.last => Err(CliError::Other(format!(
+            "hq did not take blob {} whole after {} bytes",
+            p.hash, p.total
+        ))),
+        AdminResponse::Uploaded { .. } => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Uploads `blobs` from `store`, each in pieces of at most [`BLOB_PIECE`]
+/// bytes (in order from offset 0), [`UPLOAD_WINDOW`] pieces in flight.
+async fn upload_all(
     c: &mut AdminClient,
     store: &Arc<ChunkStore>,
-    hash: ChunkHash,
+    blobs: &[ChunkHash],
 ) -> Result<(), CliError> {
-    let s = store.clone();
-    let data = tokio::task::spawn_blocking(move || s.get(&hash))
-        .await
-        .map_err(blocking_err)?
-        .map_err(|e| CliError::Other(format!("cannot read blob {hash}: {e}")))?;
-    let total = data.len() as u64;
-    let mut offset = 0usize;
-    loop {
-        let end = (offset + BLOB_PIECE).min(data.len());
-        let complete = match c
-            .request(AdminRequest::PackageUpload {
-                hash,
-                offset: offset as u64,
-                total,
-                data: data[offset..end].to_vec(),
-            })
-            .await?
-        {
-            AdminResponse::Uploaded { complete } => complete,
-            other => return Err(unexpected(other)),
-        };
-        offset = end;
-        if offset >= data.len() {
-            if !complete {
-                return Err(CliError::Other(format!(
-                    "hq did not take blob {hash} whole after {total} bytes"
-                )));
+    let progress = std::io::stderr().is_terminal() && !blobs.is_empty();
+    let mut inflight: VecDeque<Piece> = VecDeque::new();
+    let mut done = 0usize;
+    for &hash in blobs {
+        let s = store.clone();
+        let data = tokio::task::spawn_blocking(move || s.get(&hash))
+            .await
+            .map_err(blocking_err)?
+            .map_err(|e| CliError::Other(format!("cannot read blob {hash}: {e}")))?;
+        let total = data.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + BLOB_PIECE).min(data.len());
+            if inflight.len() >= UPLOAD_WINDOW {
+                if let Some(p) = inflight.pop_front() {
+                    done += usize::from(p.last);
+                    settle(c, p).await?;
+                }
+                if progress {
+                    eprint!("\ruploading: {done}/{} blobs", blobs.len());
+                }
             }
-            return Ok(());
+            let id = c
+                .send(AdminRequest::PackageUpload {
+                    hash,
+                    offset: offset as u64,
+                    total,
+                    data: data[offset..end].to_vec(),
+                })
+                .await?;
+            let last = end >= data.len();
+            inflight.push_back(Piece {
+                id,
+                hash,
+                total,
+                last,
+            });
+            offset = end;
+            if last {
+                break;
+            }
         }
     }
+    while let Some(p) = inflight.pop_front() {
+        settle(c, p).await?;
+    }
+    if progress {
+        eprintln!("\ruploading: {0}/{0} blobs", blobs.len());
+    }
+    Ok(())
 }

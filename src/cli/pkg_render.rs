@@ -168,7 +168,10 @@ pub fn when(ms: u64) -> String {
     let stamp = humantime::format_rfc3339_seconds(at);
     let now = crate::proto::now_ms();
     if ms > now {
-        let secs = (ms - now).div_ceil(1000);
+        let mut secs = (ms - now).div_ceil(1000);
+        if secs >= 3600 {
+            secs -= secs % 60;
+        }
         format!(
             "{stamp} (in {})",
             humantime::format_duration(Duration::from_secs(secs))
