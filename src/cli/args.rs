@@ -1,6 +1,7 @@
 //! The command lines of `hq`, `relay` and `agent` (DESIGN.md section 6).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use super::pkg_args::{ClientCmd, PackageCmd, PkgSpec};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Where admin commands find HQ and their identity.
@@ -89,6 +90,20 @@ pub enum HqCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Packages: the depot, relay caches and their sync schedules.
+    Package {
+        #[command(subcommand)]
+        cmd: PackageCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Clients.
+    Client {
+        #[command(subcommand)]
+        cmd: ClientCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Relays, their parents, connected or last seen, clients under each.
     Tree {
         /// Print JSON.
@@ -141,7 +156,13 @@ pub enum CertCmd {
 /// `hq job` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
-    /// Create a job; prints its id.
+    /// Create a job; prints its id. What it does: a command after --, --ping,
+    /// --install N[@V] or --remove N (exactly one).
+    #[command(group(
+        ArgGroup::new("action")
+            .required(true)
+            .args(["command", "ping", "install", "remove"])
+    ))]
     Create {
         /// Destination kind.
         #[arg(long, value_enum)]
@@ -149,15 +170,21 @@ pub enum JobCmd {
         /// Relay whose lower clients are targeted (repeatable).
         #[arg(long = "relay", required = true)]
         relays: Vec<String>,
-        /// Kill the command after this long (e.g. 30s, 5m).
+        /// Kill the command (or the install/remove command) after this long (e.g. 30s, 5m).
         #[arg(long)]
         timeout: Option<String>,
         /// Leaves not delivered within this long expire (e.g. 1h).
         #[arg(long)]
         expires: Option<String>,
         /// Answer without spawning a process.
-        #[arg(long, conflicts_with = "command")]
+        #[arg(long)]
         ping: bool,
+        /// Install this package (the newest version when no @VERSION).
+        #[arg(long, value_name = "N[@V]")]
+        install: Option<PkgSpec>,
+        /// Remove this installed package.
+        #[arg(long, value_name = "N", value_parser = super::pkg_args::parse_pkg_name)]
+        remove: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -349,5 +376,89 @@ mod tests {
                 .is_err()
         );
         assert!(HqCli::try_parse_from(["hq", "job", "rerun", "3"]).is_err());
+    }
+
+    fn create(extra: &[&str]) -> Result<JobCmd, clap::Error> {
+        let mut v = vec![
+            "hq",
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "r1",
+        ];
+        v.extend_from_slice(extra);
+        HqCli::try_parse_from(v).map(|c| match c.cmd {
+            HqCmd::Job { cmd, .. } => cmd,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn job_create_install_or_remove() {
+        match create(&["--install", "tool@1.2", "--timeout", "5m"]).unwrap() {
+            JobCmd::Create {
+                install,
+                remove,
+                ping,
+                command,
+                timeout,
+                ..
+            } => {
+                assert_eq!(
+                    install,
+                    Some(PkgSpec {
+                        name: "tool".into(),
+                        version: Some("1.2".into())
+                    })
+                );
+                assert_eq!(remove, None);
+                assert!(!ping);
+                assert!(command.is_empty());
+                assert_eq!(timeout.as_deref(), Some("5m"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match create(&["--install", "tool"]).unwrap() {
+            JobCmd::Create { install, .. } => {
+                assert_eq!(install.map(|s| s.version), Some(None))
+            }
+            other => panic!("{other:?}"),
+        }
+        match create(&["--remove", "tool"]).unwrap() {
+            JobCmd::Create { remove, .. } => assert_eq!(remove.as_deref(), Some("tool")),
+            other => panic!("{other:?}"),
+        }
+        assert!(create(&["--ping"]).is_ok());
+        // Bad N@V, and a version on --remove.
+        for bad in [
+            &["--install", "tool@"][..],
+            &["--install", "@1"],
+            &["--install", ""],
+            &["--remove", "tool@1"],
+        ] {
+            assert!(create(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn job_create_takes_exactly_one_action() {
+        assert!(create(&[]).is_err(), "no action");
+        for two in [
+            &["--install", "a", "--remove", "a"][..],
+            &["--install", "a", "--ping"],
+            &["--remove", "a", "--ping"],
+            &["--install", "a", "--", "echo"],
+            &["--remove", "a", "--", "echo"],
+            &["--ping", "--", "echo"],
+        ] {
+            let e = create(two).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{two:?}"
+            );
+        }
     }
 }

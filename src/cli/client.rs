@@ -125,17 +125,33 @@ impl AdminClient {
 
     /// Sends one request and waits for its answer.
     pub async fn request(&mut self, req: AdminRequest) -> Result<AdminResponse, CliError> {
+        let id = self.send(req).await?;
+        self.recv(id).await
+    }
+
+    /// Sends one request without waiting; returns its id for [`Self::recv`].
+    /// HQ answers an admin's requests one at a time, in order, so several
+    /// may be in flight (pipelined uploads); read the answers in that order.
+    pub async fn send(&mut self, req: AdminRequest) -> Result<u64, CliError> {
         let id = self.next_id;
         self.next_id += 1;
-        let link = |source| CliError::Link {
-            addr: self.addr.clone(),
-            source,
-        };
         self.session
             .tx
             .send(Msg::AdminReq { id, req })
             .await
-            .map_err(|_| link(LinkError::Closed))?;
+            .map_err(|_| CliError::Link {
+                addr: self.addr.clone(),
+                source: LinkError::Closed,
+            })?;
+        Ok(id)
+    }
+
+    /// The answer to request `id`, the oldest one not yet read.
+    pub async fn recv(&mut self, id: u64) -> Result<AdminResponse, CliError> {
+        let link = |source| CliError::Link {
+            addr: self.addr.clone(),
+            source,
+        };
         match self.session.rx.recv().await.map_err(link)? {
             Msg::AdminResp { id: got, resp } if got == id => resp.map_err(CliError::Refused),
             other => Err(CliError::Unexpected(other.kind().to_string())),

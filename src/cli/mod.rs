@@ -7,6 +7,9 @@ mod output;
 pub mod args;
 pub mod client;
 mod demo;
+mod package;
+pub mod pkg_args;
+mod pkg_render;
 pub mod render;
 pub mod setup;
 
@@ -214,6 +217,8 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             .await?;
         }
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
+        HqCmd::Package { cmd, admin } => package::package(cmd, &target(&admin)).await?,
+        HqCmd::Client { cmd, admin } => package::client(cmd, &target(&admin)).await?,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {
@@ -235,6 +240,8 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             timeout,
             expires,
             ping,
+            install,
+            remove,
             json,
             command,
         } => {
@@ -252,12 +259,18 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 .map(|s| parse_duration("--expires", &s))
                 .transpose()?
                 .map(|d| d.as_millis() as u64);
+            if !ping && install.is_none() && remove.is_none() && command.is_empty() {
+                return Err(CliError::Usage(
+                    "no command: give it after --, or use --ping, --install or --remove".into(),
+                ));
+            }
+            let mut c = AdminClient::connect(t).await?;
             let action = if ping {
                 Action::Ping
-            } else if command.is_empty() {
-                return Err(CliError::Usage(
-                    "no command: give it after --, or use --ping".into(),
-                ));
+            } else if let Some(p) = install {
+                Action::Install(package::install_spec(&mut c, &p, timeout_ms).await?)
+            } else if let Some(name) = remove {
+                Action::Remove(package::remove_spec(&mut c, name, timeout_ms).await?)
             } else {
                 Action::Run(RunSpec {
                     argv: command,
@@ -266,7 +279,6 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     timeout_ms,
                 })
             };
-            let mut c = AdminClient::connect(t).await?;
             match c
                 .request(AdminRequest::CreateJob {
                     dest,

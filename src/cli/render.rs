@@ -3,7 +3,7 @@
 use crate::proto::{JobStatus, JobSummary, LeafState, Totals, TreeView};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     t
@@ -23,7 +23,7 @@ pub fn totals_line(t: &Totals) -> String {
     }
 }
 
-fn ago(ms: u64) -> String {
+pub(crate) fn ago(ms: u64) -> String {
     let now = crate::proto::now_ms();
     if ms == 0 {
         return "never".into();
