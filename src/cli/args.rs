@@ -160,7 +160,6 @@ pub enum JobCmd {
     /// --install N[@V] or --remove N (exactly one).
     #[command(group(
         ArgGroup::new("action")
-            .required(true)
             .args(["command", "ping", "install", "remove"])
     ))]
     Create {
@@ -444,7 +443,9 @@ mod tests {
 
     #[test]
     fn job_create_takes_exactly_one_action() {
-        assert!(create(&[]).is_err(), "no action");
+        // No action at all is refused after parsing, with a one-line error
+        // (see `cli_errors` in the integration tests).
+        assert!(create(&[]).is_ok(), "no action parses");
         for two in [
             &["--install", "a", "--remove", "a"][..],
             &["--install", "a", "--ping"],
