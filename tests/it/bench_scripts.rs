@@ -39,3 +39,13 @@ fn ping_and_rerun_scripts_run_at_small_n() {
         "{rerun}"
     );
 }
+
+#[test]
+fn packages_script_runs_at_small_n() {
+    let out = bench("packages.sh", &["6", "2", "1"]);
+    assert!(
+        out.contains("packages v1 S=1048576 N=6 R=2: hq sent"),
+        "{out}"
+    );
+    assert!(out.contains("packages v2 (1% changed)"), "{out}");
+}
