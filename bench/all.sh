@@ -14,6 +14,7 @@ if [[ ${BENCH_SMALL:-0} == 1 ]]; then
         "memory.sh 500"
         "persist.sh 1000 2"
         "rerun.sh 1000 2 2"
+        "packages.sh 20 2 2"
     )
 else
     plan=(
@@ -23,6 +24,7 @@ else
         "memory.sh 10000"
         "persist.sh 18000 5"
         "rerun.sh 100000 10 5"
+        "packages.sh 20 2 64"
     )
 fi
 

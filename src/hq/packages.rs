@@ -461,16 +461,23 @@ pub(crate) async fn set_schedule(
 /// Runs due scheduled syncs until HQ stops; a sync that comes due while a
 /// package is being added waits until the add is finished.
 pub(crate) async fn run_schedules(st: std::sync::Arc<HqState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
-        if st.uploads.adding.load(Ordering::SeqCst) > 0 {
-            continue;
-        }
-        if let Err(e) = due_syncs(&st).await {
+        every.tick().await;
+        if let Err(e) = tick(&st).await {
             warn!(error = %e, "scheduled sync");
         }
     }
+}
+
+/// One look at the schedules: orders the syncs that are due, unless a
+/// package is being added (then they wait for the next look).
+async fn tick(st: &HqState) -> Result<bool, HqError> {
+    if st.uploads.adding.load(Ordering::SeqCst) > 0 {
+        return Ok(false);
+    }
+    due_syncs(st).await?;
+    Ok(true)
 }
 
 async fn due_syncs(st: &HqState) -> Result<(), HqError> {
@@ -580,4 +587,125 @@ pub(crate) fn status(st: &HqState, only: Option<&NodeName>) -> Result<PackageSta
         relays: out,
         hq_egress: st.egress.snapshot(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_due_schedule_orders_a_sync_but_waits_for_a_package_being_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
+        let r1 = n("r1");
+        st.relays
+            .put(
+                &keys::name(&r1),
+                &super::super::RelayRecord {
+                    parent: n("hq"),
+                    connected: false,
+                    last_seen_ms: 0,
+                },
+            )
+            .unwrap();
+        let m = ChunkHash::of(b"manifest");
+        st.packages
+            .put(
+                &pkg_key("tool", "1"),
+                &PackageInfo {
+                    name: "tool".into(),
+                    version: "1".into(),
+                    manifest: m,
+                    files: 1,
+                    size: 1,
+                    chunks: 1,
+                    install: None,
+                    remove: None,
+                    added_ms: 1,
+                    new_bytes: 0,
+                    entries: vec![],
+                },
+            )
+            .unwrap();
+        let s = set_schedule(
+            &st,
+            r1.clone(),
+            Some("monthly 2nd tue +4d 02:30".into()),
+            3_600_000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.spec.as_deref(), Some("monthly 2nd tue +4d 02:30"));
+        assert!(s.next_ms.unwrap() > now_ms());
+        // Make it due.
+        let mut due = s.clone();
+        due.next_ms = Some(now_ms() - 1);
+        st.schedules.put(&keys::name(&r1), &due).unwrap();
+
+        st.uploads.adding.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            !tick(&st).await.unwrap(),
+            "ran while a package was being added"
+        );
+        assert_eq!(st.syncs.scan::<SyncOrder>(b"").count(), 0);
+
+        st.uploads.adding.fetch_sub(1, Ordering::SeqCst);
+        assert!(tick(&st).await.unwrap());
+        let orders: Vec<SyncOrder> = st
+            .syncs
+            .scan::<SyncOrder>(b"")
+            .map(|r| r.unwrap().1)
+            .collect();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].relay, r1);
+        assert_eq!(orders[0].packages[0].manifest, m);
+        assert!(!orders[0].complete);
+        let after = schedule_of(&st, &r1).unwrap();
+        assert!(after.last_ms.is_some());
+        assert!(after.next_ms.unwrap() > now_ms(), "{after:?}");
+        // Status shows it syncing, with the schedule.
+        let view = status(&st, Some(&r1)).unwrap();
+        assert_eq!(view.relays[0].packages[0].state, "syncing");
+        assert_eq!(view.relays[0].schedule.spec, after.spec);
+
+        // The relay's answer closes the sync and shows it present.
+        ingest_cache(
+            &st,
+            &CacheReport {
+                relay: r1.clone(),
+                package: orders[0].packages[0].clone(),
+                state: CacheState::Present,
+                reason: None,
+                sync_id: Some(orders[0].id),
+                fetched_bytes: 10,
+                at_ms: now_ms(),
+            },
+        )
+        .unwrap();
+        assert_eq!(st.syncs.scan::<SyncOrder>(b"").count(), 0);
+        let view = status(&st, None).unwrap();
+        assert_eq!(view.relays[0].packages[0].state, "present");
+        assert!(view.relays[0].last_sync_ms.is_some());
+
+        // A newer version in the depot: r1's copy is outdated.
+        let mut v2 = st
+            .packages
+            .get::<PackageInfo>(&pkg_key("tool", "1"))
+            .unwrap()
+            .unwrap();
+        v2.version = "2".into();
+        v2.manifest = ChunkHash::of(b"manifest 2");
+        v2.added_ms = 2;
+        st.packages.put(&pkg_key("tool", "2"), &v2).unwrap();
+        let p = &status(&st, None).unwrap().relays[0].packages[0];
+        assert_eq!((p.state.as_str(), p.newest.as_str()), ("outdated", "2"));
+        assert_eq!(p.present.as_deref(), Some("1"));
+    }
 }
