@@ -27,6 +27,10 @@
 #   BENCH_SETTLE_MAX       seconds to wait for that at most (default 30)
 #   BENCH_KEEP=1           keep the tree's directory (logs, databases) at exit;
 #                          it is always kept after a failure (exit 2)
+#   BENCH_TIMING           extra session-timer flags for relays and swarms, e.g.
+#                          "--heartbeat 30s --idle-timeout 120s" (100,000 agents)
+#   BENCH_HQ_TIMING        the same for HQ, e.g. "--idle-timeout 120s" (keep HQ's
+#                          heartbeat short: admin commands wait 20 s at most)
 #   RUST_LOG               passed to every process (their default is info)
 
 set -euo pipefail
@@ -43,6 +47,8 @@ SETTLE_PCT=${BENCH_SETTLE_PCT:-10}
 SETTLE_MAX=${BENCH_SETTLE_MAX:-30}
 CLK_TCK=$(getconf CLK_TCK)
 STATS="python3 $BENCH_DIR/stats.py"
+read -r -a TIMING <<<"${BENCH_TIMING:-}"
+read -r -a HQ_TIMING <<<"${BENCH_HQ_TIMING:-}"
 
 TREE=""            # this tree's directory
 IDS=""             # identity cache of this N
@@ -257,7 +263,7 @@ tree_new() {
 # servers_start R: HQ and R relays under it.
 servers_start() {
     local r=$1 i
-    start_bg hq "$BIN/hq" serve --data-dir "$TREE/hq" --listen 127.0.0.1:0
+    start_bg hq "$BIN/hq" serve --data-dir "$TREE/hq" --listen 127.0.0.1:0 ${HQ_TIMING[@]+"${HQ_TIMING[@]}"}
     HQ_PID=$LAST_PID
     HQ_ADDR=$(wait_addr "$TREE/hq" "$HQ_PID" hq)
     RELAY_NAMES=() RELAY_ADDRS=() RELAY_PIDS=() RELAY_FLAGS=()
@@ -265,7 +271,7 @@ servers_start() {
         local name
         name=$(printf 'r%02d' "$i")
         start_bg "$name" "$BIN/relay" serve --identity "$IDS/relays/$name" \
-            --data-dir "$TREE/$name" --listen 127.0.0.1:0 --parent "$HQ_ADDR"
+            --data-dir "$TREE/$name" --listen 127.0.0.1:0 --parent "$HQ_ADDR" ${TIMING[@]+"${TIMING[@]}"}
         RELAY_PIDS+=("$LAST_PID")
         RELAY_NAMES+=("$name")
         RELAY_ADDRS+=("$(wait_addr "$TREE/$name" "$LAST_PID" "$name")")
@@ -316,7 +322,7 @@ swarms_start() {
         local name
         name=$(basename "$dir")
         start_bg "swarm-$name" "$BIN/agent" swarm --identities "$dir" \
-            --relay "${RELAY_ADDRS[ri]}" --data-dir "$TREE/swarm/$name" "$@"
+            --relay "${RELAY_ADDRS[ri]}" --data-dir "$TREE/swarm/$name" ${TIMING[@]+"${TIMING[@]}"} "$@"
         SWARM_PIDS+=("$LAST_PID")
     done < <(python3 - "$IDS/agents" "$TREE/ids" "$n" "$r" "$SWARM_SIZE" "${RELAY_NAMES[@]}" <<'EOF'
 import os, sys
