@@ -93,6 +93,25 @@ pub(crate) enum PackageError {
     /// A blocking task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// Not enough free disk for the package.
+    #[error("not enough disk space on {}: {need} bytes needed (chunks to fetch and the unpacked tree, plus {DISK_MARGIN} spare), {free} free", .path.display())]
+    NoSpace {
+        /// Bytes needed.
+        need: u64,
+        /// Bytes free.
+        free: u64,
+        /// Where.
+        path: PathBuf,
+    },
+}
+
+/// Bytes kept free for the run log and the store when installing.
+pub(crate) const DISK_MARGIN: u64 = 16 * 1024 * 1024;
+
+/// Bytes available to this user on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let v = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((v.blocks_available() as u64).saturating_mul(v.fragment_size() as u64))
 }
 
 fn describe_stage(e: &PkgError) -> String {
@@ -200,6 +219,25 @@ async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manif
         }));
     }
     let chunks: Vec<ChunkHash> = manifest.chunks().iter().map(|c| c.hash).collect();
+    // Room for the chunks still to fetch and the unpacked tree, checked
+    // before anything is written: a full disk fails this leaf alone, with
+    // figures, instead of filling the disk the run log lives on.
+    let lacking: u64 = manifest
+        .chunks()
+        .iter()
+        .filter(|c| !store.has(&c.hash))
+        .map(|c| u64::from(c.len))
+        .sum();
+    let want = lacking + need;
+    if let Some(free) = free_bytes(store.dir()) {
+        if want.saturating_add(DISK_MARGIN) > free {
+            return Err(PackageError::NoSpace {
+                need: want,
+                free,
+                path: store.dir().to_path_buf(),
+            });
+        }
+    }
     bytes += fetch_all(st, &store, &chunks, spec.manifest, deadline).await?;
     info!(
         chunks = chunks.len(),

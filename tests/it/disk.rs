@@ -89,3 +89,52 @@ fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
     // Stop the relay before the tmpfs goes.
     env.relays.clear();
 }
+
+/// An agent whose disk is too small for a package fails that install alone,
+/// with the figures, writes nothing, and goes on running jobs.
+#[test]
+fn an_install_that_does_not_fit_fails_its_leaf_and_nothing_else() {
+    let mut env = Env::new();
+    let data = env.root().join("data").join("c1");
+    let _disk = match Tmpfs::mount(&data, "24m") {
+        Ok(d) => d,
+        Err(e) => panic!("cannot mount a tmpfs for this test (run as root): {e}"),
+    };
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.wait_clients(1);
+    let pkg = env.root().join("big");
+    std::fs::create_dir_all(&pkg).unwrap();
+    let mut x = 88172645463325252u64;
+    let bytes: Vec<u8> = (0..20 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(pkg.join("blob.bin"), bytes).unwrap();
+    env.admin(&["package", "add", pkg.to_str().unwrap(), "--name", "big", "--version", "1"])
+        .ok();
+    let out = env
+        .admin(&[
+            "job", "create", "--dest", "all-lower-clients", "--relay", "r1", "--install", "big",
+            "--json",
+        ])
+        .ok();
+    let (code, st) = env.wait_job(&job_id(&out.json()));
+    assert_eq!(code, 1, "{st}");
+    let leaf = &leaves(&st)["c1"];
+    let reason = leaf["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("not enough disk space"), "{st}");
+    // Nothing was fetched, the agent still runs jobs.
+    let chunks = data.join("packages").join("c1").join("chunks");
+    let stored = std::fs::read_dir(&chunks)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    assert!(stored <= 1, "chunks were fetched into {}", chunks.display());
+    let ping = env.create_ping(&["r1"]);
+    assert_eq!(env.wait_job(&ping).0, 0);
+}
