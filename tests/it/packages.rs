@@ -421,3 +421,81 @@ fn damaged_cache_is_healed_and_a_missing_chunk_fails_only_its_leaves() {
         vec![("tool".to_string(), "1".to_string())]
     );
 }
+
+/// Entries that would escape the unpacking directory never get into the
+/// depot: a symlink out of the tree is refused by `package add`, and a
+/// hand-made manifest with `../` uploaded straight to HQ is refused there
+/// (agents check again before unpacking: see `pkg::stage`).
+#[test]
+fn path_escapes_are_refused_before_they_reach_the_depot() {
+    use relaytree::cli::client::{AdminClient, Target};
+    use relaytree::pkg::{ChunkRef, Entry, EntryKind, Manifest};
+    use relaytree::proto::{AdminRequest, AdminResponse};
+
+    let mut env = Env::new();
+    env.start_hq();
+    let dir = env.root().join("evil");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ok.txt"), "fine").unwrap();
+    std::os::unix::fs::symlink("../../../etc/passwd", dir.join("passwd")).unwrap();
+    let out = env.admin(&[
+        "package",
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        "evil",
+        "--version",
+        "1",
+    ]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("passwd"), "{out:?}");
+
+    let data = b"owned".to_vec();
+    let chunk = ChunkHash::of(&data);
+    let m = Manifest {
+        name: "evil".into(),
+        version: "2".into(),
+        install: None,
+        remove: None,
+        entries: vec![Entry {
+            path: "../../outside".into(),
+            kind: EntryKind::File {
+                mode: 0o644,
+                size: data.len() as u64,
+                chunks: vec![ChunkRef {
+                    hash: chunk,
+                    len: data.len() as u32,
+                }],
+            },
+        }],
+    };
+    let body = m.encode();
+    let id = ChunkHash::of(&body);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(async {
+        let t = Target {
+            hq: None,
+            identity: None,
+            data_dir: Some(env.hq_dir.clone()),
+        };
+        let mut c = AdminClient::connect(&t).await.unwrap();
+        for (hash, bytes) in [(chunk, &data), (id, &body)] {
+            let r = c
+                .request(AdminRequest::PackageUpload {
+                    hash,
+                    offset: 0,
+                    total: bytes.len() as u64,
+                    data: bytes.clone(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(r, AdminResponse::Uploaded { complete: true });
+        }
+        c.request(AdminRequest::PackageAdd { manifest: id })
+            .await
+            .expect_err("an escaping manifest was added")
+    });
+    assert!(err.to_string().contains("../../outside"), "{err}");
+    let list = env.admin(&["package", "list", "--json"]).ok().json();
+    assert_eq!(list.as_array().map(|l| l.len()), Some(0), "{list}");
+}
