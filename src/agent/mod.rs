@@ -269,8 +269,14 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         // its receipt; anything else runs in its own task.
                         let rest = run::finish_now(&st, fresh)?;
                         st.store.durable().await?;
-                        if let Some(rec) = rest {
-                            tokio::spawn(run::execute(st.clone(), rec).in_current_span());
+                        match rest {
+                            Some(rec) => {
+                                tokio::spawn(run::execute(st.clone(), rec).in_current_span());
+                            }
+                            // Finished already: its result (queued upward
+                            // in this flush) says more than an ack would,
+                            // and saves the relay and HQ one update.
+                            None => continue,
                         }
                     }
                     crate::link::send(&tx, Msg::AssignAck {
