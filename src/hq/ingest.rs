@@ -107,8 +107,8 @@ pub(crate) fn apply(
                     },
                 )?;
             }
-            Event::Cache(c) => super::packages::ingest_cache(st, c)?,
-            Event::Inventory(i) => super::packages::ingest_inventory(st, i)?,
+            Event::Cache(c) => super::syncs::ingest_cache(st, c)?,
+            Event::Inventory(i) => super::syncs::ingest_inventory(st, i)?,
             Event::RelayLeft {
                 relay,
                 parent,

@@ -8,6 +8,7 @@ mod ingest;
 mod jobs;
 mod packages;
 mod sessions;
+mod syncs;
 mod view;
 
 use crate::link::{self, Admission, SessionTx, Timing};
@@ -205,7 +206,7 @@ pub async fn run(
     let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
         sessions::handle(st.clone(), s)
     });
-    let schedules = tokio::spawn(packages::run_schedules(state.clone()));
+    let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
     tokio::select! {
         _ = serving => {}

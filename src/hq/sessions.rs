@@ -2,7 +2,7 @@
 //! (requests and answers). A session that breaks the protocol is closed with
 //! a log line naming the peer; every other session goes on.
 
-use super::{ingest, jobs, packages, view, HqError, HqState, RelayRecord};
+use super::{ingest, jobs, packages, syncs, view, HqError, HqState, RelayRecord};
 use crate::link::{queue, LinkError, Session};
 use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
 use crate::store::{keys, StoreError};
@@ -130,7 +130,7 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
         },
     )
     .await?;
-    if let Err(e) = packages::resend_syncs(st) {
+    if let Err(e) = syncs::resend_syncs(st) {
         warn!(error = %e, "cannot re-send package syncs");
     }
     let result = relay_loop(st, &name, &tx, &mut rx).await;
@@ -176,7 +176,7 @@ async fn relay_loop(
                     .iter()
                     .any(|(_, e)| matches!(e, crate::proto::Event::RelayJoined { .. }))
                 {
-                    if let Err(e) = packages::resend_syncs(st) {
+                    if let Err(e) = syncs::resend_syncs(st) {
                         warn!(error = %e, "cannot re-send package syncs");
                     }
                 }
@@ -257,7 +257,7 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
             version,
             complete,
         } => {
-            let (id, pk) = packages::sync(st, relays.clone(), name, version, complete).await?;
+            let (id, pk) = syncs::sync(st, relays.clone(), name, version, complete).await?;
             AdminResponse::SyncOrdered {
                 id,
                 relays,
@@ -266,16 +266,16 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
         }
         AdminRequest::PackageStatus { relay } => {
             st.store.durable().await?;
-            AdminResponse::PackageStatus(packages::status(st, relay.as_ref())?)
+            AdminResponse::PackageStatus(syncs::status(st, relay.as_ref())?)
         }
         AdminRequest::PackageSchedule {
             relay,
             spec,
             stagger_ms,
-        } => AdminResponse::Scheduled(packages::set_schedule(st, relay, spec, stagger_ms).await?),
+        } => AdminResponse::Scheduled(syncs::set_schedule(st, relay, spec, stagger_ms).await?),
         AdminRequest::ClientShow { name } => {
             st.store.durable().await?;
-            AdminResponse::Client(packages::client(st, &name)?)
+            AdminResponse::Client(syncs::client(st, &name)?)
         }
         AdminRequest::Wait { job, timeout_ms } => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
