@@ -1,6 +1,7 @@
 //! `hq demo`: a real tree on loopback (HQ, relay r1, relay r2 under r1, five
 //! agents, mutual TLS, sled stores) in one process; a job on which some
-//! leaves fail, the status, a rerun of the failed leaves, the final status.
+//! leaves fail, the status, a rerun of the failed leaves, the final status;
+//! then a package added to the depot and installed through both relays.
 
 use super::client::{AdminClient, Target};
 use super::{render, setup, CliError};
@@ -166,6 +167,76 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         s.totals.total(),
         s.totals.succeeded
     );
+    packages(root, &target, &mut admin).await
+}
+
+/// A package through the tree: added to HQ's depot, installed on every lower
+/// client of r1 (r1 and r2 each fetch it once), the inventory and caches.
+async fn packages(root: &Path, target: &Target, admin: &mut AdminClient) -> Result<(), CliError> {
+    let src = root.join("hello-tool");
+    std::fs::create_dir_all(src.join("bin")).map_err(err)?;
+    std::fs::write(
+        src.join("bin/hello"),
+        "#!/bin/sh\necho hello from the hello tool\n",
+    )
+    .map_err(err)?;
+    std::fs::write(
+        src.join("setup.sh"),
+        "#!/bin/sh\nset -e\n./bin/hello\necho \"installed in $RELAYTREE_PACKAGE_DIR\"\n",
+    )
+    .map_err(err)?;
+    for f in ["bin/hello", "setup.sh"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(src.join(f), std::fs::Permissions::from_mode(0o755))
+            .map_err(err)?;
+    }
+    outln!(
+        "\n$ hq package add {} --name hello --version 1.0 --install ./setup.sh",
+        src.display()
+    );
+    let p = super::package::add(
+        target,
+        src,
+        "hello".into(),
+        "1.0".into(),
+        Some("./setup.sh".into()),
+        None,
+    )
+    .await?;
+    out!("{}", super::pkg_render::added(&p));
+    outln!("$ hq job create --dest all-lower-clients --relay r1 --install hello@1.0");
+    let want = super::pkg_args::PkgSpec {
+        name: "hello".into(),
+        version: Some("1.0".into()),
+    };
+    let spec = super::package::install_spec(admin, &want, None).await?;
+    let job = match admin
+        .request(AdminRequest::CreateJob {
+            dest: vec![NodeName::new("r1").map_err(err)?],
+            action: Action::Install(spec),
+            expires_ms: Some(3_600_000),
+        })
+        .await?
+    {
+        AdminResponse::Created { job } => job,
+        other => return Err(CliError::Unexpected(format!("{other:?}"))),
+    };
+    let s = wait(admin, job).await?;
+    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
+    if let AdminResponse::Client(c) = admin
+        .request(AdminRequest::ClientShow {
+            name: NodeName::new("c4").map_err(err)?,
+        })
+        .await?
+    {
+        outln!("$ hq client show c4\n{}", super::pkg_render::client(&c));
+    }
+    if let AdminResponse::PackageStatus(v) = admin
+        .request(AdminRequest::PackageStatus { relay: None })
+        .await?
+    {
+        outln!("$ hq package status\n{}", super::pkg_render::status(&v));
+    }
     Ok(())
 }
 

@@ -248,7 +248,7 @@ async fn build(
 }
 
 /// `hq package add`: chunk locally, upload what the depot lacks, add.
-async fn add(
+pub(crate) async fn add(
     t: &Target,
     path: PathBuf,
     name: String,
