@@ -4,6 +4,7 @@ mod bench_scripts;
 mod cli_errors;
 mod crash;
 mod crashloop;
+mod demo;
 mod disk;
 mod fanout;
 mod faults;
