@@ -226,6 +226,41 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
         installed(&env, "c1"),
         vec![("tool".to_string(), "2".to_string())]
     );
+
+    // A complete sync of the nested relay is served by r1's cache: HQ sends
+    // nothing more, r2 receives the whole package again.
+    let before = egress(&pkg_status(&env))[0].1;
+    let fetched = |st: &Value| {
+        st["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["relay"] == "r2")
+            .map(|r| r["fetched_bytes"].as_u64().unwrap())
+            .unwrap()
+    };
+    let r2_before = fetched(&pkg_status(&env));
+    env.admin(&[
+        "package",
+        "sync",
+        "--relay",
+        "r2",
+        "--package",
+        "tool@2",
+        "--complete",
+    ])
+    .ok();
+    let st = wait_for("r2's complete sync answered", DEADLINE, || {
+        let st = pkg_status(&env);
+        (fetched(&st) > r2_before && relay_pkg(&st, "r2", "tool")?["state"] == "present")
+            .then_some(st)
+    });
+    assert!(fetched(&st) - r2_before >= SIZE as u64, "{st}");
+    assert_eq!(
+        egress(&st)[0].1,
+        before,
+        "hq sent bytes for r2's sync: {st}"
+    );
 }
 
 /// Every blob file under a relay's cache, by address.
