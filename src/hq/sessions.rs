@@ -15,7 +15,14 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
     let peer = s.peer.clone();
     let r = match peer.role {
         Role::Relay if s.purpose == crate::proto::Purpose::Transfer => {
-            crate::link::transfer::serve(s, st.depot.clone(), None, st.egress.clone()).await
+            crate::link::transfer::serve(
+                s,
+                st.depot.clone(),
+                None,
+                st.egress.clone(),
+                crate::link::transfer::SEND_PATIENCE,
+            )
+            .await
         }
         Role::Relay => relay_session(&st, s).await,
         Role::Admin => admin_session(&st, s).await,

@@ -128,22 +128,30 @@ pub(crate) fn ingest_cache(st: &HqState, c: &CacheReport) -> Result<(), StoreErr
     let k = cache_key(&c.relay, &c.package.name, &c.package.version);
     let mut rep = c.clone();
     if let Some(old) = st.caches.get::<CacheReport>(&k)? {
+        if old.at_ms == c.at_ms && old.state == c.state && old.sync_id == c.sync_id {
+            // The same report again (a re-sent batch): nothing new.
+            return Ok(());
+        }
+        if old.at_ms > c.at_ms {
+            // A straggler older than what is recorded.
+            return Ok(());
+        }
         rep.fetched_bytes += old.fetched_bytes;
     }
     st.caches.put(&k, &rep)?;
     if let (Some(id), CacheState::Present | CacheState::Failed) = (c.sync_id, c.state) {
-        // The sync is answered once every package in it is.
+        // The sync is answered once every package in it is: each answer
+        // takes its package off the stored order (reports of other syncs or
+        // of prefetches for the same package do not count, nor hide it).
         let sk = sync_key(id, &c.relay);
-        if let Some(order) = st.syncs.get::<SyncOrder>(&sk)? {
-            let open = order.packages.iter().any(|p| {
-                st.caches
-                    .get::<CacheReport>(&cache_key(&c.relay, &p.name, &p.version))
-                    .ok()
-                    .flatten()
-                    .is_none_or(|r| r.sync_id != Some(id) || r.state == CacheState::Syncing)
-            });
-            if !open {
+        if let Some(mut order) = st.syncs.get::<SyncOrder>(&sk)? {
+            order
+                .packages
+                .retain(|p| !(p.name == c.package.name && p.version == c.package.version));
+            if order.packages.is_empty() {
                 st.syncs.remove(&sk)?;
+            } else {
+                st.syncs.put(&sk, &order)?;
             }
         }
     }
@@ -475,5 +483,54 @@ mod tests {
         let p = &status(&st, None).unwrap().relays[0].packages[0];
         assert_eq!((p.state.as_str(), p.newest.as_str()), ("outdated", "2"));
         assert_eq!(p.present.as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn a_sync_closes_when_each_package_is_answered_and_repeats_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
+        let r1 = n("r1");
+        let pr = |name: &str| PackageRef {
+            name: name.into(),
+            version: "1".into(),
+            manifest: ChunkHash::of(name.as_bytes()),
+        };
+        let order = SyncOrder {
+            id: 7,
+            relay: r1.clone(),
+            packages: vec![pr("a"), pr("b")],
+            complete: false,
+        };
+        st.syncs.put(&sync_key(7, &r1), &order).unwrap();
+        let report = |p: PackageRef, sync_id: Option<u64>, at_ms: u64, bytes: u64| CacheReport {
+            relay: r1.clone(),
+            package: p,
+            state: CacheState::Present,
+            reason: None,
+            sync_id,
+            fetched_bytes: bytes,
+            at_ms,
+        };
+        let a = report(pr("a"), Some(7), 10, 100);
+        ingest_cache(&st, &a).unwrap();
+        // The same report again (a re-sent batch) counts once.
+        ingest_cache(&st, &a).unwrap();
+        // A prefetch of `a` reports in between.
+        ingest_cache(&st, &report(pr("a"), None, 11, 0)).unwrap();
+        assert_eq!(
+            st.syncs.scan::<SyncOrder>(b"").count(),
+            1,
+            "still waiting for b"
+        );
+        ingest_cache(&st, &report(pr("b"), Some(7), 12, 50)).unwrap();
+        assert_eq!(st.syncs.scan::<SyncOrder>(b"").count(), 0, "answered");
+        let got = st
+            .caches
+            .get::<CacheReport>(&cache_key(&r1, "a", "1"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.fetched_bytes, 100);
     }
 }

@@ -175,9 +175,7 @@ async fn admit(
     };
     check_hello(&hello, &peer)?;
     framed.send(&Msg::Hello(adm.me.clone())).await?;
-    let mut s = start(framed, peer, adm.timing);
-    s.purpose = hello.purpose;
-    Ok(s)
+    Ok(start(framed, peer, adm.timing, hello.purpose))
 }
 
 /// A `Hello` must name the node its certificate names, at our protocol version.

@@ -59,9 +59,7 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
             Msg::Bye { reason } => return Err(LinkError::Bye(reason)),
             other => return Err(super::unexpected(&other, "before hello")),
         }
-        let mut s = start(framed, peer, d.timing);
-        s.purpose = d.me.purpose;
-        Ok(s)
+        Ok(start(framed, peer, d.timing, d.me.purpose))
     })
     .await
     .map_err(|_| LinkError::Timeout("connect"))?

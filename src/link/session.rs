@@ -126,14 +126,25 @@ where
 }
 
 /// Starts the writer task and wraps the reader.
-pub(super) fn start<S>(framed: Framed<S, MsgCodec>, peer: PeerIdentity, timing: Timing) -> Session
+pub(super) fn start<S>(
+    framed: Framed<S, MsgCodec>,
+    peer: PeerIdentity,
+    timing: Timing,
+    purpose: crate::proto::Purpose,
+) -> Session
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     // One Framed, split: bytes already buffered during the handshake (a
     // message pipelined behind Hello) stay readable.
     let (mut writer, reader) = futures::StreamExt::split(framed);
-    let (tx, mut out) = mpsc::channel::<Msg>(1024);
+    // A transfer queues only a few blob pieces (up to 512 KiB each): a child
+    // that stops reading cannot make its parent buffer much.
+    let capacity = match purpose {
+        crate::proto::Purpose::Session => 1024,
+        crate::proto::Purpose::Transfer => 4,
+    };
+    let (tx, mut out) = mpsc::channel::<Msg>(capacity);
     let closed = CancellationToken::new();
     let closed_w = closed.clone();
     let heartbeat = timing.heartbeat;
@@ -173,6 +184,6 @@ where
             idle: timing.idle_timeout,
             closed,
         },
-        purpose: Default::default(),
+        purpose,
     }
 }

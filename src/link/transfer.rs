@@ -104,6 +104,11 @@ pub async fn fetch(
                             "blob {hash} of {total} bytes is over the {MAX_BLOB}-byte limit"
                         )));
                     }
+                    if partial.keys().any(|h| *h != hash) {
+                        return Err(TransferError::Protocol(format!(
+                            "blob {hash} started before the previous blob ended"
+                        )));
+                    }
                     let buf = partial.entry(hash).or_default();
                     if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > total {
                         return Err(TransferError::Protocol(format!(
@@ -132,15 +137,47 @@ pub async fn fetch(
         if let Some(h) = partial.keys().next() {
             return Err(TransferError::Protocol(format!("blob {h} ended early")));
         }
+        if let Some(h) = batch.iter().find(|h| !store.has(h)) {
+            return Err(TransferError::Protocol(format!(
+                "the parent ended the batch without sending blob {h}"
+            )));
+        }
     }
     drop(tx);
     Ok(received)
 }
 
+/// Why the serving side could not fill its store.
+#[derive(Clone, Debug)]
+pub struct EnsureError {
+    /// What could not be had, and why.
+    pub reason: String,
+    /// The way up is down for now: the child should retry later rather than
+    /// take the blob as missing.
+    pub transient: bool,
+}
+
 /// Fills the serving side's store with blobs it lacks (a relay fetching from
-/// its own parent); an error text names what could not be had.
+/// its own parent).
 pub type Ensure =
-    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), EnsureError>> + Send + Sync>;
+
+/// How long a transfer server waits for a child to take the next piece.
+pub const SEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends one message, giving up when the child does not read for `within`.
+async fn send_within(
+    tx: &super::SessionTx,
+    msg: Msg,
+    within: std::time::Duration,
+) -> Result<(), LinkError> {
+    match tokio::time::timeout(within, send(tx, msg)).await {
+        Ok(r) => r,
+        Err(_) => Err(LinkError::Timeout(
+            "sending blobs to a child that does not read",
+        )),
+    }
+}
 
 /// Bytes of blobs sent, per peer, since the process started.
 #[derive(Default)]
@@ -166,6 +203,7 @@ pub async fn serve(
     store: Arc<ChunkStore>,
     ensure: Option<Ensure>,
     egress: Arc<Egress>,
+    within: std::time::Duration,
 ) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
@@ -188,8 +226,17 @@ pub async fn serve(
         if let Some(ensure) = &ensure {
             let lacking = store.missing(&hashes);
             if !lacking.is_empty() {
-                if let Err(e) = ensure(lacking).await {
-                    failed = Some(e);
+                match ensure(lacking).await {
+                    Ok(()) => {}
+                    // The way up is down: end the connection, so the child
+                    // retries later instead of taking the blobs as missing.
+                    Err(e) if e.transient => {
+                        return Err(LinkError::Protocol(format!(
+                            "cannot fetch from the parent now: {}",
+                            e.reason
+                        )))
+                    }
+                    Err(e) => failed = Some(e.reason),
                 }
             }
         }
@@ -199,7 +246,14 @@ pub async fn serve(
             if let (Ok(Err(PkgError::Corrupt { .. })), Some(ensure)) = (&got, &ensure) {
                 // Damaged here (and now removed): fetch it again, then serve.
                 warn!(%hash, "damaged blob in the cache; fetching it again");
-                if ensure(vec![hash]).await.is_ok() {
+                if let Err(e) = ensure(vec![hash]).await {
+                    if e.transient {
+                        return Err(LinkError::Protocol(format!(
+                            "cannot fetch from the parent now: {}",
+                            e.reason
+                        )));
+                    }
+                } else {
                     let st = store.clone();
                     got = tokio::task::spawn_blocking(move || st.get(&hash)).await;
                 }
@@ -208,20 +262,21 @@ pub async fn serve(
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
                     let reason = match (&e, &failed) {
-                        (PkgError::NotFound(_), Some(f)) => f.clone(),
+                        (PkgError::NotFound(_) | PkgError::MissingChunk(_), Some(f)) => f.clone(),
                         _ => e.to_string(),
                     };
                     warn!(%hash, %reason, peer = %peer.name, "cannot serve a blob");
-                    send(&tx, Msg::BlobMissing { hash, reason }).await?;
+                    send_within(&tx, Msg::BlobMissing { hash, reason }, within).await?;
                     continue;
                 }
                 Err(e) => {
-                    send(
+                    send_within(
                         &tx,
                         Msg::BlobMissing {
                             hash,
                             reason: format!("store task: {e}"),
                         },
+                        within,
                     )
                     .await?;
                     continue;
@@ -229,7 +284,7 @@ pub async fn serve(
             };
             let total = bytes.len() as u64;
             if bytes.is_empty() {
-                send(
+                send_within(
                     &tx,
                     Msg::Blob {
                         hash,
@@ -237,11 +292,12 @@ pub async fn serve(
                         total: 0,
                         data: Vec::new(),
                     },
+                    within,
                 )
                 .await?;
             }
             for (i, piece) in bytes.chunks(BLOB_PIECE).enumerate() {
-                send(
+                send_within(
                     &tx,
                     Msg::Blob {
                         hash,
@@ -249,12 +305,13 @@ pub async fn serve(
                         total,
                         data: piece.to_vec(),
                     },
+                    within,
                 )
                 .await?;
             }
             egress.add(&peer.name, total);
         }
-        send(&tx, Msg::BlobsDone).await?;
+        send_within(&tx, Msg::BlobsDone, within).await?;
         debug!(peer = %peer.name, "blobs sent");
     }
 }

@@ -7,7 +7,7 @@
 //! what is still missing. Never touches leaves or assignments.
 
 use super::RelayState;
-use crate::link::transfer::{self, Ensure, TransferError};
+use crate::link::transfer::{self, Ensure, EnsureError, TransferError};
 use crate::link::{Backoff, Dialer};
 use crate::pkg::{ChunkHash, ChunkStore};
 use crate::proto::{now_ms, CacheReport, CacheState, Event, Msg, PackageRef, SyncOrder};
@@ -30,7 +30,16 @@ pub(crate) struct Cache {
     fetching: AsyncMutex<()>,
     /// Blob bytes served to each child.
     pub egress: Arc<transfer::Egress>,
+    /// When a fetch last gave up because the parent was unreachable: the
+    /// requests queued behind it fail at once instead of each waiting out
+    /// its own retries.
+    down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Sync orders running or carried out (by id): a re-sent order runs once.
+    pub syncs_seen: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
+
+/// How long after a fetch gave up on an unreachable parent others fail fast.
+const DOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Cache {
     pub(crate) fn new(store: ChunkStore, mut dialer: Dialer) -> Cache {
@@ -40,6 +49,8 @@ impl Cache {
             dialer,
             fetching: AsyncMutex::new(()),
             egress: Default::default(),
+            down_since: Default::default(),
+            syncs_seen: Default::default(),
         }
     }
 
@@ -50,22 +61,52 @@ impl Cache {
             return Ok(0);
         }
         let _one = self.fetching.lock().await;
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        self.fetch_locked(&self.store, hashes).await
+    }
+
+    /// Fetches what `into` lacks of `hashes`, retrying a broken link for a
+    /// while (what arrived before a cut is kept: only the rest is asked
+    /// again). The caller holds `fetching`.
+    async fn fetch_locked(
+        &self,
+        into: &Arc<ChunkStore>,
+        hashes: &[ChunkHash],
+    ) -> Result<u64, TransferError> {
+        if into.missing(hashes).is_empty() {
+            return Ok(0);
+        }
+        let recently_down = self
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < DOWN_GRACE);
+        let deadline = tokio::time::Instant::now()
+            + if recently_down {
+                Duration::ZERO
+            } else {
+                RETRY_FOR
+            };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut total = 0;
         loop {
-            let lacking = self.store.missing(hashes);
+            let lacking = into.missing(hashes);
             if lacking.is_empty() {
+                *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Ok(total);
             }
-            match transfer::fetch(&self.dialer, &self.store, &lacking).await {
+            match transfer::fetch(&self.dialer, into, &lacking).await {
                 Ok(n) => total += n,
                 Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                    // What arrived before the cut is stored: ask only for the rest.
                     warn!(error = %e, lacking = lacking.len(), "blob fetch interrupted; resuming");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if e.is_transient() {
+                        *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(tokio::time::Instant::now());
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -76,10 +117,10 @@ impl Cache {
         Arc::new(move |hashes| {
             let me = me.clone();
             Box::pin(async move {
-                me.ensure(&hashes)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                me.ensure(&hashes).await.map(drop).map_err(|e| EnsureError {
+                    transient: e.is_transient(),
+                    reason: e.to_string(),
+                })
             })
         })
     }
@@ -128,44 +169,28 @@ impl Cache {
     /// store), then replaces the cached copies: a damaged cache is repaired
     /// even where its damage has not been noticed yet.
     async fn refetch(&self, hashes: &[ChunkHash]) -> Result<u64, TransferError> {
-        let base = self.store.dir();
-        let scratch_dir = base.with_file_name(format!(
-            "{}-resync-{}",
-            base.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
-            now_ms()
-        ));
-        let scratch = Arc::new(ChunkStore::open(&scratch_dir)?);
         let _one = self.fetching.lock().await;
-        let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut total = 0;
-        let r = loop {
-            let lacking = scratch.missing(hashes);
-            if lacking.is_empty() {
-                break Ok(total);
-            }
-            match transfer::fetch(&self.dialer, &scratch, &lacking).await {
-                Ok(n) => total += n,
-                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
-                    warn!(error = %e, "complete sync interrupted; resuming");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        if r.is_ok() {
-            for h in hashes {
-                if let Err(e) = std::fs::rename(scratch.path_of(h), self.store.path_of(h)) {
-                    // Not yet sharded here: store through the verifying path.
-                    let bytes = scratch.get(h)?;
-                    self.store.remove(h)?;
-                    self.store.put(h, &bytes)?;
-                    tracing::debug!(error = %e, "blob moved by copy");
-                }
+        let base = self.store.dir();
+        let parent = base.parent().unwrap_or(base);
+        // A fresh scratch store of its own, removed whatever happens.
+        let scratch_dir = tempfile::Builder::new()
+            .prefix("cache-resync-")
+            .tempdir_in(parent)
+            .map_err(|source| crate::pkg::PkgError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        let scratch = Arc::new(ChunkStore::open(scratch_dir.path())?);
+        let total = self.fetch_locked(&scratch, hashes).await?;
+        for h in hashes {
+            if std::fs::rename(scratch.path_of(h), self.store.path_of(h)).is_err() {
+                // Not yet sharded here: store through the verifying path.
+                let bytes = scratch.get(h)?;
+                self.store.remove(h)?;
+                self.store.put(h, &bytes)?;
             }
         }
-        let _ = std::fs::remove_dir_all(&scratch_dir);
-        r
+        Ok(total)
     }
 }
 
@@ -245,7 +270,15 @@ pub(crate) async fn prefetch(st: Arc<RelayState>, p: PackageRef) {
 /// A sync order from the parent: carry it out here, or pass it towards its relay.
 pub(crate) fn route_sync(st: &Arc<RelayState>, order: SyncOrder) {
     if order.relay == st.me {
-        tokio::spawn(sync(st.clone(), order));
+        let fresh = st
+            .cache
+            .syncs_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order.id);
+        if fresh {
+            tokio::spawn(sync(st.clone(), order));
+        }
         return;
     }
     let via = st

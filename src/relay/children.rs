@@ -18,9 +18,14 @@ pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
     let tx = s.tx.clone();
     if s.purpose == crate::proto::Purpose::Transfer {
         let hook = Some(st.cache.ensure_hook());
-        let r =
-            crate::link::transfer::serve(s, st.cache.store.clone(), hook, st.cache.egress.clone())
-                .await;
+        let r = crate::link::transfer::serve(
+            s,
+            st.cache.store.clone(),
+            hook,
+            st.cache.egress.clone(),
+            crate::link::transfer::SEND_PATIENCE,
+        )
+        .await;
         match r {
             Ok(()) | Err(LinkError::Closed) => {}
             Err(e) => warn!(error = %e, "transfer ended"),
