@@ -383,8 +383,11 @@ pub(crate) async fn remove(
     rec: &mut RunRecord,
     spec: &RemoveSpec,
 ) -> Result<(), StoreError> {
-    let _one_at_a_time = st.pkg_lock.lock().await;
-    let Some(entry) = inventory::get(&st.inventory, &st.me, &spec.name)? else {
+    let found = {
+        let _look = st.pkg_lock.lock().await;
+        inventory::get(&st.inventory, &st.me, &spec.name)?
+    };
+    let Some(entry) = found else {
         let mut u = runlog::update(st, rec, LeafState::Failed);
         u.reason = Some(format!("package {} is not installed", spec.name));
         return finish(st, rec, u).await;
@@ -392,6 +395,8 @@ pub(crate) async fn remove(
     let label = entry.label();
     let tree = st.pkg.tree_of(&entry);
     let mut done = runlog::update(st, rec, LeafState::Succeeded);
+    // The remove command runs without the package lock: a slow or hung one
+    // holds up no other install or remove on this agent.
     if let Some(script) = &entry.remove {
         let env = package_env(st, rec, &entry.name, &entry.version, &tree);
         let prefix = format!("package {label}: remove command ");
@@ -400,6 +405,14 @@ pub(crate) async fn remove(
             return finish(st, rec, u).await;
         }
         done = u;
+    }
+    let _one_at_a_time = st.pkg_lock.lock().await;
+    if inventory::get(&st.inventory, &st.me, &spec.name)?.as_ref() != Some(&entry) {
+        let mut u = runlog::update(st, rec, LeafState::Failed);
+        u.reason = Some(format!(
+            "package {label}: changed by another job while its remove command ran; nothing removed"
+        ));
+        return finish(st, rec, u).await;
     }
     // Aside first (atomic), so a failure here leaves everything in place.
     let trash = st

@@ -17,7 +17,9 @@ use tracing::info;
 /// Blobs being uploaded (pieces so far) and package adds under way.
 #[derive(Default)]
 pub(crate) struct Uploads {
-    partial: Mutex<HashMap<ChunkHash, Vec<u8>>>,
+    /// (admin session, blob) -> bytes so far: each admin's uploads are its
+    /// own, and dropped when its session ends.
+    partial: Mutex<HashMap<(u64, ChunkHash), Vec<u8>>>,
     /// Package adds in progress: a scheduled sync waits for them.
     pub adding: AtomicUsize,
 }
@@ -47,6 +49,7 @@ pub(crate) fn missing(st: &HqState, hashes: &[ChunkHash]) -> Vec<ChunkHash> {
 /// Takes one piece of an uploaded blob; stores the blob when it is whole.
 pub(crate) async fn upload(
     st: &HqState,
+    session: u64,
     hash: ChunkHash,
     offset: u64,
     total: u64,
@@ -62,20 +65,20 @@ pub(crate) async fn upload(
     let _done = Guard(&st.uploads.adding);
     let whole = {
         let mut p = st.uploads.partial.lock().unwrap_or_else(|p| p.into_inner());
-        let buf = p.entry(hash).or_default();
+        let buf = p.entry((session, hash)).or_default();
         if offset == 0 {
             buf.clear();
         }
         if offset != buf.len() as u64 || offset + data.len() as u64 > total {
             let have = buf.len();
-            p.remove(&hash);
+            p.remove(&(session, hash));
             return Err(refused(format!(
                 "blob {hash}: piece at {offset} does not follow the {have} bytes received"
             )));
         }
         buf.extend_from_slice(&data);
         if buf.len() as u64 == total {
-            p.remove(&hash)
+            p.remove(&(session, hash))
         } else {
             None
         }
@@ -89,6 +92,16 @@ pub(crate) async fn upload(
         .map_err(|e| refused(format!("store task: {e}")))?
         .map_err(|e| refused(format!("cannot store blob {hash}: {e}")))?;
     Ok(true)
+}
+
+impl Uploads {
+    /// Drops what an admin session left half uploaded.
+    pub(crate) fn forget(&self, session: u64) {
+        self.partial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, _), _| *s != session);
+    }
 }
 
 struct Guard<'a>(&'a AtomicUsize);

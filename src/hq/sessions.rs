@@ -201,11 +201,19 @@ async fn relay_loop(
 }
 
 async fn admin_session(st: &HqState, s: Session) -> Result<(), LinkError> {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let r = admin_loop(st, s, session).await;
+    st.uploads.forget(session);
+    r
+}
+
+async fn admin_loop(st: &HqState, s: Session, session: u64) -> Result<(), LinkError> {
     let Session { tx, mut rx, .. } = s;
     loop {
         match rx.recv().await? {
             Msg::AdminReq { id, req } => {
-                let resp = answer(st, req).await.map_err(|e| e.to_string());
+                let resp = answer(st, req, session).await.map_err(|e| e.to_string());
                 crate::link::send(&tx, Msg::AdminResp { id, resp }).await?;
             }
             other => {
@@ -220,7 +228,7 @@ async fn admin_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     }
 }
 
-async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqError> {
+async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminResponse, HqError> {
     Ok(match req {
         AdminRequest::CreateJob {
             dest,
@@ -249,7 +257,7 @@ async fn answer(st: &HqState, req: AdminRequest) -> Result<AdminResponse, HqErro
             total,
             data,
         } => AdminResponse::Uploaded {
-            complete: packages::upload(st, hash, offset, total, data).await?,
+            complete: packages::upload(st, session, hash, offset, total, data).await?,
         },
         AdminRequest::PackageAdd { manifest } => {
             AdminResponse::Package(packages::add(st, manifest).await?)
