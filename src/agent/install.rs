@@ -159,11 +159,8 @@ async fn fetch_all(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut received = 0u64;
     loop {
-        match transfer::fetch(&st.transfer, store, hashes).await {
-            Ok(n) => {
-                received += n;
-                break;
-            }
+        match transfer::fetch(&st.transfer, store, hashes, &mut received).await {
+            Ok(()) => break,
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 if Instant::now() + delay >= deadline {

@@ -56,12 +56,14 @@ impl TransferError {
 
 /// Fetches `hashes` from the parent behind `dialer` (whose `me.purpose` must
 /// be `transfer`) into `store`, skipping what the store already holds.
-/// Returns the blob bytes received.
+/// Adds the blob bytes received to `received`, also when the transfer breaks
+/// halfway (what was whole by then is stored and counted).
 pub async fn fetch(
     dialer: &Dialer,
     store: &Arc<ChunkStore>,
     hashes: &[ChunkHash],
-) -> Result<u64, TransferError> {
+    received: &mut u64,
+) -> Result<(), TransferError> {
     let want: Vec<ChunkHash> = {
         let mut seen = HashSet::new();
         hashes
@@ -71,11 +73,10 @@ pub async fn fetch(
             .collect()
     };
     if want.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let s = dial_once(dialer).await?;
     let Session { tx, mut rx, .. } = s;
-    let mut received = 0u64;
     for batch in want.chunks(BATCH) {
         send(
             &tx,
@@ -117,7 +118,7 @@ pub async fn fetch(
                         )));
                     }
                     buf.extend_from_slice(&data);
-                    received += data.len() as u64;
+                    *received += data.len() as u64;
                     if buf.len() as u64 == total {
                         let bytes = partial.remove(&hash).unwrap_or_default();
                         let st = store.clone();
@@ -144,7 +145,7 @@ pub async fn fetch(
         }
     }
     drop(tx);
-    Ok(received)
+    Ok(())
 }
 
 /// Why the serving side could not fill its store.

@@ -94,8 +94,8 @@ impl Cache {
                 *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Ok(total);
             }
-            match transfer::fetch(&self.dialer, into, &lacking).await {
-                Ok(n) => total += n,
+            match transfer::fetch(&self.dialer, into, &lacking, &mut total).await {
+                Ok(()) => {}
                 Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                     warn!(error = %e, lacking = lacking.len(), "blob fetch interrupted; resuming");
                     tokio::time::sleep(backoff.next_delay()).await;
