@@ -268,6 +268,9 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         // A ping is answered with the same flush that records
                         // its receipt; anything else runs in its own task.
                         let rest = run::finish_now(&st, fresh)?;
+                        if let Some(rec) = &rest {
+                            runlog::write_received(&st, rec)?;
+                        }
                         st.store.durable().await?;
                         match rest {
                             Some(rec) => {

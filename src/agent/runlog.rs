@@ -36,8 +36,9 @@ pub(crate) struct RunRecord {
     pub received_at_ms: u64,
 }
 
-/// Records a newly received assignment (not yet durable); `None` when this
-/// attempt is already in the log (a re-send), or is not for this agent.
+/// A newly received assignment as a run record, not yet written (see
+/// [`write_received`]); `None` when this attempt is already in the log (a
+/// re-send), or is not for this agent.
 pub(crate) fn accept(
     st: &AgentState,
     a: &Assignment,
@@ -52,10 +53,14 @@ pub(crate) fn accept(
     if st.runs.contains(&k)? {
         return Ok(None);
     }
-    let rec = received(a, relay);
-    st.runs.put(&k, &rec)?;
     info!(job = %a.job, attempt = %a.attempt, "assignment received");
-    Ok(Some(rec))
+    Ok(Some(received(a, relay)))
+}
+
+/// Writes a run just accepted as received (not yet durable). A run finished
+/// on receipt (a ping) skips this: its final record goes in the same flush.
+pub(crate) fn write_received(st: &AgentState, rec: &RunRecord) -> Result<(), StoreError> {
+    st.runs.put(&run_key(&st.me, rec.job, rec.attempt), rec)
 }
 
 /// A run just received, not started.
