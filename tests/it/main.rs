@@ -17,3 +17,4 @@ mod proxy;
 mod rerun;
 mod roles;
 mod security;
+mod transfer;
