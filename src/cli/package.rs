@@ -45,9 +45,7 @@ pub(crate) async fn package(cmd: PackageCmd, t: &Target) -> Result<(), CliError>
         PackageCmd::List { json } => {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::PackageList).await? {
-                AdminResponse::Packages(ps) if json => {
-                    print_json(&ps.iter().map(PackageJson::from).collect::<Vec<_>>())?
-                }
+                AdminResponse::Packages(ps) if json => print_json(&ps)?,
                 AdminResponse::Packages(ps) => out!("{}", render::list(&ps)),
                 other => return Err(unexpected(other)),
             }
@@ -56,7 +54,7 @@ pub(crate) async fn package(cmd: PackageCmd, t: &Target) -> Result<(), CliError>
             let mut c = AdminClient::connect(t).await?;
             let p = show(&mut c, &package).await?;
             if json {
-                print_json(&PackageJson::from(&p))?;
+                print_json(&p)?;
             } else {
                 out!("{}", render::show(&p));
             }
@@ -93,7 +91,7 @@ pub(crate) async fn package(cmd: PackageCmd, t: &Target) -> Result<(), CliError>
                     let s = SyncJson {
                         id,
                         relays,
-                        packages: packages.iter().map(Into::into).collect(),
+                        packages,
                     };
                     if json {
                         print_json(&s)?;
@@ -160,7 +158,7 @@ pub(crate) async fn client(cmd: ClientCmd, t: &Target) -> Result<(), CliError> {
             let name = node("client", &name)?;
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::ClientShow { name }).await? {
-                AdminResponse::Client(v) if json => print_json(&render::ClientJson::from(&v))?,
+                AdminResponse::Client(v) if json => print_json(&v)?,
                 AdminResponse::Client(v) => out!("{}", render::client(&v)),
                 other => return Err(unexpected(other)),
             }
@@ -297,10 +295,10 @@ pub(crate) async fn add(
         AdminResponse::Package(info) => info,
         other => return Err(unexpected(other)),
     };
-    let mut p = PackageJson::from(&info);
-    p.new_bytes = new_bytes;
-    p.new_chunks = Some(new_chunks);
-    Ok(p)
+    Ok(PackageJson {
+        info: PackageInfo { new_bytes, ..info },
+        new_chunks,
+    })
 }
 
 /// One upload piece in flight.

@@ -1,85 +1,22 @@
-//! How package answers are shown: tables by default, JSON with `--json`.
-//!
-//! [`crate::pkg::ChunkHash`] serializes as 32 raw bytes (right for the wire;
-//! serde_json would print an array of 32 numbers), so the JSON of answers
-//! holding hashes goes through the view structs here, with each hash as 64
-//! lowercase hex characters. Field names follow the response types.
+//! How package answers are shown: tables by default, JSON with `--json`
+//! (the response types themselves; hashes print as 64 hex characters).
 
 use super::render::{ago, table};
 use crate::proto::{
-    ClientView, Installed, NodeName, PackageInfo, PackageRef, PackageStatusView, RelaySchedule,
+    ClientView, NodeName, PackageInfo, PackageRef, PackageStatusView, RelaySchedule,
 };
 use serde::Serialize;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// [`PackageInfo`] with the manifest in hex (`package add|list|show --json`).
+/// `package add --json`: the package as HQ recorded it, plus what this add
+/// uploaded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PackageJson {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// The manifest's address, 64 hex characters.
-    pub manifest: String,
-    /// Files.
-    pub files: u64,
-    /// File bytes in all.
-    pub size: u64,
-    /// Distinct chunks.
-    pub chunks: u64,
-    /// Install command.
-    pub install: Option<String>,
-    /// Remove command.
-    pub remove: Option<String>,
-    /// When it was added, unix ms.
-    pub added_ms: u64,
-    /// Bytes new to the depot (`package add`: the chunks it uploaded).
-    pub new_bytes: u64,
-    /// Chunks new to the depot (`package add` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_chunks: Option<u64>,
-    /// Entries (`package show` only; empty otherwise).
-    pub entries: Vec<String>,
-}
-
-impl From<&PackageInfo> for PackageJson {
-    fn from(p: &PackageInfo) -> PackageJson {
-        PackageJson {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            manifest: p.manifest.to_hex(),
-            files: p.files,
-            size: p.size,
-            chunks: p.chunks,
-            install: p.install.clone(),
-            remove: p.remove.clone(),
-            added_ms: p.added_ms,
-            new_bytes: p.new_bytes,
-            new_chunks: None,
-            entries: p.entries.clone(),
-        }
-    }
-}
-
-/// [`PackageRef`] with the manifest in hex.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PackageRefJson {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// The manifest's address, 64 hex characters.
-    pub manifest: String,
-}
-
-impl From<&PackageRef> for PackageRefJson {
-    fn from(p: &PackageRef) -> PackageRefJson {
-        PackageRefJson {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            manifest: p.manifest.to_hex(),
-        }
-    }
+    /// The package.
+    #[serde(flatten)]
+    pub info: PackageInfo,
+    /// Chunks new to the depot.
+    pub new_chunks: u64,
 }
 
 /// `package sync --json`: the `SyncOrdered` answer.
@@ -90,58 +27,7 @@ pub struct SyncJson {
     /// The relays.
     pub relays: Vec<NodeName>,
     /// The packages.
-    pub packages: Vec<PackageRefJson>,
-}
-
-/// [`Installed`] with the manifest in hex.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct InstalledJson {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// The manifest's address, 64 hex characters.
-    pub manifest: String,
-    /// When it was installed, unix ms.
-    pub at_ms: u64,
-}
-
-impl From<&Installed> for InstalledJson {
-    fn from(i: &Installed) -> InstalledJson {
-        InstalledJson {
-            name: i.name.clone(),
-            version: i.version.clone(),
-            manifest: i.manifest.to_hex(),
-            at_ms: i.at_ms,
-        }
-    }
-}
-
-/// `client show --json`: [`ClientView`] with manifests in hex.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ClientJson {
-    /// The client.
-    pub name: NodeName,
-    /// Its home relay.
-    pub relay: NodeName,
-    /// Since when, unix ms.
-    pub since_ms: u64,
-    /// Installed packages, as last reported.
-    pub packages: Vec<InstalledJson>,
-    /// When the inventory was reported, unix ms.
-    pub inventory_at_ms: Option<u64>,
-}
-
-impl From<&ClientView> for ClientJson {
-    fn from(c: &ClientView) -> ClientJson {
-        ClientJson {
-            name: c.name.clone(),
-            relay: c.relay.clone(),
-            since_ms: c.since_ms,
-            packages: c.packages.iter().map(Into::into).collect(),
-            inventory_at_ms: c.inventory_at_ms,
-        }
-    }
+    pub packages: Vec<PackageRef>,
 }
 
 /// "1.5 MiB".
@@ -190,15 +76,16 @@ fn stagger(ms: u64) -> String {
 }
 
 /// What `package add` did (text).
-pub fn added(p: &PackageJson) -> String {
+pub fn added(a: &PackageJson) -> String {
+    let p = &a.info;
     let mut out = format!("added {}@{}\n", p.name, p.version);
-    out += &format!("  manifest  {}\n", &p.manifest[..p.manifest.len().min(12)]);
+    out += &format!("  manifest  {}\n", p.manifest.short());
     out += &format!("  files     {}\n", p.files);
     out += &format!("  size      {} ({} bytes)\n", bytes(p.size), p.size);
     out += &format!(
         "  chunks    {} ({} new to the depot, {})\n",
         p.chunks,
-        p.new_chunks.unwrap_or(0),
+        a.new_chunks,
         bytes(p.new_bytes)
     );
     out
@@ -252,12 +139,7 @@ pub fn sync(s: &SyncJson) -> String {
             .join(", ")
     );
     for p in &s.packages {
-        out += &format!(
-            "  {}@{}  {}\n",
-            p.name,
-            p.version,
-            &p.manifest[..p.manifest.len().min(12)]
-        );
+        out += &format!("  {}@{}  {}\n", p.name, p.version, p.manifest.short());
     }
     out
 }
@@ -355,6 +237,7 @@ pub fn client(c: &ClientView) -> String {
 mod tests {
     use super::*;
     use crate::pkg::ChunkHash;
+    use crate::proto::Installed;
 
     #[test]
     fn hashes_are_hex_in_json() {
@@ -372,10 +255,18 @@ mod tests {
             new_bytes: 0,
             entries: vec![],
         };
-        let v = serde_json::to_value(PackageJson::from(&info)).unwrap();
+        let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["manifest"], h.to_hex());
         assert_eq!(v["manifest"].as_str().map(str::len), Some(64));
-        assert!(v.get("new_chunks").is_none());
+        let added = serde_json::to_value(PackageJson {
+            info: info.clone(),
+            new_chunks: 2,
+        })
+        .unwrap();
+        assert_eq!(
+            (added["name"].clone(), added["new_chunks"].clone()),
+            ("tool".into(), 2.into())
+        );
         let c = ClientView {
             name: NodeName::new("c1").unwrap(),
             relay: NodeName::new("r1").unwrap(),
@@ -388,7 +279,7 @@ mod tests {
             }],
             inventory_at_ms: Some(2),
         };
-        let v = serde_json::to_value(ClientJson::from(&c)).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["packages"][0]["manifest"], h.to_hex());
         assert_eq!(v["relay"], "r1");
     }
