@@ -117,16 +117,11 @@ fn an_install_that_does_not_fit_fails_its_leaf_and_nothing_else() {
     env.wait_clients(1);
     let pkg = env.root().join("big");
     std::fs::create_dir_all(&pkg).unwrap();
-    let mut x = 88172645463325252u64;
-    let bytes: Vec<u8> = (0..20 * 1024 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(pkg.join("blob.bin"), bytes).unwrap();
+    std::fs::write(
+        pkg.join("blob.bin"),
+        crate::packages::noise(20 * 1024 * 1024, 88172645463325252),
+    )
+    .unwrap();
     env.admin(&[
         "package",
         "add",

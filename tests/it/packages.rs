@@ -12,7 +12,7 @@ use std::time::Duration;
 const SIZE: usize = 4 * 1024 * 1024;
 
 /// Deterministic pseudo-random bytes (xorshift), so chunks do not dedupe.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
