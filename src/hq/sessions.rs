@@ -243,7 +243,11 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Status(view::status(st, job)?)
         }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
-        AdminRequest::Rerun { job } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
+        AdminRequest::Rerun { job, .. } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
+        AdminRequest::Cancel { job } => {
+            return Err(HqError::Refused(format!("cancel of job {job}: not built yet")))
+        }
+        AdminRequest::Purge { .. } => return Err(HqError::Refused("purge: not built yet".into())),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
         AdminRequest::Revoke { name } => AdminResponse::Revoked {
             denied: revoke(st, name).await?,

@@ -31,6 +31,20 @@ pub enum AdminRequest {
     Rerun {
         /// The job.
         job: JobId,
+        /// Also the leaves that expired (`--expired`).
+        #[serde(default)]
+        expired: bool,
+    },
+    /// Cancel a job: no leaf starts any more, running commands are stopped,
+    /// every leaf not yet final becomes `canceled`.
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
+    /// Remove finished jobs older than this from HQ, relays and agents.
+    Purge {
+        /// Age in milliseconds (from the job's creation).
+        older_than_ms: u64,
     },
     /// Answer when every leaf of the latest attempt is final, or at the timeout.
     Wait {
@@ -160,6 +174,29 @@ pub enum AdminResponse {
     Scheduled(RelaySchedule),
     /// One client.
     Client(ClientView),
+    /// A job was canceled.
+    Canceled(CancelResult),
+    /// Jobs were purged.
+    Purged(PurgeResult),
+}
+
+/// What `hq job cancel` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelResult {
+    /// The job.
+    pub job: JobId,
+    /// Leaves that were not final and are now `canceled` (or will be, once
+    /// their relay hears of it).
+    pub canceled: u64,
+}
+
+/// What `hq job purge` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeResult {
+    /// Jobs removed.
+    pub jobs: Vec<JobId>,
+    /// Their leaves removed at HQ.
+    pub leaves: u64,
 }
 
 /// A package version in the depot.

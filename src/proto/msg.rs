@@ -349,6 +349,31 @@ pub enum Msg {
     },
     /// Parent to child on a transfer connection: every blob asked for was sent.
     BlobsDone,
+    /// Parent to child: job `job` is canceled. Start none of its leaves;
+    /// stop running commands (SIGTERM, a grace, SIGKILL); every leaf not yet
+    /// final becomes `canceled`. Queued until [`Msg::CancelAck`].
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
+    /// Child to parent: the cancel of `job` is durably applied.
+    CancelAck {
+        /// The job.
+        job: JobId,
+    },
+    /// Parent to child: forget everything about these jobs (retention).
+    /// Queued until [`Msg::PurgeAck`] with the same id.
+    Purge {
+        /// Identifies this purge for its acknowledgement.
+        id: u64,
+        /// The jobs to remove.
+        jobs: Vec<JobId>,
+    },
+    /// Child to parent: the purge `id` is durably applied.
+    PurgeAck {
+        /// The purge.
+        id: u64,
+    },
     /// A peer explains why it is closing the session.
     Bye {
         /// Why.
@@ -376,6 +401,10 @@ impl Msg {
             Msg::Blob { .. } => "blob",
             Msg::BlobMissing { .. } => "blob_missing",
             Msg::BlobsDone => "blobs_done",
+            Msg::Cancel { .. } => "cancel",
+            Msg::CancelAck { .. } => "cancel_ack",
+            Msg::Purge { .. } => "purge",
+            Msg::PurgeAck { .. } => "purge_ack",
             Msg::Bye { .. } => "bye",
         }
     }
