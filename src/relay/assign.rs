@@ -50,6 +50,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     // Written last (after a crash, writes survive as a prefix): once the
     // attempt is recorded, everything it implies is too.
     let record = || {
+        super::expire::index(st, a.job, a.attempt, a.expires_at_ms)?;
         st.attempts.put(
             &ak,
             &AttemptRecord {

@@ -206,7 +206,11 @@ pub async fn run(
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();
     let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));
-    let sweeper = tokio::spawn(expire::run(st.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(expire::run(
+        st.clone(),
+        cfg.timing.idle_timeout,
+        shutdown.clone(),
+    ));
     let admit = [Role::Relay, Role::Agent];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
     let adm = Arc::new(Admission {
