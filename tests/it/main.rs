@@ -6,6 +6,7 @@ mod crash;
 mod crashloop;
 mod demo;
 mod disk;
+mod expiry;
 mod fanout;
 mod faults;
 mod fuzz_regress;
