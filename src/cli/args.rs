@@ -80,6 +80,9 @@ pub enum HqCmd {
         /// HOST:PORT to listen on (port 0 picks one).
         #[arg(long)]
         listen: String,
+        /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
+        #[arg(long, default_value = "30d")]
+        retention: String,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -220,6 +223,16 @@ pub enum JobCmd {
         /// Rerun the failed leaves (the only kind of rerun).
         #[arg(long, required = true)]
         failed: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove finished jobs unchanged for at least DUR, from HQ, relays and
+    /// agents; `job status` then says the job was purged.
+    Purge {
+        /// Age of the latest change (e.g. 30d, 12h; 0s: every finished job).
+        #[arg(long = "older-than", value_name = "DUR")]
+        older_than: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -48,7 +48,9 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     {
         let (d, s) = (hq_dir.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::hq::run(listener, &d, timing, s).await {
+            if let Err(e) =
+                crate::hq::run(listener, &d, timing, crate::hq::DEFAULT_RETENTION, s).await
+            {
                 eprintln!("hq: {e}");
             }
         });

@@ -203,14 +203,21 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Serve {
             data_dir,
             listen,
+            retention,
             timing: t,
         } => {
             let t = timing(&t)?;
+            let retention = parse_duration("--retention", &retention)?;
+            if retention.is_zero() {
+                return Err(CliError::Usage(
+                    "--retention must be longer than 0s (finished jobs are kept that long)".into(),
+                ));
+            }
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
             finish(
-                crate::hq::run(listener, &data_dir, t, shutdown).await,
+                crate::hq::run(listener, &data_dir, t, retention, shutdown).await,
                 &data_dir,
                 Some(addr),
             )
@@ -349,6 +356,36 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             }
             if s.totals.succeeded != s.totals.total() {
                 return Ok(EXIT_FAILED_LEAVES);
+            }
+        }
+        JobCmd::Purge { older_than, json } => {
+            let older = parse_duration("--older-than", &older_than)?;
+            let mut c = AdminClient::connect(t).await?;
+            match c
+                .request(AdminRequest::Purge {
+                    older_than_ms: older.as_millis() as u64,
+                })
+                .await?
+            {
+                AdminResponse::Purged(p) if json => print_json(&p)?,
+                AdminResponse::Purged(p) => outln!(
+                    "purged {} jobs ({} leaves){}",
+                    p.jobs.len(),
+                    p.leaves,
+                    if p.jobs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ": {}",
+                            p.jobs
+                                .iter()
+                                .map(|j| j.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        )
+                    }
+                ),
+                other => return Err(unexpected(other)),
             }
         }
         JobCmd::Rerun { job, json, .. } => {

@@ -23,6 +23,14 @@ impl Counters {
         }
     }
 
+    /// Drops `job` (purged).
+    pub fn forget(&self, job: JobId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job);
+    }
+
     /// The totals of `job`, counting them with `count` the first time.
     /// Call with the HQ write lock held, so no write slips in between.
     pub fn get_or_count<E>(

@@ -7,6 +7,7 @@ mod counters;
 mod ingest;
 mod jobs;
 mod packages;
+mod retention;
 mod sessions;
 mod syncs;
 mod view;
@@ -67,6 +68,8 @@ pub(crate) struct HqState {
     pub clients: Table,
     /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
     pub downq: Table,
+    /// Messages queued for children until acknowledged (cancels, purges, ...).
+    pub down: crate::link::queue::DownQueue,
     /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
     pub forgetq: Table,
     /// name -> unix ms: revoked nodes.
@@ -126,6 +129,7 @@ impl HqState {
             relays: store.table("relays")?,
             clients: store.table("clients")?,
             downq: store.table("downq")?,
+            down: crate::link::queue::DownQueue::new(store.table("down")?),
             forgetq: store.table("forgetq")?,
             denied: store.table("denied")?,
             deny: Default::default(),
@@ -164,11 +168,16 @@ pub mod layout {
     }
 }
 
-/// Runs HQ on an already bound listener until `shutdown`.
+/// How long finished jobs are kept when `hq serve` is not told (30 days).
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Runs HQ on an already bound listener until `shutdown`. Finished jobs
+/// unchanged for `retention` are purged (checked periodically).
 pub async fn run(
     listener: TcpListener,
     data_dir: &Path,
     timing: Timing,
+    retention: std::time::Duration,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
@@ -208,6 +217,7 @@ pub async fn run(
     });
     let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
+    let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), retention)));
     tokio::select! {
         _ = serving => {}
         e = state.store.failed() => {

@@ -169,6 +169,9 @@ async fn relay_loop(
             Msg::ForgetAck { client } => {
                 st.forgetq.remove(&keys::name_name(name, &client))?;
             }
+            m @ Msg::PurgeAck { .. } => {
+                st.down.ack(name, &m)?;
+            }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
                     continue;
@@ -249,7 +252,9 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
                 "cancel of job {job}: not built yet"
             )))
         }
-        AdminRequest::Purge { .. } => return Err(HqError::Refused("purge: not built yet".into())),
+        AdminRequest::Purge { older_than_ms } => {
+            AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
+        }
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
         AdminRequest::Revoke { name } => AdminResponse::Revoked {
             denied: revoke(st, name).await?,

@@ -34,7 +34,7 @@ pub(crate) fn describe(a: &Action) -> String {
 fn job_record(st: &HqState, job: JobId) -> Result<JobRecord, HqError> {
     st.jobs
         .get(&keys::job(job))?
-        .ok_or_else(|| HqError::Refused(format!("no job {job}")))
+        .ok_or_else(|| super::retention::missing(st, job))
 }
 
 fn is_done(rec: &JobRecord, totals: &Totals) -> bool {

@@ -165,6 +165,9 @@ async fn agent_loop(
                 // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
                 apply_home(st, client, std::slice::from_ref(&u))?;
             }
+            m @ Msg::PurgeAck { .. } => {
+                st.down.ack(client, &m)?;
+            }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
                     continue;
@@ -295,6 +298,9 @@ async fn relay_loop(
             }
             Msg::ForgetAck { client } => {
                 st.forgetq.remove(&keys::name_name(child, &client))?;
+            }
+            m @ Msg::PurgeAck { .. } => {
+                st.down.ack(child, &m)?;
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {

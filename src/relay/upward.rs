@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, deny, moves, RelayState};
+use super::{assign, cache, deny, moves, purge, RelayState};
 use crate::link::queue;
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
@@ -52,6 +52,19 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     deny::store(&st, &names)?;
                     st.store.durable().await?;
                     deny::apply(&st, names);
+                }
+                Msg::Purge { id, jobs } => {
+                    let done = purge::apply(&st, id, &jobs)?;
+                    st.store.durable().await?;
+                    tracing::info!(
+                        purge = id,
+                        jobs = jobs.len(),
+                        leaves = done.leaves,
+                        attempts = done.attempts,
+                        "purged jobs"
+                    );
+                    crate::link::send(&tx, Msg::PurgeAck { id }).await?;
+                    queue::send_now(&st.children, done.fwd);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a parent")),

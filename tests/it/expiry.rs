@@ -26,8 +26,13 @@ fn start_relay(env: &mut Env, name: &str, parent: &str, listen: &str, idle: &str
     timers(&mut cmd, idle);
     let mut proc = Proc::spawn(name, cmd, &env.logs());
     let addr = proc.wait_listening().unwrap_or_else(|e| panic!("{e}"));
-    env.relays
-        .insert(name.to_string(), Server { proc, addr: addr.clone() });
+    env.relays.insert(
+        name.to_string(),
+        Server {
+            proc,
+            addr: addr.clone(),
+        },
+    );
     addr
 }
 
@@ -94,7 +99,10 @@ fn a_leaf_whose_agent_died_expires_and_the_job_ends() {
         reason(&st, "c1").starts_with("agent lost: disconnected since"),
         "{st}"
     );
-    assert_eq!(s["c2"], "succeeded", "a connected agent's leaf was touched: {st}");
+    assert_eq!(
+        s["c2"], "succeeded",
+        "a connected agent's leaf was touched: {st}"
+    );
     assert_eq!(env.run_counts(&job), each(&["c1", "c2"], 1));
 }
 

@@ -16,6 +16,7 @@ mod offline;
 mod packages;
 mod proxy;
 mod rerun;
+mod retention;
 mod roles;
 mod security;
 mod transfer;
