@@ -127,6 +127,9 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     for a in queued {
         crate::link::send(&tx, Msg::Assign(a)).await?;
     }
+    for m in st.down.queued(&name)? {
+        crate::link::send(&tx, m).await?;
+    }
     for m in queue::queued_forgets(&st.forgetq, &name)? {
         crate::link::send(&tx, m).await?;
     }

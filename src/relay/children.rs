@@ -267,6 +267,9 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
     for a in queued {
         crate::link::send(&tx, Msg::Assign(a)).await?;
     }
+    for m in st.down.queued(&child)? {
+        crate::link::send(&tx, m).await?;
+    }
     let r = relay_loop(st, &child, &tx, &mut rx).await;
     {
         // Only the child's current session reports it gone: a stale one (a

@@ -89,6 +89,8 @@ fn a_purge_removes_finished_jobs_everywhere_and_keeps_the_unfinished_one() {
         env.run_counts(&j3).len() == 2
     });
 
+    // r2 is down during the purge: it gets it when it is back.
+    let r2_addr = env.kill_relay("r2");
     let p = env
         .admin(&["job", "purge", "--older-than", "0s", "--json"])
         .ok()
@@ -116,6 +118,7 @@ fn a_purge_removes_finished_jobs_everywhere_and_keeps_the_unfinished_one() {
     // The unfinished job is whole.
     assert_eq!(env.status(&j3)["totals"]["running"], 2);
     wait_purged(&env, "r1", 1);
+    env.start_relay_on("r2", &r1, &r2_addr);
     wait_purged(&env, "r2", 1);
 
     // Finish job 3; it is too young for a purge of jobs older than an hour.
