@@ -243,7 +243,7 @@ mod tests {
                 last_ms,
             };
             assert_eq!(
-                to_purge(&[c.clone()], now, older) == vec![c.job],
+                to_purge(std::slice::from_ref(&c), now, older) == vec![c.job],
                 want,
                 "case {i}: {c:?}, older than {older}"
             );

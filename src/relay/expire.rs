@@ -127,7 +127,7 @@ pub(crate) fn fate(state: LeafState, gone_since: Option<u64>, now: u64, grace_ms
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Swept {
-    /// Index entries read (every one of them due).
+    /// Index entries read from the store: only due ones are.
     pub scanned: usize,
     /// Leaves that became `expired`.
     pub expired: usize,
@@ -178,16 +178,19 @@ pub(crate) fn sweep(
     let idx = table(st)?;
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Swept::default();
+    // Keys below (now + 1) ++ 0...: every entry due at `now`, and nothing
+    // past it is read. `scanned` counts what the store iterator yielded.
     let due: Vec<Vec<u8>> = idx
-        .range_from::<()>(b"")
-        .map_while(|r| match r {
-            Ok((k, ())) if read_index_key(&k).is_some_and(|(d, _, _)| d <= now) => Some(Ok(k)),
-            Ok(_) => None,
+        .range::<()>(b"", &now.saturating_add(1).to_be_bytes())
+        .take(PER_TICK)
+        .inspect(|_| out.scanned += 1)
+        .filter_map(|r| match r {
+            Ok((k, ())) => read_index_key(&k)
+                .is_some_and(|(d, _, _)| d <= now)
+                .then_some(Ok(k)),
             Err(e) => Some(Err(e)),
         })
-        .take(PER_TICK)
         .collect::<Result<_, _>>()?;
-    out.scanned = due.len();
     let connected: std::collections::HashSet<NodeName> = st
         .children
         .lock()

@@ -246,6 +246,18 @@ impl Table {
         })
     }
 
+    /// Entries with keys in `[from, to)`, in key order; nothing past `to` is read.
+    pub fn range<V: DeserializeOwned>(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
+        self.tree.range(from.to_vec()..to.to_vec()).map(move |r| {
+            let (k, v) = r?;
+            Ok((k.to_vec(), self.decode(&v)?))
+        })
+    }
+
     /// Number of entries (walks the tree).
     pub fn len(&self) -> usize {
         self.tree.len()
