@@ -94,8 +94,41 @@ pub(crate) fn rebuild(st: &RelayState) -> Result<usize, StoreError> {
 }
 
 /// When the sweeper first saw each agent disconnected while it held an open
-/// leaf of a due attempt (cleared when it is seen connected).
-pub(crate) type Gone = HashMap<NodeName, u64>;
+/// leaf of a due attempt, and when it last saw it so (cleared when it is
+/// seen connected). Such an agent is looked at every recheck period: a
+/// longer gap means the watch broke off (it may have been back meanwhile),
+/// so the watch starts over.
+#[derive(Default)]
+pub(crate) struct Gone(HashMap<NodeName, (u64, u64)>);
+
+impl Gone {
+    /// The longest gap between two looks that keeps a watch going.
+    fn gap(recheck_ms: u64) -> u64 {
+        2 * recheck_ms + PERIOD.as_millis() as u64
+    }
+
+    /// `client` is connected now.
+    fn connected(&mut self, client: &NodeName) {
+        self.0.remove(client);
+    }
+
+    /// `client` is disconnected at `now`: since when, as far as seen.
+    fn disconnected(&mut self, client: &NodeName, now: u64, recheck_ms: u64) -> u64 {
+        let e = self.0.entry(client.clone()).or_insert((now, now));
+        if now.saturating_sub(e.1) > Self::gap(recheck_ms) {
+            *e = (now, now);
+        } else {
+            e.1 = now;
+        }
+        e.0
+    }
+
+    /// Drops watches that broke off (keeps the map to agents watched now).
+    fn prune(&mut self, now: u64, recheck_ms: u64) {
+        self.0
+            .retain(|_, (_, seen)| now.saturating_sub(*seen) <= Self::gap(recheck_ms));
+    }
+}
 
 /// What becomes of one home leaf of an attempt past its expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,7 +175,7 @@ pub(crate) async fn run(st: Arc<RelayState>, grace: Duration, shutdown: Cancella
         Err(e) => warn!(error = %e, "cannot rebuild the expiry index"),
     }
     let grace_ms = grace.as_millis() as u64;
-    let mut gone = Gone::new();
+    let mut gone = Gone::default();
     loop {
         match sweep(&st, now_ms(), grace_ms, &mut gone) {
             Ok(s) if s.scanned == 0 => {}
@@ -176,6 +209,8 @@ pub(crate) fn sweep(
     gone: &mut Gone,
 ) -> Result<Swept, StoreError> {
     let idx = table(st)?;
+    let recheck = recheck_ms(grace_ms);
+    gone.prune(now, recheck);
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Swept::default();
     // Keys below (now + 1) ++ 0...: every entry due at `now`, and nothing
@@ -228,10 +263,10 @@ pub(crate) fn sweep(
             let since = if leaf.state.is_final() || leaf.state == LeafState::Pending {
                 None
             } else if connected.contains(&client) {
-                gone.remove(&client);
+                gone.connected(&client);
                 None
             } else {
-                Some(*gone.entry(client.clone()).or_insert(now))
+                Some(gone.disconnected(&client, now, recheck))
             };
             match fate(leaf.state, since, now, grace_ms) {
                 Fate::Final => {}
@@ -256,7 +291,7 @@ pub(crate) fn sweep(
         }
         if open {
             // The new entry before the old one goes: a crash leaves two, never none.
-            idx.put(&index_key(now + recheck_ms(grace_ms), job, attempt), &())?;
+            idx.put(&index_key(now + recheck, job, attempt), &())?;
             idx.remove(&k)?;
         } else {
             idx.remove(&k)?;
@@ -353,6 +388,22 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_on_a_gone_agent_starts_over_after_a_gap() {
+        let c = NodeName::new("c1").unwrap();
+        let mut g = Gone::default();
+        let r = 1_000; // gap: 2 s 250 ms
+        assert_eq!(g.disconnected(&c, 0, r), 0);
+        assert_eq!(g.disconnected(&c, 2_000, r), 0);
+        assert_eq!(g.disconnected(&c, 4_250, r), 0);
+        // Not looked at for longer than the gap: it may have been back.
+        assert_eq!(g.disconnected(&c, 6_501, r), 6_501);
+        g.connected(&c);
+        assert_eq!(g.disconnected(&c, 7_000, r), 7_000);
+        g.prune(9_251, r);
+        assert_eq!(g.0.len(), 0);
+    }
+
+    #[test]
     fn index_keys_sort_by_due_time_and_read_back() {
         let k = index_key(7, JobId(3), Attempt(2));
         assert_eq!(read_index_key(&k), Some((7, JobId(3), Attempt(2))));
@@ -373,7 +424,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert(NodeName::new("c3").unwrap(), tx);
-        let mut gone = Gone::new();
+        let mut gone = Gone::default();
         let g = 500;
         assert_eq!(sweep(&st, 999, g, &mut gone).unwrap(), Swept::default());
         let s = sweep(&st, 1_000, g, &mut gone).unwrap();
@@ -410,7 +461,7 @@ mod tests {
         }
         assign(&st, 999, None); // no expiry: never indexed
         assert_eq!(table(&st).unwrap().len(), 300);
-        let mut gone = Gone::new();
+        let mut gone = Gone::default();
         assert_eq!(
             sweep(&st, 1_000_000, 100, &mut gone).unwrap(),
             Swept::default()
@@ -438,7 +489,7 @@ mod tests {
         }
         assert_eq!(rebuild(&st).unwrap(), 2);
         assert_eq!(rebuild(&st).unwrap(), 0);
-        let s = sweep(&st, 5_000, 100, &mut Gone::new()).unwrap();
+        let s = sweep(&st, 5_000, 100, &mut Gone::default()).unwrap();
         assert_eq!(s.expired, 2);
     }
 }

@@ -65,7 +65,7 @@ pub(crate) struct DirEntry {
 pub(crate) struct AttemptRecord {
     pub action: Action,
     pub expires_at_ms: Option<u64>,
-    /// Home leaves past expiry have been expired.
+    /// Every home leaf is final past the expiry: the attempt left the expiry index.
     pub swept: bool,
     /// HQ's signed orders for this attempt, passed on to agents.
     #[serde(default)]
