@@ -178,7 +178,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         let mut rec: JobRecord = st
             .jobs
             .get(&jk)?
-            .ok_or_else(|| HqError::Refused(format!("no job {job}")))?;
+            .ok_or_else(|| super::retention::missing(st, job))?;
         let leaves = load_leaves(st, job)?;
         let targets = rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)));
         if targets.is_empty() {

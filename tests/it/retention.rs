@@ -111,8 +111,14 @@ fn a_purge_removes_finished_jobs_everywhere_and_keeps_the_unfinished_one() {
             !o.stderr.contains("lost") && !o.stderr.contains("no job"),
             "{o:?}"
         );
-        let w = env.admin(&["job", "wait", j, "--timeout", "5s"]);
-        assert_eq!(w.code, 2, "{w:?}");
+        for cmd in [
+            &["job", "wait", j, "--timeout", "5s"][..],
+            &["job", "rerun", j, "--failed"][..],
+        ] {
+            let o = env.admin(cmd);
+            assert_eq!(o.code, 2, "{o:?}");
+            assert!(o.stderr.contains("was purged"), "{o:?}");
+        }
     }
     assert_eq!(listed(&env), vec![j3.clone()]);
     // The unfinished job is whole.
@@ -124,6 +130,9 @@ fn a_purge_removes_finished_jobs_everywhere_and_keeps_the_unfinished_one() {
     // Finish job 3; it is too young for a purge of jobs older than an hour.
     std::fs::write(&stop, b"").unwrap();
     assert_eq!(env.wait_job(&j3).0, 0);
+    let bad = env.admin(&["job", "purge", "--older-than", "soon"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("--older-than"), "{bad:?}");
     let p = env
         .admin(&["job", "purge", "--older-than", "1h", "--json"])
         .ok()
