@@ -270,9 +270,16 @@ fn package_env(
     env.push(("RELAYTREE_PACKAGE_VERSION".into(), version.into()));
     env.push((
         "RELAYTREE_PACKAGE_DIR".into(),
-        tree.to_string_lossy().into_owned(),
+        absolute(tree).to_string_lossy().into_owned(),
     ));
     env
+}
+
+/// `p` as an absolute path (against the current directory when relative,
+/// as it is under a relative `--data-dir`): the script runs in another
+/// directory, where a relative path means something else.
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Runs `script` with `/bin/sh -c` in `tree`; the update says how it ended.
@@ -291,6 +298,7 @@ async fn run_script(
         cwd: Some(tree.to_path_buf()),
         timeout: timeout_ms.map(Duration::from_millis),
         tail_bytes: st.options.tail_bytes,
+        kill_grace: st.options.kill_grace,
     })
     .await;
     let mut u = runlog::update(st, rec, LeafState::Failed);
@@ -484,53 +492,10 @@ mod tests {
 mod offline {
     use super::*;
     use crate::agent::runlog::RunState;
-    use crate::agent::AgentOptions;
-    use crate::link::{Dialer, Timing};
-    use crate::proto::{
-        Action, Attempt, Event, Hello, JobId, NodeName, Purpose, Role, PROTOCOL_VERSION,
-    };
-    use crate::store::Store;
+    use crate::proto::{Action, Attempt, Event, JobId, NodeName};
 
     fn state(dir: &Path) -> Arc<AgentState> {
-        let store = Store::open(dir).unwrap();
-        let me = NodeName::new("a1").unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
-        Arc::new(AgentState {
-            job_key,
-            runs: store.table(runlog::TREE).unwrap(),
-            outbox: store
-                .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
-                .unwrap(),
-            inventory: store.table(inventory::TREE).unwrap(),
-            store,
-            slots: tokio::sync::Semaphore::new(1),
-            options: AgentOptions::default(),
-            transfer: Dialer {
-                // Nothing listens here: a test that dials fails loudly.
-                addr: "127.0.0.1:1".into(),
-                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-                me: Hello {
-                    version: PROTOCOL_VERSION,
-                    name: me.clone(),
-                    role: Role::Agent,
-                    purpose: Purpose::Transfer,
-                },
-                timing: Timing::default(),
-                gate: None,
-            },
-            pkg: inventory::PkgDirs::new(dir, &me),
-            chunks: tokio::sync::OnceCell::new(),
-            pkg_lock: tokio::sync::Mutex::new(()),
-            report_inventory: Default::default(),
-            me,
-        })
+        crate::agent::test_state(dir)
     }
 
     /// Builds package `version` of "foo" into the agent's chunk store.
@@ -569,6 +534,7 @@ mod offline {
             state: RunState::Started,
             result: None,
             received_at_ms: 0,
+            spawned: None,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod exec;
 mod install;
 mod inventory;
+mod leftover;
 mod run;
 mod runlog;
 mod swarm;
@@ -61,6 +62,9 @@ pub struct AgentOptions {
     /// Shared by the agents of one swarm: how many of them may be connecting
     /// at once (`None`: no limit, as for a single `agent serve`).
     pub dial_gate: Option<Arc<Semaphore>>,
+    /// A command stopped (timeout, cancel, leftover at start-up) gets
+    /// SIGTERM, then SIGKILL after this long.
+    pub kill_grace: Duration,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +76,7 @@ impl Default for AgentOptions {
             fail_fraction: 0.0,
             delay: Duration::ZERO,
             dial_gate: None,
+            kill_grace: exec::DEFAULT_KILL_GRACE,
         }
     }
 }
@@ -124,6 +129,11 @@ pub(crate) struct AgentState {
     pub pkg_lock: tokio::sync::Mutex<()>,
     /// An inventory report is to be queued once a relay is known (start-up).
     pub report_inventory: std::sync::atomic::AtomicBool,
+    /// Running attempts and their cancel tokens; its lock orders starts
+    /// against cancels (`run.rs`).
+    pub live: run::Live,
+    /// What earlier runs left running, read once (shared by a swarm).
+    pub leftovers: leftover::Scan,
 }
 
 /// Loads an identity meant for an agent.
@@ -172,6 +182,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         cfg.data_dir,
         cfg.relay,
         cfg.options,
+        leftover::Scan::default(),
         shutdown,
     )
     .await
@@ -184,6 +195,7 @@ pub(crate) async fn run_on(
     data_dir: PathBuf,
     relay: String,
     options: AgentOptions,
+    leftovers: leftover::Scan,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let me = identity.me().clone();
@@ -219,10 +231,12 @@ pub(crate) async fn run_on(
         chunks: tokio::sync::OnceCell::new(),
         pkg_lock: tokio::sync::Mutex::new(()),
         report_inventory: AtomicBool::new(false),
+        live: Default::default(),
+        leftovers,
     });
     let span = tracing::info_span!("agent", client = %me.name);
     async {
-        let to_run = runlog::recover(&st)?;
+        let to_run = runlog::recover(&st).await?;
         // Before anything runs: trees of cut-short installs and removals go.
         let changed = inventory::reconcile(&st.inventory, &st.me, &st.pkg)?;
         if changed || !inventory::list(&st.inventory, &st.me)?.is_empty() {
@@ -241,6 +255,28 @@ pub(crate) async fn run_on(
     }
     .instrument(span)
     .await
+}
+
+/// Waits until no attempt of canceled `job` runs here (bounded: the grace,
+/// and then some), makes the store durable and sends `CancelAck`. A lost
+/// ack is harmless: the relay sends the cancel again, and it is answered
+/// again.
+async fn cancel_ack(st: Arc<AgentState>, tx: crate::link::SessionTx, job: crate::proto::JobId) {
+    let until = tokio::time::Instant::now() + st.options.kill_grace + Duration::from_secs(30);
+    while run::running(&st, job) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if run::running(&st, job) {
+        tracing::warn!(%job, "canceled job still running after the grace; cancel not acknowledged yet");
+        return;
+    }
+    if let Err(e) = st.store.durable().await {
+        tracing::warn!(%job, error = %e, "cannot make a cancel durable");
+        return;
+    }
+    if let Err(e) = crate::link::send(&tx, Msg::CancelAck { job }).await {
+        tracing::debug!(%job, error = %e, "cancel ack not sent (session gone)");
+    }
 }
 
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
@@ -287,6 +323,19 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         attempt: a.attempt,
                     }).await?;
                 }
+                Msg::Cancel { job } => {
+                    // Acked once the store is durable and nothing of the job
+                    // runs here any more; in its own task, so that stopping
+                    // a command (up to the grace) holds up nothing else.
+                    run::cancel(&st, job)?;
+                    tokio::spawn(cancel_ack(st.clone(), tx.clone(), job).in_current_span());
+                }
+                Msg::Purge { id, jobs } => {
+                    let n = run::purge(&st, &jobs)?;
+                    st.store.durable().await?;
+                    tracing::info!(purge = id, jobs = jobs.len(), records = n, "purged");
+                    crate::link::send(&tx, Msg::PurgeAck { id }).await?;
+                }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a relay")),
             }
@@ -295,4 +344,51 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
     .await;
     drop(up);
     r
+}
+
+/// One agent's state on a store in `dir`, with no session (unit tests).
+#[cfg(test)]
+pub(crate) fn test_state(dir: &std::path::Path) -> Arc<AgentState> {
+    use crate::link::{Dialer, Timing};
+    let store = Store::open(dir).unwrap();
+    let me = NodeName::new("a1").unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
+    Arc::new(AgentState {
+        job_key,
+        runs: store.table(runlog::TREE).unwrap(),
+        outbox: store
+            .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
+            .unwrap(),
+        inventory: store.table(inventory::TREE).unwrap(),
+        store,
+        slots: tokio::sync::Semaphore::new(1),
+        options: AgentOptions::default(),
+        transfer: Dialer {
+            // Nothing listens here: a test that dials fails loudly.
+            addr: "127.0.0.1:1".into(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            me: Hello {
+                version: PROTOCOL_VERSION,
+                name: me.clone(),
+                role: Role::Agent,
+                purpose: Purpose::Transfer,
+            },
+            timing: Timing::default(),
+            gate: None,
+        },
+        pkg: inventory::PkgDirs::new(dir, &me),
+        chunks: tokio::sync::OnceCell::new(),
+        pkg_lock: tokio::sync::Mutex::new(()),
+        report_inventory: Default::default(),
+        live: Default::default(),
+        leftovers: Default::default(),
+        me,
+    })
 }

@@ -1,17 +1,127 @@
 //! Carrying out one accepted attempt: `ping` answers at once; a command is
-//! recorded as started (on disk) before it is spawned, then its result is
-//! recorded and queued upward. Installs and removals start the same way,
-//! then go to `install.rs`.
+//! recorded as started (on disk) before it is spawned, its process group is
+//! recorded once spawned, then its result is recorded and queued upward.
+//! Installs and removals start the same way, then go to `install.rs`.
+//!
+//! Every step that starts or settles an attempt checks the job's tombstone
+//! under the agent's start lock ([`AgentState::live`]), so that a cancel and
+//! a start never cross: an attempt of a canceled job never starts, and a
+//! running one is handed the cancel through its token.
 
 use super::exec::{self, ExecResult, ExecSpec, Outcome};
 use super::install;
-use super::runlog::{self, RunRecord};
+use super::leftover::Spawned;
+use super::runlog::{self, RunRecord, RunState};
 use super::AgentState;
-use crate::proto::{Action, LeafState, LeafUpdate};
+use crate::proto::{Action, Attempt, JobId, LeafState, LeafUpdate};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
+
+/// Running attempts of one agent, with the token that stops each. Its lock
+/// is the start lock: held while a start, a settle or a cancel is written.
+pub(crate) type Live = std::sync::Mutex<HashMap<(JobId, Attempt), CancellationToken>>;
+
+fn lock_live(
+    st: &AgentState,
+) -> std::sync::MutexGuard<'_, HashMap<(JobId, Attempt), CancellationToken>> {
+    st.live.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the run log holds `rec` finished already (a cancel got there first).
+fn finished_already(st: &AgentState, rec: &RunRecord) -> Result<bool, crate::store::StoreError> {
+    let k = runlog::run_key(&st.me, rec.job, rec.attempt);
+    Ok(st
+        .runs
+        .get::<RunRecord>(&k)?
+        .is_some_and(|r| r.state == RunState::Finished))
+}
+
+/// Records `rec` as running and registers its cancel token, unless its job
+/// is canceled: then it is recorded canceled (if a cancel has not already
+/// done so) and `None` comes back. Not yet durable.
+pub(crate) fn begin(
+    st: &AgentState,
+    rec: &mut RunRecord,
+) -> Result<Option<CancellationToken>, crate::store::StoreError> {
+    let mut live = lock_live(st);
+    if runlog::is_canceled(st, rec.job)? {
+        if !finished_already(st, rec)? {
+            runlog::record_canceled(st, rec, "canceled")?;
+        }
+        return Ok(None);
+    }
+    let u = runlog::update(st, rec, LeafState::Running);
+    runlog::record(st, rec, u)?;
+    let token = CancellationToken::new();
+    live.insert((rec.job, rec.attempt), token.clone());
+    Ok(Some(token))
+}
+
+/// Records the final update `u` of an attempt that never started a process
+/// (or `canceled`, if its job is canceled), not yet durable.
+pub(crate) fn settle(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    u: LeafUpdate,
+) -> Result<(), crate::store::StoreError> {
+    let _live = lock_live(st);
+    if runlog::is_canceled(st, rec.job)? {
+        if !finished_already(st, rec)? {
+            runlog::record_canceled(st, rec, "canceled")?;
+        }
+        return Ok(());
+    }
+    runlog::record(st, rec, u)
+}
+
+/// Records the final update `u` of a started attempt and unregisters it
+/// (not yet durable).
+pub(crate) fn end(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    u: LeafUpdate,
+) -> Result<(), crate::store::StoreError> {
+    let mut live = lock_live(st);
+    live.remove(&(rec.job, rec.attempt));
+    runlog::record(st, rec, u)
+}
+
+/// Cancels `job` on this agent (not yet durable): the tombstone, received
+/// attempts recorded canceled, running ones told to stop. Returns whether
+/// some attempt of it is still running (stopping).
+pub(crate) fn cancel(st: &AgentState, job: JobId) -> Result<bool, crate::store::StoreError> {
+    let live = lock_live(st);
+    let n = runlog::cancel(st, job)?;
+    let mut running = false;
+    for ((j, attempt), token) in live.iter() {
+        if *j == job {
+            info!(%job, %attempt, "canceling a running attempt");
+            token.cancel();
+            running = true;
+        }
+    }
+    info!(%job, not_started = n, running, "job canceled");
+    Ok(running)
+}
+
+/// Whether some attempt of `job` is still running here.
+pub(crate) fn running(st: &AgentState, job: JobId) -> bool {
+    lock_live(st).keys().any(|(j, _)| *j == job)
+}
+
+/// Forgets `jobs` here (not yet durable), never a running attempt's record.
+pub(crate) fn purge(st: &AgentState, jobs: &[JobId]) -> Result<usize, crate::store::StoreError> {
+    let _live = lock_live(st);
+    let mut n = 0;
+    for job in jobs {
+        n += runlog::purge(st, *job)?;
+    }
+    Ok(n)
+}
 
 /// Runs `rec` to its end, logging rather than failing.
 pub(crate) async fn execute(st: Arc<AgentState>, rec: RunRecord) {
@@ -29,19 +139,25 @@ pub(crate) fn finish_now(
     st: &AgentState,
     mut rec: RunRecord,
 ) -> Result<Option<RunRecord>, crate::store::StoreError> {
+    if runlog::is_canceled(st, rec.job)? {
+        // A job canceled here: its attempts are recorded canceled on receipt.
+        let u = runlog::update(st, &rec, LeafState::Canceled);
+        settle(st, &mut rec, u)?;
+        return Ok(None);
+    }
     if !st.options.delay.is_zero() {
         return Ok(Some(rec));
     }
     if should_fail(st, &rec) {
         let mut u = runlog::update(st, &rec, LeafState::Failed);
         u.reason = Some("failed on purpose (--fail-fraction)".into());
-        runlog::record(st, &mut rec, u)?;
+        settle(st, &mut rec, u)?;
         return Ok(None);
     }
     match &rec.action {
         Action::Ping => {
             let u = runlog::update(st, &rec, LeafState::Succeeded);
-            runlog::record(st, &mut rec, u)?;
+            settle(st, &mut rec, u)?;
             Ok(None)
         }
         Action::Run(_) | Action::Install(_) | Action::Remove(_) => Ok(Some(rec)),
@@ -58,54 +174,90 @@ async fn execute_inner(
     if should_fail(st, &rec) {
         let mut u = runlog::update(st, &rec, LeafState::Failed);
         u.reason = Some("failed on purpose (--fail-fraction)".into());
-        runlog::record(st, &mut rec, u)?;
+        settle(st, &mut rec, u)?;
         return st.store.durable().await;
     }
     let spec = match &rec.action {
         Action::Ping => {
             let u = runlog::update(st, &rec, LeafState::Succeeded);
-            runlog::record(st, &mut rec, u)?;
+            settle(st, &mut rec, u)?;
             return st.store.durable().await;
         }
         Action::Run(r) => r.clone(),
         Action::Install(spec) => {
             let spec = spec.clone();
             let _slot = st.slots.acquire().await;
-            start(st, &mut rec).await?;
-            return install::install(st, &mut rec, &spec).await;
+            if start(st, &mut rec).await?.is_none() {
+                return Ok(());
+            }
+            let r = install::install(st, &mut rec, &spec).await;
+            lock_live(st).remove(&(rec.job, rec.attempt));
+            return r;
         }
         Action::Remove(spec) => {
             let spec = spec.clone();
             let _slot = st.slots.acquire().await;
-            start(st, &mut rec).await?;
-            return install::remove(st, &mut rec, &spec).await;
+            if start(st, &mut rec).await?.is_none() {
+                return Ok(());
+            }
+            let r = install::remove(st, &mut rec, &spec).await;
+            lock_live(st).remove(&(rec.job, rec.attempt));
+            return r;
         }
     };
     let _slot = st.slots.acquire().await;
-    start(st, &mut rec).await?;
+    let Some(cancel) = start(st, &mut rec).await? else {
+        return Ok(());
+    };
     let mut env = base_env(st, &rec);
     env.extend(spec.env.iter().cloned());
-    let res = exec::run(&ExecSpec {
+    let (spawned_tx, spawned_rx) = tokio::sync::oneshot::channel();
+    let ctl = exec::Control {
+        cancel: Some(cancel),
+        on_spawn: Some(Box::new(move |g| {
+            let _ = spawned_tx.send(g);
+        })),
+    };
+    let exec_spec = ExecSpec {
         argv: spec.argv.clone(),
         env,
         cwd: spec.cwd.as_ref().map(PathBuf::from),
         timeout: spec.timeout_ms.map(Duration::from_millis),
         tail_bytes: st.options.tail_bytes,
-    })
-    .await;
+        kill_grace: st.options.kill_grace,
+    };
+    // While it runs: its process group goes into the run log, durably, so
+    // that a restarted agent can stop what a crash left running.
+    let rec_spawned = async {
+        let Ok(g) = spawned_rx.await else {
+            return Ok(rec.clone());
+        };
+        let mut r = rec.clone();
+        r.spawned = Some(Spawned::now(g));
+        st.runs
+            .put(&runlog::run_key(&st.me, r.job, r.attempt), &r)?;
+        st.store.durable().await?;
+        Ok::<_, crate::store::StoreError>(r)
+    };
+    let (res, recorded) = tokio::join!(exec::run_with(&exec_spec, ctl), rec_spawned);
+    let mut rec = recorded?;
     let mut u = runlog::update(st, &rec, LeafState::Failed);
     apply_outcome(&mut u, &res, spec.timeout_ms, "");
     info!(state = u.state.as_str(), exit_code = ?u.exit_code, took = ?res.duration, "run finished");
-    runlog::record(st, &mut rec, u)?;
+    end(st, &mut rec, u)?;
     st.store.durable().await
 }
 
 /// Records the attempt as running and waits until that is on disk: started
-/// is durable before anything irreversible happens.
-async fn start(st: &AgentState, rec: &mut RunRecord) -> Result<(), crate::store::StoreError> {
-    let u = runlog::update(st, rec, LeafState::Running);
-    runlog::record(st, rec, u)?;
-    st.store.durable().await
+/// is durable before anything irreversible happens. `None` when its job is
+/// canceled (then it is recorded canceled, durably, and must not start).
+async fn start(
+    st: &AgentState,
+    rec: &mut RunRecord,
+) -> Result<Option<CancellationToken>, crate::store::StoreError> {
+    let token = begin(st, rec)?;
+    st.store.durable().await?;
+    Ok(token)
 }
 
 /// The variables every command of an attempt sees.
@@ -140,17 +292,35 @@ pub(crate) fn apply_outcome(
         Outcome::Signaled { signal } => {
             u.reason = Some(format!("{prefix}killed by signal {signal}"))
         }
-        Outcome::TimedOut => {
+        Outcome::TimedOut { forced } => {
             u.state = LeafState::TimedOut;
             u.reason = Some(format!(
-                "{prefix}timed out after {}; process group killed",
-                humantime::format_duration(Duration::from_millis(timeout_ms.unwrap_or(0)))
+                "{prefix}timed out after {}; {}",
+                humantime::format_duration(Duration::from_millis(timeout_ms.unwrap_or(0))),
+                stopped_how(*forced)
             ));
+        }
+        Outcome::Canceled { forced, started } => {
+            u.state = LeafState::Canceled;
+            u.reason = Some(if *started {
+                format!("canceled; {}", stopped_how(*forced))
+            } else {
+                "canceled".to_string()
+            });
         }
         Outcome::SpawnFailed { reason } => u.reason = Some(format!("{prefix}{reason}")),
     }
     if !res.output_tail.is_empty() {
         u.output = Some(res.output_tail.clone());
+    }
+}
+
+/// How a stopped process group went.
+fn stopped_how(forced: bool) -> &'static str {
+    if forced {
+        "process group sent SIGTERM, then SIGKILL after the grace"
+    } else {
+        "process group stopped by SIGTERM"
     }
 }
 
