@@ -461,6 +461,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_package_dir_given_to_scripts_is_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let rec = super::runlog::RunRecord {
+            job: crate::proto::JobId(1),
+            attempt: crate::proto::Attempt(1),
+            action: crate::proto::Action::Ping,
+            relay: crate::proto::NodeName::new("r1").unwrap(),
+            state: super::runlog::RunState::Started,
+            result: None,
+            received_at_ms: 0,
+            spawned: None,
+        };
+        // As under `--data-dir data`: the tree is relative to the agent's
+        // directory, while the script runs in the tree itself.
+        let env = package_env(&st, &rec, "foo", "1", Path::new("data/packages/a1/foo/1"));
+        let got = env
+            .iter()
+            .find(|(k, _)| k == "RELAYTREE_PACKAGE_DIR")
+            .map(|(_, v)| std::path::PathBuf::from(v))
+            .unwrap();
+        assert!(got.is_absolute(), "{}", got.display());
+        assert!(got.ends_with("data/packages/a1/foo/1"), "{}", got.display());
+        assert_eq!(
+            got,
+            std::env::current_dir()
+                .unwrap()
+                .join("data/packages/a1/foo/1")
+        );
+    }
+
+    #[test]
     fn reasons_name_what_went_wrong() {
         let (a, b) = (ChunkHash::of(b"a"), ChunkHash::of(b"b"));
         let e = PackageError::Verify {

@@ -349,6 +349,12 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
 /// One agent's state on a store in `dir`, with no session (unit tests).
 #[cfg(test)]
 pub(crate) fn test_state(dir: &std::path::Path) -> Arc<AgentState> {
+    test_state_with(dir, AgentOptions::default())
+}
+
+/// [`test_state`] with other options.
+#[cfg(test)]
+pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> Arc<AgentState> {
     use crate::link::{Dialer, Timing};
     let store = Store::open(dir).unwrap();
     let me = NodeName::new("a1").unwrap();
@@ -369,7 +375,7 @@ pub(crate) fn test_state(dir: &std::path::Path) -> Arc<AgentState> {
         inventory: store.table(inventory::TREE).unwrap(),
         store,
         slots: tokio::sync::Semaphore::new(1),
-        options: AgentOptions::default(),
+        options,
         transfer: Dialer {
             // Nothing listens here: a test that dials fails loudly.
             addr: "127.0.0.1:1".into(),

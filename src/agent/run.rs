@@ -337,3 +337,262 @@ fn should_fail(st: &AgentState, rec: &RunRecord) -> bool {
     (st.me.as_str(), rec.job.0, rec.attempt.0).hash(&mut h);
     (h.finish() % 1_000_000) as f64 / 1_000_000.0 < f
 }
+
+/// Cancel, purge and recovery through the agent's own functions, with real
+/// processes and a real store (no session: the relay's side is elsewhere).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::exec::group_members;
+    use crate::proto::{Event, NodeName, RunSpec};
+    use std::path::Path;
+    use std::time::Instant;
+
+    fn sh_rec(job: u64, attempt: u32, script: &str, env: &[(&str, &Path)]) -> RunRecord {
+        RunRecord {
+            job: JobId(job),
+            attempt: Attempt(attempt),
+            action: Action::Run(RunSpec {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
+                    .collect(),
+                cwd: None,
+                timeout_ms: None,
+            }),
+            relay: NodeName::new("r1").unwrap(),
+            state: RunState::Received,
+            result: None,
+            received_at_ms: 0,
+            spawned: None,
+        }
+    }
+
+    /// The leaf updates queued upward for (job, attempt), oldest first.
+    fn leafs(st: &AgentState, job: u64, attempt: u32) -> Vec<LeafUpdate> {
+        st.outbox
+            .read_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Leaf(u) if u.job == JobId(job) && u.attempt == Attempt(attempt) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stored(st: &AgentState, job: u64, attempt: u32) -> Option<RunRecord> {
+        st.runs
+            .get(&runlog::run_key(&st.me, JobId(job), Attempt(attempt)))
+            .unwrap()
+    }
+
+    fn lines(p: &Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_a_running_command_with_sigterm_and_records_canceled() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let f = dir.path().join("f");
+        let rec = sh_rec(
+            1,
+            1,
+            "trap 'echo term >> \"$F\"; exit 0' TERM; echo start >> \"$F\"; sleep 30 & wait; echo end >> \"$F\"",
+            &[("F", &f)],
+        );
+        runlog::write_received(&st, &rec).unwrap();
+        let task = tokio::spawn(execute(st.clone(), rec));
+        wait("the command to start", || lines(&f) == ["start"]).await;
+        let pgid = stored(&st, 1, 1)
+            .and_then(|r| r.spawned)
+            .expect("the group is recorded while it runs")
+            .group
+            .pgid;
+        assert!(cancel(&st, JobId(1)).unwrap(), "a running attempt to stop");
+        task.await.unwrap();
+        assert!(!running(&st, JobId(1)));
+        assert_eq!(lines(&f), ["start", "term"], "SIGTERM first, nothing after");
+        assert!(group_members(pgid).is_empty());
+        let ups = leafs(&st, 1, 1);
+        let last = ups.last().unwrap();
+        assert_eq!(last.state, LeafState::Canceled, "{ups:?}");
+        assert!(last.reason.as_deref().unwrap_or("").starts_with("canceled"));
+        assert_eq!(stored(&st, 1, 1).unwrap().result, Some(LeafState::Canceled));
+    }
+
+    #[tokio::test]
+    async fn a_canceled_job_never_starts_received_or_later_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let f = dir.path().join("f");
+        let script = "echo ran >> \"$F\"";
+        // Received (queued behind the one slot), then the cancel arrives.
+        let held = sh_rec(2, 1, script, &[("F", &f)]);
+        runlog::write_received(&st, &held).unwrap();
+        let slot = st.slots.acquire().await.unwrap();
+        let task = tokio::spawn(execute(st.clone(), held));
+        assert!(!cancel(&st, JobId(2)).unwrap(), "nothing was running");
+        let ups = leafs(&st, 2, 1);
+        assert_eq!(ups.len(), 1, "{ups:?}");
+        assert_eq!(ups[0].state, LeafState::Canceled);
+        assert_eq!(ups[0].reason.as_deref(), Some("canceled"));
+        drop(slot);
+        task.await.unwrap();
+        // A later attempt of the job (a rerun, or a re-sent Assign) on
+        // receipt: recorded canceled, never started.
+        let later = sh_rec(2, 2, script, &[("F", &f)]);
+        assert!(finish_now(&st, later).unwrap().is_none());
+        assert!(!f.exists(), "a canceled job's command ran");
+        assert_eq!(leafs(&st, 2, 1).len(), 1, "canceled once, not twice");
+        let ups = leafs(&st, 2, 2);
+        assert_eq!(ups.len(), 1);
+        assert_eq!(ups[0].state, LeafState::Canceled);
+        // A cancel sent again (after a reconnect) records nothing new.
+        assert!(!cancel(&st, JobId(2)).unwrap());
+        assert_eq!(leafs(&st, 2, 1).len() + leafs(&st, 2, 2).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_for_a_job_never_seen_is_a_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        assert!(!cancel(&st, JobId(9)).unwrap());
+        assert!(runlog::is_canceled(&st, JobId(9)).unwrap());
+        let f = dir.path().join("f");
+        let rec = sh_rec(9, 1, "echo ran >> \"$F\"", &[("F", &f)]);
+        runlog::write_received(&st, &rec).unwrap();
+        execute(st.clone(), rec).await;
+        assert!(!f.exists());
+        assert_eq!(stored(&st, 9, 1).unwrap().result, Some(LeafState::Canceled));
+    }
+
+    #[tokio::test]
+    async fn cancel_ack_waits_for_the_command_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let grace = Duration::from_millis(600);
+        let st = crate::agent::test_state_with(
+            dir.path(),
+            crate::agent::AgentOptions {
+                kill_grace: grace,
+                ..Default::default()
+            },
+        );
+        let f = dir.path().join("f");
+        // Ignores SIGTERM: only SIGKILL, after the grace, ends it.
+        let rec = sh_rec(
+            3,
+            1,
+            "trap '' TERM; echo start >> \"$F\"; sleep 30",
+            &[("F", &f)],
+        );
+        runlog::write_received(&st, &rec).unwrap();
+        let task = tokio::spawn(execute(st.clone(), rec));
+        wait("the command to start", || lines(&f) == ["start"]).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let t0 = Instant::now();
+        assert!(cancel(&st, JobId(3)).unwrap());
+        tokio::spawn(crate::agent::cancel_ack(st.clone(), tx, JobId(3)));
+        let msg = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let took = t0.elapsed();
+        assert!(matches!(msg, crate::proto::Msg::CancelAck { job } if job == JobId(3)));
+        assert!(!running(&st, JobId(3)), "acked while still running");
+        assert!(took >= grace, "acked before the grace was over: {took:?}");
+        task.await.unwrap();
+        let last = leafs(&st, 3, 1).pop().unwrap();
+        assert_eq!(last.state, LeafState::Canceled);
+        assert!(
+            last.reason.as_deref().unwrap_or("").contains("SIGKILL"),
+            "{:?}",
+            last.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_forgets_finished_runs_and_tombstones_but_never_a_running_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let f = dir.path().join("f");
+        // Job 4: finished. Job 5: canceled (tombstone), nothing else.
+        // Job 6: running.
+        let mut done = sh_rec(4, 1, "true", &[]);
+        runlog::write_received(&st, &done).unwrap();
+        let u = runlog::update(&st, &done, LeafState::Succeeded);
+        runlog::record(&st, &mut done, u).unwrap();
+        cancel(&st, JobId(5)).unwrap();
+        let rec = sh_rec(6, 1, "echo start >> \"$F\"; sleep 30", &[("F", &f)]);
+        runlog::write_received(&st, &rec).unwrap();
+        let task = tokio::spawn(execute(st.clone(), rec));
+        wait("the command to start", || lines(&f) == ["start"]).await;
+        let n = purge(&st, &[JobId(4), JobId(5), JobId(6), JobId(7)]).unwrap();
+        assert_eq!(n, 2, "job 4's run and job 5's tombstone");
+        assert!(stored(&st, 4, 1).is_none());
+        assert!(!runlog::is_canceled(&st, JobId(5)).unwrap());
+        assert!(
+            stored(&st, 6, 1).is_some(),
+            "a running attempt's record went"
+        );
+        cancel(&st, JobId(6)).unwrap();
+        task.await.unwrap();
+        assert_eq!(
+            purge(&st, &[JobId(6)]).unwrap(),
+            2,
+            "its run and its tombstone"
+        );
+        assert!(stored(&st, 6, 1).is_none());
+    }
+
+    #[tokio::test]
+    async fn recovery_stops_the_leftover_before_reporting_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let f = dir.path().join("f");
+        let mut rec = sh_rec(8, 1, "", &[]);
+        // As a crashed agent left it: started, its group recorded, the
+        // command still running (started here, outside any agent).
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo start >> \"$F\"; sleep 30; echo end >> \"$F\""])
+            .env("F", &f);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let pgid = child.id() as i32;
+        wait("the command to start", || lines(&f) == ["start"]).await;
+        let u = runlog::update(&st, &rec, LeafState::Running);
+        runlog::record(&st, &mut rec, u).unwrap();
+        rec.spawned = Some(Spawned::now(exec::Group {
+            pgid,
+            leader_start: exec::start_ticks(pgid),
+        }));
+        st.runs
+            .put(&runlog::run_key(&st.me, rec.job, rec.attempt), &rec)
+            .unwrap();
+        let to_run = runlog::recover(&st).await.unwrap();
+        // Reported failed only once the leftover is gone.
+        assert!(group_members(pgid).is_empty(), "the leftover still runs");
+        let _ = child.wait();
+        assert!(to_run.is_empty());
+        let last = leafs(&st, 8, 1).pop().unwrap();
+        assert_eq!(last.state, LeafState::Failed);
+        let why = last.reason.unwrap_or_default();
+        assert!(why.starts_with("interrupted"), "{why}");
+        assert!(why.contains("stopped"), "{why}");
+        assert_eq!(lines(&f), ["start"]);
+    }
+}
