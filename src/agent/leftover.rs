@@ -5,8 +5,8 @@
 //! Two ways to find them, because the agent can die between the spawn and
 //! the write of the group to the run log: the recorded group (pgid, leader
 //! start time, boot id), and the environment every command inherits
-//! (`RELAYTREE_CLIENT`, `RELAYTREE_JOB`, `RELAYTREE_ATTEMPT`) read from
-//! `/proc/*/environ`. Never decides what the run log says (`runlog.rs`).
+//! (`RELAYTREE_AGENT_STORE`, `RELAYTREE_CLIENT`, `RELAYTREE_JOB`,
+//! `RELAYTREE_ATTEMPT`) read from `/proc/*/environ`. Never decides what the run log says (`runlog.rs`).
 
 use super::exec::{self, Group, Stopped};
 use crate::proto::{Attempt, JobId, NodeName};
@@ -44,19 +44,32 @@ pub(crate) fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// (client, job, attempt) as a command's environment names them.
-type EnvKey = (String, String, String);
+/// (store, client, job, attempt) as a command's environment names them.
+type EnvKey = (String, String, String, String);
 
-/// Every process group holding a process whose environment names an
-/// attempt, read from `/proc` once, at the first need, and shared by the
-/// agents that start together (a swarm): what earlier runs left. One scan,
-/// not one per interrupted attempt, since a swarm may have thousands.
-#[derive(Clone, Default)]
-pub(crate) struct Scan(Arc<OnceCell<HashMap<EnvKey, BTreeSet<i32>>>>);
+/// What the agents of one store (one `agent serve`, or a whole swarm)
+/// share to find what earlier runs left: the store's id, and every process
+/// group holding a process whose environment names an attempt, read from
+/// `/proc` once, at the first need (one scan, not one per interrupted
+/// attempt, since a swarm may have thousands).
+#[derive(Clone)]
+pub(crate) struct Leftovers {
+    /// The store's id, as every command carries it (`RELAYTREE_AGENT_STORE`).
+    pub store_id: String,
+    scan: Arc<OnceCell<HashMap<EnvKey, BTreeSet<i32>>>>,
+}
 
-impl Scan {
+impl Leftovers {
+    /// For the store with id `store_id`; nothing read yet.
+    pub fn new(store_id: String) -> Leftovers {
+        Leftovers {
+            store_id,
+            scan: Default::default(),
+        }
+    }
+
     async fn get(&self) -> &HashMap<EnvKey, BTreeSet<i32>> {
-        self.0
+        self.scan
             .get_or_init(|| async {
                 tokio::task::spawn_blocking(scan_environs)
                     .await
@@ -91,12 +104,14 @@ fn scan_environs() -> HashMap<EnvKey, BTreeSet<i32>> {
 
 /// The attempt a process environment (NUL-separated `K=V`) belongs to.
 fn attempt_of(environ: &[u8]) -> Option<EnvKey> {
-    let (mut c, mut j, mut a) = (None, None, None);
+    let (mut s, mut c, mut j, mut a) = (None, None, None, None);
     for var in environ.split(|b| *b == 0) {
         let Ok(var) = std::str::from_utf8(var) else {
             continue;
         };
-        if let Some(v) = var.strip_prefix("RELAYTREE_CLIENT=") {
+        if let Some(v) = var.strip_prefix("RELAYTREE_AGENT_STORE=") {
+            s = Some(v.to_string());
+        } else if let Some(v) = var.strip_prefix("RELAYTREE_CLIENT=") {
             c = Some(v.to_string());
         } else if let Some(v) = var.strip_prefix("RELAYTREE_JOB=") {
             j = Some(v.to_string());
@@ -104,7 +119,7 @@ fn attempt_of(environ: &[u8]) -> Option<EnvKey> {
             a = Some(v.to_string());
         }
     }
-    Some((c?, j?, a?))
+    Some((s?, c?, j?, a?))
 }
 
 /// Whether a recorded group may still hold processes of ours, judged from
@@ -131,22 +146,28 @@ fn recorded_is_ours(
     }
 }
 
-/// Stops whatever is left of attempt (`job`, `attempt`) of client `me`:
+/// Stops whatever is left of attempt (`job`, `attempt`) of client `me` of
+/// the store of `left`:
 /// the recorded group if it is still ours, and any group whose processes
 /// carry the attempt in their environment. SIGTERM, `grace`, SIGKILL; all
 /// groups at once. Returns how many groups had something alive.
 pub(crate) async fn stop(
-    scan: &Scan,
+    left: &Leftovers,
     me: &NodeName,
     job: JobId,
     attempt: Attempt,
     recorded: Option<&Spawned>,
     grace: Duration,
 ) -> usize {
-    let mut groups: BTreeSet<i32> = scan
+    let mut groups: BTreeSet<i32> = left
         .get()
         .await
-        .get(&(me.to_string(), job.to_string(), attempt.to_string()))
+        .get(&(
+            left.store_id.clone(),
+            me.to_string(),
+            job.to_string(),
+            attempt.to_string(),
+        ))
         .cloned()
         .unwrap_or_default();
     if let Some(rec) = recorded {
@@ -193,6 +214,7 @@ mod tests {
         // every command inherits names the attempt.
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "sleep 30 & sleep 30"])
+            .env("RELAYTREE_AGENT_STORE", "store-1")
             .env("RELAYTREE_CLIENT", "env-finder")
             .env("RELAYTREE_JOB", "4242")
             .env("RELAYTREE_ATTEMPT", "3");
@@ -204,21 +226,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let me = NodeName::new("env-finder").unwrap();
-        let scan = Scan::default();
-        // Another attempt of the same job is not this one.
-        let other = stop(
-            &scan,
-            &me,
-            JobId(4242),
-            Attempt(2),
-            None,
-            Duration::from_secs(5),
-        )
-        .await;
-        assert_eq!(other, 0);
+        // Another store's client of the same name, another attempt of the
+        // same job: not this one.
+        for (store, attempt) in [("store-2", 3), ("store-1", 2)] {
+            let left = Leftovers::new(store.into());
+            let n = stop(
+                &left,
+                &me,
+                JobId(4242),
+                Attempt(attempt),
+                None,
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(n, 0, "{store} attempt {attempt}");
+        }
         assert_eq!(exec::group_members(pgid).len(), 3);
         let n = stop(
-            &scan,
+            &Leftovers::new("store-1".into()),
             &me,
             JobId(4242),
             Attempt(3),
@@ -236,25 +261,28 @@ mod tests {
 
     #[test]
     fn attempt_from_environ() {
-        type Row<'a> = (&'a [u8], Option<(&'a str, &'a str, &'a str)>);
+        type Row<'a> = (&'a [u8], Option<(&'a str, &'a str, &'a str, &'a str)>);
         let table: &[Row] = &[
             (
-                b"A=1\0RELAYTREE_CLIENT=c1\0RELAYTREE_JOB=7\0RELAYTREE_ATTEMPT=2\0",
-                Some(("c1", "7", "2")),
+                b"A=1\0RELAYTREE_AGENT_STORE=s1\0RELAYTREE_CLIENT=c1\0RELAYTREE_JOB=7\0RELAYTREE_ATTEMPT=2\0",
+                Some(("s1", "c1", "7", "2")),
             ),
             (
-                b"RELAYTREE_ATTEMPT=1\0RELAYTREE_JOB=9\0RELAYTREE_CLIENT=x",
-                Some(("x", "9", "1")),
+                b"RELAYTREE_ATTEMPT=1\0RELAYTREE_JOB=9\0RELAYTREE_CLIENT=x\0RELAYTREE_AGENT_STORE=s",
+                Some(("s", "x", "9", "1")),
             ),
-            (b"RELAYTREE_CLIENT=c1\0RELAYTREE_JOB=7\0", None),
+            // Another installation's command, without its store id.
+            (b"RELAYTREE_CLIENT=c1\0RELAYTREE_JOB=7\0RELAYTREE_ATTEMPT=2\0", None),
+            (b"RELAYTREE_AGENT_STORE=s\0RELAYTREE_CLIENT=c1\0RELAYTREE_JOB=7\0", None),
             (b"", None),
             (
-                b"XRELAYTREE_CLIENT=c\0RELAYTREE_JOB=1\0RELAYTREE_ATTEMPT=1",
+                b"RELAYTREE_AGENT_STORE=s\0XRELAYTREE_CLIENT=c\0RELAYTREE_JOB=1\0RELAYTREE_ATTEMPT=1",
                 None,
             ),
         ];
         for (env, want) in table {
-            let want = want.map(|(c, j, a)| (c.to_string(), j.to_string(), a.to_string()));
+            let want = want
+                .map(|(s, c, j, a)| (s.to_string(), c.to_string(), j.to_string(), a.to_string()));
             assert_eq!(attempt_of(env), want, "{:?}", String::from_utf8_lossy(env));
         }
     }
@@ -385,7 +413,7 @@ mod tests {
         }
         let me = NodeName::new("nobody-by-env").unwrap();
         let n = stop(
-            &Scan::default(),
+            &Leftovers::new("any".into()),
             &me,
             JobId(1),
             Attempt(1),

@@ -132,8 +132,9 @@ pub(crate) struct AgentState {
     /// Running attempts and their cancel tokens; its lock orders starts
     /// against cancels (`run.rs`).
     pub live: run::Live,
-    /// What earlier runs left running, read once (shared by a swarm).
-    pub leftovers: leftover::Scan,
+    /// The store's id, and what earlier runs left running (read once,
+    /// shared by a swarm).
+    pub leftovers: leftover::Leftovers,
 }
 
 /// Loads an identity meant for an agent.
@@ -176,13 +177,14 @@ pub async fn read_inventory(data_dir: &std::path::Path) -> Result<Vec<InventoryV
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let identity = load_identity(&cfg.identity)?;
     let store = Store::open(&cfg.data_dir)?;
+    let leftovers = leftover::Leftovers::new(runlog::store_id(&store.table(runlog::TREE)?)?);
     run_on(
         identity,
         store,
         cfg.data_dir,
         cfg.relay,
         cfg.options,
-        leftover::Scan::default(),
+        leftovers,
         shutdown,
     )
     .await
@@ -195,7 +197,7 @@ pub(crate) async fn run_on(
     data_dir: PathBuf,
     relay: String,
     options: AgentOptions,
-    leftovers: leftover::Scan,
+    leftovers: leftover::Leftovers,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let me = identity.me().clone();
@@ -394,7 +396,7 @@ pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> A
         pkg_lock: tokio::sync::Mutex::new(()),
         report_inventory: Default::default(),
         live: Default::default(),
-        leftovers: Default::default(),
+        leftovers: leftover::Leftovers::new("test-store".into()),
         me,
     })
 }

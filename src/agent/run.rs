@@ -267,6 +267,10 @@ pub(crate) fn base_env(st: &AgentState, rec: &RunRecord) -> Vec<(String, String)
         ("RELAYTREE_ATTEMPT".to_string(), rec.attempt.to_string()),
         ("RELAYTREE_CLIENT".to_string(), st.me.to_string()),
         ("RELAYTREE_RELAY".to_string(), rec.relay.to_string()),
+        (
+            "RELAYTREE_AGENT_STORE".to_string(),
+            st.leftovers.store_id.clone(),
+        ),
     ]
 }
 

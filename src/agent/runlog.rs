@@ -229,6 +229,20 @@ pub(crate) async fn recover(st: &AgentState) -> Result<Vec<RunRecord>, StoreErro
     Ok(to_run)
 }
 
+/// This store's instance id: random, made once, kept. Every command
+/// carries it (`RELAYTREE_AGENT_STORE`), so that the leftovers of one
+/// installation are never mistaken for another's of the same client name
+/// on the same machine (tests, a reinstalled agent beside an old one).
+pub(crate) fn store_id(runs: &crate::store::Table) -> Result<String, StoreError> {
+    const KEY: &[u8] = b"i\0store";
+    if let Some(id) = runs.get::<String>(KEY)? {
+        return Ok(id);
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    runs.put(KEY, &id)?;
+    Ok(id)
+}
+
 /// Where agent `me` keeps the tombstone of a canceled `job`.
 pub(crate) fn tomb_key(me: &NodeName, job: JobId) -> Vec<u8> {
     let mut k = b"c\0".to_vec();

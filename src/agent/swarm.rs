@@ -46,8 +46,10 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
     let n = identities.len();
     info!(agents = n, relay = %cfg.relay, "starting swarm");
     let mut set = JoinSet::new();
-    // One look at what earlier runs left, for every agent.
-    let leftovers = super::leftover::Scan::default();
+    // One id and one look at what earlier runs left, for every agent.
+    let leftovers = super::leftover::Leftovers::new(super::runlog::store_id(
+        &store.table(super::runlog::TREE)?,
+    )?);
     for id in identities {
         let (store, relay, opts, stop) = (
             store.clone(),
