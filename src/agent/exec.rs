@@ -13,10 +13,11 @@
 //! Knows nothing of the run log or the store: the caller records the group
 //! it is handed through [`Control::on_spawn`].
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -36,7 +37,7 @@ pub const PIPE_GRACE: Duration = Duration::from_secs(1);
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a stopping group is looked at.
-const STOP_POLL: Duration = Duration::from_millis(20);
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -311,7 +312,7 @@ pub enum Stopped {
 /// then SIGKILL, and waits (a little) until nothing of it is alive. Zombies
 /// count as gone (in containers nobody may reap them).
 pub async fn stop_group(pgid: i32, grace: Duration) -> Stopped {
-    if pgid <= 1 || group_members(pgid).is_empty() {
+    if !group_alive(pgid) {
         return Stopped::NothingLeft;
     }
     let pg = Pid::from_raw(pgid);
@@ -332,8 +333,10 @@ pub async fn stop_group(pgid: i32, grace: Duration) -> Stopped {
 /// Waits until no live process is in group `pgid`, or `until`; whether it
 /// emptied.
 async fn wait_group_gone(pgid: i32, until: Instant) -> bool {
+    // Only a view of /proc taken from now on says anything.
+    let since = Instant::now();
     loop {
-        if group_members(pgid).is_empty() {
+        if !group_alive_since(pgid, since) {
             return true;
         }
         if Instant::now() >= until {
@@ -341,6 +344,51 @@ async fn wait_group_gone(pgid: i32, until: Instant) -> bool {
         }
         tokio::time::sleep(STOP_POLL).await;
     }
+}
+
+/// Whether group `pgid` has a live (not zombie) process now.
+pub fn group_alive(pgid: i32) -> bool {
+    group_alive_since(pgid, Instant::now())
+}
+
+/// Whether group `pgid` had a live (not zombie) process at some moment
+/// after `since`. Cheap when the kernel knows the group is empty;
+/// otherwise answered from one view of `/proc`, taken after `since`,
+/// at most [`STOP_POLL`] old and shared by every caller of this process,
+/// so that a swarm stopping a thousand groups at once reads `/proc` a few
+/// times, not a thousand times per poll.
+fn group_alive_since(pgid: i32, since: Instant) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    if killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    live_groups(since).contains(&pgid)
+}
+
+/// Every group with a live process, from a read of `/proc` begun after
+/// `since` and at most [`STOP_POLL`] old.
+fn live_groups(since: Instant) -> Arc<HashSet<i32>> {
+    type View = Option<(Instant, Arc<HashSet<i32>>)>;
+    static VIEW: Mutex<View> = Mutex::new(None);
+    let mut v = VIEW.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, groups)) = &*v {
+        if *at >= since && at.elapsed() < STOP_POLL {
+            return groups.clone();
+        }
+    }
+    let begun = Instant::now();
+    let groups: Arc<HashSet<i32>> = Arc::new(
+        all_pids()
+            .into_iter()
+            .filter_map(proc_stat)
+            .filter(|s| s.state != 'Z')
+            .map(|s| s.pgrp)
+            .collect(),
+    );
+    *v = Some((begun, groups.clone()));
+    groups
 }
 
 /// One process as `/proc/PID/stat` describes it.
@@ -501,7 +549,7 @@ impl Tail {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nix::errno::Errno;
     use nix::sys::signal::kill;
@@ -696,6 +744,12 @@ mod tests {
         assert!(wait_gone(bg).await, "background sleep {bg} survived");
     }
 
+    /// Whether process `pid` (as text) runs `sleep` (has exec'd).
+    pub(crate) fn is_sleep(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/comm", pid.trim()))
+            .is_ok_and(|c| c.trim() == "sleep")
+    }
+
     /// A file's lines.
     fn lines(p: &std::path::Path) -> Vec<String> {
         std::fs::read_to_string(p)
@@ -765,7 +819,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("trap");
         let mut s =
-            sh("trap 'echo term >> \"$F\"; exit 0' TERM; echo start >> \"$F\"; sleep 30 & wait");
+            sh("trap 'echo term >> \"$F\"; exit 0' TERM; sleep 30 & echo $! >> \"$F\"; wait");
         s.env.push(("F".into(), f.to_str().unwrap().into()));
         let token = CancellationToken::new();
         let spawned = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -777,7 +831,10 @@ mod tests {
         let t = token.clone();
         let f2 = f.clone();
         tokio::spawn(async move {
-            while lines(&f2).is_empty() {
+            // Once the background sleep runs: a SIGTERM that lands between
+            // its fork and its exec is taken by the shell's handler in the
+            // child, and the sleep then outlives it (until SIGKILL).
+            while !lines(&f2).first().is_some_and(|p| is_sleep(p)) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             t.cancel();
@@ -790,7 +847,7 @@ mod tests {
                 started: true
             }
         );
-        assert_eq!(lines(&f), ["start", "term"]);
+        assert_eq!(lines(&f).get(1).map(String::as_str), Some("term"));
         let g = spawned.lock().unwrap().expect("on_spawn called");
         assert!(g.pgid > 1);
         assert!(g.leader_start.is_some());

@@ -176,7 +176,7 @@ pub(crate) async fn stop(
             rec,
             boot_id().as_deref(),
             exec::proc_stat(pgid).as_ref(),
-            exec::group_members(pgid).len(),
+            usize::from(exec::group_alive(pgid)),
         );
         if ours {
             groups.insert(pgid);

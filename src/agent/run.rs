@@ -416,12 +416,18 @@ mod tests {
         let rec = sh_rec(
             1,
             1,
-            "trap 'echo term >> \"$F\"; exit 0' TERM; echo start >> \"$F\"; sleep 30 & wait; echo end >> \"$F\"",
+            "trap 'echo term >> \"$F\"; exit 0' TERM; sleep 30 & echo $! >> \"$F\"; wait; echo end >> \"$F\"",
             &[("F", &f)],
         );
         runlog::write_received(&st, &rec).unwrap();
         let task = tokio::spawn(execute(st.clone(), rec));
-        wait("the command to start", || lines(&f) == ["start"]).await;
+        // Once the background sleep has exec'd (see exec.rs's test).
+        wait("the command to start", || {
+            lines(&f)
+                .first()
+                .is_some_and(|p| crate::agent::exec::tests::is_sleep(p))
+        })
+        .await;
         let pgid = stored(&st, 1, 1)
             .and_then(|r| r.spawned)
             .expect("the group is recorded while it runs")
@@ -430,7 +436,9 @@ mod tests {
         assert!(cancel(&st, JobId(1)).unwrap(), "a running attempt to stop");
         task.await.unwrap();
         assert!(!running(&st, JobId(1)));
-        assert_eq!(lines(&f), ["start", "term"], "SIGTERM first, nothing after");
+        let l = lines(&f);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!(l[1], "term", "SIGTERM first, nothing after");
         assert!(group_members(pgid).is_empty());
         let ups = leafs(&st, 1, 1);
         let last = ups.last().unwrap();
