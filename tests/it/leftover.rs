@@ -172,6 +172,10 @@ sleep 30 & wait; echo end >> "$F""#,
         c2_took >= Duration::from_secs(3),
         "c2 killed before its grace: {c2_took:?}"
     );
+    assert!(
+        c2_took < Duration::from_secs(9),
+        "--kill-grace 2s not honoured (the default is 10 s): {c2_took:?}"
+    );
     let reason = l["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("SIGKILL"), "{reason}");
     let c2 = lines(&dir.join("c2"));
