@@ -187,20 +187,20 @@ async fn execute_inner(
         Action::Install(spec) => {
             let spec = spec.clone();
             let _slot = st.slots.acquire().await;
-            if start(st, &mut rec).await?.is_none() {
+            let Some(cancel) = start(st, &mut rec).await? else {
                 return Ok(());
-            }
-            let r = install::install(st, &mut rec, &spec).await;
+            };
+            let r = install::install(st, &mut rec, &spec, &cancel).await;
             lock_live(st).remove(&(rec.job, rec.attempt));
             return r;
         }
         Action::Remove(spec) => {
             let spec = spec.clone();
             let _slot = st.slots.acquire().await;
-            if start(st, &mut rec).await?.is_none() {
+            let Some(cancel) = start(st, &mut rec).await? else {
                 return Ok(());
-            }
-            let r = install::remove(st, &mut rec, &spec).await;
+            };
+            let r = install::remove(st, &mut rec, &spec, &cancel).await;
             lock_live(st).remove(&(rec.job, rec.attempt));
             return r;
         }
