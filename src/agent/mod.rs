@@ -19,7 +19,7 @@ pub use inventory::InventoryView;
 pub use runlog::RunView;
 pub use swarm::{swarm, SwarmConfig};
 
-use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Timing, Upward};
+use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, SessionTx, Timing, Upward};
 use crate::proto::{now_ms, Hello, Msg, NodeName, Purpose, Role, PROTOCOL_VERSION};
 use crate::store::{Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
@@ -259,11 +259,32 @@ pub(crate) async fn run_on(
     .await
 }
 
+/// A cancel or a purge from the relay: applied, made durable, acknowledged.
+/// A cancel is acknowledged from its own task, once nothing of the job runs
+/// here any more, so that stopping a command (up to the grace) holds up
+/// nothing else.
+async fn from_relay(st: &Arc<AgentState>, tx: &SessionTx, m: Msg) -> Result<(), LinkError> {
+    match m {
+        Msg::Cancel { job } => {
+            run::cancel(st, job)?;
+            tokio::spawn(cancel_ack(st.clone(), tx.clone(), job).in_current_span());
+        }
+        Msg::Purge { id, jobs } => {
+            let n = run::purge(st, &jobs)?;
+            st.store.durable().await?;
+            tracing::info!(purge = id, jobs = jobs.len(), records = n, "purged");
+            crate::link::send(tx, Msg::PurgeAck { id }).await?;
+        }
+        other => return Err(unexpected(&other, "from a relay")),
+    }
+    Ok(())
+}
+
 /// Waits until no attempt of canceled `job` runs here (bounded: the grace,
 /// and then some), makes the store durable and sends `CancelAck`. A lost
 /// ack is harmless: the relay sends the cancel again, and it is answered
 /// again.
-async fn cancel_ack(st: Arc<AgentState>, tx: crate::link::SessionTx, job: crate::proto::JobId) {
+async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId) {
     let until = tokio::time::Instant::now() + st.options.kill_grace + Duration::from_secs(30);
     while run::running(&st, job) && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -325,19 +346,7 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         attempt: a.attempt,
                     }).await?;
                 }
-                Msg::Cancel { job } => {
-                    // Acked once the store is durable and nothing of the job
-                    // runs here any more; in its own task, so that stopping
-                    // a command (up to the grace) holds up nothing else.
-                    run::cancel(&st, job)?;
-                    tokio::spawn(cancel_ack(st.clone(), tx.clone(), job).in_current_span());
-                }
-                Msg::Purge { id, jobs } => {
-                    let n = run::purge(&st, &jobs)?;
-                    st.store.durable().await?;
-                    tracing::info!(purge = id, jobs = jobs.len(), records = n, "purged");
-                    crate::link::send(&tx, Msg::PurgeAck { id }).await?;
-                }
+                m @ (Msg::Cancel { .. } | Msg::Purge { .. }) => from_relay(&st, &tx, m).await?,
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a relay")),
             }
@@ -399,4 +408,54 @@ pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> A
         leftovers: leftover::Leftovers::new("test-store".into()),
         me,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::JobId;
+
+    #[tokio::test]
+    async fn cancel_and_purge_from_the_relay_are_applied_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = test_state(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        // A job this agent never saw: a tombstone, acknowledged.
+        from_relay(&st, &tx, Msg::Cancel { job: JobId(5) })
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(ack, Some(Msg::CancelAck { job: JobId(5) })),
+            "{ack:?}"
+        );
+        assert!(runlog::is_canceled(&st, JobId(5)).unwrap());
+        // Sent again (after a reconnect): acknowledged again.
+        from_relay(&st, &tx, Msg::Cancel { job: JobId(5) })
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(ack, Some(Msg::CancelAck { job: JobId(5) })),
+            "{ack:?}"
+        );
+        from_relay(
+            &st,
+            &tx,
+            Msg::Purge {
+                id: 7,
+                jobs: vec![JobId(5)],
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Msg::PurgeAck { id: 7 })));
+        assert!(!runlog::is_canceled(&st, JobId(5)).unwrap(), "not purged");
+        // Anything else from a relay here is a protocol error.
+        assert!(from_relay(&st, &tx, Msg::BlobsDone).await.is_err());
+    }
 }
