@@ -98,9 +98,14 @@ fn agent_kill9_mid_command_leaves_nothing_running_and_a_rerun_runs_it_once_more(
         !group_alive(pgid).is_empty(),
         "the command died with its agent: nothing left to test"
     );
+    let restarted = Instant::now();
     env.start_agent("c1", &r1);
 
     let st = wait_leaf_final(&env, &job, "c1");
+    eprintln!(
+        "agent kill -9 mid-command: leftover group {pgid} stopped and the leaf reported failed {:?} after the restart",
+        restarted.elapsed()
+    );
     // Reported failed only after the leftover was stopped.
     let alive = group_alive(pgid);
     assert!(
@@ -184,6 +189,9 @@ sleep 30 & wait; echo end >> "$F""#,
     assert!(group_alive(pgid).is_empty(), "c2's group outlived SIGKILL");
     let (code, _) = env.wait_job(&job);
     assert_eq!(code, 1);
+    eprintln!(
+        "--timeout 1s: the TERM-trapping command ended {c1_took:?} after create (grace 10 s); the TERM-ignoring one {c2_took:?} (grace 2 s)"
+    );
 }
 
 #[test]
