@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -206,6 +206,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
     let mut status: Option<std::io::Result<ExitStatus>> = None;
     let mut stopping: Option<Stop> = None;
     let mut kill_at: Option<Instant> = None;
+    let mut term_at = Instant::now();
     let mut forced = false;
     let mut grace_end: Option<Instant> = None;
 
@@ -251,7 +252,8 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
         if let Some(why) = why {
             tracing::debug!(pid = ?child.id(), ?why, grace = ?spec.kill_grace, "exec: stopping process group (SIGTERM)");
             stopping = Some(why);
-            kill_at = Some(Instant::now() + spec.kill_grace);
+            term_at = Instant::now();
+            kill_at = Some(term_at + spec.kill_grace);
             guard.signal(Signal::SIGTERM);
         }
     }
@@ -260,7 +262,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
     // the rest of the grace, then SIGKILL.
     if let (Some(pgid), Some(kill_at)) = (guard.pgid, kill_at) {
         if status.as_ref().is_some_and(|s| s.is_ok()) && !forced {
-            forced = !wait_group_gone(pgid.as_raw(), kill_at).await;
+            forced = !wait_group_gone(pgid.as_raw(), term_at, kill_at).await;
             if forced {
                 guard.signal(Signal::SIGKILL);
             }
@@ -310,33 +312,37 @@ pub enum Stopped {
 
 /// Stops every process of group `pgid`: SIGTERM, up to `grace` for it to go,
 /// then SIGKILL, and waits (a little) until nothing of it is alive. Zombies
-/// count as gone (in containers nobody may reap them).
-pub async fn stop_group(pgid: i32, grace: Duration) -> Stopped {
-    if !group_alive(pgid) {
+/// count as gone (in containers nobody may reap them). `known` is a moment
+/// the caller knows the group already existed at (a view of `/proc` taken
+/// since then says whether anything of it is left: a group only shrinks).
+pub async fn stop_group(pgid: i32, grace: Duration, known: Instant) -> Stopped {
+    if !group_alive_since(pgid, known).await {
         return Stopped::NothingLeft;
     }
     let pg = Pid::from_raw(pgid);
+    let signalled = Instant::now();
     if let Err(e) = killpg(pg, Signal::SIGTERM) {
         if e == Errno::ESRCH {
             return Stopped::NothingLeft;
         }
         tracing::debug!(pgid, error = %e, "exec: SIGTERM to the group failed");
     }
-    if wait_group_gone(pgid, Instant::now() + grace).await {
+    if wait_group_gone(pgid, signalled, signalled + grace).await {
         return Stopped::Terminated;
     }
+    let signalled = Instant::now();
     let _ = killpg(pg, Signal::SIGKILL);
-    wait_group_gone(pgid, Instant::now() + Duration::from_secs(5)).await;
+    wait_group_gone(pgid, signalled, signalled + Duration::from_secs(5)).await;
     Stopped::Killed
 }
 
-/// Waits until no live process is in group `pgid`, or `until`; whether it
-/// emptied.
-async fn wait_group_gone(pgid: i32, until: Instant) -> bool {
-    // Only a view of /proc taken from now on says anything.
-    let since = Instant::now();
+/// Waits until no live process is in group `pgid` (signalled at
+/// `signalled`), or `until`; whether it emptied.
+async fn wait_group_gone(pgid: i32, signalled: Instant, until: Instant) -> bool {
     loop {
-        if !group_alive_since(pgid, since) {
+        // A view from after the signal, and recent.
+        let since = signalled.max(Instant::now().checked_sub(STOP_POLL).unwrap_or(signalled));
+        if !group_alive_since(pgid, since).await {
             return true;
         }
         if Instant::now() >= until {
@@ -346,47 +352,44 @@ async fn wait_group_gone(pgid: i32, until: Instant) -> bool {
     }
 }
 
-/// Whether group `pgid` has a live (not zombie) process now.
-pub fn group_alive(pgid: i32) -> bool {
-    group_alive_since(pgid, Instant::now())
-}
-
 /// Whether group `pgid` had a live (not zombie) process at some moment
 /// after `since`. Cheap when the kernel knows the group is empty;
-/// otherwise answered from one view of `/proc`, taken after `since`,
-/// at most [`STOP_POLL`] old and shared by every caller of this process,
-/// so that a swarm stopping a thousand groups at once reads `/proc` a few
-/// times, not a thousand times per poll.
-fn group_alive_since(pgid: i32, since: Instant) -> bool {
+/// otherwise answered from one view of `/proc` begun after `since`, shared
+/// by every caller of this process and read off the runtime's threads, so
+/// that a swarm stopping a thousand groups at once reads `/proc` a few
+/// times per poll, not a thousand times.
+pub async fn group_alive_since(pgid: i32, since: Instant) -> bool {
     if pgid <= 1 {
         return false;
     }
     if killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
         return false;
     }
-    live_groups(since).contains(&pgid)
+    live_groups(since).await.contains(&pgid)
 }
 
-/// Every group with a live process, from a read of `/proc` begun after
-/// `since` and at most [`STOP_POLL`] old.
-fn live_groups(since: Instant) -> Arc<HashSet<i32>> {
+/// Every group with a live process, from a read of `/proc` begun after `since`.
+async fn live_groups(since: Instant) -> Arc<HashSet<i32>> {
     type View = Option<(Instant, Arc<HashSet<i32>>)>;
-    static VIEW: Mutex<View> = Mutex::new(None);
-    let mut v = VIEW.lock().unwrap_or_else(|p| p.into_inner());
+    static VIEW: tokio::sync::Mutex<View> = tokio::sync::Mutex::const_new(None);
+    let mut v = VIEW.lock().await;
     if let Some((at, groups)) = &*v {
-        if *at >= since && at.elapsed() < STOP_POLL {
+        if *at >= since {
             return groups.clone();
         }
     }
     let begun = Instant::now();
-    let groups: Arc<HashSet<i32>> = Arc::new(
+    let groups = tokio::task::spawn_blocking(|| {
         all_pids()
             .into_iter()
             .filter_map(proc_stat)
             .filter(|s| s.state != 'Z')
             .map(|s| s.pgrp)
-            .collect(),
-    );
+            .collect::<HashSet<i32>>()
+    })
+    .await
+    .unwrap_or_default();
+    let groups = Arc::new(groups);
     *v = Some((begun, groups.clone()));
     groups
 }
@@ -912,13 +915,13 @@ pub(crate) mod tests {
         // Give sh time to set its trap (its state is visible only as running).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t0 = Instant::now();
-        let r = stop_group(pgid, Duration::from_millis(400)).await;
+        let r = stop_group(pgid, Duration::from_millis(400), Instant::now()).await;
         let _ = child.wait();
         assert_eq!(r, Stopped::Killed);
         assert!(t0.elapsed() >= Duration::from_millis(400));
         assert!(group_members(pgid).is_empty());
         assert_eq!(
-            stop_group(pgid, Duration::from_secs(1)).await,
+            stop_group(pgid, Duration::from_secs(1), Instant::now()).await,
             Stopped::NothingLeft
         );
     }

@@ -56,6 +56,9 @@ type EnvKey = (String, String, String, String);
 pub(crate) struct Leftovers {
     /// The store's id, as every command carries it (`RELAYTREE_AGENT_STORE`).
     pub store_id: String,
+    /// When the agents started: what they find left of earlier runs
+    /// existed then, so any view of `/proc` taken since says if it still does.
+    created: tokio::time::Instant,
     scan: Arc<OnceCell<HashMap<EnvKey, BTreeSet<i32>>>>,
 }
 
@@ -64,6 +67,7 @@ impl Leftovers {
     pub fn new(store_id: String) -> Leftovers {
         Leftovers {
             store_id,
+            created: tokio::time::Instant::now(),
             scan: Default::default(),
         }
     }
@@ -176,7 +180,7 @@ pub(crate) async fn stop(
             rec,
             boot_id().as_deref(),
             exec::proc_stat(pgid).as_ref(),
-            usize::from(exec::group_alive(pgid)),
+            usize::from(exec::group_alive_since(pgid, left.created).await),
         );
         if ours {
             groups.insert(pgid);
@@ -184,7 +188,9 @@ pub(crate) async fn stop(
     }
     let own = exec::proc_stat(std::process::id() as i32).map(|s| s.pgrp);
     groups.retain(|g| Some(*g) != own && *g > 1);
-    let stops = groups.iter().map(|g| exec::stop_group(*g, grace));
+    let stops = groups
+        .iter()
+        .map(|g| exec::stop_group(*g, grace, left.created));
     let results = futures::future::join_all(stops).await;
     let mut found = 0;
     for (g, r) in groups.iter().zip(results) {

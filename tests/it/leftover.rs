@@ -31,6 +31,22 @@ fn group_alive(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Every process group with a live (not zombie) process, in one read of `/proc`.
+fn live_groups() -> std::collections::HashSet<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (f.first() != Some(&"Z")).then(|| f.get(2)?.parse().ok())?
+        })
+        .collect()
+}
+
 /// A file's lines.
 fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
@@ -214,4 +230,109 @@ fn a_zero_timeout_is_refused() {
         assert!(out.stderr.contains("--timeout"), "{out:?}");
         assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
     }
+}
+
+/// `agent swarm` of `n` agents on one store, killed with `kill -9` while
+/// every one of them runs a 30 s command: once restarted, nothing of the
+/// `n` commands is left, every leaf is failed "interrupted", and a rerun
+/// runs each once more.
+fn swarm_kill9_mid_command(n: u32) {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let ids = env.root().join("swarm-ids");
+    Out::of(run(Command::new(HQ)
+        .args(["cert", "issue", "--data-dir"])
+        .arg(&env.hq_dir)
+        .args(["--role", "agent", "--name", "s", "--count", &n.to_string()])
+        .arg("--out")
+        .arg(&ids)))
+    .ok();
+    let data = env.root().join("data").join("swarm");
+    let start = |env: &Env| {
+        let mut c = Command::new(AGENT);
+        c.args(["swarm", "--identities"])
+            .arg(&ids)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--relay", &r1, "--kill-grace", "2s"]);
+        Proc::spawn("swarm", c, &env.logs())
+    };
+    let mut swarm = start(&env);
+    wait_until(
+        "every agent of the swarm to register",
+        Duration::from_secs(120),
+        || env.tree()["clients"].as_u64() == Some(u64::from(n)),
+    );
+
+    let f = env.root().join("effects");
+    let script = env.job_script(&format!(
+        r#"if [ "$RELAYTREE_ATTEMPT" = 1 ]; then echo "start $$" >> '{f}'; sleep 30; echo end >> '{f}'; fi"#,
+        f = f.display()
+    ));
+    let job = env.create_job(&["r1"], &[], &script);
+    wait_until("every command to start", Duration::from_secs(120), || {
+        lines(&f).len() == n as usize
+    });
+    let pgids: Vec<i32> = lines(&f)
+        .iter()
+        .map(|l| l.strip_prefix("start ").unwrap().parse().unwrap())
+        .collect();
+    swarm.kill();
+    let live = live_groups();
+    let dead = pgids.iter().filter(|g| !live.contains(g)).count();
+    assert_eq!(
+        dead, 0,
+        "commands died with their swarm: nothing left to test"
+    );
+    let restarted = Instant::now();
+    swarm = start(&env);
+
+    let st = wait_for(
+        "every leaf to be reported",
+        Duration::from_secs(120),
+        || {
+            let st = env.status(&job);
+            (st["done"] == true).then_some(st)
+        },
+    );
+    let took = restarted.elapsed();
+    let live = live_groups();
+    let alive: Vec<i32> = pgids.iter().copied().filter(|g| live.contains(g)).collect();
+    assert!(alive.is_empty(), "leftovers still running: {alive:?}");
+    for (c, l) in leaves(&st) {
+        assert_eq!(l["state"], "failed", "{c}: {l}");
+        let reason = l["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("interrupted"), "{c}: {reason}");
+    }
+    eprintln!("swarm of {n} killed mid-command: {n} leftovers stopped and reported in {took:?}");
+
+    let rerun = env
+        .admin(&["job", "rerun", &job, "--failed", "--json"])
+        .ok()
+        .json();
+    assert_eq!(rerun["targets"], n, "{rerun}");
+    let st = wait_for("the rerun to finish", Duration::from_secs(120), || {
+        let st = env.status(&job);
+        (st["done"] == true).then_some(st)
+    });
+    assert_eq!(st["totals"]["succeeded"], n, "{st}");
+    let counts = env.run_counts(&job);
+    assert_eq!(counts.len(), n as usize);
+    assert!(counts.values().all(|c| *c == 2), "{counts:?}");
+    assert!(
+        !lines(&f).iter().any(|l| l == "end"),
+        "a leftover ran to its end"
+    );
+    drop(swarm);
+}
+
+#[test]
+fn a_swarm_killed_mid_command_leaves_nothing_running() {
+    let n = if std::env::var_os("RELAYTREE_SLOW_TESTS").is_some() {
+        1000
+    } else {
+        50
+    };
+    swarm_kill9_mid_command(n);
 }
