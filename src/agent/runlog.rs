@@ -1,7 +1,8 @@
 //! The run log: every attempt this agent accepted, and how far it got, the
 //! process group a started one spawned, and the tombstones of canceled jobs.
 //! Written before each step it records, so that an attempt runs at most once.
-//! Never spawns or signals a process (`exec.rs`, `leftover.rs`).
+//! Never spawns or signals a process itself: at start-up it has
+//! `leftover.rs` stop what an interrupted attempt left, before reporting it.
 
 use super::leftover::{self, Spawned};
 use super::AgentState;
