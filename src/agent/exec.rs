@@ -1,26 +1,43 @@
-//! Running a command: argv, env, timeout killing the process group, bounded output tail.
+//! Running a command: argv, env, a timeout or a cancel that stops the whole
+//! process group, a bounded output tail; and the process-group helpers the
+//! agent uses to stop what an earlier run of itself left behind.
 //!
 //! The child runs in its own process group with stdin closed; stdout and stderr are
-//! read concurrently into one bounded tail buffer. On timeout, or if the [`run`]
-//! future is dropped, the whole process group is killed with SIGKILL. Processes the
+//! read concurrently into one bounded tail buffer. On timeout or cancel the group
+//! gets SIGTERM, then, if anything of it is still alive after the grace
+//! ([`ExecSpec::kill_grace`]), SIGKILL. If the [`run`] future is dropped, the
+//! group is killed with SIGKILL at once (a drop cannot wait). Processes the
 //! command leaves behind after a normal exit are not killed, but they cannot make
 //! [`run`] hang: pipes are read for at most [`PIPE_GRACE`] after the child exits.
+//!
+//! Knows nothing of the run log or the store: the caller records the group
+//! it is handed through [`Control::on_spawn`].
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStderr, ChildStdout, Command};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How long pipes are still read after the child has exited (or been killed).
 /// Output written by leftover grandchildren after that is ignored.
 pub const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// Default time between SIGTERM and SIGKILL when a command is stopped.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a stopping group is looked at.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -35,6 +52,31 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Keep at most this many bytes of the end of combined stdout+stderr.
     pub tail_bytes: usize,
+    /// On timeout or cancel: time between SIGTERM and SIGKILL of the group.
+    pub kill_grace: Duration,
+}
+
+/// A process group this module spawned, as the caller records it to find
+/// it again after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// The process group id (the leader's pid).
+    pub pgid: i32,
+    /// The leader's start time (clock ticks after boot, `/proc/PID/stat`
+    /// field 22), when it could be read: a live process with this pid but
+    /// another start time is a stranger.
+    pub leader_start: Option<u64>,
+}
+
+/// What the caller tells a [`run`] while it runs.
+#[derive(Default)]
+pub struct Control {
+    /// When cancelled, the command is stopped (SIGTERM, grace, SIGKILL) and
+    /// the outcome is [`Outcome::Canceled`]; cancelled before the spawn, no
+    /// process is started at all.
+    pub cancel: Option<CancellationToken>,
+    /// Called once, right after the spawn, with the new process group.
+    pub on_spawn: Option<Box<dyn FnOnce(Group) + Send>>,
 }
 
 /// How a run ended.
@@ -46,8 +88,17 @@ pub enum Outcome {
     Signaled {
         signal: i32,
     },
-    /// The timeout expired and the whole process group was killed.
-    TimedOut,
+    /// The timeout expired and the process group was stopped: SIGTERM, then
+    /// SIGKILL if it outlived the grace (`forced`).
+    TimedOut {
+        forced: bool,
+    },
+    /// Canceled: stopped as on a timeout; `started` is false when it was
+    /// canceled before any process was spawned.
+    Canceled {
+        forced: bool,
+        started: bool,
+    },
     /// The command could not be started (or, rarely, not waited for).
     SpawnFailed {
         reason: String,
@@ -63,8 +114,20 @@ pub struct ExecResult {
     pub duration: Duration,
 }
 
+/// Why a running command is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Timeout,
+    Cancel,
+}
+
 /// Runs `spec` to completion (or timeout) and reports how it ended.
 pub async fn run(spec: &ExecSpec) -> ExecResult {
+    run_with(spec, Control::default()).await
+}
+
+/// Runs `spec` to completion, timeout or cancel, and reports how it ended.
+pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
     let start = Instant::now();
     let done = |outcome: Outcome, output_tail: String| ExecResult {
         outcome,
@@ -80,6 +143,16 @@ pub async fn run(spec: &ExecSpec) -> ExecResult {
             String::new(),
         );
     };
+    let cancel = ctl.cancel.unwrap_or_default();
+    if cancel.is_cancelled() {
+        return done(
+            Outcome::Canceled {
+                forced: false,
+                started: false,
+            },
+            String::new(),
+        );
+    }
 
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -116,6 +189,12 @@ pub async fn run(spec: &ExecSpec) -> ExecResult {
             .map(Pid::from_raw),
     };
     tracing::debug!(argv = ?spec.argv, pid = ?child.id(), "exec: spawned");
+    if let (Some(pgid), Some(f)) = (guard.pgid, ctl.on_spawn) {
+        f(Group {
+            pgid: pgid.as_raw(),
+            leader_start: start_ticks(pgid.as_raw()),
+        });
+    }
 
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -125,47 +204,79 @@ pub async fn run(spec: &ExecSpec) -> ExecResult {
 
     let deadline = spec.timeout.map(|t| start + t);
     let mut status: Option<std::io::Result<ExitStatus>> = None;
-    let mut timed_out = false;
+    let mut stopping: Option<Stop> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut term_at = Instant::now();
+    let mut forced = false;
     let mut grace_end: Option<Instant> = None;
 
     loop {
         if status.is_some() && stdout.is_none() && stderr.is_none() {
             break;
         }
-        tokio::select! {
-            r = read_stdout(&mut stdout, &mut out_buf) => match r {
+        let why = tokio::select! {
+            r = read_stdout(&mut stdout, &mut out_buf) => { match r {
                 Ok(n) if n > 0 => tail.push(&out_buf[..n]),
                 _ => stdout = None,
-            },
-            r = read_stderr(&mut stderr, &mut err_buf) => match r {
+            }; None }
+            r = read_stderr(&mut stderr, &mut err_buf) => { match r {
                 Ok(n) if n > 0 => tail.push(&err_buf[..n]),
                 _ => stderr = None,
-            },
+            }; None }
             r = child.wait(), if status.is_none() => {
-                if r.is_ok() {
+                if r.is_ok() && stopping.is_none() {
                     // Reaped: the pgid may be reused from now on, never signal it again.
+                    // (While stopping, what is left of the group still holds the
+                    // pgid, and gets SIGKILL after the grace.)
                     guard.disarm();
                 }
                 status = Some(r);
                 grace_end = Some(Instant::now() + PIPE_GRACE);
+                None
             }
-            _ = sleep_until_opt(deadline), if status.is_none() && !timed_out => {
-                tracing::debug!(pid = ?child.id(), "exec: timeout, killing process group");
-                timed_out = true;
-                guard.kill();
+            _ = sleep_until_opt(deadline), if status.is_none() && stopping.is_none() => Some(Stop::Timeout),
+            _ = cancel.cancelled(), if status.is_none() && stopping.is_none() => Some(Stop::Cancel),
+            _ = sleep_until_opt(kill_at), if !forced => {
+                tracing::debug!(pid = ?child.id(), "exec: grace over, killing process group");
+                forced = true;
+                guard.signal(Signal::SIGKILL);
                 // In case the child moved itself out of its group.
                 let _ = child.start_kill();
+                None
             }
             _ = sleep_until_opt(grace_end) => {
                 tracing::debug!("exec: pipes still open after exit, no longer reading them");
                 break;
             }
+        };
+        if let Some(why) = why {
+            tracing::debug!(pid = ?child.id(), ?why, grace = ?spec.kill_grace, "exec: stopping process group (SIGTERM)");
+            stopping = Some(why);
+            term_at = Instant::now();
+            kill_at = Some(term_at + spec.kill_grace);
+            guard.signal(Signal::SIGTERM);
         }
+    }
+
+    // Stopping, and the leader is gone: whatever is left of its group gets
+    // the rest of the grace, then SIGKILL.
+    if let (Some(pgid), Some(kill_at)) = (guard.pgid, kill_at) {
+        if status.as_ref().is_some_and(|s| s.is_ok()) && !forced {
+            forced = !wait_group_gone(pgid.as_raw(), term_at, kill_at).await;
+            if forced {
+                guard.signal(Signal::SIGKILL);
+            }
+        }
+        guard.disarm();
     }
 
     let output_tail = tail.into_string();
     let outcome = match status {
-        _ if timed_out => Outcome::TimedOut,
+        _ if stopping == Some(Stop::Timeout) => Outcome::TimedOut { forced },
+        _ if stopping == Some(Stop::Cancel) => Outcome::Canceled {
+            forced,
+            started: true,
+        },
         Some(Ok(st)) => match (st.code(), st.signal()) {
             (Some(code), _) => Outcome::Exited { code },
             (None, Some(signal)) => Outcome::Signaled { signal },
@@ -186,6 +297,153 @@ pub async fn run(spec: &ExecSpec) -> ExecResult {
         "exec: finished"
     );
     result
+}
+
+/// How [`stop_group`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Nothing of the group was alive.
+    NothingLeft,
+    /// SIGTERM was enough.
+    Terminated,
+    /// It outlived the grace and got SIGKILL.
+    Killed,
+}
+
+/// Stops every process of group `pgid`: SIGTERM, up to `grace` for it to go,
+/// then SIGKILL, and waits (a little) until nothing of it is alive. Zombies
+/// count as gone (in containers nobody may reap them). `known` is a moment
+/// the caller knows the group already existed at (a view of `/proc` taken
+/// since then says whether anything of it is left: a group only shrinks).
+pub async fn stop_group(pgid: i32, grace: Duration, known: Instant) -> Stopped {
+    if !group_alive_since(pgid, known).await {
+        return Stopped::NothingLeft;
+    }
+    let pg = Pid::from_raw(pgid);
+    let signalled = Instant::now();
+    if let Err(e) = killpg(pg, Signal::SIGTERM) {
+        if e == Errno::ESRCH {
+            return Stopped::NothingLeft;
+        }
+        tracing::debug!(pgid, error = %e, "exec: SIGTERM to the group failed");
+    }
+    if wait_group_gone(pgid, signalled, signalled + grace).await {
+        return Stopped::Terminated;
+    }
+    let signalled = Instant::now();
+    let _ = killpg(pg, Signal::SIGKILL);
+    wait_group_gone(pgid, signalled, signalled + Duration::from_secs(5)).await;
+    Stopped::Killed
+}
+
+/// Waits until no live process is in group `pgid` (signalled at
+/// `signalled`), or `until`; whether it emptied.
+async fn wait_group_gone(pgid: i32, signalled: Instant, until: Instant) -> bool {
+    loop {
+        // A view from after the signal, and recent.
+        let since = signalled.max(Instant::now().checked_sub(STOP_POLL).unwrap_or(signalled));
+        if !group_alive_since(pgid, since).await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Whether group `pgid` had a live (not zombie) process at some moment
+/// after `since`. Cheap when the kernel knows the group is empty;
+/// otherwise answered from one view of `/proc` begun after `since`, shared
+/// by every caller of this process and read off the runtime's threads, so
+/// that a swarm stopping a thousand groups at once reads `/proc` a few
+/// times per poll, not a thousand times.
+pub async fn group_alive_since(pgid: i32, since: Instant) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    if killpg(Pid::from_raw(pgid), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    live_groups(since).await.contains(&pgid)
+}
+
+/// Every group with a live process, from a read of `/proc` begun after `since`.
+async fn live_groups(since: Instant) -> Arc<HashSet<i32>> {
+    type View = Option<(Instant, Arc<HashSet<i32>>)>;
+    static VIEW: tokio::sync::Mutex<View> = tokio::sync::Mutex::const_new(None);
+    let mut v = VIEW.lock().await;
+    if let Some((at, groups)) = &*v {
+        if *at >= since {
+            return groups.clone();
+        }
+    }
+    let begun = Instant::now();
+    let groups = tokio::task::spawn_blocking(|| {
+        all_pids()
+            .into_iter()
+            .filter_map(proc_stat)
+            .filter(|s| s.state != 'Z')
+            .map(|s| s.pgrp)
+            .collect::<HashSet<i32>>()
+    })
+    .await
+    .unwrap_or_default();
+    let groups = Arc::new(groups);
+    *v = Some((begun, groups.clone()));
+    groups
+}
+
+/// One process as `/proc/PID/stat` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Process state letter (`Z` for a zombie).
+    pub state: char,
+    /// Process group.
+    pub pgrp: i32,
+    /// Start time, clock ticks after boot (field 22).
+    pub start: u64,
+}
+
+/// Parses the text of `/proc/PID/stat` (the command name, in parentheses,
+/// may itself hold spaces and parentheses: fields are counted after the last `)`).
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let (_, rest) = text.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): field n is f[n - 3].
+    Some(ProcStat {
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+/// `/proc/PID/stat` of `pid`, if it exists.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The start time of process `pid` (clock ticks after boot).
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|s| s.start)
+}
+
+/// Every pid under `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .collect()
+}
+
+/// The live (not zombie) processes of group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| proc_stat(*p).is_some_and(|s| s.pgrp == pgid && s.state != 'Z'))
+        .collect()
 }
 
 /// Reads from an optional pipe; never completes once the pipe is gone.
@@ -212,17 +470,17 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Kills the child's process group when dropped, unless disarmed once the child
-/// has been reaped. Covers cancellation of the [`run`] future.
+/// Kills the child's process group (SIGKILL) when dropped, unless disarmed
+/// once the child has been reaped. Covers cancellation of the [`run`] future.
 struct GroupGuard {
     pgid: Option<Pid>,
 }
 
 impl GroupGuard {
-    fn kill(&self) {
+    fn signal(&self, sig: Signal) {
         if let Some(pgid) = self.pgid {
-            if let Err(e) = killpg(pgid, Signal::SIGKILL) {
-                tracing::debug!(%pgid, error = %e, "exec: killpg failed");
+            if let Err(e) = killpg(pgid, sig) {
+                tracing::debug!(%pgid, error = %e, ?sig, "exec: killpg failed");
             }
         }
     }
@@ -234,7 +492,7 @@ impl GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        self.kill();
+        self.signal(Signal::SIGKILL);
     }
 }
 
@@ -294,7 +552,7 @@ impl Tail {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nix::errno::Errno;
     use nix::sys::signal::kill;
@@ -306,6 +564,7 @@ mod tests {
             cwd: None,
             timeout: Some(Duration::from_secs(20)),
             tail_bytes: 4096,
+            kill_grace: Duration::from_secs(5),
         }
     }
 
@@ -447,7 +706,7 @@ mod tests {
         s.timeout = Some(Duration::from_millis(300));
         let t0 = Instant::now();
         let r = run(&s).await;
-        assert_eq!(r.outcome, Outcome::TimedOut);
+        assert_eq!(r.outcome, Outcome::TimedOut { forced: false });
         assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
         let bg = read_pid(&pidfile).await;
         assert!(wait_gone(bg).await, "background sleep {bg} survived");
@@ -486,5 +745,184 @@ mod tests {
         assert!(cancelled.is_err());
         let bg = read_pid(&pidfile).await;
         assert!(wait_gone(bg).await, "background sleep {bg} survived");
+    }
+
+    /// Whether process `pid` (as text) runs `sleep` (has exec'd).
+    pub(crate) fn is_sleep(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/comm", pid.trim()))
+            .is_ok_and(|c| c.trim() == "sleep")
+    }
+
+    /// A file's lines.
+    fn lines(p: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn timeout_sends_sigterm_first_and_the_command_may_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("trap");
+        let mut s =
+            sh("trap 'echo term >> \"$F\"; exit 7' TERM; echo start >> \"$F\"; sleep 30 & wait");
+        s.env.push(("F".into(), f.to_str().unwrap().into()));
+        s.timeout = Some(Duration::from_millis(300));
+        s.kill_grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let r = run(&s).await;
+        assert_eq!(r.outcome, Outcome::TimedOut { forced: false });
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(lines(&f), ["start", "term"]);
+    }
+
+    #[tokio::test]
+    async fn a_command_ignoring_sigterm_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        let mut s = sh("trap '' TERM; sleep 30 & echo $! > \"$PIDFILE\"; wait");
+        s.env
+            .push(("PIDFILE".into(), pidfile.to_str().unwrap().into()));
+        s.timeout = Some(Duration::from_millis(200));
+        s.kill_grace = Duration::from_millis(700);
+        let t0 = Instant::now();
+        let r = run(&s).await;
+        let took = t0.elapsed();
+        assert_eq!(r.outcome, Outcome::TimedOut { forced: true });
+        assert!(
+            took >= Duration::from_millis(850),
+            "killed before the grace: {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        let bg = read_pid(&pidfile).await;
+        assert!(wait_gone(bg).await, "background sleep {bg} survived");
+    }
+
+    #[tokio::test]
+    async fn a_leader_gone_on_sigterm_leaves_no_straggler_after_the_grace() {
+        // sh exits on TERM, its child ignores it: the child still goes (SIGKILL
+        // at the end of the grace), although the leader was reaped already.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        let mut s = sh("(trap '' TERM; sleep 30) & echo $! > \"$PIDFILE\"; sleep 30");
+        s.env
+            .push(("PIDFILE".into(), pidfile.to_str().unwrap().into()));
+        s.timeout = Some(Duration::from_millis(200));
+        s.kill_grace = Duration::from_millis(500);
+        let r = run(&s).await;
+        assert_eq!(r.outcome, Outcome::TimedOut { forced: true });
+        let bg = read_pid(&pidfile).await;
+        assert!(wait_gone(bg).await, "straggler {bg} survived");
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_group_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("trap");
+        let mut s =
+            sh("trap 'echo term >> \"$F\"; exit 0' TERM; sleep 30 & echo $! >> \"$F\"; wait");
+        s.env.push(("F".into(), f.to_str().unwrap().into()));
+        let token = CancellationToken::new();
+        let spawned = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = spawned.clone();
+        let ctl = Control {
+            cancel: Some(token.clone()),
+            on_spawn: Some(Box::new(move |g| *seen.lock().unwrap() = Some(g))),
+        };
+        let t = token.clone();
+        let f2 = f.clone();
+        tokio::spawn(async move {
+            // Once the background sleep runs: a SIGTERM that lands between
+            // its fork and its exec is taken by the shell's handler in the
+            // child, and the sleep then outlives it (until SIGKILL).
+            while !lines(&f2).first().is_some_and(|p| is_sleep(p)) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t.cancel();
+        });
+        let r = run_with(&s, ctl).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Canceled {
+                forced: false,
+                started: true
+            }
+        );
+        assert_eq!(lines(&f).get(1).map(String::as_str), Some("term"));
+        let g = spawned.lock().unwrap().expect("on_spawn called");
+        assert!(g.pgid > 1);
+        assert!(g.leader_start.is_some());
+        assert!(group_members(g.pgid).is_empty());
+    }
+
+    #[tokio::test]
+    async fn canceled_before_the_spawn_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("ran");
+        let mut s = sh("echo ran >> \"$F\"");
+        s.env.push(("F".into(), f.to_str().unwrap().into()));
+        let token = CancellationToken::new();
+        token.cancel();
+        let r = run_with(
+            &s,
+            Control {
+                cancel: Some(token),
+                on_spawn: None,
+            },
+        )
+        .await;
+        assert_eq!(
+            r.outcome,
+            Outcome::Canceled {
+                forced: false,
+                started: false
+            }
+        );
+        assert!(!f.exists(), "the command ran");
+    }
+
+    #[test]
+    fn stat_lines() {
+        // (stat text, (state, pgrp, start))
+        type Row<'a> = (&'a str, Option<(char, i32, u64)>);
+        let table: &[Row] = &[
+            (
+                "123 (sh) S 1 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 2138112 200 18446744073709551615",
+                Some(('S', 123, 98765)),
+            ),
+            (
+                "77 (a) b) (c) Z 1 70 70 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 5 0 0",
+                Some(('Z', 70, 5)),
+            ),
+            ("77 (short) S 1 2", None),
+            ("garbage", None),
+        ];
+        for (text, want) in table {
+            let got = parse_stat(text).map(|s| (s.state, s.pgrp, s.start));
+            assert_eq!(got, *want, "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_group_terms_then_kills() {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; sleep 30"]);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let pgid = child.id() as i32;
+        // Give sh time to set its trap (its state is visible only as running).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t0 = Instant::now();
+        let r = stop_group(pgid, Duration::from_millis(400), Instant::now()).await;
+        let _ = child.wait();
+        assert_eq!(r, Stopped::Killed);
+        assert!(t0.elapsed() >= Duration::from_millis(400));
+        assert!(group_members(pgid).is_empty());
+        assert_eq!(
+            stop_group(pgid, Duration::from_secs(1), Instant::now()).await,
+            Stopped::NothingLeft
+        );
     }
 }

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// How long an install keeps retrying a broken transfer link.
@@ -270,9 +271,22 @@ fn package_env(
     env.push(("RELAYTREE_PACKAGE_VERSION".into(), version.into()));
     env.push((
         "RELAYTREE_PACKAGE_DIR".into(),
-        tree.to_string_lossy().into_owned(),
+        absolute(tree).to_string_lossy().into_owned(),
     ));
     env
+}
+
+/// `p` as an absolute path (against the current directory when relative,
+/// as it is under a relative `--data-dir`): the script runs in another
+/// directory, where a relative path means something else.
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// What ends a package script early: its timeout, a cancel of its job.
+struct Stops<'a> {
+    timeout_ms: Option<u64>,
+    cancel: &'a CancellationToken,
 }
 
 /// Runs `script` with `/bin/sh -c` in `tree`; the update says how it ended.
@@ -282,16 +296,25 @@ async fn run_script(
     script: &str,
     env: Vec<(String, String)>,
     tree: &Path,
-    timeout_ms: Option<u64>,
     prefix: &str,
+    stops: Stops<'_>,
 ) -> LeafUpdate {
-    let res = exec::run(&ExecSpec {
-        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        env,
-        cwd: Some(tree.to_path_buf()),
-        timeout: timeout_ms.map(Duration::from_millis),
-        tail_bytes: st.options.tail_bytes,
-    })
+    let Stops { timeout_ms, cancel } = stops;
+    let ctl = exec::Control {
+        cancel: Some(cancel.clone()),
+        on_spawn: None,
+    };
+    let res = exec::run_with(
+        &ExecSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env,
+            cwd: Some(tree.to_path_buf()),
+            timeout: timeout_ms.map(Duration::from_millis),
+            tail_bytes: st.options.tail_bytes,
+            kill_grace: st.options.kill_grace,
+        },
+        ctl,
+    )
     .await;
     let mut u = runlog::update(st, rec, LeafState::Failed);
     apply_outcome(&mut u, &res, timeout_ms, prefix);
@@ -308,11 +331,13 @@ async fn finish(st: &AgentState, rec: &mut RunRecord, u: LeafUpdate) -> Result<(
     st.store.durable().await
 }
 
-/// Carries out an install whose start is already on disk.
+/// Carries out an install whose start is already on disk; `cancel` stops
+/// its install command (as a cancel stops any command).
 pub(crate) async fn install(
     st: &AgentState,
     rec: &mut RunRecord,
     spec: &InstallSpec,
+    cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let label = format!("{}@{}", spec.name, spec.version);
     let dir = inventory::install_dir_name(&spec.version, rec.job, rec.attempt);
@@ -338,7 +363,19 @@ pub(crate) async fn install(
     if let Some(script) = &manifest.install {
         let env = package_env(st, rec, &spec.name, &spec.version, &tree);
         let prefix = format!("package {label}: install command ");
-        let u = run_script(st, rec, script, env, &tree, spec.timeout_ms, &prefix).await;
+        let u = run_script(
+            st,
+            rec,
+            script,
+            env,
+            &tree,
+            &prefix,
+            Stops {
+                timeout_ms: spec.timeout_ms,
+                cancel,
+            },
+        )
+        .await;
         if u.state != LeafState::Succeeded {
             discard(tree.clone()).await;
             return finish(st, rec, u).await;
@@ -374,11 +411,13 @@ pub(crate) async fn install(
     Ok(())
 }
 
-/// Carries out a removal whose start is already on disk.
+/// Carries out a removal whose start is already on disk; `cancel` stops
+/// its remove command.
 pub(crate) async fn remove(
     st: &AgentState,
     rec: &mut RunRecord,
     spec: &RemoveSpec,
+    cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let found = {
         let _look = st.pkg_lock.lock().await;
@@ -397,7 +436,19 @@ pub(crate) async fn remove(
     if let Some(script) = &entry.remove {
         let env = package_env(st, rec, &entry.name, &entry.version, &tree);
         let prefix = format!("package {label}: remove command ");
-        let u = run_script(st, rec, script, env, &tree, spec.timeout_ms, &prefix).await;
+        let u = run_script(
+            st,
+            rec,
+            script,
+            env,
+            &tree,
+            &prefix,
+            Stops {
+                timeout_ms: spec.timeout_ms,
+                cancel,
+            },
+        )
+        .await;
         if u.state != LeafState::Succeeded {
             return finish(st, rec, u).await;
         }
@@ -453,6 +504,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_package_dir_given_to_scripts_is_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let rec = super::runlog::RunRecord {
+            job: crate::proto::JobId(1),
+            attempt: crate::proto::Attempt(1),
+            action: crate::proto::Action::Ping,
+            relay: crate::proto::NodeName::new("r1").unwrap(),
+            state: super::runlog::RunState::Started,
+            result: None,
+            received_at_ms: 0,
+            spawned: None,
+        };
+        // As under `--data-dir data`: the tree is relative to the agent's
+        // directory, while the script runs in the tree itself.
+        let env = package_env(&st, &rec, "foo", "1", Path::new("data/packages/a1/foo/1"));
+        let got = env
+            .iter()
+            .find(|(k, _)| k == "RELAYTREE_PACKAGE_DIR")
+            .map(|(_, v)| std::path::PathBuf::from(v))
+            .unwrap();
+        assert!(got.is_absolute(), "{}", got.display());
+        assert!(got.ends_with("data/packages/a1/foo/1"), "{}", got.display());
+        assert_eq!(
+            got,
+            std::env::current_dir()
+                .unwrap()
+                .join("data/packages/a1/foo/1")
+        );
+    }
+
+    #[test]
     fn reasons_name_what_went_wrong() {
         let (a, b) = (ChunkHash::of(b"a"), ChunkHash::of(b"b"));
         let e = PackageError::Verify {
@@ -484,53 +567,10 @@ mod tests {
 mod offline {
     use super::*;
     use crate::agent::runlog::RunState;
-    use crate::agent::AgentOptions;
-    use crate::link::{Dialer, Timing};
-    use crate::proto::{
-        Action, Attempt, Event, Hello, JobId, NodeName, Purpose, Role, PROTOCOL_VERSION,
-    };
-    use crate::store::Store;
+    use crate::proto::{Action, Attempt, Event, JobId, NodeName};
 
     fn state(dir: &Path) -> Arc<AgentState> {
-        let store = Store::open(dir).unwrap();
-        let me = NodeName::new("a1").unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
-        Arc::new(AgentState {
-            job_key,
-            runs: store.table(runlog::TREE).unwrap(),
-            outbox: store
-                .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
-                .unwrap(),
-            inventory: store.table(inventory::TREE).unwrap(),
-            store,
-            slots: tokio::sync::Semaphore::new(1),
-            options: AgentOptions::default(),
-            transfer: Dialer {
-                // Nothing listens here: a test that dials fails loudly.
-                addr: "127.0.0.1:1".into(),
-                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-                me: Hello {
-                    version: PROTOCOL_VERSION,
-                    name: me.clone(),
-                    role: Role::Agent,
-                    purpose: Purpose::Transfer,
-                },
-                timing: Timing::default(),
-                gate: None,
-            },
-            pkg: inventory::PkgDirs::new(dir, &me),
-            chunks: tokio::sync::OnceCell::new(),
-            pkg_lock: tokio::sync::Mutex::new(()),
-            report_inventory: Default::default(),
-            me,
-        })
+        crate::agent::test_state(dir)
     }
 
     /// Builds package `version` of "foo" into the agent's chunk store.
@@ -569,6 +609,7 @@ mod offline {
             state: RunState::Started,
             result: None,
             received_at_ms: 0,
+            spawned: None,
         }
     }
 
@@ -594,12 +635,62 @@ mod offline {
     }
 
     #[tokio::test]
+    async fn a_cancel_stops_the_install_command_and_installs_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let mark = tmp.path().join("mark");
+        let script = format!(
+            "trap 'echo term >> {m}; exit 0' TERM; sleep 30 & echo $! >> {m}; wait; echo end >> {m}",
+            m = mark.display()
+        );
+        let v1 = build(&st, &tmp.path().join("src1"), "1", &script).await;
+        let cancel = CancellationToken::new();
+        let (c, m) = (cancel.clone(), mark.clone());
+        tokio::spawn(async move {
+            // Once the background sleep has exec'd (see exec.rs's tests).
+            loop {
+                let text = std::fs::read_to_string(&m).unwrap_or_default();
+                if text
+                    .lines()
+                    .next()
+                    .is_some_and(crate::agent::exec::tests::is_sleep)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            c.cancel();
+        });
+        let mut r = rec(1, Action::Install(v1.clone()));
+        install(&st, &mut r, &v1, &cancel).await.unwrap();
+        let u = last_leaf(&st);
+        assert_eq!(u.state, LeafState::Canceled, "{u:?}");
+        let lines: Vec<String> = std::fs::read_to_string(&mark)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1], "term");
+        assert!(inventory::get(&st.inventory, &st.me, "foo")
+            .unwrap()
+            .is_none());
+        let dir = inventory::install_dir_name("1", JobId(1), Attempt(1));
+        assert!(
+            !st.pkg.package("foo").join(dir).exists(),
+            "tree left behind"
+        );
+    }
+
+    #[tokio::test]
     async fn install_upgrade_fail_and_remove() {
         let tmp = tempfile::tempdir().unwrap();
         let st = state(tmp.path());
         let v1 = build(&st, &tmp.path().join("src1"), "1", "echo \"$RELAYTREE_PACKAGE@$RELAYTREE_PACKAGE_VERSION j$RELAYTREE_JOB\" > installed.txt").await;
         let mut r = rec(1, Action::Install(v1.clone()));
-        install(&st, &mut r, &v1).await.unwrap();
+        install(&st, &mut r, &v1, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
         assert_eq!(r.state, RunState::Finished);
@@ -627,7 +718,9 @@ mod offline {
         // An upgrade replaces the old tree.
         let v2 = build(&st, &tmp.path().join("src2"), "2", "true").await;
         let mut r = rec(2, Action::Install(v2.clone()));
-        install(&st, &mut r, &v2).await.unwrap();
+        install(&st, &mut r, &v2, &CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(last_leaf(&st).state, LeafState::Succeeded);
         let e2 = inventory::get(&st.inventory, &st.me, "foo")
             .unwrap()
@@ -639,7 +732,9 @@ mod offline {
         // A failing install command leaves v2 as it was.
         let v3 = build(&st, &tmp.path().join("src3"), "3", "echo oops; exit 3").await;
         let mut r = rec(3, Action::Install(v3.clone()));
-        install(&st, &mut r, &v3).await.unwrap();
+        install(&st, &mut r, &v3, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Failed);
         assert_eq!(
@@ -657,7 +752,9 @@ mod offline {
         let mut wrong = v2.clone();
         wrong.version = "9".into();
         let mut r = rec(4, Action::Install(wrong.clone()));
-        install(&st, &mut r, &wrong).await.unwrap();
+        install(&st, &mut r, &wrong, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Failed);
         assert!(
@@ -675,7 +772,9 @@ mod offline {
             timeout_ms: None,
         };
         let mut r = rec(5, Action::Remove(rm.clone()));
-        remove(&st, &mut r, &rm).await.unwrap();
+        remove(&st, &mut r, &rm, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Succeeded, "{:?}", u.reason);
         assert!(st.pkg.package("foo").join("removed-2").is_file());
@@ -686,7 +785,9 @@ mod offline {
 
         // Removing it again fails plainly.
         let mut r = rec(6, Action::Remove(rm.clone()));
-        remove(&st, &mut r, &rm).await.unwrap();
+        remove(&st, &mut r, &rm, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Failed);
         assert_eq!(u.reason.as_deref(), Some("package foo is not installed"));
@@ -702,7 +803,9 @@ mod offline {
         let c = m.chunks()[0].hash;
         std::fs::write(store.path_of(&c), b"tampered").unwrap();
         let mut r = rec(1, Action::Install(v1.clone()));
-        install(&st, &mut r, &v1).await.unwrap();
+        install(&st, &mut r, &v1, &CancellationToken::new())
+            .await
+            .unwrap();
         let u = last_leaf(&st);
         assert_eq!(u.state, LeafState::Failed);
         let why = u.reason.unwrap_or_default();

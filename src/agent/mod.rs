@@ -9,6 +9,7 @@
 pub mod exec;
 mod install;
 mod inventory;
+mod leftover;
 mod run;
 mod runlog;
 mod swarm;
@@ -18,7 +19,7 @@ pub use inventory::InventoryView;
 pub use runlog::RunView;
 pub use swarm::{swarm, SwarmConfig};
 
-use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Timing, Upward};
+use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, SessionTx, Timing, Upward};
 use crate::proto::{now_ms, Hello, Msg, NodeName, Purpose, Role, PROTOCOL_VERSION};
 use crate::store::{Outbox, Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
@@ -61,6 +62,9 @@ pub struct AgentOptions {
     /// Shared by the agents of one swarm: how many of them may be connecting
     /// at once (`None`: no limit, as for a single `agent serve`).
     pub dial_gate: Option<Arc<Semaphore>>,
+    /// A command stopped (timeout, cancel, leftover at start-up) gets
+    /// SIGTERM, then SIGKILL after this long.
+    pub kill_grace: Duration,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +76,7 @@ impl Default for AgentOptions {
             fail_fraction: 0.0,
             delay: Duration::ZERO,
             dial_gate: None,
+            kill_grace: exec::DEFAULT_KILL_GRACE,
         }
     }
 }
@@ -124,6 +129,12 @@ pub(crate) struct AgentState {
     pub pkg_lock: tokio::sync::Mutex<()>,
     /// An inventory report is to be queued once a relay is known (start-up).
     pub report_inventory: std::sync::atomic::AtomicBool,
+    /// Running attempts and their cancel tokens; its lock orders starts
+    /// against cancels (`run.rs`).
+    pub live: run::Live,
+    /// The store's id, and what earlier runs left running (read once,
+    /// shared by a swarm).
+    pub leftovers: leftover::Leftovers,
 }
 
 /// Loads an identity meant for an agent.
@@ -166,12 +177,14 @@ pub async fn read_inventory(data_dir: &std::path::Path) -> Result<Vec<InventoryV
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let identity = load_identity(&cfg.identity)?;
     let store = Store::open(&cfg.data_dir)?;
+    let leftovers = leftover::Leftovers::new(runlog::store_id(&store.table(runlog::TREE)?)?);
     run_on(
         identity,
         store,
         cfg.data_dir,
         cfg.relay,
         cfg.options,
+        leftovers,
         shutdown,
     )
     .await
@@ -184,6 +197,7 @@ pub(crate) async fn run_on(
     data_dir: PathBuf,
     relay: String,
     options: AgentOptions,
+    leftovers: leftover::Leftovers,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let me = identity.me().clone();
@@ -219,10 +233,12 @@ pub(crate) async fn run_on(
         chunks: tokio::sync::OnceCell::new(),
         pkg_lock: tokio::sync::Mutex::new(()),
         report_inventory: AtomicBool::new(false),
+        live: Default::default(),
+        leftovers,
     });
     let span = tracing::info_span!("agent", client = %me.name);
     async {
-        let to_run = runlog::recover(&st)?;
+        let to_run = runlog::recover(&st).await?;
         // Before anything runs: trees of cut-short installs and removals go.
         let changed = inventory::reconcile(&st.inventory, &st.me, &st.pkg)?;
         if changed || !inventory::list(&st.inventory, &st.me)?.is_empty() {
@@ -241,6 +257,49 @@ pub(crate) async fn run_on(
     }
     .instrument(span)
     .await
+}
+
+/// A cancel or a purge from the relay: applied, made durable, acknowledged.
+/// A cancel is acknowledged from its own task, once nothing of the job runs
+/// here any more, so that stopping a command (up to the grace) holds up
+/// nothing else.
+async fn from_relay(st: &Arc<AgentState>, tx: &SessionTx, m: Msg) -> Result<(), LinkError> {
+    match m {
+        Msg::Cancel { job } => {
+            run::cancel(st, job)?;
+            tokio::spawn(cancel_ack(st.clone(), tx.clone(), job).in_current_span());
+        }
+        Msg::Purge { id, jobs } => {
+            let n = run::purge(st, &jobs)?;
+            st.store.durable().await?;
+            tracing::info!(purge = id, jobs = jobs.len(), records = n, "purged");
+            crate::link::send(tx, Msg::PurgeAck { id }).await?;
+        }
+        other => return Err(unexpected(&other, "from a relay")),
+    }
+    Ok(())
+}
+
+/// Waits until no attempt of canceled `job` runs here (bounded: the grace,
+/// and then some), makes the store durable and sends `CancelAck`. A lost
+/// ack is harmless: the relay sends the cancel again, and it is answered
+/// again.
+async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId) {
+    let until = tokio::time::Instant::now() + st.options.kill_grace + Duration::from_secs(30);
+    while run::running(&st, job) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if run::running(&st, job) {
+        tracing::warn!(%job, "canceled job still running after the grace; cancel not acknowledged yet");
+        return;
+    }
+    if let Err(e) = st.store.durable().await {
+        tracing::warn!(%job, error = %e, "cannot make a cancel durable");
+        return;
+    }
+    if let Err(e) = crate::link::send(&tx, Msg::CancelAck { job }).await {
+        tracing::debug!(%job, error = %e, "cancel ack not sent (session gone)");
+    }
 }
 
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
@@ -287,6 +346,7 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                         attempt: a.attempt,
                     }).await?;
                 }
+                m @ (Msg::Cancel { .. } | Msg::Purge { .. }) => from_relay(&st, &tx, m).await?,
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a relay")),
             }
@@ -295,4 +355,107 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
     .await;
     drop(up);
     r
+}
+
+/// One agent's state on a store in `dir`, with no session (unit tests).
+#[cfg(test)]
+pub(crate) fn test_state(dir: &std::path::Path) -> Arc<AgentState> {
+    test_state_with(dir, AgentOptions::default())
+}
+
+/// [`test_state`] with other options.
+#[cfg(test)]
+pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> Arc<AgentState> {
+    use crate::link::{Dialer, Timing};
+    let store = Store::open(dir).unwrap();
+    let me = NodeName::new("a1").unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let job_key = crate::tls::SigningKey::create(dir).unwrap().verify_key();
+    Arc::new(AgentState {
+        job_key,
+        runs: store.table(runlog::TREE).unwrap(),
+        outbox: store
+            .outbox_prefixed(runlog::TREE, &runlog::outbox_prefix(&me))
+            .unwrap(),
+        inventory: store.table(inventory::TREE).unwrap(),
+        store,
+        slots: tokio::sync::Semaphore::new(1),
+        options,
+        transfer: Dialer {
+            // Nothing listens here: a test that dials fails loudly.
+            addr: "127.0.0.1:1".into(),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            me: Hello {
+                version: PROTOCOL_VERSION,
+                name: me.clone(),
+                role: Role::Agent,
+                purpose: Purpose::Transfer,
+            },
+            timing: Timing::default(),
+            gate: None,
+        },
+        pkg: inventory::PkgDirs::new(dir, &me),
+        chunks: tokio::sync::OnceCell::new(),
+        pkg_lock: tokio::sync::Mutex::new(()),
+        report_inventory: Default::default(),
+        live: Default::default(),
+        leftovers: leftover::Leftovers::new("test-store".into()),
+        me,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::JobId;
+
+    #[tokio::test]
+    async fn cancel_and_purge_from_the_relay_are_applied_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = test_state(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        // A job this agent never saw: a tombstone, acknowledged.
+        from_relay(&st, &tx, Msg::Cancel { job: JobId(5) })
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(ack, Some(Msg::CancelAck { job: JobId(5) })),
+            "{ack:?}"
+        );
+        assert!(runlog::is_canceled(&st, JobId(5)).unwrap());
+        // Sent again (after a reconnect): acknowledged again.
+        from_relay(&st, &tx, Msg::Cancel { job: JobId(5) })
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(ack, Some(Msg::CancelAck { job: JobId(5) })),
+            "{ack:?}"
+        );
+        from_relay(
+            &st,
+            &tx,
+            Msg::Purge {
+                id: 7,
+                jobs: vec![JobId(5)],
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Msg::PurgeAck { id: 7 })));
+        assert!(!runlog::is_canceled(&st, JobId(5)).unwrap(), "not purged");
+        // Anything else from a relay here is a protocol error.
+        assert!(from_relay(&st, &tx, Msg::BlobsDone).await.is_err());
+    }
 }

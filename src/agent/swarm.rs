@@ -46,6 +46,10 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
     let n = identities.len();
     info!(agents = n, relay = %cfg.relay, "starting swarm");
     let mut set = JoinSet::new();
+    // One id and one look at what earlier runs left, for every agent.
+    let leftovers = super::leftover::Leftovers::new(super::runlog::store_id(
+        &store.table(super::runlog::TREE)?,
+    )?);
     for id in identities {
         let (store, relay, opts, stop) = (
             store.clone(),
@@ -53,7 +57,15 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
             cfg.options.clone(),
             shutdown.clone(),
         );
-        set.spawn(run_on(id, store, cfg.data_dir.clone(), relay, opts, stop));
+        set.spawn(run_on(
+            id,
+            store,
+            cfg.data_dir.clone(),
+            relay,
+            opts,
+            leftovers.clone(),
+            stop,
+        ));
     }
     while let Some(r) = set.join_next().await {
         match r {

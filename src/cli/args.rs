@@ -300,6 +300,10 @@ pub enum AgentCmd {
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,
+        /// A command stopped (timeout, cancel, leftover after a crash) gets
+        /// SIGTERM, then SIGKILL after this long (default 10s).
+        #[arg(long)]
+        kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -337,6 +341,10 @@ pub enum AgentCmd {
         /// the others wait their turn, as a fleet's machines come up spread out.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         max_dialing: u32,
+        /// A command stopped (timeout, cancel, leftover after a crash) gets
+        /// SIGTERM, then SIGKILL after this long (default 10s).
+        #[arg(long)]
+        kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },

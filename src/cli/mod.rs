@@ -54,6 +54,13 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, CliError> {
     })
 }
 
+/// `--kill-grace` of an agent (default 10s).
+fn kill_grace(s: Option<String>) -> Result<Duration, CliError> {
+    Ok(s.map(|s| parse_duration("--kill-grace", &s))
+        .transpose()?
+        .unwrap_or(crate::agent::exec::DEFAULT_KILL_GRACE))
+}
+
 /// Session timers from the command line.
 fn timing(t: &args::TimingArgs) -> Result<Timing, CliError> {
     let mut out = Timing::default();
@@ -262,6 +269,11 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 .map(|s| parse_duration("--timeout", &s))
                 .transpose()?
                 .map(|d| d.as_millis() as u64);
+            if timeout_ms == Some(0) {
+                return Err(CliError::Usage(
+                    "--timeout must be longer than 0 (e.g. 30s, 5m): a command with no time to run would always time out".into(),
+                ));
+            }
             let expires_ms = expires
                 .map(|s| parse_duration("--expires", &s))
                 .transpose()?
@@ -455,9 +467,11 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             data_dir,
             relay,
             max_parallel,
+            kill_grace: grace,
             timing: t,
         } => {
             let t = timing(&t)?;
+            let grace = kill_grace(grace)?;
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             crate::node::start_watchdog(data_dir.clone(), None);
@@ -465,6 +479,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
+            cfg.options.kill_grace = grace;
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
         AgentCmd::Runlog { data_dir, json } => {
@@ -503,9 +518,11 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             delay,
             max_parallel,
             max_dialing,
+            kill_grace: grace,
             timing: t,
         } => {
             let timing = timing(&t)?;
+            let kill_grace = kill_grace(grace)?;
             if !(0.0..=1.0).contains(&fail_fraction) {
                 return Err(CliError::Usage(format!(
                     "--fail-fraction {fail_fraction} is not between 0 and 1"
@@ -526,6 +543,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 dial_gate: Some(std::sync::Arc::new(tokio::sync::Semaphore::new(
                     max_dialing as usize,
                 ))),
+                kill_grace,
                 ..Default::default()
             };
             let cfg = crate::agent::SwarmConfig {

@@ -1,8 +1,11 @@
 //! Crash loops: kill -9 a relay, HQ or the agents themselves at random points
-//! while a job with 1,000 leaves is in flight, many times. After each cycle
-//! HQ's picture must equal a recount from the agents' own run logs: nothing
-//! acknowledged lost, no leaf executed twice, no result for a leaf that was
-//! not targeted, no state moving backwards.
+//! while a job with 1,000 leaves is in flight, many times. Every leaf runs a
+//! real command (`sh`, 0.3 s long, so that kills land mid-run) that appends
+//! a start and an end line to a file. After each cycle HQ's picture must
+//! equal a recount from the agents' own run logs and from that file: nothing
+//! acknowledged lost, no attempt executed twice, a succeeded leaf executed
+//! exactly once, no rerun overlapping a leftover of the attempt before it,
+//! no result for a leaf that was not targeted, no state moving backwards.
 //!
 //! The fast suite runs a few cycles; `RELAYTREE_SLOW_TESTS=1` runs many.
 
@@ -10,6 +13,7 @@ use crate::harness::*;
 use rand::Rng;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,10 +67,10 @@ impl Swarm {
             .args([
                 "--relay",
                 relay,
-                "--delay",
-                "300ms",
                 "--fail-fraction",
                 "0.05",
+                "--kill-grace",
+                "2s",
             ]);
         self.proc = Some(Proc::spawn("swarm", c, &env.logs()));
     }
@@ -95,6 +99,98 @@ impl Swarm {
         }
         m
     }
+}
+
+/// The command every leaf runs: a start line, 0.3 s, an end line, each
+/// "start|end JOB CLIENT ATTEMPT", appended to `effects`.
+fn command(effects: &Path) -> String {
+    let line = "$RELAYTREE_JOB $RELAYTREE_CLIENT $RELAYTREE_ATTEMPT";
+    format!(
+        r#"echo "start {line}" >> '{f}'; sleep 0.3; echo "end {line}" >> '{f}'"#,
+        f = effects.display()
+    )
+}
+
+/// What the commands of `job` did, per client, in the order it happened:
+/// (start or end, attempt).
+fn effects_of(effects: &Path, job: &str) -> BTreeMap<String, Vec<(bool, u64)>> {
+    let text = std::fs::read_to_string(effects).unwrap_or_default();
+    let mut m: BTreeMap<String, Vec<(bool, u64)>> = BTreeMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "bad effects line {l:?}");
+        if f[1] != job {
+            continue;
+        }
+        let start = match f[0] {
+            "start" => true,
+            "end" => false,
+            other => panic!("bad effects line {other:?}"),
+        };
+        m.entry(f[2].to_string())
+            .or_default()
+            .push((start, f[3].parse().unwrap()));
+    }
+    m
+}
+
+/// Real executions of `job` against HQ's final status: each attempt
+/// started at most once; every end after its start and before any later
+/// attempt's start (a rerun never overlaps a leftover); a succeeded leaf
+/// started and ended exactly once in its final attempt; nothing ran for a
+/// client that is no leaf, or for an attempt above its leaf's.
+fn check_effects(st: &Value, effects: &Path, job: &str) -> usize {
+    let leaves = leaves(st);
+    let mut executions = 0;
+    for (client, seq) in effects_of(effects, job) {
+        let Some(l) = leaves.get(&client) else {
+            panic!("{client} ran job {job} but is no leaf of it");
+        };
+        let last = l["attempt"].as_u64().unwrap_or(0);
+        let mut started: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut highest_start = 0;
+        for (is_start, attempt) in &seq {
+            assert!(
+                *attempt <= last,
+                "{client} ran attempt {attempt} of job {job}, above its leaf's {last}"
+            );
+            if *is_start {
+                *started.entry(*attempt).or_default() += 1;
+                highest_start = highest_start.max(*attempt);
+                executions += 1;
+            } else {
+                assert!(
+                    started.contains_key(attempt),
+                    "{client}: job {job} attempt {attempt} ended without a start: {seq:?}"
+                );
+                assert!(
+                    *attempt == highest_start,
+                    "{client}: job {job} attempt {attempt} still ran after attempt {highest_start} started: {seq:?}"
+                );
+            }
+        }
+        for (attempt, n) in &started {
+            assert_eq!(
+                *n, 1,
+                "{client} executed job {job} attempt {attempt} {n} times: {seq:?}"
+            );
+        }
+        if l["state"] == "succeeded" {
+            assert!(
+                seq.contains(&(true, last)) && seq.contains(&(false, last)),
+                "{client}: job {job} attempt {last} succeeded without running to its end: {seq:?}"
+            );
+        }
+    }
+    for (client, l) in &leaves {
+        if l["state"] == "succeeded" {
+            assert!(
+                effects_of(effects, job).contains_key(client),
+                "{client}: job {job} succeeded but never ran"
+            );
+        }
+    }
+    executions
 }
 
 /// HQ's final status of `job` equals the recount from the run log.
@@ -199,10 +295,21 @@ fn crash_loop(victim: Victim, n: usize) {
     let mut swarm = Swarm::new(&env, AGENTS);
     swarm.start(&env, &r1);
     wait_clients(&env);
+    let effects = env.root().join("effects");
     let mut finished = Vec::new();
+    let mut interrupted = 0;
     for cycle in 0..n {
-        let job = env.create_ping(&["r1"]);
-        random_pause();
+        let job = env.create_job(&["r1"], &[], &command(&effects));
+        if let Victim::Agents = victim {
+            // Kill them mid-run: once commands of this job run.
+            wait_until("commands of the job to start", DEADLINE, || {
+                !effects_of(&effects, &job).is_empty()
+            });
+            let ms = rand::rng().random_range(0..400);
+            std::thread::sleep(Duration::from_millis(ms));
+        } else {
+            random_pause();
+        }
         match victim {
             Victim::Relay => {
                 let addr = env.kill_relay("r1");
@@ -221,7 +328,17 @@ fn crash_loop(victim: Victim, n: usize) {
             }
         }
         let st = wait_monotonic(&env, &job);
-        // Rerun the (deliberately) failed leaves once: reruns survive too.
+        let cut = leaves(&st)
+            .values()
+            .filter(|l| {
+                l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("interrupted"))
+            })
+            .count();
+        interrupted += cut;
+        // Rerun the failed leaves (on purpose, or interrupted) once: reruns
+        // survive too, and never overlap what they replace.
         let rr = env
             .admin(&["job", "rerun", &job, "--failed", "--json"])
             .ok()
@@ -231,8 +348,16 @@ fn crash_loop(victim: Victim, n: usize) {
         } else {
             st
         };
-        eprintln!("cycle {cycle}: job {job}: {}", st["totals"]);
+        let executions = check_effects(&st, &effects, &job);
+        eprintln!(
+            "cycle {cycle}: job {job}: {} ({executions} executions, {cut} interrupted mid-run)",
+            st["totals"]
+        );
         finished.push((job, st));
+    }
+    if let Victim::Agents = victim {
+        // Otherwise this loop tested nothing about commands cut short.
+        assert!(interrupted > 0, "no kill landed while a command ran");
     }
     // The agents' own run logs, read once they are stopped, must agree with
     // HQ about every job of every cycle.

@@ -12,6 +12,7 @@ mod faults;
 mod fuzz_regress;
 mod garbage;
 mod harness;
+mod leftover;
 mod offline;
 mod packages;
 mod proxy;
