@@ -1,8 +1,12 @@
-//! Disk trouble: a relay whose disk fills up stops acknowledging, says so in
-//! its log, and recovers by itself when space returns, with nothing
-//! acknowledged lost and nothing run twice.
+//! Disk trouble and durability: a relay whose disk fills up stops
+//! acknowledging, says so in its log, and recovers by itself when space
+//! returns, with nothing acknowledged lost and nothing run twice; and a
+//! relay's store fsyncs what sled's flush wrote before anything is acked
+//! (seen with strace). Tests here mount tmpfs and trace with ptrace: they
+//! need root, and fail or say SKIPPED loudly rather than pass quietly.
 
 use crate::harness::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -168,4 +172,208 @@ fn an_install_that_does_not_fit_fails_its_leaf_and_nothing_else() {
     );
     let ping = env.create_ping(&["r1"]);
     assert_eq!(env.wait_job(&ping).0, 0);
+}
+
+/// Whether strace can trace here: `Err(why)` when ptrace is refused (a
+/// container without the capability). A missing strace is a failure, not a
+/// skip: `.ci/run` installs it.
+fn strace_usable() -> Result<(), String> {
+    let out = Command::new("strace")
+        .args(["-f", "-o", "/dev/null", "-e", "trace=fsync", "true"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "strace cannot be started ({e}): install it \
+                 (apt-get install strace; .ci/run does)"
+            )
+        });
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if err.contains("ptrace") || err.contains("Operation not permitted") {
+        return Err(err);
+    }
+    panic!("strace fails, and not because ptrace is refused: {err}");
+}
+
+/// The pid of the relay process whose command line holds every one of `args`.
+fn relay_pid(args: &[&str]) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let argv: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let relay = argv.first().is_some_and(|a| a == RELAY);
+        (relay && args.iter().all(|a| argv.iter().any(|v| v == a))).then_some(pid)
+    })
+}
+
+/// What an `strace -f -y` trace shows about one file's syncs.
+#[derive(Debug, Default)]
+struct SyncTrace {
+    /// sync_file_range calls on the file that returned.
+    ranges: usize,
+    /// fsync/fdatasync calls on the file that began.
+    fsyncs: usize,
+    /// The sync_file_range calls that returned with no fsync/fdatasync of
+    /// the file begun after them.
+    unsynced: Vec<String>,
+}
+
+/// Reads a trace in order. A call interrupted by another thread's shows
+/// twice: "TID NAME(FD<file>, ... <unfinished ...>" when it begins and
+/// "TID <... NAME resumed>...) = 0" when it returns.
+fn read_trace(text: &str, file: &str) -> SyncTrace {
+    let tag = format!("<{file}>");
+    let mut t = SyncTrace::default();
+    // Per thread, the call on `file` in flight.
+    let mut open: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        let (tid, rest) = line.split_once(' ').unwrap_or(("", line));
+        let rest = rest.trim_start();
+        let (name, began, returned) = if let Some(r) = rest.strip_prefix("<... ") {
+            let name = r.split_whitespace().next().unwrap_or("").to_string();
+            if open.get(tid) != Some(&name) {
+                continue;
+            }
+            open.remove(tid);
+            (name, false, true)
+        } else {
+            let Some((name, args)) = rest.split_once('(') else {
+                continue;
+            };
+            let fd = args.split([',', ')', ' ']).next().unwrap_or("");
+            if !fd.ends_with(&tag) {
+                continue;
+            }
+            let unfinished = rest.ends_with("<unfinished ...>");
+            if unfinished {
+                open.insert(tid.to_string(), name.to_string());
+            }
+            (name.to_string(), true, !unfinished)
+        };
+        match name.as_str() {
+            "sync_file_range" if returned => {
+                t.ranges += 1;
+                t.unsynced.push(line.to_string());
+            }
+            "fsync" | "fdatasync" if began => {
+                t.fsyncs += 1;
+                t.unsynced.clear();
+            }
+            _ => {}
+        }
+    }
+    t
+}
+
+#[test]
+fn the_sync_trace_reader_sees_an_unsynced_range() {
+    let f = "/d/db/db";
+    let ok = "1 sync_file_range(7</d/db/db>, 0, 10, SYNC_FILE_RANGE_WAIT_BEFORE) = 0\n\
+              2 fsync(4</d/db/conf>) = 0\n\
+              1 fdatasync(7</d/db/db> <unfinished ...>\n\
+              3 sync_file_range(7</d/db/db>, 10, 10, SYNC_FILE_RANGE_WRITE <unfinished ...>\n\
+              1 <... fdatasync resumed>) = 0\n\
+              3 <... sync_file_range resumed>) = 0\n\
+              1 fdatasync(7</d/db/db>) = 0\n";
+    let t = read_trace(ok, f);
+    assert_eq!((t.ranges, t.fsyncs, t.unsynced.len()), (2, 2, 0), "{t:?}");
+    // The second range returned after the only fsync began.
+    let bad = "1 fdatasync(7</d/db/db> <unfinished ...>\n\
+               3 sync_file_range(7</d/db/db>, 10, 10, SYNC_FILE_RANGE_WRITE) = 0\n\
+               1 <... fdatasync resumed>) = 0\n\
+               1 fdatasync(8</d/db/blobs/9>) = 0\n";
+    let t = read_trace(bad, f);
+    assert_eq!((t.ranges, t.fsyncs, t.unsynced.len()), (1, 1, 1), "{t:?}");
+}
+
+/// Acked means fsynced, seen from outside: a real relay runs under strace
+/// during three jobs until it is killed, and every `sync_file_range` that
+/// sled's flush made on the relay's database file is followed by an
+/// fsync/fdatasync of that file. (The relay acknowledges only after
+/// `Store::durable`, which returns only after an fsync begun after the
+/// write: `store::tests::durable_returns_only_after_an_fsync_that_began_after_the_write`.)
+#[test]
+fn every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it() {
+    if let Err(why) = strace_usable() {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED disk::every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it: \
+             strace cannot trace in this environment (ptrace refused): {why}\n"
+        );
+        return;
+    }
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let id = env.issue("relay", "r1");
+    let data = env.relay_data("r1");
+    std::fs::create_dir_all(&data).unwrap();
+    // strace -y prints resolved paths.
+    let data = data.canonicalize().unwrap();
+    let trace = env.root().join("r1.strace");
+    let mut cmd = Command::new("strace");
+    cmd.args([
+        "-f",
+        "-y",
+        "-e",
+        "trace=fsync,fdatasync,sync_file_range",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(RELAY)
+    .args(["serve", "--identity"])
+    .arg(&id)
+    .arg("--data-dir")
+    .arg(&data)
+    .args(["--listen", "127.0.0.1:0", "--parent", &hq]);
+    let mut relay = Proc::spawn("r1", cmd, &env.logs());
+    let r1 = relay.wait_listening().unwrap();
+    let clients = ["c1", "c2"];
+    for c in clients {
+        env.start_agent(c, &r1);
+    }
+    env.wait_clients(2);
+    for _ in 0..3 {
+        let job = env.create_job(&["r1"], &[], &env.job_script("true"));
+        let (code, st) = env.wait_job(&job);
+        assert_eq!(code, 0, "{st}");
+        assert_eq!(env.run_counts(&job), each(&clients, 1));
+    }
+    // Every round so far ends in an fsync: wait for the trace to show it
+    // (strace writes as it goes; a round may still be under way).
+    let db = data.join("db").join("db").display().to_string();
+    let end = std::time::Instant::now() + DEADLINE;
+    while std::time::Instant::now() < end {
+        let live = read_trace(&std::fs::read_to_string(&trace).unwrap_or_default(), &db);
+        if live.ranges > 0 && live.unsynced.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // No graceful stop: sled fsyncs when the database is dropped, which
+    // would cover for a store that did not. strace ends with the relay.
+    let data_arg = data.display().to_string();
+    let pid = relay_pid(&["serve", &data_arg]).expect("the traced relay's pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    relay.wait_exit(DEADLINE);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let t = read_trace(&text, &db);
+    eprintln!(
+        "relay r1, 3 jobs: {} sync_file_range calls on {db}, {} fsync/fdatasync of it",
+        t.ranges, t.fsyncs
+    );
+    assert!(t.ranges > 0, "no sync_file_range on {db} traced:\n{text}");
+    assert!(
+        t.unsynced.is_empty(),
+        "{} sync_file_range calls on {db} were not followed by an fsync of it:\n{}",
+        t.unsynced.len(),
+        t.unsynced.join("\n")
+    );
 }
