@@ -48,6 +48,37 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Everything relay `name` logged, every run of it (the harness's
+/// `log_text` keeps only the tail of each file, and a relay whose disk fails
+/// logs a burst of errors after the lines that matter).
+fn full_log(env: &Env, name: &str) -> String {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(env.logs())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("{name}.")) && f.ends_with(".err"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect()
+}
+
+/// The disk of relay r1 fills while two jobs' commands run on its three
+/// agents, each waiting for its own gate file. The first job's commands
+/// end at once, so their results meet the full disk; new jobs are made
+/// until r1 reports the failing store (sled may first fill space it had
+/// already claimed: how many it takes varies, the rest does not). Then the
+/// second job's commands end: while the disk stays full, HQ sees no change
+/// in any job, because r1 acknowledges and passes on nothing it cannot make
+/// durable. Once space returns, r1 restarts by itself and every job
+/// completes, each command having run exactly once: what r1 did not
+/// acknowledge, the agents kept.
 #[test]
 fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
     let mut env = Env::new();
@@ -66,38 +97,102 @@ fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
     let before = env.create_job(&["r1"], &[], &env.job_script("true"));
     assert_eq!(env.wait_job(&before).0, 0);
 
-    let filler = disk.fill();
-    // An I/O error from sled, or a flush that hangs (sled can hang on a full
-    // disk): either way the relay reports it and stops acknowledging. Writes
-    // into space sled had already claimed still succeed, so jobs are made
-    // until the relay needs new space (a few at most; some may get through
-    // before the failure: what matters is that nothing is acknowledged after
-    // it, and nothing is lost or run twice).
-    let mut jobs = Vec::new();
-    wait_until("r1 to report the failing disk", 2 * DEADLINE, || {
-        if env.log_text().contains("storage failed") {
-            return true;
-        }
-        if jobs.len() < 200 {
-            jobs.push(env.create_job(&["r1"], &[], &env.job_script("echo done")));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        env.log_text().contains("storage failed")
+    // Jobs whose commands run until a gate file exists, then append
+    // "JOB CLIENT" to the done file: real effects, counted from outside.
+    let done = env.root().join("done.log");
+    let gated = |env: &Env, gate: &Path| {
+        env.create_job(
+            &["r1"],
+            &[],
+            &env.job_script(&format!(
+                "while [ ! -e '{}' ]; do sleep 0.05; done; \
+                 echo \"$RELAYTREE_JOB $RELAYTREE_CLIENT\" >> '{}'",
+                gate.display(),
+                done.display()
+            )),
+        )
+    };
+    let finished = |job: &str| {
+        std::fs::read_to_string(&done)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(job))
+            .count()
+    };
+    let (gate1, gate2) = (env.root().join("gate1"), env.root().join("gate2"));
+    let (g1, g2) = (gated(&env, &gate1), gated(&env, &gate2));
+    wait_until("both gated jobs to run on every agent", DEADLINE, || {
+        env.run_counts(&g1) == each(&clients, 1) && env.run_counts(&g2) == each(&clients, 1)
     });
 
+    let filler = disk.fill();
+    std::fs::write(&gate1, b"").unwrap();
+    let mut jobs = Vec::new();
+    let failed = || full_log(&env, "r1").contains("storage failed");
+    wait_until("r1 to report the failing disk", 2 * DEADLINE, || {
+        if failed() {
+            return true;
+        }
+        jobs.push(env.create_job(&["r1"], &[], &env.job_script("echo done")));
+        // Pacing, not synchronisation: the condition is checked again below.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        failed()
+    });
     eprintln!("jobs made before the disk failure showed: {}", jobs.len());
-    std::fs::remove_file(filler).unwrap();
-    for job in &jobs {
-        let (code, st) = env.wait_job(job);
-        assert_eq!(code, 0, "{st}");
-        assert_eq!(states(&st), all(&clients, "succeeded"));
-        assert_eq!(env.run_counts(job), each(&clients, 1));
+    // Once HQ has seen r1 go, nothing r1 sent before it failed is in flight.
+    wait_until("HQ to see r1 disconnected", DEADLINE, || {
+        env.tree()["relays"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r["relay"] == "r1" && r["connected"] == false)
+        })
+    });
+    let watched: Vec<&String> = [&g1, &g2].into_iter().chain(&jobs).collect();
+    let seen: Vec<_> = watched.iter().map(|j| states(&env.status(j))).collect();
+    assert!(
+        !seen[1].values().any(|s| s == "succeeded"),
+        "the second gated job has results at HQ before its commands ended: {:?}",
+        seen[1]
+    );
+
+    // The second job's commands finish while the disk is full.
+    std::fs::write(&gate2, b"").unwrap();
+    wait_until(
+        "the second gated job's commands to finish",
+        DEADLINE,
+        || finished(&g2) == clients.len(),
+    );
+    // For a while (the agents retry every second or so): nothing changes at HQ.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < end {
+        for (job, was) in watched.iter().zip(&seen) {
+            let now = states(&env.status(job));
+            assert_eq!(
+                &now, was,
+                "job {job} changed at HQ while r1's disk was full"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    assert!(
+        !full_log(&env, "r1").contains("disk accepts writes again"),
+        "r1 recovered while its disk was still full"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    for job in &watched {
+        let (code, st) = env.wait_job(job);
+        assert_eq!(code, 0, "job {job}: {st}");
+        assert_eq!(states(&st), all(&clients, "succeeded"), "job {job}");
+        assert_eq!(env.run_counts(job), each(&clients, 1), "job {job}");
+    }
+    assert_eq!((finished(&g1), finished(&g2)), (3, 3));
     // What was acknowledged before the failure is still there.
     assert_eq!(states(&env.status(&before)), all(&clients, "succeeded"));
-    assert!(env
-        .log_text()
-        .contains("disk accepts writes again; restarting"));
+    let log = full_log(&env, "r1");
+    assert!(
+        log.contains("disk accepts writes again; restarting"),
+        "r1 never said it restarted:\n{log}"
+    );
     if std::env::var("SHOW_LOGS").is_ok() {
         eprintln!("{}", env.log_text());
     }
