@@ -387,9 +387,11 @@ fn the_sync_trace_reader_sees_an_unsynced_range() {
 }
 
 /// Acked means fsynced, seen from outside: a real relay runs under strace
-/// during three jobs until it is killed, and every `sync_file_range` that
+/// during four jobs (one with a record large enough for a blob file of its
+/// own) until it is killed, and every `sync_file_range` that
 /// sled's flush made on the relay's database file is followed by an
-/// fsync/fdatasync of that file. (The relay acknowledges only after
+/// fsync/fdatasync of that file; the blob file and its directory are
+/// fsynced too. (The relay acknowledges only after
 /// `Store::durable`, which returns only after an fsync begun after the
 /// write: `store::tests::durable_returns_only_after_an_fsync_that_began_after_the_write`.)
 #[test]
@@ -437,6 +439,28 @@ fn every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it() {
         assert_eq!(code, 0, "{st}");
         assert_eq!(env.run_counts(&job), each(&clients, 1));
     }
+    // A job too large for sled's log: its record goes to a blob file of its
+    // own (over 128 KiB), which sled writes but never fsyncs.
+    let big = "x".repeat(100 * 1024);
+    let out = env
+        .admin(&[
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--json",
+            "--relay",
+            "r1",
+            "--",
+            "sh",
+            "-c",
+            ": \"$@\"",
+            "_",
+            &big,
+            &big,
+        ])
+        .ok();
+    assert_eq!(env.wait_job(&job_id(&out.json())).0, 0);
     // Every round so far ends in an fsync: wait for the trace to show it
     // (strace writes as it goes; a round may still be under way).
     let db = data.join("db").join("db").display().to_string();
@@ -461,10 +485,24 @@ fn every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it() {
     let text = std::fs::read_to_string(&trace).unwrap();
     let t = read_trace(&text, &db);
     eprintln!(
-        "relay r1, 3 jobs: {} sync_file_range calls on {db}, {} fsync/fdatasync of it",
+        "relay r1, 4 jobs: {} sync_file_range calls on {db}, {} fsync/fdatasync of it",
         t.ranges, t.fsyncs
     );
     assert!(t.ranges > 0, "no sync_file_range on {db} traced:\n{text}");
+    let blobs = data.join("db").join("blobs").display().to_string();
+    let blob_syncs = text
+        .lines()
+        .filter(|l| l.contains("sync(") && l.contains(&format!("<{blobs}/")))
+        .count();
+    let dir_syncs = text
+        .lines()
+        .filter(|l| l.contains(&format!("<{blobs}>")) && l.contains("sync("))
+        .count();
+    eprintln!("{blob_syncs} fsyncs of blob files, {dir_syncs} of their directory");
+    assert!(
+        blob_syncs > 0 && dir_syncs > 0,
+        "blob files never fsynced:\n{text}"
+    );
     assert!(
         t.unsynced.is_empty(),
         "{} sync_file_range calls on {db} were not followed by an fsync of it:\n{}",
