@@ -306,6 +306,17 @@ fn relay_pid(args: &[&str]) -> Option<u32> {
     })
 }
 
+/// SIGKILL to a process when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
 /// What an `strace -f -y` trace shows about one file's syncs.
 #[derive(Debug, Default)]
 struct SyncTrace {
@@ -428,6 +439,11 @@ fn every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it() {
     .args(["--listen", "127.0.0.1:0", "--parent", &hq]);
     let mut relay = Proc::spawn("r1", cmd, &env.logs());
     let r1 = relay.wait_listening().unwrap();
+    // Killing strace would leave the relay running, detached: kill it
+    // first, whatever happens to the test.
+    let data_arg = data.display().to_string();
+    let pid = relay_pid(&["serve", &data_arg]).expect("the traced relay's pid");
+    let traced = KillOnDrop(pid);
     let clients = ["c1", "c2"];
     for c in clients {
         env.start_agent(c, &r1);
@@ -474,13 +490,7 @@ fn every_flush_of_a_relay_store_is_followed_by_an_fsync_of_it() {
     }
     // No graceful stop: sled fsyncs when the database is dropped, which
     // would cover for a store that did not. strace ends with the relay.
-    let data_arg = data.display().to_string();
-    let pid = relay_pid(&["serve", &data_arg]).expect("the traced relay's pid");
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    drop(traced);
     relay.wait_exit(DEADLINE);
     let text = std::fs::read_to_string(&trace).unwrap();
     let t = read_trace(&text, &db);
