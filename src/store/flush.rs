@@ -212,7 +212,8 @@ pub(super) struct Syncer {
 
 impl Syncer {
     /// Syncs everything sled created when it opened `dir` (the log file,
-    /// `conf`, the directories and their entries up to `dir`'s parent).
+    /// `conf`, and the directories whose entries may be new: `dir`, the
+    /// data directory holding it, and the one holding that).
     pub(super) fn open(dir: &Path) -> std::io::Result<Syncer> {
         let log = File::open(dir.join("db"))?;
         let mut s = Syncer {
@@ -224,8 +225,14 @@ impl Syncer {
         s.round()?;
         File::open(dir.join("conf"))?.sync_all()?;
         sync_dir(dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+        // The data directory holds `db/`, and may itself be new.
+        if let Some(data) = parent_dir(dir) {
+            sync_dir(data)?;
+            if let Some(above) = parent_dir(data) {
+                if let Err(e) = sync_dir(above) {
+                    tracing::warn!(dir = %above.display(), error = %e, "cannot fsync the directory holding the data directory");
+                }
+            }
         }
         Ok(s)
     }
@@ -264,6 +271,14 @@ impl Syncer {
             self.entries = entries;
         }
         Ok(())
+    }
+}
+
+/// The directory holding `p` (`.` for a relative name without one).
+fn parent_dir(p: &Path) -> Option<&Path> {
+    match p.parent() {
+        Some(d) if d.as_os_str().is_empty() => Some(Path::new(".")),
+        d => d,
     }
 }
 
