@@ -178,6 +178,26 @@ pub enum AssignView {
     Clients(Vec<(NodeName, Option<Placement>)>),
 }
 
+impl AssignView {
+    /// The targets that are `me`'s own agents: their stored leaves are what
+    /// [`plan_assignment`] needs besides the view.
+    pub fn home_clients(&self, me: &NodeName) -> Vec<&NodeName> {
+        match self {
+            AssignView::Snapshot(v) => v
+                .iter()
+                .filter(|(_, p)| p.via == *me)
+                .map(|(c, _)| c)
+                .collect(),
+            AssignView::Clients(v) => v
+                .iter()
+                .filter(|(_, p)| p.as_ref().is_some_and(|p| p.via == *me))
+                .map(|(c, _)| c)
+                .collect(),
+            AssignView::Relays(_) => vec![],
+        }
+    }
+}
+
 /// What applying an assignment writes, in this order (after a crash, writes
 /// survive as a prefix, and the attempt record, written last, says the rest
 /// is there), and whom it then goes to.
@@ -196,6 +216,19 @@ pub struct AssignPlan {
     pub unknown_relays: Vec<NodeName>,
     /// What to queue for, then send to, each child relay.
     pub relays: Vec<(NodeName, Assignment)>,
+}
+
+impl AssignPlan {
+    /// How many clients the snapshot report names.
+    pub fn reported(&self) -> usize {
+        self.report
+            .iter()
+            .map(|e| match e {
+                Event::Targets { leaves, .. } => leaves.len(),
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 /// Plans assignment `a` at relay `me` from what it read: `view` for the
@@ -546,6 +579,7 @@ mod tests {
             (n("c4"), at("r2", "r2")),
             (n("c5"), at("r3", "r3")),
         ]);
+        assert_eq!(view.home_clients(&n("r1")), vec![&n("c1"), &n("c3")]);
         let leaves = BTreeMap::from([(n("c3"), leaf_at(1, Succeeded))]);
         let a = assignment(1, Scope::AllLowerOf(vec![n("r1")]));
         let plan = plan_assignment(&n("r1"), &a, view, &leaves, 5);
@@ -561,6 +595,7 @@ mod tests {
         assert!(*last);
         assert_eq!(reporter, &n("r1"));
         assert_eq!(reported.len(), 5);
+        assert_eq!(plan.reported(), 5);
         assert!(reported.contains(&(n("c2"), n("r4"))));
         assert_eq!(names(&plan.agents), ["c1"]);
         assert_eq!(plan.create.len(), 1);

@@ -4,9 +4,9 @@
 //! decided by `rules::plan_assignment`.
 
 use super::{AttemptRecord, DirEntry, RelayState};
+use crate::proto::{now_ms, Assignment, Msg, NodeName, Scope};
 #[cfg(test)]
-use crate::proto::LeafState;
-use crate::proto::{now_ms, Assignment, Event, Msg, NodeName, Scope};
+use crate::proto::{Event, LeafState};
 use crate::rules::{self, AssignView, LeafRecord, Placement};
 use crate::store::{keys, StoreError};
 use std::collections::BTreeMap;
@@ -77,20 +77,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         ),
     };
     let mut leaves = BTreeMap::new();
-    let home: Vec<&NodeName> = match &view {
-        AssignView::Snapshot(v) => v
-            .iter()
-            .filter(|(_, p)| p.via == st.me)
-            .map(|(c, _)| c)
-            .collect(),
-        AssignView::Clients(v) => v
-            .iter()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.via == st.me))
-            .map(|(c, _)| c)
-            .collect(),
-        AssignView::Relays(_) => vec![],
-    };
-    for c in home {
+    for c in view.home_clients(&st.me) {
         if let Some(rec) = st.leaves.get::<LeafRecord>(&keys::job_client(a.job, c))? {
             leaves.insert(c.clone(), rec);
         }
@@ -100,15 +87,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     // Write, the attempt record last: once it is there, so is all it implies.
     if !plan.report.is_empty() {
         st.outbox.push(&plan.report)?;
-        let n: usize = plan
-            .report
-            .iter()
-            .map(|e| match e {
-                Event::Targets { leaves, .. } => leaves.len(),
-                _ => 0,
-            })
-            .sum();
-        info!(job = %a.job, attempt = %a.attempt, targets = n, "snapshot of lower clients");
+        info!(job = %a.job, attempt = %a.attempt, targets = plan.reported(), "snapshot of lower clients");
     }
     for r in &plan.unknown_relays {
         warn!(job = %a.job, relay = %r, "destination relay not in this subtree");
