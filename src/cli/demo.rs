@@ -156,13 +156,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
 
     outln!("$ hq job rerun {job} --failed");
-    match admin
-        .request(AdminRequest::Rerun {
-            job,
-            expired: false,
-        })
-        .await?
-    {
+    match admin.request(AdminRequest::Rerun { job, expired: false }).await? {
         AdminResponse::Rerun(r) => outln!("attempt {} targets {} leaves", r.attempt, r.targets),
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     }

@@ -354,13 +354,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
         JobCmd::Rerun { job, json, .. } => {
             let job = parse_job(&job)?;
             let mut c = AdminClient::connect(t).await?;
-            match c
-                .request(AdminRequest::Rerun {
-                    job,
-                    expired: false,
-                })
-                .await?
-            {
+            match c.request(AdminRequest::Rerun { job, expired: false }).await? {
                 AdminResponse::Rerun(r) if json => print_json(&r)?,
                 AdminResponse::Rerun(r) => {
                     outln!(

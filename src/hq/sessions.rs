@@ -245,9 +245,7 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
         AdminRequest::List => AdminResponse::List(view::list(st)?),
         AdminRequest::Rerun { job, .. } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
         AdminRequest::Cancel { job } => {
-            return Err(HqError::Refused(format!(
-                "cancel of job {job}: not built yet"
-            )))
+            return Err(HqError::Refused(format!("cancel of job {job}: not built yet")))
         }
         AdminRequest::Purge { .. } => return Err(HqError::Refused("purge: not built yet".into())),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
