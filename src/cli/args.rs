@@ -83,6 +83,9 @@ pub enum HqCmd {
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
         #[arg(long, default_value = "30d")]
         retention: String,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -270,6 +273,9 @@ pub enum RelayCmd {
         /// The parent's HOST:PORT (HQ or another relay).
         #[arg(long)]
         parent: String,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -300,6 +306,9 @@ pub enum AgentCmd {
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long)]
@@ -341,6 +350,10 @@ pub enum AgentCmd {
         /// the others wait their turn, as a fleet's machines come up spread out.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         max_dialing: u32,
+        /// Serve Prometheus metrics (the swarm's agents counted together) at
+        /// http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long)]

@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod counters;
+mod gauges;
 mod ingest;
 mod jobs;
 mod packages;
@@ -196,6 +197,7 @@ pub async fn run(
     let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
+    gauges::register(&state);
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
     let adm = Arc::new(Admission {

@@ -8,6 +8,7 @@
 mod accept;
 mod deny;
 mod dial;
+pub mod meter;
 mod pump;
 pub mod queue;
 mod session;

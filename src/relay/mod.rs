@@ -10,6 +10,7 @@ mod cache;
 mod children;
 mod deny;
 mod expire;
+mod gauges;
 mod moves;
 mod purge;
 mod upward;
@@ -207,6 +208,7 @@ pub async fn run(
     let cache = cache::Cache::new(blobs, dialer.clone());
     let st = Arc::new(RelayState::open(me.name.clone(), store, cache)?);
     st.deny.replace(deny::stored(&st)?);
+    gauges::register(&st);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();
     let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));

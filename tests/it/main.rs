@@ -13,6 +13,7 @@ mod fuzz_regress;
 mod garbage;
 mod harness;
 mod leftover;
+mod metrics;
 mod offline;
 mod packages;
 mod proxy;
