@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod children;
 mod counters;
 mod ingest;
 mod jobs;
@@ -65,10 +66,10 @@ pub(crate) struct HqState {
     pub relays: Table,
     /// client -> ClientRecord.
     pub clients: Table,
-    /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
-    pub downq: Table,
-    /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
-    pub forgetq: Table,
+    /// Messages queued for children until acknowledged (cancels, purges, ...).
+    pub down: crate::link::queue::DownQueue,
+    /// name -> Role: every node that ever had a session with HQ (admins too).
+    pub seen: Table,
     /// name -> unix ms: revoked nodes.
     pub denied: Table,
     /// The same, in memory, as the listener checks it.
@@ -125,8 +126,8 @@ impl HqState {
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
             clients: store.table("clients")?,
-            downq: store.table("downq")?,
-            forgetq: store.table("forgetq")?,
+            down: crate::link::queue::DownQueue::new(store.table("down")?),
+            seen: store.table("seen")?,
             denied: store.table("denied")?,
             deny: Default::default(),
             store,

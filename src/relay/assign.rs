@@ -97,8 +97,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                     scope: Scope::AllLowerOf(sub),
                     ..a.clone()
                 };
-                st.downq
-                    .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
+                st.down.put(&child, &Msg::Assign(fwd.clone()))?;
                 out.relays.push((child, fwd));
             }
             record()?;
@@ -166,8 +165,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
             scope: Scope::Targets(list),
             ..a.clone()
         };
-        st.downq
-            .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
+        st.down.put(&child, &Msg::Assign(fwd.clone()))?;
         out.relays.push((child, fwd));
     }
     record()?;

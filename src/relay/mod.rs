@@ -85,10 +85,11 @@ pub(crate) struct RelayState {
     pub leaves: Table,
     /// client ++ 0 ++ job -> attempt, index of home leaves by client.
     pub client_leaves: Table,
-    /// child ++ 0 ++ job ++ attempt -> Assignment for a child relay, until acknowledged.
-    pub downq: Table,
-    /// child ++ 0 ++ client -> new home: `Forget`s not yet acknowledged.
-    pub forgetq: Table,
+    /// Messages queued for children until acknowledged (cancels, purges, ...).
+    pub down: crate::link::queue::DownQueue,
+    /// relay -> unix ms: relays below whose session to their parent ended
+    /// (a `RelayLeft` went up), until they join again.
+    pub relays_left: Table,
     /// name -> unix ms: revoked nodes, as HQ last sent them.
     pub denied: Table,
     /// The same, in memory, as the listener checks it.
@@ -113,8 +114,8 @@ impl RelayState {
             attempts: store.table("attempts")?,
             leaves: store.table("leaves")?,
             client_leaves: store.table("client_leaves")?,
-            downq: store.table("downq")?,
-            forgetq: store.table("forgetq")?,
+            down: crate::link::queue::DownQueue::new(store.table("down")?),
+            relays_left: store.table("relays_left")?,
             denied: store.table("denied")?,
             deny: Default::default(),
             outbox: store.outbox("outbox")?,
