@@ -249,6 +249,18 @@ fn revoked_nodes_are_refused_everywhere_and_others_go_on() {
     env.start_agent("c2", &r1);
     env.start_agent("c3", &r2);
     env.wait_clients(3);
+    // A job c1 holds open (its command runs long).
+    let open = env.create_job(
+        &["r1"],
+        &[],
+        &env.job_script(r#"[ "$RELAYTREE_CLIENT" = c1 ] && exec sleep 20; true"#),
+    );
+    wait_until("c1 to run, c2 and c3 to finish", DEADLINE, || {
+        let s = states(&env.status(&open));
+        s.get("c1").map(String::as_str) == Some("running")
+            && s.get("c2").map(String::as_str) == Some("succeeded")
+            && s.get("c3").map(String::as_str) == Some("succeeded")
+    });
 
     let out = env.admin(&["cert", "revoke", "c1", "--json"]).ok().json();
     assert_eq!(out["denied"], serde_json::json!(["c1"]), "{out}");
@@ -256,14 +268,21 @@ fn revoked_nodes_are_refused_everywhere_and_others_go_on() {
     wait_until("r1 to refuse c1", DEADLINE, || {
         env.log_text().contains("c1 (agent) is revoked")
     });
+    // Its open leaf is final, with the reason; the job is done.
+    let st = env.status(&open);
+    assert_eq!(st["done"], true, "{st}");
+    let c1 = &leaves(&st)["c1"];
+    assert_eq!(c1["state"], "canceled", "{st}");
+    assert!(
+        c1["reason"].as_str().unwrap_or("").contains("revoked"),
+        "{st}"
+    );
+    // It is no longer in the directory, nor a target of new jobs.
+    assert_eq!(env.tree()["clients"], 2);
     let job = env.create_ping(&["r1"]);
-    wait_until("c2 and c3 to answer", DEADLINE, || {
-        let st = env.status(&job);
-        let s = states(&st);
-        s.get("c2").map(String::as_str) == Some("succeeded")
-            && s.get("c3").map(String::as_str) == Some("succeeded")
-    });
-    assert_eq!(states(&env.status(&job))["c1"], "pending");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&["c2", "c3"], "succeeded"));
 
     // A nested relay: r1 closes its session and refuses it; HQ shows it down.
     env.admin(&["cert", "revoke", "r2"]).ok();
@@ -376,4 +395,108 @@ fn two_thousand_idle_connections_do_not_lock_out_a_real_agent() {
     let (code, st) = env.wait_job(&job);
     assert_eq!(code, 0, "{st}");
     drop(idle);
+}
+
+/// Opens a session to HQ as the node of identity `dir`, for `purpose`.
+async fn session_to_hq(
+    hq: &str,
+    dir: &std::path::Path,
+    purpose: relaytree::proto::Purpose,
+) -> Session {
+    let id = Identity::load(dir).unwrap();
+    let d = link::Dialer {
+        addr: hq.to_string(),
+        connector: tokio_rustls::TlsConnector::from(id.client_config(Role::Hq, None).unwrap()),
+        me: Hello {
+            version: PROTOCOL_VERSION,
+            name: id.me().name.clone(),
+            role: id.me().role,
+            purpose,
+        },
+        timing: Timing::default(),
+        gate: None,
+    };
+    link::dial_once(&d).await.unwrap()
+}
+
+/// One admin request on an open session; `None` once the session is gone.
+async fn ask(
+    s: &mut Session,
+    id: u64,
+    req: relaytree::proto::AdminRequest,
+) -> Option<Result<relaytree::proto::AdminResponse, String>> {
+    link::send(&s.tx, Msg::AdminReq { id, req }).await.ok()?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.rx.recv()).await {
+            Ok(Ok(Msg::AdminResp { id: got, resp })) if got == id => return Some(resp),
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return None,
+            Err(_) => panic!("no answer and no close within 10 s"),
+        }
+    }
+}
+
+#[test]
+fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refused() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    env.start_relay("r1", &hq);
+    let ops = env.issue("admin", "ops");
+    let mover = env.issue("relay", "mover");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut admin, mut transfer) = rt.block_on(async {
+        let mut admin = session_to_hq(&hq, &ops, Default::default()).await;
+        assert!(matches!(
+            ask(&mut admin, 1, relaytree::proto::AdminRequest::List).await,
+            Some(Ok(_))
+        ));
+        let transfer = session_to_hq(&hq, &mover, relaytree::proto::Purpose::Transfer).await;
+        (admin, transfer)
+    });
+
+    // A typo is refused (exit 2) and blocks nobody.
+    let out = env.admin(&["cert", "revoke", "opps"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown node opps"), "{}", out.stderr);
+
+    for name in ["ops", "mover"] {
+        let out = env.admin(&["cert", "revoke", name, "--json"]).ok().json();
+        assert!(
+            out["denied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n != "opps"),
+            "{out}"
+        );
+    }
+    rt.block_on(async {
+        // The admin's next request fails: its session is closed.
+        let job = relaytree::proto::AdminRequest::CreateJob {
+            dest: vec![n("r1")],
+            action: Action::Ping,
+            expires_ms: None,
+        };
+        assert!(
+            ask(&mut admin, 2, job).await.is_none(),
+            "a revoked admin was answered"
+        );
+        // The transfer session is closed too.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while transfer.rx.recv().await.is_ok() {}
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the transfer session of a revoked relay stayed open"
+        );
+    });
+    assert_eq!(
+        env.admin(&["job", "list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .map(|a| a.len()),
+        Some(0)
+    );
 }
