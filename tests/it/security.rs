@@ -500,3 +500,158 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
         Some(0)
     );
 }
+
+/// Sends `events` as one batch on a relay's session to HQ and waits for
+/// HQ's acknowledgement of the batch (HQ acknowledges what it refused too:
+/// refusing is its durable decision).
+async fn forge(s: &mut Session, seq: &mut u64, events: Vec<Event>) {
+    let batch: Vec<(u64, Event)> = events
+        .into_iter()
+        .map(|e| {
+            *seq += 1;
+            (*seq, e)
+        })
+        .collect();
+    let last = *seq;
+    link::send(&s.tx, Msg::Events(batch)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.rx.recv().await.unwrap() {
+                Msg::Ack { seq } if seq >= last => return,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("hq never acknowledged the forged batch");
+}
+
+fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
+    Event::Leaf(LeafUpdate {
+        job: JobId(job.parse().unwrap()),
+        attempt: Attempt(attempt),
+        client: n(client),
+        relay: n(home),
+        state: LeafState::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        output: None,
+        at_ms: relaytree::proto::now_ms(),
+    })
+}
+
+/// HQ <- r1 (the test, with a real relay certificate), HQ <- r2 <- r3;
+/// c2 at r2, c3 at r3. r1 forges every kind of event about r2's branch:
+/// none takes effect.
+#[test]
+fn a_relay_cannot_speak_for_another_branch() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r2 = env.start_relay("r2", &hq);
+    let r3 = env.start_relay("r3", &r2);
+    env.start_agent("c2", &r2);
+    env.start_agent("c3", &r3);
+    env.wait_clients(2);
+    let failing = env.create_job(
+        &["r2"],
+        &[],
+        &env.job_script(r#"[ "$RELAYTREE_CLIENT" = c2 ] && exit 3; true"#),
+    );
+    let (_, st) = env.wait_job(&failing);
+    let mut want = all(&["c3"], "succeeded");
+    want.insert("c2".into(), "failed".into());
+    assert_eq!(states(&st), want, "{st}");
+
+    let r1 = env.issue("relay", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = rt.block_on(session_to_hq(&hq, &r1, Default::default()));
+    let mut seq = 0;
+    let refused_before = env.log_text().matches("event refused").count();
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![
+            // Another branch's failing leaf as succeeded: as its home, as
+            // mine, with a high attempt.
+            leaf_update(&failing, 1, "c2", "r2"),
+            leaf_update(&failing, 1, "c2", "r1"),
+            leaf_update(&failing, 7, "c2", "r1"),
+            leaf_update(&failing, 7, "c2", "r2"),
+            // Re-parent r3 under me.
+            Event::RelayJoined {
+                relay: n("r3"),
+                parent: n("r1"),
+            },
+            // Put c2 under r3 (another branch's relay).
+            Event::ClientJoined {
+                client: n("c2"),
+                relay: n("r3"),
+            },
+            // Report r3 gone.
+            Event::RelayLeft {
+                relay: n("r3"),
+                parent: n("r2"),
+                at_ms: 1,
+            },
+            // An inventory of another branch's client.
+            Event::Inventory(relaytree::proto::InventoryReport {
+                client: n("c2"),
+                relay: n("r1"),
+                packages: vec![relaytree::proto::Installed {
+                    name: "evil".into(),
+                    version: "1".into(),
+                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
+                    at_ms: 1,
+                }],
+                at_ms: 1,
+            }),
+        ],
+    ));
+    let st = env.status(&failing);
+    assert_eq!(states(&st), want, "{st}");
+    assert_eq!(leaves(&st)["c2"]["attempt"], 1, "{st}");
+    let relays = env.tree()["relays"].clone();
+    let r3_view = relays
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["relay"] == "r3")
+        .unwrap()
+        .clone();
+    assert_eq!(r3_view["parent"], "r2", "{relays}");
+    assert_eq!(r3_view["connected"], true, "{relays}");
+    let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
+    assert_eq!(c2["relay"], "r2", "{c2}");
+    assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
+
+    // A job awaiting r3's target set (r3 is down): r1 cannot close it.
+    env.kill_relay("r3");
+    wait_until("hq to show r3 down", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["relay"] == "r3" && r["connected"] == false)
+    });
+    let waiting = env.create_ping(&["r3"]);
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![Event::Targets {
+            job: JobId(waiting.parse().unwrap()),
+            attempt: Attempt(1),
+            reporter: n("r3"),
+            leaves: vec![],
+            last: true,
+        }],
+    ));
+    let st = env.status(&waiting);
+    assert_eq!(st["awaiting"], serde_json::json!(["r3"]), "{st}");
+    assert_eq!(st["done"], false, "{st}");
+    // Every forged event was refused, and logged with the sender.
+    let log = env.log_text();
+    let refused = log.matches("event refused").count() - refused_before;
+    assert!(refused >= 9, "{refused} refusals logged:\n{log}");
+    assert!(log.contains("from=r1") || log.contains("from: r1"), "{log}");
+    drop(s);
+}
