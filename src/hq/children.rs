@@ -170,6 +170,14 @@ impl Facts for SubtreeFacts<'_> {
             .flatten()
             .map(|c| c.relay)
     }
+    fn client_since(&self, client: &NodeName) -> u64 {
+        self.st
+            .clients
+            .get::<ClientRecord>(&keys::name(client))
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.since_ms)
+    }
     fn keeps_leaves(&self) -> bool {
         true
     }

@@ -89,7 +89,11 @@ pub(crate) fn apply(
                     }
                 }
             }
-            Event::ClientJoined { client, relay } => {
+            Event::ClientJoined {
+                client,
+                relay,
+                at_ms,
+            } => {
                 if st.deny.contains(client) {
                     continue;
                 }
@@ -115,7 +119,9 @@ pub(crate) fn apply(
                     &k,
                     &ClientRecord {
                         relay: relay.clone(),
-                        since_ms: now,
+                        // The home's time of the join, which later joins are
+                        // compared with (see `confine::join_is_stale`).
+                        since_ms: if *at_ms == 0 { now } else { *at_ms },
                     },
                 )?;
             }

@@ -50,6 +50,7 @@ pub(crate) struct RelayRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ClientRecord {
     pub relay: NodeName,
+    /// When it joined that home, unix ms by the home's clock.
     pub since_ms: u64,
 }
 

@@ -11,7 +11,9 @@
 //! - a target set is reported by a relay in the subtree; each (client, home)
 //!   has its home in the subtree and does not take a leaf recorded for
 //!   another branch;
-//! - a client joins a home in the subtree; a relay joins a parent in the
+//! - a client joins a home in the subtree, and not earlier than the join the
+//!   directory holds (a stale re-send, e.g. from an outbox whose ack was
+//!   lost in a crash, would undo a later move); a relay joins a parent in the
 //!   subtree and is not attached, live, to another branch; a relay that left
 //!   is one in the subtree;
 //! - an inventory is of a client living in the subtree, a cache report of a
@@ -46,6 +48,9 @@ pub trait Facts {
     fn leaf(&self, job: JobId, client: &NodeName) -> Option<(Attempt, NodeName)>;
     /// The client's current home relay.
     fn client_home(&self, client: &NodeName) -> Option<NodeName>;
+    /// When the client registered at its current home, unix ms by that
+    /// home's clock (0: unknown).
+    fn client_since(&self, client: &NodeName) -> u64;
     /// Whether this node records every leaf (HQ) or not (a relay).
     fn keeps_leaves(&self) -> bool;
 }
@@ -184,15 +189,33 @@ pub fn check_event(
                 last,
             })
         }
-        Event::ClientJoined { client, relay } => {
+        Event::ClientJoined {
+            client,
+            relay,
+            at_ms,
+        } => {
             if !relay_in(&relay, seen) {
                 return Err(format!(
                     "client {client} joined relay {relay}, outside the sender's subtree"
                 ));
             }
+            if join_is_stale(
+                seen.client_home(facts, &client).as_ref(),
+                facts.client_since(&client),
+                &relay,
+                at_ms,
+            ) {
+                return Err(format!(
+                    "client {client} joined relay {relay} at {at_ms}, before its current home's join: stale"
+                ));
+            }
             seen.clients.insert(client.clone());
             seen.homes.insert(client.clone(), relay.clone());
-            Ok(Event::ClientJoined { client, relay })
+            Ok(Event::ClientJoined {
+                client,
+                relay,
+                at_ms,
+            })
         }
         Event::RelayJoined { relay, parent } => {
             if relay == *me || relay == *child {
@@ -246,6 +269,14 @@ pub fn check_event(
             Ok(Event::Cache(c))
         }
     }
+}
+
+/// A join of `client` at `home` at `at_ms` is stale when the directory holds
+/// a later join at another home (times unknown, 0, never make it stale).
+/// Compares two relays' clocks: a move faster than their skew can be
+/// misread, which a later reconnect of the agent repairs.
+pub fn join_is_stale(cur: Option<&NodeName>, since: u64, home: &NodeName, at_ms: u64) -> bool {
+    cur.is_some_and(|c| c != home) && at_ms != 0 && since > at_ms
 }
 
 /// A leaf result: its home in the subtree; at HQ, the leaf's recorded home
@@ -369,6 +400,9 @@ mod tests {
         fn client_home(&self, c: &NodeName) -> Option<NodeName> {
             self.clients.get(c).cloned()
         }
+        fn client_since(&self, _c: &NodeName) -> u64 {
+            100
+        }
         fn keeps_leaves(&self) -> bool {
             self.keeps
         }
@@ -418,6 +452,7 @@ mod tests {
         Event::ClientJoined {
             client: n(c),
             relay: n(r),
+            at_ms: 200,
         }
     }
 
@@ -450,6 +485,33 @@ mod tests {
                 "a client put under another branch",
                 client("c1", "r2a"),
                 false,
+            ),
+            (
+                "a stale re-send of an older join",
+                Event::ClientJoined {
+                    client: n("c2"),
+                    relay: n("r1"),
+                    at_ms: 50,
+                },
+                false,
+            ),
+            (
+                "an old peer's join (time unknown)",
+                Event::ClientJoined {
+                    client: n("c2"),
+                    relay: n("r1"),
+                    at_ms: 0,
+                },
+                true,
+            ),
+            (
+                "a re-send of the current join",
+                Event::ClientJoined {
+                    client: n("c1"),
+                    relay: n("r1"),
+                    at_ms: 50,
+                },
+                true,
             ),
             (
                 "my relay re-parented in my subtree",

@@ -71,13 +71,16 @@ impl Downstream for RelayState {
             return Ok(Vec::new());
         }
         let (mut events, forget) = moves::moved(self, client, old.as_ref(), &self.me, &self.me)?;
+        let now = now_ms();
         events.push(Event::ClientJoined {
             client: client.clone(),
             relay: self.me.clone(),
+            at_ms: now,
         });
         // The event before the entry: after a crash, writes survive as a
         // prefix, and an entry without its event would never be reported.
         self.outbox.push(&events)?;
+        self.dir_since.put(&keys::name(client), &now)?;
         self.dir_clients.put(&keys::name(client), &home)?;
         info!(%client, "client registered");
         Ok(forget.into_iter().collect())
@@ -306,6 +309,14 @@ impl Facts for SubtreeFacts<'_> {
             .flatten()
             .map(|e| e.home)
     }
+    fn client_since(&self, client: &NodeName) -> u64 {
+        self.st
+            .dir_since
+            .get::<u64>(&keys::name(client))
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
     fn keeps_leaves(&self) -> bool {
         false
     }
@@ -333,11 +344,17 @@ fn learn(
     let mut forgets = Vec::new();
     for (_, ev) in kept {
         match &ev {
-            Event::ClientJoined { client, relay } => {
+            Event::ClientJoined {
+                client,
+                relay,
+                at_ms,
+            } => {
                 let old = st.dir_clients.get::<DirEntry>(&keys::name(client))?;
                 let (cancels, forget) = moves::moved(st, client, old.as_ref(), child, relay)?;
                 fwd.extend(cancels);
                 forgets.extend(forget);
+                let since = if *at_ms == 0 { now_ms() } else { *at_ms };
+                st.dir_since.put(&keys::name(client), &since)?;
                 st.dir_clients.put(
                     &keys::name(client),
                     &DirEntry {

@@ -77,6 +77,8 @@ pub(crate) struct RelayState {
     pub store: Store,
     /// client -> DirEntry, for every client in the subtree.
     pub dir_clients: Table,
+    /// client -> unix ms: when its current home says it joined there.
+    pub dir_since: Table,
     /// relay -> via (direct child), for every relay in the subtree.
     pub dir_relays: Table,
     /// job ++ attempt -> AttemptRecord.
@@ -111,6 +113,7 @@ impl RelayState {
             me,
             dir_clients: store.table("dir_clients")?,
             dir_relays: store.table("dir_relays")?,
+            dir_since: store.table("dir_since")?,
             attempts: store.table("attempts")?,
             leaves: store.table("leaves")?,
             client_leaves: store.table("client_leaves")?,

@@ -403,20 +403,7 @@ async fn session_to_hq(
     dir: &std::path::Path,
     purpose: relaytree::proto::Purpose,
 ) -> Session {
-    let id = Identity::load(dir).unwrap();
-    let d = link::Dialer {
-        addr: hq.to_string(),
-        connector: tokio_rustls::TlsConnector::from(id.client_config(Role::Hq, None).unwrap()),
-        me: Hello {
-            version: PROTOCOL_VERSION,
-            name: id.me().name.clone(),
-            role: id.me().role,
-            purpose,
-        },
-        timing: Timing::default(),
-        gate: None,
-    };
-    link::dial_once(&d).await.unwrap()
+    dial_as(hq, dir, Role::Hq, purpose).await
 }
 
 /// One admin request on an open session; `None` once the session is gone.
@@ -505,25 +492,7 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
 /// HQ's acknowledgement of the batch (HQ acknowledges what it refused too:
 /// refusing is its durable decision).
 async fn forge(s: &mut Session, seq: &mut u64, events: Vec<Event>) {
-    let batch: Vec<(u64, Event)> = events
-        .into_iter()
-        .map(|e| {
-            *seq += 1;
-            (*seq, e)
-        })
-        .collect();
-    let last = *seq;
-    link::send(&s.tx, Msg::Events(batch)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.rx.recv().await.unwrap() {
-                Msg::Ack { seq } if seq >= last => return,
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .expect("hq never acknowledged the forged batch");
+    send_events(s, seq, events).await
 }
 
 fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
@@ -586,6 +555,7 @@ fn a_relay_cannot_speak_for_another_branch() {
             Event::ClientJoined {
                 client: n("c2"),
                 relay: n("r3"),
+                at_ms: relaytree::proto::now_ms(),
             },
             // Report r3 gone.
             Event::RelayLeft {
