@@ -259,6 +259,10 @@ pub enum RelayCmd {
         parent: String,
         #[command(flatten)]
         timing: TimingArgs,
+        /// Connections still in their TLS handshake or Hello at most
+        /// (default 8192); past it, new connections are refused at once.
+        #[arg(long = "max-handshakes")]
+        max_handshakes: Option<usize>,
     },
 }
 

@@ -386,8 +386,19 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             listen,
             parent,
             timing: t,
+            max_handshakes,
         } => {
             let t = timing(&t)?;
+            let mut limits = crate::link::Limits::default();
+            match max_handshakes {
+                Some(0) => {
+                    return Err(CliError::Usage(
+                        "--max-handshakes must be at least 1".into(),
+                    ))
+                }
+                Some(n) => limits.max_handshakes = n,
+                None => {}
+            }
             // Fail on a bad identity before announcing anything.
             check_identity(&identity, crate::proto::Role::Relay)?;
             crate::node::raise_fd_limit();
@@ -398,6 +409,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
                 data_dir: data_dir.clone(),
                 parent,
                 timing: t,
+                limits,
             };
             finish(
                 crate::relay::run(listener, cfg, shutdown).await,

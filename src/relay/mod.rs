@@ -48,6 +48,8 @@ pub struct RelayConfig {
     pub parent: String,
     /// Session timers.
     pub timing: Timing,
+    /// Caps on connections to this relay's listener.
+    pub limits: link::Limits,
 }
 
 /// Where a client lives, as this relay knows it.
@@ -218,7 +220,7 @@ pub async fn run(
         me: hello,
         trust_domain: me.trust_domain.clone(),
         timing: cfg.timing,
-        limits: Default::default(),
+        limits: cfg.limits,
         denied: st.deny.clone(),
     });
     let s2 = st.clone();

@@ -369,7 +369,11 @@ fn reset_storm_on_link_to_hq_loses_nothing() {
         (1 + CYCLES, 0),
         "r1 redialed more than once per reset (sessions, failed dials)"
     );
-    assert_eq!(proxy.accepted(), 1 + CYCLES, "connections through the proxy");
+    assert_eq!(
+        proxy.accepted(),
+        1 + CYCLES,
+        "connections through the proxy"
+    );
 }
 
 /// agents -> proxy -> relay, then the proxy goes silent: the relay drops

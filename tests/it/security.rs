@@ -381,19 +381,62 @@ fn bad_key_modes_and_expired_certificates_are_refused_at_start() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }
 
+/// Idle connections past a relay's cap on pending handshakes (lowered to
+/// 64 here with `--max-handshakes`, so that the test reaches it; the default
+/// is 8,192): those past the cap are refused at once, those holding a slot
+/// are closed at the handshake timeout (10 s), and a real agent then gets in
+/// and runs a job although every idle connection is still open on the
+/// test's side.
 #[test]
-fn two_thousand_idle_connections_do_not_lock_out_a_real_agent() {
+fn idle_connections_past_the_handshake_cap_do_not_lock_out_a_real_agent() {
+    let cap = 64;
+    let total = 600;
     let mut env = Env::new();
     let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    let idle: Vec<std::net::TcpStream> = (0..2000)
+    let r1 = env.start_relay_with("r1", &hq, &["--max-handshakes", &cap.to_string()]);
+    let t = std::time::Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..total)
         .map(|_| std::net::TcpStream::connect(&r1).expect("connect"))
         .collect();
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+    }
+    let closed = |idle: &[std::net::TcpStream]| {
+        idle.iter()
+            .filter(|s| {
+                let mut b = [0u8; 1];
+                match std::io::Read::read(&mut &**s, &mut b) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    Ok(_) => false,
+                }
+            })
+            .count()
+    };
+    // The cap is reached: every connection past it is refused at once.
+    wait_until(
+        "the connections past the cap to be refused",
+        DEADLINE,
+        || closed(&idle) >= total - cap,
+    );
+    let refused = closed(&idle);
+    // Exactly `cap` stay open: the cap closed the others, not a timeout.
+    assert_eq!(
+        refused,
+        total - cap,
+        "closed after {:?}, of {total}",
+        t.elapsed()
+    );
     env.start_agent("c1", &r1);
     env.wait_clients(1);
     let job = env.create_job(&["r1"], &[], &env.job_script("true"));
     let (code, st) = env.wait_job(&job);
     assert_eq!(code, 0, "{st}");
+    eprintln!(
+        "{total} idle connections, cap {cap}: {refused} refused at once; \
+         the agent ran a job {:?} after they opened",
+        t.elapsed()
+    );
     drop(idle);
 }
 
