@@ -8,6 +8,7 @@ mod counters;
 mod ingest;
 mod jobs;
 mod packages;
+mod revoke;
 mod sessions;
 mod syncs;
 mod view;

@@ -10,6 +10,7 @@ mod cache;
 mod children;
 mod deny;
 mod expire;
+mod home;
 mod moves;
 mod upward;
 

@@ -668,3 +668,85 @@ fn a_relay_cannot_speak_for_another_branch() {
     assert!(log.contains("from=r1") || log.contains("from: r1"), "{log}");
     drop(s);
 }
+
+/// The same one level down: HQ <- r0 <- {r1 (the test, a real relay
+/// certificate), r2 <- c2}. r0 checks what r1 says about its sibling r2's
+/// branch (HQ cannot: both lie under r0): nothing of it takes effect.
+#[test]
+fn a_relay_cannot_speak_for_a_sibling_branch() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r0 = env.start_relay("r0", &hq);
+    let r2 = env.start_relay("r2", &r0);
+    env.start_agent("c2", &r2);
+    env.wait_clients(1);
+    let failing = env.create_job(&["r2"], &[], &env.job_script("exit 3"));
+    let (_, st) = env.wait_job(&failing);
+    assert_eq!(states(&st), all(&["c2"], "failed"), "{st}");
+
+    let r1 = env.issue("relay", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = rt.block_on(dial_as(&r0, &r1, Role::Relay, Default::default()));
+    let mut seq = 0;
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![
+            leaf_update(&failing, 1, "c2", "r2"),
+            leaf_update(&failing, 1, "c2", "r1"),
+            leaf_update(&failing, 2, "c2", "r1"),
+            Event::RelayJoined {
+                relay: n("r2"),
+                parent: n("r1"),
+            },
+            Event::ClientJoined {
+                client: n("c2"),
+                relay: n("r2"),
+                at_ms: relaytree::proto::now_ms(),
+            },
+            Event::RelayLeft {
+                relay: n("r2"),
+                parent: n("r0"),
+                at_ms: relaytree::proto::now_ms(),
+            },
+            Event::Inventory(relaytree::proto::InventoryReport {
+                client: n("c2"),
+                relay: n("r2"),
+                packages: vec![relaytree::proto::Installed {
+                    name: "evil".into(),
+                    version: "1".into(),
+                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
+                    at_ms: 1,
+                }],
+                at_ms: 1,
+            }),
+        ],
+    ));
+    let st = env.status(&failing);
+    assert_eq!(states(&st), all(&["c2"], "failed"), "{st}");
+    let tree = env.tree();
+    let r2_view = tree["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["relay"] == "r2")
+        .unwrap()
+        .clone();
+    assert_eq!(r2_view["parent"], "r0", "{tree}");
+    assert_eq!(r2_view["connected"], true, "{tree}");
+    let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
+    assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
+    // r0 still routes r2's branch to r2, and r2 still has c2.
+    let job = env.create_ping(&["r2"]);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&["c2"], "succeeded"), "{st}");
+    // r0 refuses what names r2's branch; what r1 claims as its own home
+    // (c2's result "from r1") passes r0 and is refused by HQ, which knows
+    // c2's home for that attempt.
+    let r0_log = env.relays["r0"].proc.stderr_text();
+    assert_eq!(r0_log.matches("event refused").count(), 5, "{r0_log}");
+    let hq_log = env.hq.as_ref().unwrap().proc.stderr_text();
+    assert_eq!(hq_log.matches("event refused").count(), 2, "{hq_log}");
+    drop(s);
+}
