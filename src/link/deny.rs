@@ -36,12 +36,19 @@ impl DenyList {
             .map(|s| s.contains(name))
             .unwrap_or(true)
     }
-    /// Replaces the whole list.
+    /// Replaces the whole list; sessions are woken only when it changed.
     pub fn replace(&self, names: impl IntoIterator<Item = NodeName>) {
-        if let Ok(mut s) = self.0.names.write() {
-            *s = names.into_iter().collect();
+        let new: BTreeSet<NodeName> = names.into_iter().collect();
+        let changed = match self.0.names.write() {
+            Ok(mut s) if *s != new => {
+                *s = new;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.0.changed.send_modify(|n| *n += 1);
         }
-        self.0.changed.send_modify(|n| *n += 1);
     }
     /// The list now.
     pub fn names(&self) -> Vec<NodeName> {
