@@ -135,3 +135,132 @@ async fn serve_loop<D: Downstream>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{JobId, MsgCodec, Purpose, Role};
+    use futures::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use tokio_util::codec::Framed;
+
+    struct Fake {
+        store: Store,
+        down: DownQueue,
+        children: Mutex<HashMap<NodeName, SessionTx>>,
+        applied: Mutex<Vec<u64>>,
+    }
+
+    impl Downstream for Fake {
+        fn store(&self) -> &Store {
+            &self.store
+        }
+        fn down(&self) -> &DownQueue {
+            &self.down
+        }
+        fn children(&self) -> &Mutex<HashMap<NodeName, SessionTx>> {
+            &self.children
+        }
+        fn greeting(&self, _child: &PeerIdentity) -> Result<Vec<Msg>, StoreError> {
+            Ok(vec![Msg::Deny { names: vec![] }])
+        }
+        fn apply(
+            &self,
+            _c: &PeerIdentity,
+            events: &[(u64, Event)],
+        ) -> Result<Outgoing, StoreError> {
+            let mut a = self.applied.lock().unwrap();
+            a.extend(events.iter().map(|(s, _)| *s));
+            Ok(Vec::new())
+        }
+    }
+
+    type Child = Framed<tokio::io::DuplexStream, MsgCodec>;
+
+    /// A session of agent `c1` served by `fake`; the child's end of it.
+    fn connect(fake: &Arc<Fake>) -> (Child, tokio::task::JoinHandle<Result<(), LinkError>>) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let peer = PeerIdentity {
+            role: Role::Agent,
+            name: NodeName::new("c1").unwrap(),
+            trust_domain: "test".into(),
+        };
+        let s = super::super::session::start(
+            Framed::new(ours, MsgCodec::default()),
+            peer,
+            super::super::Timing::default(),
+            Purpose::Session,
+        );
+        let f = fake.clone();
+        let h = tokio::spawn(async move { serve(&*f, s).await });
+        (Framed::new(theirs, MsgCodec::default()), h)
+    }
+
+    async fn next(child: &mut Child) -> Msg {
+        loop {
+            match child.next().await.unwrap().unwrap() {
+                Msg::Heartbeat => continue,
+                m => return m,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_messages_are_resent_on_every_connect_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let down = DownQueue::new(store.table("down").unwrap());
+        let c1 = NodeName::new("c1").unwrap();
+        down.put(&c1, &Msg::Cancel { job: JobId(7) }).unwrap();
+        let purge = Msg::Purge {
+            id: 1,
+            jobs: vec![JobId(3)],
+        };
+        down.put(&c1, &purge).unwrap();
+        let fake = Arc::new(Fake {
+            store,
+            down,
+            children: Mutex::new(HashMap::new()),
+            applied: Mutex::new(Vec::new()),
+        });
+
+        let (mut child, h) = connect(&fake);
+        assert_eq!(next(&mut child).await, Msg::Cancel { job: JobId(7) });
+        assert_eq!(next(&mut child).await, purge);
+        assert_eq!(next(&mut child).await, Msg::Deny { names: vec![] });
+        assert!(fake.children.lock().unwrap().contains_key(&c1));
+        child.send(&Msg::CancelAck { job: JobId(7) }).await.unwrap();
+        let ev = Event::ClientJoined {
+            client: c1.clone(),
+            relay: c1.clone(),
+            at_ms: 0,
+        };
+        child.send(&Msg::Events(vec![(5, ev)])).await.unwrap();
+        assert_eq!(next(&mut child).await, Msg::Ack { seq: 5 });
+        assert_eq!(*fake.applied.lock().unwrap(), vec![5]);
+        drop(child);
+        assert!(h
+            .await
+            .unwrap()
+            .is_err_and(|e| matches!(e, LinkError::Closed)));
+        assert!(!fake.children.lock().unwrap().contains_key(&c1));
+
+        // The next session gets only what is still unacknowledged.
+        let (mut child, h) = connect(&fake);
+        assert_eq!(next(&mut child).await, purge);
+        assert_eq!(next(&mut child).await, Msg::Deny { names: vec![] });
+        // Anything but events and acks closes the session with a reason.
+        let odd = Msg::Forget {
+            client: c1.clone(),
+            moved_to: c1.clone(),
+        };
+        child.send(&odd).await.unwrap();
+        assert!(
+            matches!(next(&mut child).await, Msg::Bye { reason } if reason.contains("forget not allowed from an agent c1"))
+        );
+        assert!(h
+            .await
+            .unwrap()
+            .is_err_and(|e| matches!(e, LinkError::Protocol(_))));
+    }
+}
