@@ -142,9 +142,13 @@ pub enum CertCmd {
         count: Option<u32>,
     },
     /// Revoke a node: HQ and every relay refuse it and close its sessions.
+    /// A name HQ has never seen is refused unless --force.
     Revoke {
         /// The node's name.
         name: String,
+        /// Revoke even a name HQ has never seen (an identity issued but never used).
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -178,12 +178,21 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             }
         }
         HqCmd::Cert {
-            cmd: CertCmd::Revoke { name, json, admin },
+            cmd:
+                CertCmd::Revoke {
+                    name,
+                    force,
+                    json,
+                    admin,
+                },
         } => {
             let name = NodeName::new(name.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c
-                .request(AdminRequest::Revoke { name: name.clone() })
+                .request(AdminRequest::Revoke {
+                    name: name.clone(),
+                    force,
+                })
                 .await?
             {
                 AdminResponse::Revoked { denied } if json => {

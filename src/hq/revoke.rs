@@ -25,13 +25,18 @@ fn known(st: &HqState, name: &NodeName) -> Result<bool, StoreError> {
 /// `hq cert revoke NAME`: durable, refused at HQ's listener at once (which
 /// closes every session of that name), pushed down the tree. A revoked
 /// client leaves the directory and its open leaves become `canceled`.
-pub(crate) async fn revoke(st: &HqState, name: NodeName) -> Result<Vec<NodeName>, HqError> {
+pub(crate) async fn revoke(
+    st: &HqState,
+    name: NodeName,
+    force: bool,
+) -> Result<Vec<NodeName>, HqError> {
     if name == st.me {
         return Err(HqError::Refused("hq cannot revoke itself".into()));
     }
-    if !known(st, &name)? {
+    if !force && !known(st, &name)? {
         return Err(HqError::Refused(format!(
-            "unknown node {name}: no relay, client or session of that name was ever seen by hq"
+            "unknown node {name}: no relay, client or session of that name was ever seen by hq \
+             (check the spelling; --force revokes an identity that was never used)"
         )));
     }
     {

@@ -119,8 +119,8 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
         }
         AdminRequest::Purge { .. } => return Err(HqError::Refused("purge: not built yet".into())),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
-        AdminRequest::Revoke { name } => AdminResponse::Revoked {
-            denied: revoke::revoke(st, name).await?,
+        AdminRequest::Revoke { name, force } => AdminResponse::Revoked {
+            denied: revoke::revoke(st, name, force).await?,
         },
         AdminRequest::PackageMissing { hashes } => AdminResponse::Missing {
             hashes: packages::missing(st, &hashes),

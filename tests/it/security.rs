@@ -489,6 +489,10 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unknown node opps"), "{}", out.stderr);
 
+    // An identity issued but never used is revoked with --force.
+    env.issue("agent", "unused");
+    assert_eq!(env.admin(&["cert", "revoke", "unused"]).code, 2);
+    env.admin(&["cert", "revoke", "unused", "--force"]).ok();
     for name in ["ops", "mover"] {
         let out = env.admin(&["cert", "revoke", name, "--json"]).ok().json();
         assert!(
