@@ -120,6 +120,19 @@ fn describe() {
     describe_counter!(HANDSHAKES_REFUSED, "connections refused, by reason");
 }
 
+/// The `Content-Type` of [`scrape`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// [`render`] on a blocking thread (collectors read stores): what a
+/// `GET /metrics` handler answers, here or on HQ's dashboard listener
+/// (there: call [`install`] before HQ opens its store, and route
+/// `GET /metrics` to this with [`CONTENT_TYPE`]).
+pub async fn scrape() -> String {
+    tokio::task::spawn_blocking(render)
+        .await
+        .unwrap_or_default()
+}
+
 /// Whether a recorder is installed (metrics are being kept).
 pub fn enabled() -> bool {
     HANDLE.get().is_some()
@@ -367,18 +380,10 @@ async fn answer(
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     use hyper::{header, Response, StatusCode};
     let r = match route(req.method().as_str(), req.uri().path()) {
-        Answer::Metrics => {
-            let text = tokio::task::spawn_blocking(render)
-                .await
-                .unwrap_or_default();
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .body(Body::new(text.into()))
-        }
+        Answer::Metrics => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(Body::new(scrape().await.into())),
         Answer::MethodNotAllowed => Response::builder()
             .status(StatusCode::METHOD_NOT_ALLOWED)
             .header(header::ALLOW, "GET")
