@@ -67,6 +67,8 @@ pub(crate) struct HqState {
     pub clients: Table,
     /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
     pub downq: Table,
+    /// Messages queued for children until acknowledged (cancels, purges, ...).
+    pub down: crate::link::queue::DownQueue,
     /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
     pub forgetq: Table,
     /// name -> unix ms: revoked nodes.
@@ -77,6 +79,8 @@ pub(crate) struct HqState {
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves and jobs (no await inside).
     pub write: Mutex<()>,
+    /// Expiry window of an order whose job gives none (`hq serve --order-ttl`).
+    pub order_ttl_ms: u64,
     /// Signs every order (end to end: relays cannot alter them).
     pub signer: crate::tls::SigningKey,
     /// When this HQ process started, unix ms (for the reconnect grace period).
@@ -126,12 +130,14 @@ impl HqState {
             relays: store.table("relays")?,
             clients: store.table("clients")?,
             downq: store.table("downq")?,
+            down: crate::link::queue::DownQueue::new(store.table("down")?),
             forgetq: store.table("forgetq")?,
             denied: store.table("denied")?,
             deny: Default::default(),
             store,
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
+            order_ttl_ms: DEFAULT_ORDER_TTL_MS,
             changed: watch::channel(0).0,
             counters: Default::default(),
             started_at_ms: crate::proto::now_ms(),
@@ -164,11 +170,40 @@ pub mod layout {
     }
 }
 
-/// Runs HQ on an already bound listener until `shutdown`.
+/// Default expiry window of a job created without `--expires`: 7 days.
+pub const DEFAULT_ORDER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// How HQ runs, beyond its listener and session timers.
+#[derive(Clone, Debug)]
+pub struct HqOptions {
+    /// Expiry window of a job created without `--expires`.
+    pub order_ttl_ms: u64,
+}
+
+impl Default for HqOptions {
+    fn default() -> HqOptions {
+        HqOptions {
+            order_ttl_ms: DEFAULT_ORDER_TTL_MS,
+        }
+    }
+}
+
+/// Runs HQ on an already bound listener until `shutdown`, with default options.
 pub async fn run(
     listener: TcpListener,
     data_dir: &Path,
     timing: Timing,
+    shutdown: CancellationToken,
+) -> Result<(), HqError> {
+    run_with(listener, data_dir, timing, HqOptions::default(), shutdown).await
+}
+
+/// Runs HQ on an already bound listener until `shutdown`.
+pub async fn run_with(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    opts: HqOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
@@ -184,7 +219,9 @@ pub async fn run(
     let store = Store::open(data_dir)?;
     let depot = crate::pkg::ChunkStore::open(layout::depot(data_dir))
         .map_err(|e| HqError::Refused(format!("cannot open the package depot: {e}")))?;
-    let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
+    let mut state = HqState::open(me.name.clone(), store, signer, depot)?;
+    state.order_ttl_ms = opts.order_ttl_ms;
+    let state = Arc::new(state);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     let admit = [Role::Relay, Role::Admin];

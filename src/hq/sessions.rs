@@ -130,6 +130,9 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
     for m in queue::queued_forgets(&st.forgetq, &name)? {
         crate::link::send(&tx, m).await?;
     }
+    for m in st.down.queued(&name)? {
+        crate::link::send(&tx, m).await?;
+    }
     crate::link::send(
         &tx,
         Msg::Deny {
@@ -168,6 +171,9 @@ async fn relay_loop(
             }
             Msg::ForgetAck { client } => {
                 st.forgetq.remove(&keys::name_name(name, &client))?;
+            }
+            ack @ Msg::CancelAck { .. } => {
+                st.down.ack(name, &ack)?;
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
@@ -243,12 +249,10 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Status(view::status(st, job)?)
         }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
-        AdminRequest::Rerun { job, .. } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
-        AdminRequest::Cancel { job } => {
-            return Err(HqError::Refused(format!(
-                "cancel of job {job}: not built yet"
-            )))
+        AdminRequest::Rerun { job, expired } => {
+            AdminResponse::Rerun(jobs::rerun(st, job, expired).await?)
         }
+        AdminRequest::Cancel { job } => AdminResponse::Canceled(jobs::cancel(st, job).await?),
         AdminRequest::Purge { .. } => return Err(HqError::Refused("purge: not built yet".into())),
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
         AdminRequest::Revoke { name } => AdminResponse::Revoked {

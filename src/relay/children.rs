@@ -165,6 +165,9 @@ async fn agent_loop(
                 // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
                 apply_home(st, client, std::slice::from_ref(&u))?;
             }
+            ack @ Msg::CancelAck { .. } => {
+                st.down.ack(client, &ack)?;
+            }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
                     continue;
@@ -264,6 +267,9 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
     for a in queued {
         crate::link::send(&tx, Msg::Assign(a)).await?;
     }
+    for m in st.down.queued(&child)? {
+        crate::link::send(&tx, m).await?;
+    }
     let r = relay_loop(st, &child, &tx, &mut rx).await;
     {
         // Only the child's current session reports it gone: a stale one (a
@@ -295,6 +301,9 @@ async fn relay_loop(
             }
             Msg::ForgetAck { client } => {
                 st.forgetq.remove(&keys::name_name(child, &client))?;
+            }
+            ack @ Msg::CancelAck { .. } => {
+                st.down.ack(child, &ack)?;
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {

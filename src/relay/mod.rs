@@ -7,6 +7,7 @@
 
 mod assign;
 mod cache;
+mod cancel;
 mod children;
 mod deny;
 mod expire;
@@ -87,6 +88,8 @@ pub(crate) struct RelayState {
     pub client_leaves: Table,
     /// child ++ 0 ++ job ++ attempt -> Assignment for a child relay, until acknowledged.
     pub downq: Table,
+    /// Messages queued for children until acknowledged (cancels, purges, ...).
+    pub down: crate::link::queue::DownQueue,
     /// child ++ 0 ++ client -> new home: `Forget`s not yet acknowledged.
     pub forgetq: Table,
     /// name -> unix ms: revoked nodes, as HQ last sent them.
@@ -114,6 +117,7 @@ impl RelayState {
             leaves: store.table("leaves")?,
             client_leaves: store.table("client_leaves")?,
             downq: store.table("downq")?,
+            down: crate::link::queue::DownQueue::new(store.table("down")?),
             forgetq: store.table("forgetq")?,
             denied: store.table("denied")?,
             deny: Default::default(),

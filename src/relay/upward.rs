@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, deny, moves, RelayState};
+use super::{assign, cache, cancel, deny, moves, RelayState};
 use crate::link::queue;
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
@@ -19,6 +19,17 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
     let r = async {
         loop {
             match rx.recv().await? {
+                Msg::Assign(a) if cancel::is_canceled(&st, a.job)? => {
+                    // Canceled here before it arrived: acknowledged, never applied.
+                    crate::link::send(
+                        &tx,
+                        Msg::AssignAck {
+                            job: a.job,
+                            attempt: a.attempt,
+                        },
+                    )
+                    .await?;
+                }
                 Msg::Assign(a) => {
                     let d = assign::apply(&st, &a)?;
                     st.store.durable().await?;
@@ -52,6 +63,12 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     deny::store(&st, &names)?;
                     st.store.durable().await?;
                     deny::apply(&st, names);
+                }
+                Msg::Cancel { job } => {
+                    let sends = cancel::apply(&st, job)?;
+                    st.store.durable().await?;
+                    crate::link::send(&tx, Msg::CancelAck { job }).await?;
+                    cancel::send(&st, job, sends);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a parent")),
