@@ -130,20 +130,27 @@ fn hq_killed_during_creates_and_reruns_leaves_every_job_finishable() {
             "cycle {cycle}: acknowledged jobs lost: {lost:?}"
         );
         for job in &listed {
+            // As the restart left it, and once finished.
+            let first = env.status(job);
             let (_, st) = env.wait_job(job);
             assert_eq!(
                 st["done"], true,
                 "cycle {cycle}: job {job} never finished: {st}"
             );
-            let attempt = st["attempt"].as_u64().unwrap();
-            let l = leaves(&st);
-            assert_eq!(l.len(), AGENTS as usize, "cycle {cycle}: job {job}: {st}");
-            for (c, leaf) in l {
-                let a = leaf["attempt"].as_u64().unwrap();
-                assert!(
-                    a <= attempt,
-                    "cycle {cycle}: job {job}: {c} at attempt {a} above the job's {attempt}"
-                );
+            assert_eq!(
+                leaves(&st).len(),
+                AGENTS as usize,
+                "cycle {cycle}: job {job}: {st}"
+            );
+            for s in [&first, &st] {
+                let attempt = s["attempt"].as_u64().unwrap();
+                for (c, leaf) in leaves(s) {
+                    let a = leaf["attempt"].as_u64().unwrap();
+                    assert!(
+                        a <= attempt,
+                        "cycle {cycle}: job {job}: {c} at attempt {a} above the job's {attempt}"
+                    );
+                }
             }
         }
         eprintln!(
