@@ -165,3 +165,84 @@ fn rerun_expired_takes_leaves_that_expired() {
     assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"), "{st}");
     assert_eq!(env.run_counts(&job), each(&["c1", "c2"], 1));
 }
+
+/// A rerun of many failed leaves under one relay, with 57-character names:
+/// every agent gets only the order chunk naming it, so nothing outgrows an
+/// agent frame. 20,000 leaves (about 10 minutes on a small machine, most of
+/// it issuing certificates and handshakes) run with
+/// `RELAYTREE_SLOW_TESTS=1`; `RELAYTREE_RERUN_LEAVES=N` changes the count.
+/// The normal suite proves the bound itself
+/// (`relay::assign::tests::an_agents_assignment_does_not_grow_with_the_rerun`).
+#[test]
+fn a_rerun_of_many_long_named_leaves_completes() {
+    if std::env::var_os("RELAYTREE_SLOW_TESTS").is_none() {
+        eprintln!("skipped: set RELAYTREE_SLOW_TESTS=1");
+        return;
+    }
+    let n: u32 = std::env::var("RELAYTREE_RERUN_LEAVES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let t0 = std::time::Instant::now();
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    // PREFIX-00001 ...: 51 + 6 = 57 characters.
+    let prefix = format!("rerun-{}", "x".repeat(45));
+    let ids = env.root().join("many-ids");
+    Out::of(run(std::process::Command::new(HQ)
+        .args(["cert", "issue", "--data-dir"])
+        .arg(&env.hq_dir)
+        .args(["--role", "agent", "--name", &prefix, "--count"])
+        .arg(n.to_string())
+        .arg("--out")
+        .arg(&ids)))
+    .ok();
+    let mut c = std::process::Command::new(AGENT);
+    c.args(["swarm", "--identities"])
+        .arg(&ids)
+        .arg("--data-dir")
+        .arg(env.root().join("data/many"))
+        .args(["--relay", &r1]);
+    let _swarm = Proc::spawn("swarm", c, &env.logs());
+    let slow = std::time::Duration::from_secs(1800);
+    wait_until("every agent to register", slow, || {
+        env.tree()["clients"].as_u64() == Some(n as u64)
+    });
+    eprintln!("{n} agents registered after {:?}", t0.elapsed());
+    let job = env.create_job(&["r1"], &[], r#"[ "$RELAYTREE_ATTEMPT" -gt 1 ]"#);
+    let wait = |env: &Env| {
+        let out = env.admin(&["job", "wait", &job, "--timeout", "30m", "--json"]);
+        assert!(out.code == 0 || out.code == 1, "{out:?}");
+        out.json()
+    };
+    let st = wait(&env);
+    assert_eq!(
+        st["totals"]["failed"].as_u64(),
+        Some(n as u64),
+        "{}",
+        st["totals"]
+    );
+    let t1 = std::time::Instant::now();
+    let r = env
+        .admin(&["job", "rerun", &job, "--failed", "--json"])
+        .ok()
+        .json();
+    assert_eq!(r["targets"].as_u64(), Some(n as u64), "{r}");
+    let st = wait(&env);
+    assert_eq!(
+        st["totals"]["succeeded"].as_u64(),
+        Some(n as u64),
+        "{}",
+        st["totals"]
+    );
+    eprintln!(
+        "rerun of {n} leaves took {:?} (whole test {:?})",
+        t1.elapsed(),
+        t0.elapsed()
+    );
+    assert!(
+        !env.relays["r1"].proc.stderr_text().contains("does not fit"),
+        "an assignment outgrew an agent frame"
+    );
+}
