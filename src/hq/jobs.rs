@@ -98,6 +98,9 @@ pub(crate) const ORDER_CHUNK: usize = 256;
 /// frame, leaving room for the chunk of a rerun order).
 const AGENT_ASSIGNMENT_BUDGET: usize = crate::proto::AGENT_MAX_FRAME / 2;
 
+/// Room kept in a relay frame for the message envelope.
+const RELAY_FRAME_SLACK: usize = 64 * 1024;
+
 /// Refuses an action too large to reach an agent in one frame.
 fn check_size(a: &Assignment) -> Result<(), HqError> {
     let n = crate::proto::codec::encode(&Msg::Assign(a.clone()))
@@ -350,6 +353,22 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                 (top, a)
             })
             .collect();
+        // A relay frame carries one assignment: refuse a rerun that would
+        // not fit rather than wedge the relay's session re-sending it.
+        for (top, a) in &queued {
+            let n = crate::proto::codec::encode(&Msg::Assign(a.clone()))
+                .map_err(|e| HqError::Refused(format!("cannot encode the rerun: {e}")))?
+                .len();
+            if n + RELAY_FRAME_SLACK > crate::proto::MAX_FRAME {
+                return Err(HqError::Refused(format!(
+                    "the rerun sends relay {top} {} targets ({n} bytes), more than one frame holds",
+                    match &a.scope {
+                        Scope::Targets(t) => t.len(),
+                        Scope::AllLowerOf(_) => 0,
+                    }
+                )));
+            }
+        }
         // Leaves at n+1, the job at n+1 and the queue: one atomic write.
         st.store
             .atomically(&[&st.leaves, &st.jobs, &st.downq], |w| {

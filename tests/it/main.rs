@@ -13,6 +13,7 @@ mod faults;
 mod fuzz_regress;
 mod garbage;
 mod harness;
+mod jobs_cli;
 mod offline;
 mod packages;
 mod proxy;
