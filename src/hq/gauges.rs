@@ -29,22 +29,36 @@ pub(crate) fn register(state: &Arc<HqState>) {
 /// A count per state label.
 type ByState = Vec<(&'static str, u64)>;
 
-/// Leaves by state over all jobs, and jobs by state (`active`: some leaf
-/// open or a relay still to report its targets; `done`).
+/// Job states always exported (zero when none), and the label for any
+/// other state a job may report.
+const JOB_STATES: [&str; 4] = ["active", "paused", "canceled", "done"];
+const OTHER: &str = "other";
+
+/// Leaves by state over all jobs, and jobs by state (as `job list` says:
+/// `active`, `paused`, `canceled`, `done`; a job of an older record without
+/// a state counts as done or active).
 pub(crate) fn sums(jobs: &[JobSummary]) -> (ByState, ByState) {
     let mut leaves = LeafState::ALL.map(|s| (s.as_str(), 0u64));
-    let (mut active, mut done) = (0, 0);
+    let mut states: ByState = JOB_STATES.iter().map(|s| (*s, 0)).collect();
     for j in jobs {
         for (i, s) in LeafState::ALL.iter().enumerate() {
             leaves[i].1 += j.totals.get(*s);
         }
-        if j.done {
-            done += 1;
-        } else {
-            active += 1;
+        let state = match j.state.as_str() {
+            "" if j.done => "done",
+            "" => "active",
+            s => JOB_STATES
+                .iter()
+                .copied()
+                .find(|k| *k == s)
+                .unwrap_or(OTHER),
+        };
+        match states.iter_mut().find(|(k, _)| *k == state) {
+            Some(slot) => slot.1 += 1,
+            None => states.push((OTHER, 1)),
         }
     }
-    (leaves.to_vec(), vec![("active", active), ("done", done)])
+    (leaves.to_vec(), states)
 }
 
 #[cfg(test)]
@@ -52,7 +66,7 @@ mod tests {
     use super::*;
     use crate::proto::{Attempt, JobId, Totals};
 
-    fn job(done: bool, states: &[LeafState]) -> JobSummary {
+    fn job(state: &str, done: bool, states: &[LeafState]) -> JobSummary {
         let mut totals = Totals::default();
         for s in states {
             totals.add(*s);
@@ -61,6 +75,7 @@ mod tests {
             job: JobId(1),
             attempt: Attempt(1),
             done,
+            state: state.into(),
             action: "true".into(),
             dest: vec![],
             totals,
@@ -72,9 +87,12 @@ mod tests {
     fn leaves_and_jobs_are_summed_by_state() {
         use LeafState::*;
         let jobs = [
-            job(true, &[Succeeded, Succeeded, Failed]),
-            job(false, &[Running, Succeeded]),
-            job(false, &[]),
+            job("done", true, &[Succeeded, Succeeded, Failed]),
+            job("active", false, &[Running, Succeeded]),
+            job("", false, &[]),
+            job("canceled", true, &[Canceled]),
+            job("", true, &[]),
+            job("exploded", true, &[]),
         ];
         let (leaves, by_state) = sums(&jobs);
         let get = |s: &str| leaves.iter().find(|(n, _)| *n == s).unwrap().1;
@@ -83,6 +101,16 @@ mod tests {
         assert_eq!(get("running"), 1);
         assert_eq!(get("pending"), 0);
         assert_eq!(leaves.len(), LeafState::ALL.len());
-        assert_eq!(by_state, vec![("active", 2), ("done", 1)]);
+        assert_eq!(get("canceled"), 1);
+        assert_eq!(
+            by_state,
+            vec![
+                ("active", 2),
+                ("paused", 0),
+                ("canceled", 1),
+                ("done", 2),
+                ("other", 1)
+            ]
+        );
     }
 }
