@@ -212,7 +212,11 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         st.leaves
             .put_many(fresh.iter().map(|(k, v)| (k.clone(), v)))?;
         for (_, l) in leaves.iter().filter(|(_, l)| l.state.is_rerunnable()) {
-            st.counters.moved(job, Some(l.state), LeafState::Pending);
+            st.counters.moved(
+                job,
+                Some((l.state, &l.relay)),
+                (LeafState::Pending, &l.relay),
+            );
         }
         st.jobs.put(&jk, &rec)?;
         // One signed order per home relay, naming exactly its targets.

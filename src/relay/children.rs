@@ -161,6 +161,7 @@ async fn agent_loop(
                     reason: None,
                     output: None,
                     at_ms: now_ms(),
+                    out: None,
                 };
                 // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
                 apply_home(st, client, std::slice::from_ref(&u))?;
@@ -224,7 +225,11 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
         }
         let mut u = u.clone();
         u.relay = st.me.clone();
-        if let Some(new) = rules::merge(Some(&cur), &u) {
+        if let Some(mut new) = rules::merge(Some(&cur), &u) {
+            // The output goes up in the event (kept in the outbox until the
+            // parent has it durably); the relay's own record stays small.
+            new.out = None;
+            new.output = None;
             writes.push((k, new, u.job));
             events.push(Event::Leaf(u));
         }

@@ -2,6 +2,7 @@
 
 mod bench_scripts;
 mod cli_errors;
+mod cli_polish;
 mod crash;
 mod crashloop;
 mod demo;
@@ -14,6 +15,7 @@ mod garbage;
 mod harness;
 mod leftover;
 mod offline;
+mod output;
 mod packages;
 mod proxy;
 mod rerun;
