@@ -160,4 +160,52 @@ mod tests {
         );
         assert!(coalesce(vec![]).is_empty());
     }
+
+    /// Leaves with the largest output an agent sends (64 KiB of stdout, 64
+    /// KiB of stderr, the 4 KiB mixed tail, a long reason): a batch read
+    /// for sending stays under the byte bound, so its frame fits what a
+    /// relay accepts from an agent (1 MiB), and a relay's batch of them
+    /// fits what HQ accepts (8 MiB).
+    #[tokio::test]
+    async fn batches_of_the_largest_outputs_fit_the_frames() {
+        use crate::proto::{LeafOutput, AGENT_MAX_FRAME, MAX_FRAME};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let outbox = store.outbox("outbox").unwrap();
+        let tail = LeafOutput::TAIL_BYTES;
+        let big = |i: u32| {
+            let Event::Leaf(mut u) = leaf(&format!("c{i}"), 1, LeafState::Failed) else {
+                unreachable!()
+            };
+            u.output = Some("m".repeat(4096));
+            u.reason = Some("r".repeat(1024));
+            u.out = Some(LeafOutput {
+                stdout: "o".repeat(tail),
+                stderr: "€".repeat(tail / 3),
+                stdout_bytes: 1 << 40,
+                stderr_bytes: 1 << 40,
+                started_at_ms: u64::MAX,
+                duration_ms: u64::MAX,
+            });
+            Event::Leaf(u)
+        };
+        let events: Vec<Event> = (0..100).map(big).collect();
+        outbox.push(&events).unwrap();
+        let mut after = 0;
+        let mut sent = 0;
+        while sent < events.len() {
+            let batch = outbox.read_batch(after, BATCH, BATCH_BYTES).unwrap();
+            assert!(!batch.is_empty());
+            after = batch.last().unwrap().0;
+            sent += batch.len();
+            let frame = rmp_serde::to_vec_named(&Msg::Events(coalesce(batch))).unwrap();
+            assert!(
+                frame.len() <= BATCH_BYTES + 64 * 1024,
+                "a batch of {} bytes",
+                frame.len()
+            );
+            assert!(frame.len() < AGENT_MAX_FRAME && frame.len() < MAX_FRAME);
+        }
+        assert_eq!(sent, 100);
+    }
 }
