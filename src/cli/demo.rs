@@ -123,6 +123,7 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
             data_dir: dir.clone(),
             parent,
             timing,
+            limits: Default::default(),
         };
         let s = stop.clone();
         tokio::spawn(async move {

@@ -1,8 +1,10 @@
 //! Sends a node's outbox to its parent: everything unacknowledged at the start
-//! of a session, then each new entry, in batches, one batch in flight.
+//! of a session, then each new entry, in batches, one batch in flight. Which
+//! entries a batch may drop is decided in `rules::coalesce`, not here.
 
 use super::{LinkError, SessionTx};
-use crate::proto::{Attempt, Event, JobId, Msg, NodeName};
+use crate::proto::Msg;
+use crate::rules::coalesce;
 use crate::store::Outbox;
 use tokio::sync::watch;
 
@@ -80,86 +82,13 @@ pub async fn pump_outbox(
     }
 }
 
-/// Drops leaf updates that a later update in the same batch supersedes
-/// (same job, client and attempt): one flush at the parent then covers only
-/// the latest state per leaf. The parent acks the batch's last sequence
-/// number, which still covers the dropped entries.
-pub fn coalesce(batch: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
-    use std::collections::HashMap;
-    let mut latest: HashMap<(JobId, &NodeName, Attempt), usize> = HashMap::new();
-    for (i, (_, e)) in batch.iter().enumerate() {
-        if let Event::Leaf(u) = e {
-            latest.insert((u.job, &u.client, u.attempt), i);
-        }
-    }
-    let keep: Vec<bool> = batch
-        .iter()
-        .enumerate()
-        .map(|(i, (_, e))| match e {
-            Event::Leaf(u) => latest.get(&(u.job, &u.client, u.attempt)) == Some(&i),
-            _ => true,
-        })
-        .collect();
-    let last = batch.last().map(|(s, _)| *s);
-    let mut out: Vec<(u64, Event)> = batch
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(x, k)| k.then_some(x))
-        .collect();
-    // The last sequence number must be sent so that the ack covers the batch.
-    if let (Some(last), Some((s, _))) = (last, out.last_mut()) {
-        *s = last;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{LeafState, LeafUpdate};
-
-    fn leaf(client: &str, attempt: u32, state: LeafState) -> Event {
-        Event::Leaf(LeafUpdate {
-            job: JobId(1),
-            attempt: Attempt(attempt),
-            client: NodeName::new(client).unwrap(),
-            relay: NodeName::new("r1").unwrap(),
-            state,
-            exit_code: None,
-            reason: None,
-            output: None,
-            at_ms: 0,
-            out: None,
-        })
-    }
-
-    #[test]
-    fn superseded_updates_are_dropped_and_the_last_seq_kept() {
-        let batch = vec![
-            (10, leaf("c1", 1, LeafState::Delivered)),
-            (11, leaf("c2", 1, LeafState::Delivered)),
-            (12, leaf("c1", 1, LeafState::Succeeded)),
-            (13, leaf("c2", 2, LeafState::Pending)),
-            (14, leaf("c2", 1, LeafState::Running)),
-        ];
-        let out = coalesce(batch);
-        let got: Vec<(u64, String)> = out
-            .iter()
-            .map(|(s, e)| match e {
-                Event::Leaf(u) => (*s, format!("{}{}{}", u.client, u.attempt, u.state.as_str())),
-                _ => (*s, String::new()),
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (12, "c11succeeded".to_string()),
-                (13, "c22pending".to_string()),
-                (14, "c21running".to_string()),
-            ]
-        );
-        assert!(coalesce(vec![]).is_empty());
-    }
+    use crate::proto::{
+        Attempt, Event, JobId, LeafOutput, LeafState, LeafUpdate, NodeName, AGENT_MAX_FRAME,
+        MAX_FRAME,
+    };
 
     /// Leaves with the largest output an agent sends (64 KiB of stdout, 64
     /// KiB of stderr, the 4 KiB mixed tail, a long reason): a batch read
@@ -168,26 +97,30 @@ mod tests {
     /// fits what HQ accepts (8 MiB).
     #[tokio::test]
     async fn batches_of_the_largest_outputs_fit_the_frames() {
-        use crate::proto::{LeafOutput, AGENT_MAX_FRAME, MAX_FRAME};
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let outbox = store.outbox("outbox").unwrap();
         let tail = LeafOutput::TAIL_BYTES;
         let big = |i: u32| {
-            let Event::Leaf(mut u) = leaf(&format!("c{i}"), 1, LeafState::Failed) else {
-                unreachable!()
-            };
-            u.output = Some("m".repeat(4096));
-            u.reason = Some("r".repeat(1024));
-            u.out = Some(LeafOutput {
-                stdout: "o".repeat(tail),
-                stderr: "€".repeat(tail / 3),
-                stdout_bytes: 1 << 40,
-                stderr_bytes: 1 << 40,
-                started_at_ms: u64::MAX,
-                duration_ms: u64::MAX,
-            });
-            Event::Leaf(u)
+            Event::Leaf(LeafUpdate {
+                job: JobId(1),
+                attempt: Attempt(1),
+                client: NodeName::new(format!("c{i}")).unwrap(),
+                relay: NodeName::new("r1").unwrap(),
+                state: LeafState::Failed,
+                exit_code: Some(1),
+                reason: Some("r".repeat(1024)),
+                output: Some("m".repeat(4096)),
+                at_ms: 0,
+                out: Some(LeafOutput {
+                    stdout: "o".repeat(tail),
+                    stderr: "€".repeat(tail / 3),
+                    stdout_bytes: 1 << 40,
+                    stderr_bytes: 1 << 40,
+                    started_at_ms: u64::MAX,
+                    duration_ms: u64::MAX,
+                }),
+            })
         };
         let events: Vec<Event> = (0..100).map(big).collect();
         outbox.push(&events).unwrap();
