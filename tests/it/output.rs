@@ -202,7 +202,21 @@ fn wait_progress_draws_on_a_terminal_only() {
     env.start_agent("c1", &r1);
     env.start_agent("c2", &r1);
     env.wait_clients(2);
-    // c2 takes a while: the line is drawn at least once before the end.
+    // c2 takes a while: statuses and the line are drawn before the end.
+    let job = env.create_job(
+        &["r1"],
+        &[],
+        r#"[ "$RELAYTREE_CLIENT" = c1 ] || sleep 2; [ "$RELAYTREE_CLIENT" = c1 ]"#,
+    );
+    // `status --watch` on a pipe: a status per change of the counts, the
+    // last one done; it returns when the job is done.
+    let w = env.admin(&["job", "status", &job, "--watch"]).ok().stdout;
+    let heads: Vec<&str> = w.lines().filter(|l| l.starts_with("job ")).collect();
+    assert!(heads.len() >= 2, "a status per change: {w}");
+    assert!(heads[0].contains("in progress"), "{w}");
+    assert!(heads.last().unwrap().contains("  done  "), "{w}");
+    assert!(w.is_ascii(), "{w}");
+
     let job = env.create_job(
         &["r1"],
         &[],
