@@ -706,3 +706,30 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
     }
     Ok(EXIT_OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fold_into_one_line() {
+        let table = [
+            (
+                "error: the following required arguments were not provided:\n  --failed\n\nUsage: hq job rerun --failed <JOB>\n\nFor more information, try '--help'.\n",
+                "error: the following required arguments were not provided: --failed (see --help)",
+            ),
+            (
+                "error: unrecognized subcommand 'jobb'\n\n  tip: a similar subcommand exists: 'job'\n\nUsage: hq <COMMAND>\n",
+                "error: unrecognized subcommand 'jobb' tip: a similar subcommand exists: 'job' (see --help)",
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(one_line(text), want);
+        }
+        // What clap really renders stays on one line too.
+        let e =
+            <args::HqCli as clap::Parser>::try_parse_from(["hq", "job", "rerun", "1"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n') && line.contains("--failed"), "{line}");
+    }
+}
