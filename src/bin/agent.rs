@@ -1,10 +1,9 @@
 //! `agent`: parse the command line, set up logging, run, map the result to an exit code.
-use clap::Parser;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = relaytree::cli::args::AgentCli::parse();
+    let cli = relaytree::cli::config::parse::<relaytree::cli::args::AgentCli>();
     relaytree::cli::init_tracing("info");
     match relaytree::cli::agent_main(cli).await {
         Ok(code) => ExitCode::from(code),

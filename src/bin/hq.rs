@@ -1,10 +1,9 @@
 //! `hq`: parse the command line, set up logging, run, map the result to an exit code.
-use clap::Parser;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = relaytree::cli::args::HqCli::parse();
+    let cli = relaytree::cli::config::parse::<relaytree::cli::args::HqCli>();
     let quiet = matches!(cli.cmd, relaytree::cli::args::HqCmd::Demo { .. });
     relaytree::cli::init_tracing(if quiet { "warn" } else { "info" });
     match relaytree::cli::hq_main(cli).await {

@@ -1,10 +1,9 @@
 //! `relay`: parse the command line, set up logging, run, map the result to an exit code.
-use clap::Parser;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = relaytree::cli::args::RelayCli::parse();
+    let cli = relaytree::cli::config::parse::<relaytree::cli::args::RelayCli>();
     relaytree::cli::init_tracing("info");
     match relaytree::cli::relay_main(cli).await {
         Ok(code) => ExitCode::from(code),

@@ -48,6 +48,57 @@ pub enum IssueRole {
     Admin,
 }
 
+/// Roles an enrollment token is for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollRole {
+    /// A client.
+    Agent,
+    /// A relay manager.
+    Relay,
+}
+
+/// How a node enrolls (`agent enroll`, `relay enroll`).
+#[derive(Args, Debug, Clone)]
+pub struct EnrollArgs {
+    /// The token from `hq token create`.
+    #[arg(long)]
+    pub token: String,
+    /// The CA's hash from `hq token create` (sha256:HEX): the parent's
+    /// chain must lead to this CA.
+    #[arg(long = "ca-hash", value_name = "sha256:HEX")]
+    pub ca_hash: String,
+    /// This node's name.
+    #[arg(long)]
+    pub name: String,
+    /// Where to write ca.crt, node.crt, node.key (0600) and sign.pub.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// For tests only: put this name in the certificate signing request
+    /// instead of --name (HQ must refuse it).
+    #[arg(long = "csr-name", hide = true)]
+    pub csr_name: Option<String>,
+}
+
+/// `hq token` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a one-time, expiring enrollment token; prints it and the CA's hash.
+    Create {
+        /// The role a node enrolling with it gets.
+        #[arg(long, value_enum)]
+        role: EnrollRole,
+        /// Valid this long (e.g. 1h, 30m).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Enrollments it allows.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+        /// Print JSON: {"token": ..., "ca_hash": ..., "expires_ms": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Destination kinds.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -83,6 +134,9 @@ pub enum HqCmd {
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
         #[arg(long, default_value = "30d")]
         retention: String,
+        /// For tests only: validity of the certificates HQ signs (default 90d).
+        #[arg(long = "cert-validity", hide = true)]
+        cert_validity: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -114,6 +168,25 @@ pub enum HqCmd {
         json: bool,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print a shell completion script for hq.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages of hq, relay and agent (and their subcommands) into DIR.
+    Man {
+        /// Output directory (e.g. deploy/man).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Start a real local tree on loopback, run a job, rerun its failures, stop.
     Demo {
@@ -273,6 +346,20 @@ pub enum RelayCmd {
         #[command(flatten)]
         timing: TimingArgs,
     },
+    /// Join the tree: make a key here, have HQ sign it through the parent.
+    Enroll {
+        /// The parent's HOST:PORT (HQ or a relay).
+        #[arg(long)]
+        parent: String,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Print a shell completion script for relay.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// relaytree agent.
@@ -306,6 +393,20 @@ pub enum AgentCmd {
         kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
+    },
+    /// Join the tree: make a key here, have HQ sign it through the relay.
+    Enroll {
+        /// The relay's HOST:PORT.
+        #[arg(long)]
+        relay: String,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Print a shell completion script for agent.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the run log of a stopped agent or swarm: every attempt it
     /// accepted and how far it got.

@@ -6,7 +6,10 @@
 mod output;
 pub mod args;
 pub mod client;
+pub mod config;
 mod demo;
+mod docs;
+mod enroll;
 mod package;
 pub mod pkg_args;
 mod pkg_render;
@@ -211,10 +214,20 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             data_dir,
             listen,
             retention,
+            cert_validity,
             timing: t,
         } => {
             let t = timing(&t)?;
             let retention = parse_duration("--retention", &retention)?;
+            let cert_validity = cert_validity
+                .map(|v| parse_duration("--cert-validity", &v))
+                .transpose()?
+                .unwrap_or(crate::hq::DEFAULT_CERT_VALIDITY);
+            if cert_validity < Duration::from_secs(3) {
+                return Err(CliError::Usage(
+                    "--cert-validity must be at least 3s".into(),
+                ));
+            }
             if retention.is_zero() {
                 return Err(CliError::Usage(
                     "--retention must be longer than 0s (finished jobs are kept that long)".into(),
@@ -224,7 +237,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
             finish(
-                crate::hq::run(listener, &data_dir, t, retention, shutdown).await,
+                crate::hq::run(listener, &data_dir, t, retention, cert_validity, shutdown).await,
                 &data_dir,
                 Some(addr),
             )
@@ -242,6 +255,18 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             }
         }
         HqCmd::Demo { dir } => demo::run(dir.as_deref()).await?,
+        HqCmd::Token {
+            cmd:
+                args::TokenCmd::Create {
+                    role,
+                    ttl,
+                    uses,
+                    json,
+                },
+            admin,
+        } => enroll::token_create(&target(&admin), role, &ttl, uses, json).await?,
+        HqCmd::Completions { shell } => docs::completions::<args::HqCli>(shell, "hq"),
+        HqCmd::Man { out } => docs::man(&out)?,
     }
     Ok(EXIT_OK)
 }
@@ -455,6 +480,10 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             )
             .await?;
         }
+        RelayCmd::Enroll { parent, enroll } => {
+            enroll::enroll(&parent, crate::proto::Role::Relay, enroll).await?
+        }
+        RelayCmd::Completions { shell } => docs::completions::<args::RelayCli>(shell, "relay"),
     }
     Ok(EXIT_OK)
 }
@@ -482,6 +511,10 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             cfg.options.kill_grace = grace;
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
+        AgentCmd::Enroll { relay, enroll } => {
+            enroll::enroll(&relay, crate::proto::Role::Agent, enroll).await?
+        }
+        AgentCmd::Completions { shell } => docs::completions::<args::AgentCli>(shell, "agent"),
         AgentCmd::Runlog { data_dir, json } => {
             if !data_dir.join("db").exists() {
                 return Err(CliError::Usage(format!(

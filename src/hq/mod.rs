@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod counters;
+mod enroll;
 mod ingest;
 mod jobs;
 mod packages;
@@ -104,6 +105,12 @@ pub(crate) struct HqState {
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
     pub uploads: packages::Uploads,
+    /// SHA-256 of a token -> TokenRecord: enrollment tokens.
+    pub tokens: Table,
+    /// name -> IssuedRecord: names HQ signed certificates for.
+    pub issued: Table,
+    /// The CA and what goes with every certificate HQ signs (set by `run`).
+    pub authority: std::sync::OnceLock<enroll::Authority>,
 }
 
 impl HqState {
@@ -124,6 +131,9 @@ impl HqState {
             schedules: store.table("schedules")?,
             egress: Default::default(),
             uploads: Default::default(),
+            tokens: store.table("tokens")?,
+            issued: store.table("issued")?,
+            authority: std::sync::OnceLock::new(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
@@ -171,6 +181,8 @@ pub mod layout {
 /// How long finished jobs are kept when `hq serve` is not told (30 days).
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
+pub use enroll::DEFAULT_CERT_VALIDITY;
+
 /// Runs HQ on an already bound listener until `shutdown`. Finished jobs
 /// unchanged for `retention` are purged (checked periodically).
 pub async fn run(
@@ -178,6 +190,7 @@ pub async fn run(
     data_dir: &Path,
     timing: Timing,
     retention: std::time::Duration,
+    cert_validity: std::time::Duration,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
@@ -194,10 +207,22 @@ pub async fn run(
     let depot = crate::pkg::ChunkStore::open(layout::depot(data_dir))
         .map_err(|e| HqError::Refused(format!("cannot open the package depot: {e}")))?;
     let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
+    let ca = crate::tls::Ca::load(&layout::ca(data_dir))?;
+    let sign_pub_path = layout::ca(data_dir).join(crate::tls::SIGN_PUB);
+    let sign_pub = std::fs::read(&sign_pub_path).map_err(|source| TlsError::Read {
+        path: sign_pub_path,
+        source,
+    })?;
+    let _ = state.authority.set(enroll::Authority {
+        ca_hash: crate::tls::enroll::ca_hash(ca.cert_der()),
+        ca,
+        sign_pub,
+        validity: cert_validity,
+    });
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     let admit = [Role::Relay, Role::Admin];
-    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {
         admit: admit.to_vec(),
         me: Hello {
@@ -212,9 +237,19 @@ pub async fn run(
         denied: state.deny.clone(),
     });
     let st = state.clone();
-    let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
-        sessions::handle(st.clone(), s)
+    let st2 = state.clone();
+    let enrolling: link::EnrollFn = Arc::new(move |req| {
+        let st = st2.clone();
+        Box::pin(async move { enroll::certify(&st, None, req).await })
     });
+    let serving = link::serve_enrolling(
+        listener,
+        acceptor,
+        adm,
+        enrolling,
+        shutdown.clone(),
+        move |s| sessions::handle(st.clone(), s),
+    );
     let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
     let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), retention)));

@@ -105,7 +105,7 @@ fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), Stor
     )
 }
 
-async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
+async fn relay_session(st: &Arc<HqState>, s: Session) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
     } = s;
@@ -158,7 +158,7 @@ async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
 }
 
 async fn relay_loop(
-    st: &HqState,
+    st: &Arc<HqState>,
     name: &NodeName,
     tx: &crate::link::SessionTx,
     rx: &mut crate::link::SessionRx,
@@ -174,6 +174,17 @@ async fn relay_loop(
             }
             m @ Msg::PurgeAck { .. } => {
                 st.down.ack(name, &m)?;
+            }
+            Msg::CertRequest { id, mut req } => {
+                // The relay's own renewal names it by its certificate.
+                if req.token.is_none() && req.name == *name {
+                    req.role = Role::Relay;
+                }
+                let (st, via, tx) = (st.clone(), name.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = super::enroll::certify(&st, Some(&via), req).await;
+                    crate::link::send_soon(&tx, Msg::CertReply { id, result });
+                });
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
@@ -259,6 +270,9 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
+        AdminRequest::TokenCreate { role, ttl_ms, uses } => {
+            AdminResponse::Token(super::enroll::create_token(st, role, ttl_ms, uses).await?)
+        }
         AdminRequest::Revoke { name } => AdminResponse::Revoked {
             denied: revoke(st, name).await?,
         },

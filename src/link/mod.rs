@@ -6,6 +6,7 @@
 //! role that owns them.
 
 mod accept;
+pub mod certs;
 mod deny;
 mod dial;
 mod pump;
@@ -13,7 +14,8 @@ pub mod queue;
 mod session;
 pub mod transfer;
 
-pub use accept::{serve, Admission, Limits};
+pub use accept::{serve, serve_enrolling, Admission, EnrollFn, Limits};
+pub use certs::{keep_renewed, CertAsks};
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor, Upward};
@@ -54,6 +56,9 @@ pub enum LinkError {
     /// Local storage failed; nothing is acknowledged.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// HQ (or the parent) refused the request; the reason is inside.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A step took too long.
     #[error("{0} timed out")]
     Timeout(&'static str),

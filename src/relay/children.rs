@@ -110,7 +110,7 @@ fn pending_for(st: &RelayState, client: &NodeName) -> Result<Vec<Assignment>, St
     Ok(out)
 }
 
-async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
+async fn agent_session(st: &Arc<RelayState>, s: Session) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
     } = s;
@@ -143,7 +143,7 @@ async fn agent_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
 }
 
 async fn agent_loop(
-    st: &RelayState,
+    st: &Arc<RelayState>,
     client: &NodeName,
     tx: &SessionTx,
     rx: &mut SessionRx,
@@ -167,6 +167,12 @@ async fn agent_loop(
             }
             m @ Msg::PurgeAck { .. } => {
                 st.down.ack(client, &m)?;
+            }
+            Msg::CertRequest { id, mut req } => {
+                // An agent renews its own certificate, named by the one it holds.
+                req.name = client.clone();
+                req.role = Role::Agent;
+                pass_up(st, tx, id, req, None);
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {
@@ -196,6 +202,64 @@ async fn agent_loop(
             other => return Err(unexpected(&other, "from an agent")),
         }
     }
+}
+
+/// Passes a child's certificate request up and its answer back down, from
+/// a task of its own. A renewal passed on by child relay `from` must name a
+/// node of that child's subtree (a relay speaks only for its subtree).
+fn pass_up(
+    st: &Arc<RelayState>,
+    tx: &SessionTx,
+    id: u64,
+    req: crate::proto::CertRequest,
+    from: Option<&NodeName>,
+) {
+    let refused = match from {
+        Some(child) if req.token.is_none() && req.name != *child => {
+            match under_child(st, child, &req.name, req.role) {
+                Ok(true) => None,
+                Ok(false) => Some(format!(
+                    "{} {} is not under relay {child}",
+                    req.role, req.name
+                )),
+                Err(e) => Some(e.to_string()),
+            }
+        }
+        _ => None,
+    };
+    if let Some(why) = refused {
+        warn!(name = %req.name, role = %req.role, reason = %why, "certificate request refused");
+        crate::link::send_soon(
+            tx,
+            Msg::CertReply {
+                id,
+                result: Err(why),
+            },
+        );
+        return;
+    }
+    let (st, tx) = (st.clone(), tx.clone());
+    tokio::spawn(async move {
+        let result = super::upward::ask_parent(&st, req).await;
+        crate::link::send_soon(&tx, Msg::CertReply { id, result });
+    });
+}
+
+/// Whether `name` lives under direct child relay `child`.
+fn under_child(
+    st: &RelayState,
+    child: &NodeName,
+    name: &NodeName,
+    role: Role,
+) -> Result<bool, StoreError> {
+    Ok(match role {
+        Role::Agent => st
+            .dir_clients
+            .get::<DirEntry>(&keys::name(name))?
+            .is_some_and(|e| e.via == *child),
+        Role::Relay => st.dir_relays.get::<NodeName>(&keys::name(name))?.as_ref() == Some(child),
+        _ => false,
+    })
 }
 
 /// Merges an agent's own updates into its home leaves and queues the changes
@@ -243,7 +307,7 @@ fn apply_home(st: &RelayState, client: &NodeName, ups: &[LeafUpdate]) -> Result<
     Ok(())
 }
 
-async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
+async fn relay_session(st: &Arc<RelayState>, s: Session) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
     } = s;
@@ -288,7 +352,7 @@ async fn relay_session(st: &RelayState, s: Session) -> Result<(), LinkError> {
 }
 
 async fn relay_loop(
-    st: &RelayState,
+    st: &Arc<RelayState>,
     child: &NodeName,
     tx: &SessionTx,
     rx: &mut SessionRx,
@@ -304,6 +368,12 @@ async fn relay_loop(
             }
             m @ Msg::PurgeAck { .. } => {
                 st.down.ack(child, &m)?;
+            }
+            Msg::CertRequest { id, mut req } => {
+                if req.token.is_none() && req.name == *child {
+                    req.role = Role::Relay;
+                }
+                pass_up(st, tx, id, req, Some(child));
             }
             Msg::Events(events) => {
                 let Some(last) = events.last().map(|(s, _)| *s) else {

@@ -9,12 +9,55 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Keeps the parent session up until `shutdown`.
-pub(crate) async fn run(st: Arc<RelayState>, dialer: Dialer, shutdown: CancellationToken) {
-    dial_loop(dialer, shutdown, |s| session(st.clone(), s)).await
+pub(crate) async fn run(
+    st: Arc<RelayState>,
+    dialer: Dialer,
+    identity: Arc<crate::tls::Identity>,
+    shutdown: CancellationToken,
+) {
+    dial_loop(dialer, shutdown, |s| {
+        session(st.clone(), identity.clone(), s)
+    })
+    .await
 }
 
-async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
+/// Passes a certificate request (an enrollment from below, or a renewal)
+/// to the parent and waits for HQ's answer.
+pub(crate) async fn ask_parent(
+    st: &RelayState,
+    req: crate::proto::CertRequest,
+) -> Result<crate::proto::CertGrant, String> {
+    let tx = st
+        .up
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| format!("relay {} is not connected to its parent", st.me))?;
+    st.asks
+        .ask(&tx, req, crate::link::certs::ANSWER_WITHIN)
+        .await
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn session(
+    st: Arc<RelayState>,
+    identity: Arc<crate::tls::Identity>,
+    s: Session,
+) -> Result<(), LinkError> {
     let Session { tx, mut rx, .. } = s;
+    *st.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    let _renew = AbortOnDrop(tokio::spawn(crate::link::keep_renewed(
+        identity,
+        st.asks.clone(),
+        tx.clone(),
+    )));
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {
@@ -67,11 +110,18 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     queue::send_now(&st.children, done.fwd);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
+                Msg::CertReply { id, result } => st.asks.answer(id, result),
                 other => return Err(unexpected(&other, "from a parent")),
             }
         }
     }
     .await;
     drop(up);
+    {
+        let mut cur = st.up.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|t| t.same_channel(&tx)) {
+            *cur = None;
+        }
+    }
     r
 }
