@@ -18,14 +18,26 @@ pub struct AdminArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Checks a duration (`30s`, `5m`, `1h30m`, or seconds) and keeps its text,
+/// so that a bad one is refused while parsing (naming the flag, or the
+/// config file's key).
+pub fn duration_text(s: &str) -> Result<String, String> {
+    if s.parse::<u64>().is_ok() {
+        return Ok(s.to_string());
+    }
+    humantime::parse_duration(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e} (expected e.g. 30s, 5m, 2h)"))
+}
+
 /// Session timers of a server (defaults: heartbeat 5s, idle timeout 20s).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TimingArgs {
     /// Send a heartbeat after this long without sending (e.g. 5s).
-    #[arg(long)]
+    #[arg(long, value_parser = duration_text)]
     pub heartbeat: Option<String>,
     /// Close a session silent for this long (e.g. 20s); detects half-open links.
-    #[arg(long)]
+    #[arg(long, value_parser = duration_text)]
     pub idle_timeout: Option<String>,
 }
 
@@ -132,10 +144,10 @@ pub enum HqCmd {
         #[arg(long)]
         listen: String,
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
-        #[arg(long, default_value = "30d")]
+        #[arg(long, default_value = "30d", value_parser = duration_text)]
         retention: String,
         /// For tests only: validity of the certificates HQ signs (default 90d).
-        #[arg(long = "cert-validity", hide = true)]
+        #[arg(long = "cert-validity", hide = true, value_parser = duration_text)]
         cert_validity: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
@@ -389,7 +401,7 @@ pub enum AgentCmd {
         max_parallel: usize,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
@@ -433,7 +445,7 @@ pub enum AgentCmd {
         #[arg(long, default_value_t = 0.0)]
         fail_fraction: f64,
         /// For load tests: wait this long before carrying out each attempt (e.g. 50ms).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         delay: Option<String>,
         /// Commands run at the same time per agent, at most.
         #[arg(long, default_value_t = 1)]
@@ -444,7 +456,7 @@ pub enum AgentCmd {
         max_dialing: u32,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,

@@ -27,12 +27,18 @@ pub(crate) async fn ask_parent(
     st: &RelayState,
     req: crate::proto::CertRequest,
 ) -> Result<crate::proto::CertGrant, String> {
-    let tx = st
-        .up
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        .ok_or_else(|| format!("relay {} is not connected to its parent", st.me))?;
+    // A relay just started (or reconnecting) gets a moment to reach its parent.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tx = loop {
+        let cur = st.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match cur {
+            Some(tx) if !tx.is_closed() => break tx,
+            _ if tokio::time::Instant::now() >= until => {
+                return Err(format!("relay {} is not connected to its parent", st.me))
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
     st.asks
         .ask(&tx, req, crate::link::certs::ANSWER_WITHIN)
         .await

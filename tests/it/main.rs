@@ -6,6 +6,7 @@ mod crash;
 mod crashloop;
 mod demo;
 mod disk;
+mod enroll;
 mod expiry;
 mod fanout;
 mod faults;
