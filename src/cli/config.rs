@@ -356,6 +356,27 @@ mod tests {
         );
     }
 
+    /// The sample files under deploy/config are valid for their serve.
+    #[test]
+    fn sample_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+        let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let none = |_: &str| None;
+        for (bin, file) in [
+            ("hq", "hq.toml"),
+            ("relay", "relay.toml"),
+            ("agent", "agent.toml"),
+        ] {
+            let a = args(&[bin, "serve", "--config", &p(file)]);
+            let r = match bin {
+                "hq" => try_parse_from::<HqCli>(a, &none).map(drop),
+                "relay" => try_parse_from::<crate::cli::args::RelayCli>(a, &none).map(drop),
+                _ => try_parse_from::<AgentCli>(a, &none).map(drop),
+            };
+            assert!(r.is_ok(), "{file}: {r:?}");
+        }
+    }
+
     #[test]
     fn numbers_and_flags_of_an_agent() {
         let dir = tempfile::tempdir().unwrap();
