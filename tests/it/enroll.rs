@@ -410,3 +410,97 @@ fn completions_for_every_binary() {
         );
     }
 }
+
+/// Without a certificate a peer may send one enrollment request and
+/// nothing else; a burst of requests is rate-limited per listener.
+#[test]
+fn anonymous_peers_get_one_enrollment_request_only() {
+    use futures::{SinkExt, StreamExt};
+    use relaytree::proto::{CertRequest, Hello, Msg, MsgCodec, NodeName, Role};
+    use relaytree::tls::enroll::{parse_ca_hash, EnrollTls};
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let (_, hash, _) = token(&env, "agent", &[]);
+    let pin = parse_ca_hash(&hash).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let open = || async {
+            let tls = EnrollTls::new(pin, &[Role::Relay]).unwrap();
+            let tcp = tokio::net::TcpStream::connect(&r1).await.unwrap();
+            let (s, _) = relaytree::tls::connect(&tls.connector, tcp).await.unwrap();
+            tokio_util::codec::Framed::new(s, MsgCodec::with_max_frame(1 << 20))
+        };
+        // A hello (a session) without a certificate: refused, closed.
+        let mut f = open().await;
+        f.send(&Msg::Hello(Hello {
+            version: relaytree::proto::PROTOCOL_VERSION,
+            name: NodeName::new("a1").unwrap(),
+            role: Role::Agent,
+            purpose: Default::default(),
+        }))
+        .await
+        .unwrap();
+        match f.next().await {
+            Some(Ok(Msg::Bye { reason })) => {
+                assert!(reason.contains("only an enrollment"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(f.next().await, None | Some(Err(_))),
+            "closed after the refusal"
+        );
+        // A renewal (no token) anonymously: the same.
+        let mut f = open().await;
+        let req = CertRequest {
+            name: NodeName::new("a1").unwrap(),
+            role: Role::Agent,
+            csr_pem: String::new(),
+            token: None,
+        };
+        f.send(&Msg::CertRequest { id: 1, req }).await.unwrap();
+        assert!(matches!(f.next().await, Some(Ok(Msg::Bye { .. }))));
+        // A frame over the small anonymous limit: closed without an answer.
+        let mut f = open().await;
+        let req = CertRequest {
+            name: NodeName::new("a1").unwrap(),
+            role: Role::Agent,
+            csr_pem: "x".repeat(64 * 1024),
+            token: Some("t".into()),
+        };
+        let _ = f.send(&Msg::CertRequest { id: 1, req }).await;
+        assert!(!matches!(f.next().await, Some(Ok(Msg::CertReply { .. }))));
+        // A burst: past the listener's allowance, refused as too many.
+        let mut limited = 0;
+        for i in 0..40 {
+            let tls = EnrollTls::new(pin, &[Role::Relay]).unwrap();
+            let r = relaytree::link::certs::enroll(
+                &r1,
+                &tls,
+                |_| {
+                    Ok(CertRequest {
+                        name: NodeName::new(format!("b{i}")).unwrap(),
+                        role: Role::Agent,
+                        csr_pem: String::new(),
+                        token: Some("bogus".into()),
+                    })
+                },
+                DEADLINE,
+            )
+            .await;
+            match r {
+                Err(relaytree::link::LinkError::Refused(why)) if why.contains("too many") => {
+                    limited += 1
+                }
+                Err(relaytree::link::LinkError::Refused(why)) => {
+                    assert!(why.contains("unknown enrollment token"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(limited >= 10, "only {limited} of 40 rate-limited");
+    });
+    // The relay serves on.
+    assert!(env.relays.get_mut("r1").unwrap().proc.try_wait().is_none());
+}
