@@ -159,6 +159,7 @@ fn name_taken(st: &HqState, name: &NodeName) -> Result<Option<String>, String> {
         || st.relays.contains(&k).map_err(err)?
         || st.clients.contains(&k).map_err(err)?
         || st.issued.contains(&k).map_err(err)?
+        || st.seen.contains(&k).map_err(err)?
     {
         return Ok(Some(format!("name {name} is already in use")));
     }

@@ -2,7 +2,6 @@
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
 use super::{assign, cache, deny, moves, purge, RelayState};
-use crate::link::queue;
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -27,21 +26,29 @@ pub(crate) async fn ask_parent(
     st: &RelayState,
     req: crate::proto::CertRequest,
 ) -> Result<crate::proto::CertGrant, String> {
+    ask_via(&st.up, &st.asks, &st.me, req).await
+}
+
+/// [`ask_parent`] with the pieces of the state it needs (for a task of its own).
+pub(crate) async fn ask_via(
+    up: &std::sync::Mutex<Option<crate::link::SessionTx>>,
+    asks: &crate::link::CertAsks,
+    me: &crate::proto::NodeName,
+    req: crate::proto::CertRequest,
+) -> Result<crate::proto::CertGrant, String> {
     // A relay just started (or reconnecting) gets a moment to reach its parent.
     let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let tx = loop {
-        let cur = st.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cur = up.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match cur {
             Some(tx) if !tx.is_closed() => break tx,
             _ if tokio::time::Instant::now() >= until => {
-                return Err(format!("relay {} is not connected to its parent", st.me))
+                return Err(format!("relay {me} is not connected to its parent"))
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     };
-    st.asks
-        .ask(&tx, req, crate::link::certs::ANSWER_WITHIN)
-        .await
+    asks.ask(&tx, req, crate::link::certs::ANSWER_WITHIN).await
 }
 
 /// Aborts a task when dropped.
@@ -95,7 +102,7 @@ async fn session(
                     st.outbox.push(&events)?;
                     st.store.durable().await?;
                     crate::link::send(&tx, Msg::ForgetAck { client }).await?;
-                    queue::send_forgets(&st.children, forget.into_iter().collect());
+                    crate::link::queue::send_now(&st.children, forget.into_iter().collect());
                 }
                 Msg::Deny { names } => {
                     deny::store(&st, &names)?;
@@ -113,7 +120,7 @@ async fn session(
                         "purged jobs"
                     );
                     crate::link::send(&tx, Msg::PurgeAck { id }).await?;
-                    queue::send_now(&st.children, done.fwd);
+                    crate::link::queue::send_now(&st.children, done.fwd);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 Msg::CertReply { id, result } => st.asks.answer(id, result),
