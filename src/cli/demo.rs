@@ -48,15 +48,8 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     {
         let (d, s) = (hq_dir.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::hq::run(
-                listener,
-                &d,
-                timing,
-                crate::hq::DEFAULT_RETENTION,
-                crate::hq::DEFAULT_CERT_VALIDITY,
-                s,
-            )
-            .await
+            if let Err(e) =
+                crate::hq::run(listener, &d, timing, crate::hq::DEFAULT_RETENTION, s).await
             {
                 eprintln!("hq: {e}");
             }

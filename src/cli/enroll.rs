@@ -71,6 +71,12 @@ pub(crate) async fn enroll(parent: &str, role: Role, a: EnrollArgs) -> Result<()
         None => name.clone(),
     };
     let pin = parse_ca_hash(&a.ca_hash).map_err(|e| CliError::Usage(e.to_string()))?;
+    if crate::tls::Ca::holds_identity(&a.out) {
+        return Err(CliError::Usage(format!(
+            "{} already holds an identity (node.key or node.crt): enroll into another directory",
+            a.out.display()
+        )));
+    }
     let expect: &[Role] = match role {
         Role::Relay => &[Role::Hq, Role::Relay],
         _ => &[Role::Relay],

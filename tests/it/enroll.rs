@@ -206,10 +206,27 @@ fn every_refusal_is_clear_and_logged() {
     refused(&env, out, "a4", "unknown enrollment token", true);
     // Name in use: a relay's name, and a name enrolled before.
     let (ta, _, _) = token(&env, "agent", &["--uses", "9"]);
-    let out = enroll(&env, AGENT, &r1, &ta, &hash, "r1", &[]);
+    let out = Out::of(run(Command::new(AGENT)
+        .args([
+            "enroll",
+            "--relay",
+            &r1,
+            "--token",
+            &ta,
+            "--ca-hash",
+            &hash,
+            "--name",
+            "r1",
+            "--out",
+        ])
+        .arg(env.root().join("again-r1"))));
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("name r1 is already in use"), "{out:?}");
     let before = std::fs::read(env.id_dir("a1").join("node.crt")).unwrap();
+    // An identity already in OUT is never replaced.
+    let out = enroll(&env, AGENT, &r1, &ta, &hash, "a1", &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("already holds an identity"), "{out:?}");
     let out = Out::of(run(Command::new(AGENT)
         .args([
             "enroll",
