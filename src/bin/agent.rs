@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = relaytree::cli::config::parse::<relaytree::cli::args::AgentCli>();
-    relaytree::cli::init_tracing("info");
+    let cli: relaytree::cli::args::AgentCli = relaytree::cli::parse();
+    relaytree::cli::init_tracing("info", cli.log.log_format);
     match relaytree::cli::agent_main(cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -47,20 +47,6 @@ pub fn command<C: CommandFactory>() -> Command {
     cmd
 }
 
-/// Parses the process's command line, exiting as clap does on a usage
-/// error and with status 2 and a message naming the key and file on a bad
-/// configuration.
-pub fn parse<C: Parser>() -> C {
-    match try_parse_from::<C>(std::env::args_os().collect(), &|k| std::env::var(k).ok()) {
-        Ok(c) => c,
-        Err(Failure::Clap(e)) => e.exit(),
-        Err(Failure::Config(e)) => {
-            eprintln!("error: {e}");
-            std::process::exit(super::EXIT_ERROR as i32)
-        }
-    }
-}
-
 /// Why parsing failed.
 #[derive(Debug)]
 pub enum Failure {
@@ -122,7 +108,8 @@ fn words(v: &Value) -> Option<Vec<String>> {
     })
 }
 
-/// As [`parse`], from `args`, reading variables through `env`.
+/// Parses `args` (the whole command line) as `C`, with the config file and
+/// the variables (read through `env`) under the flags of a serve.
 pub fn try_parse_from<C: Parser>(
     args: Vec<OsString>,
     env: &dyn Fn(&str) -> Option<String>,

@@ -381,10 +381,12 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                 }
                 Ok(())
             })?;
-        let picked: std::collections::HashSet<&NodeName> = targets.iter().map(|(c, _)| c).collect();
+        let picked: std::collections::HashMap<&NodeName, &NodeName> =
+            targets.iter().map(|(c, h)| (c, h)).collect();
         for (c, l) in &leaves {
-            if picked.contains(c) {
-                st.counters.moved(job, Some(l.state), LeafState::Pending);
+            if let Some(home) = picked.get(c) {
+                st.counters
+                    .moved(job, Some((l.state, &l.relay)), (LeafState::Pending, home));
             }
         }
         (
@@ -455,8 +457,12 @@ pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqE
                 }
                 Ok(())
             })?;
-        for (_, from, _) in &closed {
-            st.counters.moved(job, Some(*from), LeafState::Canceled);
+        for (_, from, l) in &closed {
+            st.counters.moved(
+                job,
+                Some((*from, &l.relay)),
+                (LeafState::Canceled, &l.relay),
+            );
         }
         if first {
             info!(%job, leaves = closed.len(), relays = ?relays, "job canceled");
@@ -714,7 +720,15 @@ mod tests {
             ]
         );
         for r in ["r1", "r2"] {
-            assert_eq!(st.down.queued(&n(r)).unwrap(), vec![Msg::Cancel { job }]);
+            // The job's own assignment may still be queued (never acked here).
+            let cancels: Vec<Msg> = st
+                .down
+                .queued(&n(r))
+                .unwrap()
+                .into_iter()
+                .filter(|m| !matches!(m, Msg::Assign(_)))
+                .collect();
+            assert_eq!(cancels, vec![Msg::Cancel { job }]);
         }
         assert!(st.down.queued(&n("r3")).unwrap().is_empty());
         let e = rerun(&st, job, false).await.unwrap_err();

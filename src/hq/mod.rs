@@ -8,6 +8,7 @@ mod counters;
 mod enroll;
 mod ingest;
 mod jobs;
+mod output;
 mod packages;
 mod retention;
 mod revoke;
@@ -66,6 +67,9 @@ pub(crate) struct HqState {
     pub jobs: Table,
     /// job ++ client -> LeafRecord.
     pub leaves: Table,
+    /// job ++ client -> output::OutputRecord: a leaf's latest stdout,
+    /// stderr and timings, apart from `leaves` so that status stays cheap.
+    pub outputs: Table,
     /// relay -> RelayRecord.
     pub relays: Table,
     /// client -> ClientRecord.
@@ -139,6 +143,7 @@ impl HqState {
             authority: std::sync::OnceLock::new(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
+            outputs: store.table("outputs")?,
             relays: store.table("relays")?,
             clients: store.table("clients")?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
