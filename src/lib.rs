@@ -12,3 +12,4 @@ pub mod relay;
 pub mod rules;
 pub mod store;
 pub mod tls;
+pub mod web;

@@ -12,6 +12,7 @@ pub mod pkg_args;
 mod pkg_render;
 pub mod render;
 pub mod setup;
+mod web;
 
 use crate::link::Timing;
 use crate::proto::{Action, AdminRequest, AdminResponse, JobId, NodeName, RunSpec};
@@ -212,6 +213,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             listen,
             retention,
             timing: t,
+            http,
         } => {
             let t = timing(&t)?;
             let retention = parse_duration("--retention", &retention)?;
@@ -223,8 +225,22 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
+            let web = web::bind(&http, &data_dir).await?;
+            let stop_web = shutdown.clone();
             finish(
-                crate::hq::run(listener, &data_dir, t, retention, shutdown).await,
+                crate::hq::run_with(
+                    listener,
+                    &data_dir,
+                    t,
+                    retention,
+                    shutdown,
+                    move |console| {
+                        if let Some((l, opts)) = web {
+                            tokio::spawn(crate::web::serve(l, console, opts, stop_web));
+                        }
+                    },
+                )
+                .await,
                 &data_dir,
                 Some(addr),
             )
@@ -233,6 +249,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
         HqCmd::Package { cmd, admin } => package::package(cmd, &target(&admin)).await?,
         HqCmd::Client { cmd, admin } => package::client(cmd, &target(&admin)).await?,
+        HqCmd::Web { cmd, admin } => web::command(cmd, &target(&admin)).await?,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {

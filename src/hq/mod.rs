@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod console;
 mod counters;
 mod ingest;
 mod jobs;
@@ -16,6 +17,7 @@ use crate::link::{self, Admission, SessionTx, Timing};
 use crate::proto::{Hello, NodeName, Role, PROTOCOL_VERSION};
 use crate::store::{Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
+pub use console::{ClientRow, Console};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -104,6 +106,8 @@ pub(crate) struct HqState {
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
     pub uploads: packages::Uploads,
+    /// One-time dashboard login tokens, and where the dashboard listens.
+    pub door: console::Door,
 }
 
 impl HqState {
@@ -124,6 +128,7 @@ impl HqState {
             schedules: store.table("schedules")?,
             egress: Default::default(),
             uploads: Default::default(),
+            door: Default::default(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
@@ -180,6 +185,19 @@ pub async fn run(
     retention: std::time::Duration,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
+    run_with(listener, data_dir, timing, retention, shutdown, |_| {}).await
+}
+
+/// As [`run`]; `start` is handed a [`Console`] once HQ's state is open (the
+/// dashboard starts there), before HQ accepts sessions.
+pub async fn run_with(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    retention: std::time::Duration,
+    shutdown: CancellationToken,
+    start: impl FnOnce(Console),
+) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
     let me = identity.me().clone();
     if me.role != Role::Hq {
@@ -196,6 +214,7 @@ pub async fn run(
     let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
+    start(Console::new(state.clone()));
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
     let adm = Arc::new(Admission {

@@ -234,7 +234,11 @@ async fn admin_loop(st: &HqState, s: Session, session: u64) -> Result<(), LinkEr
     }
 }
 
-async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminResponse, HqError> {
+pub(crate) async fn answer(
+    st: &HqState,
+    req: AdminRequest,
+    session: u64,
+) -> Result<AdminResponse, HqError> {
     Ok(match req {
         AdminRequest::CreateJob {
             dest,
@@ -259,6 +263,9 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
+        AdminRequest::WebLogin => AdminResponse::WebLogin {
+            url: st.door.issue(crate::proto::now_ms())?,
+        },
         AdminRequest::Revoke { name } => AdminResponse::Revoked {
             denied: revoke(st, name).await?,
         },

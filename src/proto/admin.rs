@@ -121,6 +121,8 @@ pub enum AdminRequest {
         /// The client.
         name: NodeName,
     },
+    /// A one-time dashboard login URL (`hq web login`).
+    WebLogin,
 }
 
 /// HQ's answer.
@@ -178,6 +180,11 @@ pub enum AdminResponse {
     Canceled(CancelResult),
     /// Jobs were purged.
     Purged(PurgeResult),
+    /// A one-time dashboard login URL.
+    WebLogin {
+        /// Open it in a browser once; it expires soon and works only once.
+        url: String,
+    },
 }
 
 /// What `hq job cancel` did.
