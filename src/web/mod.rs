@@ -272,6 +272,11 @@ fn check_action(
     form: &Result<Form<CsrfForm>, FormRejection>,
 ) -> Result<auth::Session, Response> {
     let s = app.session(h).ok_or_else(unauthorized)?;
+    if let Err(r) = form {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Err((r.status(), r.body_text()).into_response());
+        }
+    }
     let given = h
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())

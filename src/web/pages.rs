@@ -211,7 +211,7 @@ fn jobs(list: &[JobSummary], now_ms: u64) -> Markup {
                     @for j in recent {
                         tr id={ "job-" (j.job) } {
                             td { a href={ "/jobs/" (j.job) } { (j.job) } }
-                            td { code { (j.action) } }
+                            td title=(j.action) { code { (short(&j.action, 90)) } }
                             td { (j.dest.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")) }
                             td.num { (j.attempt.0) }
                             td { (ago(now_ms, j.created_at_ms)) }
@@ -243,6 +243,14 @@ fn clients(list: &[ClientRow], now_ms: u64) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// At most `max` characters of `s`, an ellipsis when cut.
+pub fn short(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
     }
 }
 
@@ -477,6 +485,13 @@ mod tests {
         ];
         let got: Vec<&str> = leaf_order(&v).iter().map(|l| l.client.as_str()).collect();
         assert_eq!(got, vec!["c", "d", "e", "b", "a"]);
+    }
+
+    #[test]
+    fn long_actions_are_cut() {
+        assert_eq!(short("abc", 3), "abc");
+        assert_eq!(short("abcd", 3), "abc…");
+        assert_eq!(short("ééé", 2), "éé…");
     }
 
     #[test]

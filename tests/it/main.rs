@@ -21,3 +21,4 @@ mod retention;
 mod roles;
 mod security;
 mod transfer;
+mod web;
