@@ -105,8 +105,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         st.outbox.push(&plan.lost)?;
     }
     for (child, fwd) in &plan.relays {
-        st.downq
-            .put(&keys::name_job_attempt(child, a.job, a.attempt), fwd)?;
+        st.down.put(child, &Msg::Assign(fwd.clone()))?;
     }
     super::expire::index(st, a.job, a.attempt, a.expires_at_ms)?;
     st.attempts.put(
