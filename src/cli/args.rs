@@ -31,6 +31,10 @@ pub struct HttpArgs {
     /// How long a dashboard session lasts (the cookie's Max-Age).
     #[arg(long = "http-session", default_value = "12h", requires = "http")]
     pub http_session: String,
+    /// The base URL login links name (e.g. https://hq.example:8443) when the
+    /// bound address is not what browsers reach (0.0.0.0, a proxy).
+    #[arg(long = "http-url", requires = "http")]
+    pub http_url: Option<String>,
 }
 
 /// `hq web` subcommands.

@@ -44,7 +44,18 @@ pub(super) async fn bind(
         let _ = std::io::stdout().flush();
     }
     let _ = std::fs::write(data_dir.join("http.addr"), bound.to_string());
-    Ok(Some((listener, crate::web::Options { tls, session_ttl })))
+    let base_url = match &http.http_url {
+        Some(u) => Some(crate::web::check_base_url(u).map_err(CliError::Usage)?),
+        None => None,
+    };
+    Ok(Some((
+        listener,
+        crate::web::Options {
+            tls,
+            session_ttl,
+            base_url,
+        },
+    )))
 }
 
 /// `hq web ...`.

@@ -50,12 +50,32 @@ pub fn base_url(addr: SocketAddr, tls: bool) -> String {
     format!("{}://{addr}", if tls { "https" } else { "http" })
 }
 
+/// `--http-url`: an http(s) URL without path, query or fragment; returned
+/// without a trailing slash.
+pub fn check_base_url(u: &str) -> Result<String, String> {
+    let trimmed = u.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("--http-url {u:?}: expected http://HOST[:PORT] or https://HOST[:PORT]")
+        })?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
+        return Err(format!(
+            "--http-url {u:?}: expected a scheme and host only (no path, query, user or spaces)"
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
 /// How the dashboard is served.
 pub struct Options {
     /// TLS for browsers (HQ's certificate), or plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Session lifetime (the cookie's Max-Age).
     pub session_ttl: Duration,
+    /// What login links name instead of the bound address.
+    pub base_url: Option<String>,
 }
 
 struct App {
@@ -73,8 +93,10 @@ pub async fn serve(
     opts: Options,
     shutdown: CancellationToken,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        console.serve_at(base_url(addr, opts.tls.is_some()));
+    match (&opts.base_url, listener.local_addr()) {
+        (Some(u), _) => console.serve_at(u.clone()),
+        (None, Ok(addr)) => console.serve_at(base_url(addr, opts.tls.is_some())),
+        (None, Err(e)) => tracing::warn!(error = %e, "dashboard address unknown: no login links"),
     }
     let app = Arc::new(App {
         console,
@@ -586,6 +608,28 @@ mod tests {
         ];
         for (addr, insecure, want) in cases {
             assert_eq!(use_tls(addr.parse().unwrap(), insecure), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn base_urls_are_scheme_and_host() {
+        assert_eq!(
+            check_base_url("https://hq.example:8443/").unwrap(),
+            "https://hq.example:8443"
+        );
+        assert_eq!(
+            check_base_url("http://10.0.0.1").unwrap(),
+            "http://10.0.0.1"
+        );
+        for bad in [
+            "hq.example",
+            "ftp://x",
+            "https://",
+            "https://x/path",
+            "https://x?q",
+            "https://u@x",
+        ] {
+            assert!(check_base_url(bad).is_err(), "{bad}");
         }
     }
 

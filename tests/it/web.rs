@@ -512,3 +512,127 @@ async fn browse(c: &fantoccini::Client, env: &Env, web: &str, url: &str, job: &s
         "{src}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// TLS off loopback.
+
+/// Accepts any server certificate and keeps it, to compare with HQ's.
+#[derive(Debug)]
+struct Keep(std::sync::Mutex<Vec<u8>>);
+
+impl rustls::client::danger::ServerCertVerifier for Keep {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = end_entity.to_vec();
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// GET over TLS: (status, the server's certificate).
+fn https_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let keep = std::sync::Arc::new(Keep(Default::default()));
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(keep.clone())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("hq").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: hq\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let cert = keep.0.lock().unwrap().clone();
+    (status, cert)
+}
+
+#[test]
+fn dashboard_off_loopback_is_tls_unless_insecure() {
+    let mut env = Env::new();
+    env.start_hq_with("127.0.0.1:0", &["--http", "0.0.0.0:0"]);
+    let out = env.hq.as_ref().unwrap().proc.stdout.clone();
+    let bound = wait_for("the http line", DEADLINE, || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        Some(
+            text.lines()
+                .find_map(|l| l.strip_prefix("http on "))?
+                .trim()
+                .to_string(),
+        )
+    });
+    let port = bound.rsplit(':').next().unwrap();
+    let local = format!("127.0.0.1:{port}");
+    let url = login_url(&env);
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Plain HTTP gets no HTTP answer; TLS does, with HQ's own certificate.
+    let (code, _, _) = get(&local, "/", None);
+    assert_eq!(code, 0, "plain http answered off loopback");
+    let (code, cert) = https_get(&local, "/");
+    assert_eq!(code, 401);
+    let pem = std::fs::read(env.hq_dir.join("hq/node.crt")).unwrap();
+    let (_, hq_cert) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    assert_eq!(cert, hq_cert.contents, "served with HQ's certificate");
+    let (code, _) = https_get(&local, &path_of(&url));
+    assert_eq!(code, 200, "the login link over TLS");
+    env.kill_hq();
+
+    // --http-insecure: plain HTTP, and --http-url names the links.
+    env.start_hq_with(
+        "127.0.0.1:0",
+        &[
+            "--http",
+            "0.0.0.0:0",
+            "--http-insecure",
+            "--http-url",
+            "http://hq.example:8080/",
+        ],
+    );
+    let url = login_url(&env);
+    assert!(
+        url.starts_with("http://hq.example:8080/login?token="),
+        "{url}"
+    );
+}
