@@ -115,12 +115,10 @@ pub(crate) async fn answer(
             AdminResponse::Status(view::status(st, job)?)
         }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
-        AdminRequest::Rerun { job, .. } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
-        AdminRequest::Cancel { job } => {
-            return Err(HqError::Refused(format!(
-                "cancel of job {job}: not built yet"
-            )))
+        AdminRequest::Rerun { job, expired } => {
+            AdminResponse::Rerun(jobs::rerun(st, job, expired).await?)
         }
+        AdminRequest::Cancel { job } => AdminResponse::Canceled(jobs::cancel(st, job).await?),
         AdminRequest::Purge { older_than_ms } => {
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }

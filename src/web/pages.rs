@@ -216,13 +216,24 @@ fn jobs(list: &[JobSummary], now_ms: u64) -> Markup {
                             td.num { (j.attempt.0) }
                             td { (ago(now_ms, j.created_at_ms)) }
                             (totals_cells(&j.totals))
-                            td { @if j.done { span.pill.done { "done" } } @else { span.pill.active { "active" } } }
+                            td { (job_state(&j.state, j.done)) }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// A job's state as a pill: `active`, `canceled` or `done` (HQ's word; from
+/// `done` alone when HQ gave none).
+fn job_state(state: &str, done: bool) -> Markup {
+    let word = match state {
+        "" if done => "done",
+        "" => "active",
+        s => s,
+    };
+    html! { span class={ "pill job-state " (word) } { (word) } }
 }
 
 fn clients(list: &[ClientRow], now_ms: u64) -> Markup {
@@ -331,7 +342,7 @@ fn summary(s: &JobStatus) -> Markup {
     html! {
         p {
             "attempt " strong { (s.attempt.0) } " · "
-            @if s.done { span.pill.done { "done" } } @else { span.pill.active { "active" } }
+            (job_state(&s.state, s.done))
             " · dest " (s.dest.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
             @if !s.awaiting.is_empty() {
                 " · awaiting " (s.awaiting.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
@@ -514,6 +525,7 @@ mod tests {
             job: crate::proto::JobId(1),
             attempt: Attempt(1),
             done: false,
+            state: "active".into(),
             totals: Totals::default(),
             relays: vec![],
             clients: vec![],
