@@ -364,16 +364,42 @@ fn unexpected(r: AdminResponse) -> (StatusCode, String) {
     )
 }
 
-async fn job_data(app: &App, job: JobId) -> Result<crate::proto::JobStatus, (StatusCode, String)> {
-    match app
+/// How many failed leaves' outputs a job page fetches.
+const OUTPUTS_SHOWN: usize = 20;
+
+async fn job_data(
+    app: &App,
+    job: JobId,
+) -> Result<(crate::proto::JobStatus, pages::Outputs), (StatusCode, String)> {
+    let st = match app
         .console
-        .request(AdminRequest::Status { job })
+        .request(AdminRequest::Status {
+            job,
+            states: vec![],
+            relay: None,
+            limit: None,
+        })
         .await
         .map_err(hq_error)?
     {
-        AdminResponse::Status(s) => Ok(s),
-        other => Err(unexpected(other)),
+        AdminResponse::Status(s) => s,
+        other => return Err(unexpected(other)),
+    };
+    let mut outputs = pages::Outputs::new();
+    for l in pages::leaf_order(&st.clients)
+        .into_iter()
+        .filter(|l| pages::leaf_rank(l.state) == 0)
+        .take(OUTPUTS_SHOWN)
+    {
+        let req = AdminRequest::Output {
+            job,
+            client: l.client.clone(),
+        };
+        if let Ok(AdminResponse::Output(o)) = app.console.request(req).await {
+            outputs.insert(l.client.as_str().to_string(), o);
+        }
     }
+    Ok((st, outputs))
 }
 
 fn error_page((code, text): (StatusCode, String)) -> Response {
@@ -403,7 +429,7 @@ async fn job_page(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<Stri
         Err(r) => return r,
     };
     match job_data(&app, job).await {
-        Ok(d) => pages::job(&d, &s.csrf, &actions()).into_response(),
+        Ok((d, o)) => pages::job(&d, &o, &s.csrf, &actions()).into_response(),
         Err(e) => error_page(e),
     }
 }
@@ -540,8 +566,8 @@ async fn job_events(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<St
         Err(r) => return r,
     };
     live(app, h, move |app| async move {
-        let d = job_data(&app, job).await?;
-        Ok(pages::fragments_json(&pages::job_fragments(&d)))
+        let (d, o) = job_data(&app, job).await?;
+        Ok(pages::fragments_json(&pages::job_fragments(&d, &o)))
     })
 }
 
@@ -574,7 +600,7 @@ async fn api_job(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<Strin
         Ok(j) => j,
         Err(r) => return r,
     };
-    json_or_error(job_data(&app, job).await)
+    json_or_error(job_data(&app, job).await.map(|(d, _)| d))
 }
 
 async fn app_js() -> Response {

@@ -5,7 +5,12 @@
 //! value); never asks HQ anything and never sees a session id.
 
 use crate::hq::ClientRow;
-use crate::proto::{ClientStatus, JobStatus, JobSummary, LeafState, RelayView, Totals, TreeView};
+use crate::proto::{
+    ClientStatus, JobStatus, JobSummary, LeafOutputView, LeafState, RelayView, Totals, TreeView,
+};
+
+/// Failed leaves' outputs, by client name.
+pub type Outputs = std::collections::BTreeMap<String, LeafOutputView>;
 use maud::{html, Markup, DOCTYPE};
 
 /// What `/` shows.
@@ -291,7 +296,7 @@ pub struct Actions {
 }
 
 /// `/jobs/ID`.
-pub fn job(s: &JobStatus, csrf: &str, actions: &Actions) -> Markup {
+pub fn job(s: &JobStatus, outputs: &Outputs, csrf: &str, actions: &Actions) -> Markup {
     let id = s.job;
     let body = html! {
         h1 { "Job " (id) " " small { code { (s.action) } } }
@@ -318,7 +323,7 @@ pub fn job(s: &JobStatus, csrf: &str, actions: &Actions) -> Markup {
         }
         div #summary { (summary(s)) }
         section { h2 { "Per relay" } div #relays { (per_relay(s)) } }
-        section { h2 { "Leaves " small { "(failed first)" } } div #leaves { (leaves(s)) } }
+        section { h2 { "Leaves " small { "(failed first)" } } div #leaves { (leaves(s, outputs)) } }
     };
     layout(
         &format!("job {id}"),
@@ -329,11 +334,11 @@ pub fn job(s: &JobStatus, csrf: &str, actions: &Actions) -> Markup {
 }
 
 /// The fragments of `/jobs/ID` that live updates replace.
-pub fn job_fragments(s: &JobStatus) -> Vec<(&'static str, String)> {
+pub fn job_fragments(s: &JobStatus, outputs: &Outputs) -> Vec<(&'static str, String)> {
     vec![
         ("summary", summary(s).into_string()),
         ("relays", per_relay(s).into_string()),
-        ("leaves", leaves(s).into_string()),
+        ("leaves", leaves(s, outputs).into_string()),
     ]
 }
 
@@ -372,7 +377,7 @@ fn per_relay(s: &JobStatus) -> Markup {
     }
 }
 
-fn leaves(s: &JobStatus) -> Markup {
+fn leaves(s: &JobStatus, outputs: &Outputs) -> Markup {
     html! {
         @if s.clients.is_empty() {
             p.empty { "No leaf reported yet." }
@@ -392,9 +397,20 @@ fn leaves(s: &JobStatus) -> Markup {
                         @if leaf_rank(l.state) == 0 {
                             tr.output id={ "output-" (l.client.as_str()) } {
                                 td colspan="6" {
-                                    @match &l.output {
-                                        Some(o) if !o.is_empty() => { pre { (o) } }
-                                        _ => { span.empty { "(no output)" } }
+                                    @match outputs.get(l.client.as_str()) {
+                                        Some(o) if !o.stdout.is_empty() || !o.stderr.is_empty() => {
+                                            @if !o.stdout.is_empty() { div.stream { "stdout" } pre.stdout { (o.stdout) } }
+                                            @if !o.stderr.is_empty() { div.stream { "stderr" } pre.stderr { (o.stderr) } }
+                                        }
+                                        Some(o) if o.output.as_deref().is_some_and(|x| !x.is_empty()) => {
+                                            pre { (o.output.as_deref().unwrap_or_default()) }
+                                        }
+                                        _ => {
+                                            @match &l.output {
+                                                Some(o) if !o.is_empty() => { pre { (o) } }
+                                                _ => { span.empty { "(no output)" } }
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -534,6 +550,8 @@ mod tests {
             awaiting: vec![],
             created_at_ms: 0,
             expires_at_ms: None,
+            last_change_ms: 0,
+            matched: 0,
         };
         s.clients.push(ClientStatus {
             client: n("c1"),
@@ -544,7 +562,7 @@ mod tests {
             reason: None,
             output: Some("<b>oops</b>".into()),
         });
-        let page = job(&s, "tok", &Actions { pause: false }).into_string();
+        let page = job(&s, &Outputs::new(), "tok", &Actions { pause: false }).into_string();
         assert!(!page.contains("<script>alert"));
         assert!(page.contains("&lt;b&gt;oops&lt;/b&gt;"));
     }

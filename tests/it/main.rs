@@ -3,6 +3,7 @@
 mod bench_scripts;
 mod cancel;
 mod cli_errors;
+mod cli_polish;
 mod crash;
 mod crashloop;
 mod crashloop_hq;
@@ -17,6 +18,7 @@ mod harness;
 mod jobs_cli;
 mod leftover;
 mod offline;
+mod output;
 mod packages;
 mod proxy;
 mod rerun;

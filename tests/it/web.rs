@@ -450,6 +450,10 @@ async fn browse(c: &fantoccini::Client, env: &Env, web: &str, url: &str, job: &s
     assert_eq!(state, "failed");
     let out = eventually("c2's output", || text(c, "#output-c2")).await;
     assert!(out.contains("boom: disk on fire"), "{out}");
+    let err = eventually("c2's stderr", || text(c, "#output-c2 pre.stderr")).await;
+    assert_eq!(err.trim(), "boom: disk on fire", "stderr apart");
+    let so = eventually("c2's stdout", || text(c, "#output-c2 pre.stdout")).await;
+    assert_eq!(so.trim(), "first try on c2 fails", "stdout apart");
     eventually("the job page's stream", || async {
         (text(c, "#live").await? == "live").then_some(())
     })
