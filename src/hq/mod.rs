@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod children;
+mod console;
 mod counters;
 mod enroll;
 mod gauges;
@@ -21,6 +22,7 @@ use crate::link::{self, Admission, SessionTx, Timing};
 use crate::proto::{Hello, NodeName, Role, PROTOCOL_VERSION};
 use crate::store::{Store, StoreError, Table};
 use crate::tls::{Identity, TlsError};
+pub use console::{ClientRow, Console};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -119,6 +121,8 @@ pub(crate) struct HqState {
     pub issued: Table,
     /// The CA and what goes with every certificate HQ signs (set by `run`).
     pub authority: std::sync::OnceLock<enroll::Authority>,
+    /// One-time dashboard login tokens, and where the dashboard listens.
+    pub door: console::Door,
 }
 
 impl HqState {
@@ -142,6 +146,7 @@ impl HqState {
             tokens: store.table("tokens")?,
             issued: store.table("issued")?,
             authority: std::sync::OnceLock::new(),
+            door: Default::default(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             outputs: store.table("outputs")?,
@@ -240,6 +245,19 @@ pub async fn run_with(
     opts: HqOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
+    run_with_console(listener, data_dir, timing, opts, shutdown, |_| {}).await
+}
+
+/// As [`run_with`]; `start` is handed a [`Console`] once HQ's state is open
+/// (the dashboard starts there), before HQ accepts sessions.
+pub async fn run_with_console(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    opts: HqOptions,
+    shutdown: CancellationToken,
+    start: impl FnOnce(Console),
+) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
     let me = identity.me().clone();
     if me.role != Role::Hq {
@@ -271,6 +289,7 @@ pub async fn run_with(
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     gauges::register(&state);
+    start(Console::new(state.clone()));
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {
