@@ -514,6 +514,7 @@ mod tests {
             expires_at_ms: None,
             scope,
             orders: vec![],
+            placement: None,
         }
     }
 

@@ -213,6 +213,7 @@ pub(crate) async fn run_on(
             name: me.name.clone(),
             role: Role::Agent,
             purpose: Purpose::Session,
+            hq_now_ms: None,
         },
         timing: options.timing,
         gate: options.dial_gate.clone(),
@@ -302,11 +303,40 @@ async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId
     }
 }
 
+/// Table of first registrations: agent name -> unix ms by HQ's clock.
+const REGISTERED: &str = "registered";
+
+/// When this agent's data directory first registered, by HQ's clock: read,
+/// or recorded durably now (its first session). Orders issued before it are
+/// replays from an earlier life of this agent, and refused.
+async fn registration(st: &AgentState, hq_now: u64) -> Result<u64, crate::store::StoreError> {
+    let t = st.store.table(REGISTERED)?;
+    let k = crate::store::keys::name(&st.me);
+    if let Some(at) = t.get::<u64>(&k)? {
+        return Ok(at);
+    }
+    t.put(&k, &hq_now)?;
+    st.store.durable().await?;
+    tracing::info!(registered_at_ms = hq_now, "first registration recorded");
+    Ok(hq_now)
+}
+
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
     let Session {
-        peer, tx, mut rx, ..
+        peer,
+        tx,
+        mut rx,
+        hq_offset_ms,
+        ..
     } = s;
     let relay = peer.name;
+    // HQ's clock minus ours, from the relay's Hello (ours when it knows none).
+    let offset = hq_offset_ms.unwrap_or(0);
+    let hq_now = || crate::link::clock::shift(now_ms(), offset);
+    if hq_offset_ms.is_none() {
+        tracing::debug!(%relay, "the relay's hello carries no hq time; judging by the local clock");
+    }
+    let registered_at_ms = registration(&st, hq_now()).await?;
     if st.report_inventory.swap(false, Ordering::SeqCst) {
         // Once after start-up: what is installed here, as it stands.
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;
@@ -317,7 +347,11 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
         loop {
             match rx.recv().await? {
                 Msg::Assign(a) => {
-                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, now_ms());
+                    let t = verify::HqTime {
+                        now_ms: hq_now(),
+                        registered_at_ms,
+                    };
+                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, t);
                     if let Err(why) = verdict {
                         tracing::warn!(job = %a.job, attempt = %a.attempt, %relay, reason = %why, "assignment refused");
                         if runlog::refuse(&st, &a, &relay, &why)? {
@@ -396,6 +430,7 @@ pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> A
                 name: me.clone(),
                 role: Role::Agent,
                 purpose: Purpose::Transfer,
+                hq_now_ms: None,
             },
             timing: Timing::default(),
             gate: None,

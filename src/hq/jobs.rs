@@ -61,7 +61,8 @@ fn known_relays(st: &HqState) -> Vec<String> {
 
 /// Encodes and signs an order.
 fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
-    let body = rmp_serde::to_vec_named(order)
+    let body = order
+        .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
     Ok(SignedOrder {
         sig: st.signer.sign(&body),
@@ -155,6 +156,7 @@ pub(crate) async fn create(
                 expires_at_ms,
                 scope: Scope::AllLowerOf(list),
                 orders: vec![order.clone()],
+                placement: None,
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));
@@ -241,6 +243,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
                 expires_at_ms: rec.expires_at_ms,
                 scope: Scope::Targets(list),
                 orders: orders.remove(&top).unwrap_or_default(),
+                placement: None,
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));

@@ -8,6 +8,7 @@ mod counters;
 mod ingest;
 mod jobs;
 mod packages;
+mod placement;
 mod retention;
 mod revoke;
 mod sessions;
@@ -205,11 +206,13 @@ pub async fn run(
             name: me.name.clone(),
             role: Role::Hq,
             purpose: Default::default(),
+            hq_now_ms: None,
         },
         trust_domain: me.trust_domain.clone(),
         timing,
         limits: Default::default(),
         denied: state.deny.clone(),
+        clock: crate::link::HqClock::hq(),
     });
     let st = state.clone();
     let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {

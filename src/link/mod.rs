@@ -8,6 +8,7 @@
 //! subtree ([`confine`], a pure fold the roles feed with their directory).
 
 mod accept;
+pub mod clock;
 pub mod confine;
 mod deny;
 mod dial;
@@ -18,6 +19,7 @@ mod session;
 pub mod transfer;
 
 pub use accept::{serve, Admission, Limits};
+pub use clock::HqClock;
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor, Upward};

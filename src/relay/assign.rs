@@ -155,7 +155,12 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
     }
     for client in d.agents {
         if let Some(tx) = st.child(&client) {
-            crate::link::send_soon(&tx, Msg::Assign(for_agent(a, &st.me, &client)));
+            match super::placement::attach(st, &client, for_agent(a, &st.me, &client)) {
+                Ok(Some(cut)) => crate::link::send_soon(&tx, Msg::Assign(cut)),
+                Ok(None) => {}
+                // Still pending: sent again when the agent reconnects.
+                Err(e) => warn!(%client, error = %e, "cannot read the agent's placement"),
+            }
         }
     }
     for (child, fwd) in d.relays {
@@ -215,6 +220,7 @@ mod tests {
             expires_at_ms: None,
             scope,
             orders: vec![],
+            placement: None,
         }
     }
 

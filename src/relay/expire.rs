@@ -337,6 +337,7 @@ mod tests {
             expires_at_ms,
             scope: Scope::AllLowerOf(vec![st.me.clone()]),
             orders: vec![],
+            placement: None,
         };
         crate::relay::assign::apply(st, &a).unwrap();
     }

@@ -12,6 +12,7 @@ mod deny;
 mod expire;
 mod home;
 mod moves;
+mod placement;
 mod purge;
 mod upward;
 
@@ -108,12 +109,19 @@ pub(crate) struct RelayState {
     pub write: Mutex<()>,
     /// Package blobs for this relay's subtree.
     pub cache: Arc<cache::Cache>,
+    /// client -> SignedPlacement: HQ's latest placement of each home client,
+    /// attached to every assignment sent to it.
+    pub placements: Table,
+    /// HQ's clock as measured from the parent's `Hello`, passed on to children.
+    pub clock: crate::link::HqClock,
 }
 
 impl RelayState {
     fn open(me: NodeName, store: Store, cache: cache::Cache) -> Result<RelayState, StoreError> {
         Ok(RelayState {
             cache: Arc::new(cache),
+            placements: store.table("placements")?,
+            clock: Default::default(),
             me,
             dir_clients: store.table("dir_clients")?,
             dir_relays: store.table("dir_relays")?,
@@ -194,6 +202,7 @@ pub async fn run(
         name: me.name.clone(),
         role: Role::Relay,
         purpose: Default::default(),
+        hq_now_ms: None,
     };
     // Upward: the parent is HQ or another relay.
     let connector = tokio_rustls::TlsConnector::from(
@@ -228,6 +237,7 @@ pub async fn run(
         timing: cfg.timing,
         limits: cfg.limits,
         denied: st.deny.clone(),
+        clock: st.clock.clone(),
     });
     let s2 = st.clone();
     let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {

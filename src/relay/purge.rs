@@ -158,6 +158,7 @@ mod tests {
                 expires_at_ms: Some(1_000),
                 scope: Scope::AllLowerOf(vec![n("r1")]),
                 orders: vec![],
+                placement: None,
             };
             crate::relay::assign::apply(&st, &a).unwrap();
         }

@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, deny, moves, purge, RelayState};
+use super::{assign, cache, deny, home, moves, placement, purge, RelayState};
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -13,7 +13,16 @@ pub(crate) async fn run(st: Arc<RelayState>, dialer: Dialer, shutdown: Cancellat
 }
 
 async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
-    let Session { tx, mut rx, .. } = s;
+    let Session {
+        tx,
+        mut rx,
+        hq_offset_ms,
+        ..
+    } = s;
+    if let Some(o) = hq_offset_ms {
+        // Passed on in every Hello to this relay's children.
+        st.clock.set_offset(o);
+    }
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {
@@ -64,6 +73,27 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     );
                     crate::link::send(&tx, Msg::PurgeAck { id }).await?;
                     crate::link::queue::send_now(&st.children, done.fwd);
+                }
+                Msg::Placement(sp) => {
+                    let got = placement::receive(&st, sp)?;
+                    st.store.durable().await?;
+                    let Some(client) = got.client else { continue };
+                    crate::link::send(
+                        &tx,
+                        Msg::PlacementAck {
+                            client: client.clone(),
+                        },
+                    )
+                    .await?;
+                    crate::link::queue::send_now(&st.children, got.fwd);
+                    if got.kept {
+                        // Assignments held for want of it go out now.
+                        if let Some(agent) = st.child(&client) {
+                            for a in home::pending_for(&st, &client)? {
+                                crate::link::send_soon(&agent, Msg::Assign(a));
+                            }
+                        }
+                    }
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a parent")),

@@ -61,6 +61,7 @@ fn assign(job: u64, attempt: u32, action: Action, orders: Vec<SignedOrder>) -> M
         expires_at_ms: None,
         scope: Scope::Targets(vec![n("c1")]),
         orders,
+        placement: None,
     })
 }
 
@@ -113,11 +114,13 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
                 name: n("evil"),
                 role: Role::Relay,
                 purpose: Default::default(),
+                hq_now_ms: None,
             },
             trust_domain: evil_id.me().trust_domain.clone(),
             timing: Timing::default(),
             limits: Default::default(),
             denied: Default::default(),
+            clock: Default::default(),
         });
         let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
         let token = stop.clone();
@@ -321,6 +324,7 @@ fn a_hello_naming_another_node_is_refused() {
                 name: n("c2"),
                 role: Role::Agent,
                 purpose: Default::default(),
+                hq_now_ms: None,
             },
             timing: Timing::default(),
             gate: None,
