@@ -14,6 +14,7 @@ mod garbage;
 mod harness;
 mod leftover;
 mod offline;
+mod orders;
 mod packages;
 mod proxy;
 mod rerun;
