@@ -171,6 +171,13 @@ fn a_replayed_or_misdirected_order_runs_nothing() {
         (addr, rx)
     });
     let mut c1 = agent(&env, &agent_id, &addr);
+    // Jobs made after it first connected (and so registered).
+    let mut s = rt.block_on(async {
+        tokio::time::timeout(DEADLINE, sessions.recv())
+            .await
+            .expect("the agent connects")
+            .unwrap()
+    });
 
     // A genuine job for evil's clients runs once.
     let first = env.create_job(&["evil"], &[], &env.job_script("true"));
@@ -181,10 +188,6 @@ fn a_replayed_or_misdirected_order_runs_nothing() {
     let a2 = rt.block_on(next_assignment(&mut up));
     assert_eq!(a2.job, JobId(job_number(&misdirected)));
     rt.block_on(async {
-        let mut s = tokio::time::timeout(DEADLINE, sessions.recv())
-            .await
-            .expect("the agent connects")
-            .unwrap();
         link::send(&s.tx, to_c1(&a1, &home)).await.unwrap();
         let u = final_update(&mut s, a1.job.0).await;
         assert_eq!(u.state, LeafState::Succeeded, "{u:?}");
