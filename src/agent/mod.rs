@@ -303,22 +303,48 @@ async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId
     }
 }
 
-/// Table of first registrations: agent name -> unix ms by HQ's clock.
+/// Table of this agent's times by HQ's clock: agent name -> first
+/// registration (unix ms); agent name ++ "/offset" -> last offset measured.
 const REGISTERED: &str = "registered";
 
+/// HQ's clock minus this agent's for a session: measured from the relay's
+/// `Hello` (and kept), else the last one kept (a relay that has not reached
+/// its parent yet knows none). `None` when never measured.
+fn hq_offset(
+    st: &AgentState,
+    measured: Option<i64>,
+) -> Result<Option<i64>, crate::store::StoreError> {
+    let t = st.store.table(REGISTERED)?;
+    let k = [st.me.as_str().as_bytes(), b"/offset"].concat();
+    match measured {
+        Some(o) => {
+            t.put(&k, &o)?;
+            Ok(Some(o))
+        }
+        None => t.get::<i64>(&k),
+    }
+}
+
 /// When this agent's data directory first registered, by HQ's clock: read,
-/// or recorded durably now (its first session). Orders issued before it are
-/// replays from an earlier life of this agent, and refused.
-async fn registration(st: &AgentState, hq_now: u64) -> Result<u64, crate::store::StoreError> {
+/// or recorded durably now (its first session that knows HQ's time). Orders
+/// issued before it are replays from an earlier life of this agent, and
+/// refused. 0 (nothing refused on this ground) until HQ's time is known.
+async fn registration(
+    st: &AgentState,
+    hq_now: Option<u64>,
+) -> Result<u64, crate::store::StoreError> {
     let t = st.store.table(REGISTERED)?;
     let k = crate::store::keys::name(&st.me);
     if let Some(at) = t.get::<u64>(&k)? {
         return Ok(at);
     }
-    t.put(&k, &hq_now)?;
+    let Some(now) = hq_now else {
+        return Ok(0);
+    };
+    t.put(&k, &now)?;
     st.store.durable().await?;
-    tracing::info!(registered_at_ms = hq_now, "first registration recorded");
-    Ok(hq_now)
+    tracing::info!(registered_at_ms = now, "first registration recorded");
+    Ok(now)
 }
 
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
@@ -330,13 +356,14 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
         ..
     } = s;
     let relay = peer.name;
-    // HQ's clock minus ours, from the relay's Hello (ours when it knows none).
-    let offset = hq_offset_ms.unwrap_or(0);
-    let hq_now = || crate::link::clock::shift(now_ms(), offset);
-    if hq_offset_ms.is_none() {
-        tracing::debug!(%relay, "the relay's hello carries no hq time; judging by the local clock");
+    // Orders are judged by HQ's clock: ours plus the offset measured from
+    // the relay's Hello (or kept from an earlier one); ours if never measured.
+    let offset = hq_offset(&st, hq_offset_ms)?;
+    if offset.is_none() {
+        tracing::warn!(%relay, "hq's time never measured; judging orders by the local clock");
     }
-    let registered_at_ms = registration(&st, hq_now()).await?;
+    let hq_now = || crate::link::clock::shift(now_ms(), offset.unwrap_or(0));
+    let registered_at_ms = registration(&st, offset.map(|_| hq_now())).await?;
     if st.report_inventory.swap(false, Ordering::SeqCst) {
         // Once after start-up: what is installed here, as it stands.
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;

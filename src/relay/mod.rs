@@ -181,6 +181,9 @@ pub(crate) fn close_here(
     (rec, ev)
 }
 
+/// Table keeping the offset to HQ's clock last measured (key `offset`).
+pub(crate) const HQ_CLOCK: &str = "hq_clock";
+
 /// Runs a relay on a bound listener until `shutdown`.
 pub async fn run(
     listener: TcpListener,
@@ -219,6 +222,11 @@ pub async fn run(
         .map_err(|e| RelayError::Config(format!("cannot open the package cache: {e}")))?;
     let cache = cache::Cache::new(blobs, dialer.clone());
     let st = Arc::new(RelayState::open(me.name.clone(), store, cache)?);
+    // HQ's clock as last measured: children get it even before the parent
+    // answers again.
+    if let Some(o) = st.store.table(HQ_CLOCK)?.get::<i64>(b"offset")? {
+        st.clock.set_offset(o);
+    }
     st.deny.replace(deny::stored(&st)?);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();

@@ -111,6 +111,68 @@ pub(crate) fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{Action, Attempt, JobId, Scope, SignedOrder};
+    use crate::store::Store;
+
+    fn signed(client: &str, chain: &[&str], issued_at_ms: u64) -> SignedPlacement {
+        let body = Placement {
+            client: n(client),
+            chain: chain.iter().map(|s| n(s)).collect(),
+            issued_at_ms,
+        }
+        .encode()
+        .unwrap();
+        SignedPlacement { body, sig: vec![] }
+    }
+
+    fn assignment(rerun_of: Option<&str>) -> Assignment {
+        Assignment {
+            job: JobId(1),
+            attempt: Attempt(1),
+            action: Action::Ping,
+            expires_at_ms: None,
+            scope: Scope::Targets(vec![n("c1")]),
+            orders: vec![SignedOrder {
+                body: vec![],
+                sig: vec![],
+                relay: rerun_of.map(n),
+            }],
+            placement: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn held_until_placed_kept_if_newer_passed_on_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RelayState::open(
+            n("r1"),
+            Store::open(dir.path()).unwrap(),
+            crate::relay::cache::for_tests(dir.path()),
+        )
+        .unwrap();
+        let c1 = n("c1");
+        // No placement yet: an original is held, a rerun naming r1 is not.
+        assert!(attach(&st, &c1, assignment(None)).unwrap().is_none());
+        assert!(attach(&st, &c1, assignment(Some("r1"))).unwrap().is_some());
+        let p5 = signed("c1", &["r1", "r0"], 5);
+        let got = receive(&st, p5.clone()).unwrap();
+        assert_eq!((got.client, got.kept), (Some(c1.clone()), true));
+        // An older one (a late re-send) does not replace it.
+        assert!(!receive(&st, signed("c1", &["r1"], 3)).unwrap().kept);
+        let a = attach(&st, &c1, assignment(None)).unwrap().unwrap();
+        assert_eq!(a.placement, Some(p5));
+        // A client below a child relay: queued for that child, not kept.
+        let got = receive(&st, signed("c3", &["r3", "r2", "r1"], 5)).unwrap();
+        assert!(!got.kept);
+        assert_eq!(got.fwd.len(), 1);
+        assert_eq!(got.fwd[0].0, n("r2"));
+        assert_eq!(st.down.queued(&n("r2")).unwrap().len(), 1);
+        assert!(st
+            .placements
+            .get::<SignedPlacement>(&keys::name(&n("c3")))
+            .unwrap()
+            .is_none());
+    }
 
     fn n(s: &str) -> NodeName {
         NodeName::new(s).unwrap()

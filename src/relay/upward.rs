@@ -20,8 +20,10 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
         ..
     } = s;
     if let Some(o) = hq_offset_ms {
-        // Passed on in every Hello to this relay's children.
+        // Passed on in every Hello to this relay's children, and kept for
+        // after a restart (durable with the next flush).
         st.clock.set_offset(o);
+        st.store.table(super::HQ_CLOCK)?.put(b"offset", &o)?;
     }
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
