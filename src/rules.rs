@@ -515,6 +515,7 @@ mod tests {
             scope,
             orders: vec![],
             placement: None,
+            hq_now_ms: None,
         }
     }
 

@@ -248,6 +248,10 @@ pub(crate) async fn run_on(
         for a in to_run {
             tokio::spawn(run::execute(st.clone(), a).in_current_span());
         }
+        // A fresh data directory records its registration before it first
+        // dials (by its own clock until HQ's is known): its relay cannot
+        // target it with an order issued before then.
+        registration(&st, None).await?;
         st.store.durable().await?;
         tokio::select! {
             _ = dial_loop(dialer, shutdown, |s| session(st.clone(), s)) => {}
@@ -325,26 +329,26 @@ fn hq_offset(
     }
 }
 
-/// When this agent's data directory first registered, by HQ's clock: read,
-/// or recorded durably now (its first session that knows HQ's time). Orders
-/// issued before it are replays from an earlier life of this agent, and
-/// refused. 0 (nothing refused on this ground) until HQ's time is known.
+/// When this agent's data directory first registered (first started), by
+/// HQ's clock (see [`verify::registration`]): read, and recorded durably
+/// when new or moved to HQ's time.
 async fn registration(
     st: &AgentState,
-    hq_now: Option<u64>,
+    offset: Option<i64>,
 ) -> Result<u64, crate::store::StoreError> {
     let t = st.store.table(REGISTERED)?;
     let k = crate::store::keys::name(&st.me);
-    if let Some(at) = t.get::<u64>(&k)? {
-        return Ok(at);
+    let (rec, changed) = verify::registration(t.get(&k)?, offset, now_ms());
+    if changed {
+        t.put(&k, &rec)?;
+        st.store.durable().await?;
+        tracing::info!(
+            registered_at_ms = rec.at_ms,
+            by_hq = rec.by_hq,
+            "registration recorded"
+        );
     }
-    let Some(now) = hq_now else {
-        return Ok(0);
-    };
-    t.put(&k, &now)?;
-    st.store.durable().await?;
-    tracing::info!(registered_at_ms = now, "first registration recorded");
-    Ok(now)
+    Ok(rec.at_ms)
 }
 
 async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
@@ -358,12 +362,11 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
     let relay = peer.name;
     // Orders are judged by HQ's clock: ours plus the offset measured from
     // the relay's Hello (or kept from an earlier one); ours if never measured.
-    let offset = hq_offset(&st, hq_offset_ms)?;
+    let mut offset = hq_offset(&st, hq_offset_ms)?;
     if offset.is_none() {
         tracing::warn!(%relay, "hq's time never measured; judging orders by the local clock");
     }
-    let hq_now = || crate::link::clock::shift(now_ms(), offset.unwrap_or(0));
-    let registered_at_ms = registration(&st, offset.map(|_| hq_now())).await?;
+    let mut registered_at_ms = registration(&st, offset).await?;
     if st.report_inventory.swap(false, Ordering::SeqCst) {
         // Once after start-up: what is installed here, as it stands.
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;
@@ -374,8 +377,17 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
         loop {
             match rx.recv().await? {
                 Msg::Assign(a) => {
+                    if let Some(stamp) = a.hq_now_ms {
+                        // The relay's HQ time at delivery: the freshest
+                        // offset (its Hello may have had none yet).
+                        let measured = crate::link::clock::offset(stamp, now_ms());
+                        if offset.is_none() {
+                            registered_at_ms = registration(&st, Some(measured)).await?;
+                        }
+                        offset = hq_offset(&st, Some(measured))?;
+                    }
                     let t = verify::HqTime {
-                        now_ms: hq_now(),
+                        now_ms: crate::link::clock::shift(now_ms(), offset.unwrap_or(0)),
                         registered_at_ms,
                     };
                     let verdict = verify::check(&st.job_key, &a, &st.me, &relay, t);

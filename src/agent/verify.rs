@@ -21,6 +21,46 @@ pub(crate) struct HqTime {
     pub registered_at_ms: u64,
 }
 
+/// This agent's first registration, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Registration {
+    /// Unix ms: by HQ's clock when `by_hq`, else by this agent's own clock
+    /// (HQ's time was not known at its first session).
+    pub at_ms: u64,
+    /// `at_ms` is HQ's time.
+    pub by_hq: bool,
+}
+
+/// The registration to judge orders by in a session whose offset to HQ's
+/// clock is `offset` (if known), given the one `kept`; and whether to record
+/// it. The first session records one (by the local clock if HQ's time is
+/// unknown); the first offset known moves a local one to HQ's time (a skew
+/// is near constant).
+pub(crate) fn registration(
+    kept: Option<Registration>,
+    offset: Option<i64>,
+    local_now: u64,
+) -> (Registration, bool) {
+    match (kept, offset) {
+        (Some(r), _) if r.by_hq => (r, false),
+        (Some(r), None) => (r, false),
+        (Some(r), Some(o)) => (
+            Registration {
+                at_ms: crate::link::clock::shift(r.at_ms, o),
+                by_hq: true,
+            },
+            true,
+        ),
+        (None, o) => (
+            Registration {
+                at_ms: crate::link::clock::shift(local_now, o.unwrap_or(0)),
+                by_hq: o.is_some(),
+            },
+            true,
+        ),
+    }
+}
+
 /// Ok when some order covers `a` for agent `me` under `relay`; otherwise why not.
 pub(crate) fn check(
     key: &VerifyKey,
@@ -195,6 +235,7 @@ mod tests {
             scope: Scope::Targets(vec![n("c1")]),
             orders,
             placement: None,
+            hq_now_ms: None,
         }
     }
     fn with(p: &SignedPlacement, a: Assignment) -> Assignment {
@@ -207,6 +248,38 @@ mod tests {
         now_ms: 1_000,
         registered_at_ms: 0,
     };
+
+    #[test]
+    fn registrations() {
+        let r = |at_ms, by_hq| Registration { at_ms, by_hq };
+        let cases = [
+            // (kept, offset, local now) -> (judged by, record?)
+            (None, Some(-7_200), 10_000, (r(2_800, true), true)),
+            (None, None, 10_000, (r(10_000, false), true)),
+            (
+                Some(r(500, true)),
+                Some(-7_200),
+                10_000,
+                (r(500, true), false),
+            ),
+            (Some(r(500, true)), None, 10_000, (r(500, true), false)),
+            (
+                Some(r(9_000, false)),
+                None,
+                10_000,
+                (r(9_000, false), false),
+            ),
+            (
+                Some(r(9_000, false)),
+                Some(-7_200),
+                10_000,
+                (r(1_800, true), true),
+            ),
+        ];
+        for (kept, offset, now, want) in cases {
+            assert_eq!(registration(kept, offset, now), want, "{kept:?} {offset:?}");
+        }
+    }
 
     #[test]
     fn verdicts() {

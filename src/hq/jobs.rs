@@ -157,6 +157,7 @@ pub(crate) async fn create(
                 scope: Scope::AllLowerOf(list),
                 orders: vec![order.clone()],
                 placement: None,
+                hq_now_ms: None,
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));
@@ -244,6 +245,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
                 scope: Scope::Targets(list),
                 orders: orders.remove(&top).unwrap_or_default(),
                 placement: None,
+                hq_now_ms: None,
             };
             enqueue(st, &top, &a)?;
             queued.push((top, a));

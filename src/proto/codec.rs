@@ -164,6 +164,7 @@ mod tests {
             scope: Scope::Targets(vec![NodeName::new("c1").unwrap()]),
             orders: vec![],
             placement: None,
+            hq_now_ms: None,
         }));
         roundtrip(Msg::Ack { seq: 9 });
     }

@@ -72,6 +72,11 @@ pub struct Assignment {
     /// on the last hop only): what binds an original order to this agent.
     #[serde(default)]
     pub placement: Option<SignedPlacement>,
+    /// The home relay's estimate of HQ's clock as it sends this to its
+    /// agent, unix ms (last hop only): the agent judges the order's times by
+    /// it, as by the `Hello`'s.
+    #[serde(default)]
+    pub hq_now_ms: Option<u64>,
 }
 
 /// What HQ orders for one attempt; signed by HQ so that no relay can alter,

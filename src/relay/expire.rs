@@ -338,6 +338,7 @@ mod tests {
             scope: Scope::AllLowerOf(vec![st.me.clone()]),
             orders: vec![],
             placement: None,
+            hq_now_ms: None,
         };
         crate::relay::assign::apply(st, &a).unwrap();
     }

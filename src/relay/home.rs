@@ -82,6 +82,7 @@ pub(crate) fn pending_for(
                 scope: crate::proto::Scope::Targets(vec![]),
                 orders: ar.orders,
                 placement: None,
+                hq_now_ms: None,
             },
             &st.me,
             client,

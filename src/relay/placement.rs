@@ -91,7 +91,8 @@ pub(crate) fn receive(st: &RelayState, sp: SignedPlacement) -> Result<Received, 
     Ok(out)
 }
 
-/// `a` (already cut for agent `client`) with the agent's placement attached,
+/// `a` (already cut for agent `client`) with the agent's placement and HQ's
+/// time as this relay knows it attached,
 /// or `None` to hold it: an assignment no rerun order of this relay covers
 /// needs a placement, and there is none yet.
 pub(crate) fn attach(
@@ -100,6 +101,7 @@ pub(crate) fn attach(
     mut a: Assignment,
 ) -> Result<Option<Assignment>, StoreError> {
     a.placement = st.placements.get::<SignedPlacement>(&keys::name(client))?;
+    a.hq_now_ms = st.clock.now();
     let by_name = a.orders.iter().any(|o| o.relay.as_ref() == Some(&st.me));
     if a.placement.is_none() && !by_name {
         debug!(%client, job = %a.job, "held until hq's placement of the agent arrives");
@@ -138,6 +140,7 @@ mod tests {
                 relay: rerun_of.map(n),
             }],
             placement: None,
+            hq_now_ms: None,
         }
     }
 

@@ -159,6 +159,7 @@ mod tests {
                 scope: Scope::AllLowerOf(vec![n("r1")]),
                 orders: vec![],
                 placement: None,
+                hq_now_ms: None,
             };
             crate::relay::assign::apply(&st, &a).unwrap();
         }

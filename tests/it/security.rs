@@ -84,6 +84,7 @@ fn assign(
         scope: Scope::Targets(vec![n("c1")]),
         orders,
         placement: Some(home.clone()),
+        hq_now_ms: None,
     })
 }
 
