@@ -1,9 +1,11 @@
 //! Integration tests: the real `hq`, `relay` and `agent` binaries on loopback.
 
 mod bench_scripts;
+mod cancel;
 mod cli_errors;
 mod crash;
 mod crashloop;
+mod crashloop_hq;
 mod demo;
 mod disk;
 mod expiry;
@@ -12,6 +14,7 @@ mod faults;
 mod fuzz_regress;
 mod garbage;
 mod harness;
+mod jobs_cli;
 mod leftover;
 mod offline;
 mod orders;
