@@ -27,6 +27,10 @@ pub struct LeafRecord {
     pub output: Option<String>,
     /// When, unix ms.
     pub at_ms: u64,
+    /// Stdout and stderr apart, and timings (HQ moves them to a table of
+    /// their own; relays do not keep them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<crate::proto::LeafOutput>,
 }
 
 impl LeafRecord {
@@ -40,6 +44,7 @@ impl LeafRecord {
             reason: None,
             output: None,
             at_ms,
+            out: None,
         }
     }
 }
@@ -67,6 +72,7 @@ pub fn merge(cur: Option<&LeafRecord>, u: &LeafUpdate) -> Option<LeafRecord> {
         reason: u.reason.clone(),
         output: u.output.clone(),
         at_ms: u.at_ms,
+        out: u.out.clone(),
     })
 }
 
@@ -309,6 +315,7 @@ pub fn plan_assignment(
                     reason: Some(format!("client {client} is not under relay {me}")),
                     output: None,
                     at_ms: now,
+                    out: None,
                 }))
             }
         }
@@ -373,6 +380,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 0,
+            out: None,
         }
     }
     fn rec(attempt: u32, state: LeafState) -> LeafRecord {
@@ -495,6 +503,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 0,
+            out: None,
         })
     }
 

@@ -30,6 +30,7 @@ fn messages() -> Vec<(&'static str, Msg)> {
         reason: Some("exit 2".into()),
         output: Some("oops\n".into()),
         at_ms: 1_700_000_000_000,
+        out: None,
     };
     let totals = Totals {
         failed: 1,
@@ -180,6 +181,8 @@ fn messages() -> Vec<(&'static str, Msg)> {
                     awaiting: vec![],
                     created_at_ms: 1,
                     expires_at_ms: None,
+                    last_change_ms: 1,
+                    matched: 1,
                 })),
             },
         ),

@@ -3,7 +3,8 @@
 //! agent uses to stop what an earlier run of itself left behind.
 //!
 //! The child runs in its own process group with stdin closed; stdout and stderr are
-//! read concurrently into one bounded tail buffer. On timeout or cancel the group
+//! read concurrently, each into its own bounded tail (and both into a short
+//! mixed tail, for peers that know no better). On timeout or cancel the group
 //! gets SIGTERM, then, if anything of it is still alive after the grace
 //! ([`ExecSpec::kill_grace`]), SIGKILL. If the [`run`] future is dropped, the
 //! group is killed with SIGKILL at once (a drop cannot wait). Processes the
@@ -52,6 +53,8 @@ pub struct ExecSpec {
     pub timeout: Option<Duration>,
     /// Keep at most this many bytes of the end of combined stdout+stderr.
     pub tail_bytes: usize,
+    /// Keep at most this many bytes of the end of stdout, and as many of stderr.
+    pub stream_tail_bytes: usize,
     /// On timeout or cancel: time between SIGTERM and SIGKILL of the group.
     pub kill_grace: Duration,
 }
@@ -111,7 +114,61 @@ pub struct ExecResult {
     pub outcome: Outcome,
     /// The end of combined stdout+stderr, at most `tail_bytes` bytes, lossy UTF-8.
     pub output_tail: String,
+    /// Stdout and stderr apart.
+    pub streams: Streams,
+    /// When the process was spawned (or the attempt to), unix ms.
+    pub started_at_ms: u64,
     pub duration: Duration,
+}
+
+/// The ends of stdout and stderr, apart, each at most
+/// [`ExecSpec::stream_tail_bytes`] (lossy UTF-8), and how much each carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Streams {
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+/// The three tails a run fills.
+struct Tails {
+    mixed: Tail,
+    out: Tail,
+    err: Tail,
+}
+
+impl Tails {
+    fn new(spec: &ExecSpec) -> Tails {
+        Tails {
+            mixed: Tail::new(spec.tail_bytes),
+            out: Tail::new(spec.stream_tail_bytes),
+            err: Tail::new(spec.stream_tail_bytes),
+        }
+    }
+
+    fn stdout(&mut self, data: &[u8]) {
+        self.mixed.push(data);
+        self.out.push(data);
+    }
+
+    fn stderr(&mut self, data: &[u8]) {
+        self.mixed.push(data);
+        self.err.push(data);
+    }
+
+    fn finish(self) -> (String, Streams) {
+        let (stdout_bytes, stderr_bytes) = (self.out.seen, self.err.seen);
+        (
+            self.mixed.into_string(),
+            Streams {
+                stdout: self.out.into_string(),
+                stderr: self.err.into_string(),
+                stdout_bytes,
+                stderr_bytes,
+            },
+        )
+    }
 }
 
 /// Why a running command is being stopped.
@@ -129,10 +186,16 @@ pub async fn run(spec: &ExecSpec) -> ExecResult {
 /// Runs `spec` to completion, timeout or cancel, and reports how it ended.
 pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
     let start = Instant::now();
-    let done = |outcome: Outcome, output_tail: String| ExecResult {
-        outcome,
-        output_tail,
-        duration: start.elapsed(),
+    let started_at_ms = crate::proto::now_ms();
+    let done = |outcome: Outcome, tails: Option<Tails>| {
+        let (output_tail, streams) = tails.map(Tails::finish).unwrap_or_default();
+        ExecResult {
+            outcome,
+            output_tail,
+            streams,
+            started_at_ms,
+            duration: start.elapsed(),
+        }
     };
 
     let Some((program, args)) = spec.argv.split_first() else {
@@ -140,7 +203,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
             Outcome::SpawnFailed {
                 reason: "empty command".to_string(),
             },
-            String::new(),
+            None,
         );
     };
     let cancel = ctl.cancel.unwrap_or_default();
@@ -150,7 +213,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
                 forced: false,
                 started: false,
             },
-            String::new(),
+            None,
         );
     }
 
@@ -176,7 +239,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
                 _ => format!("cannot run {program:?}: {e}"),
             };
             tracing::debug!(argv = ?spec.argv, %reason, "exec: spawn failed");
-            return done(Outcome::SpawnFailed { reason }, String::new());
+            return done(Outcome::SpawnFailed { reason }, None);
         }
     };
 
@@ -200,7 +263,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
     let mut stderr = child.stderr.take();
     let mut out_buf = vec![0u8; READ_CHUNK];
     let mut err_buf = vec![0u8; READ_CHUNK];
-    let mut tail = Tail::new(spec.tail_bytes);
+    let mut tails = Tails::new(spec);
 
     let deadline = spec.timeout.map(|t| start + t);
     let mut status: Option<std::io::Result<ExitStatus>> = None;
@@ -216,11 +279,11 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
         }
         let why = tokio::select! {
             r = read_stdout(&mut stdout, &mut out_buf) => { match r {
-                Ok(n) if n > 0 => tail.push(&out_buf[..n]),
+                Ok(n) if n > 0 => tails.stdout(&out_buf[..n]),
                 _ => stdout = None,
             }; None }
             r = read_stderr(&mut stderr, &mut err_buf) => { match r {
-                Ok(n) if n > 0 => tail.push(&err_buf[..n]),
+                Ok(n) if n > 0 => tails.stderr(&err_buf[..n]),
                 _ => stderr = None,
             }; None }
             r = child.wait(), if status.is_none() => {
@@ -270,7 +333,6 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
         guard.disarm();
     }
 
-    let output_tail = tail.into_string();
     let outcome = match status {
         _ if stopping == Some(Stop::Timeout) => Outcome::TimedOut { forced },
         _ if stopping == Some(Stop::Cancel) => Outcome::Canceled {
@@ -289,7 +351,7 @@ pub async fn run_with(spec: &ExecSpec, ctl: Control) -> ExecResult {
         },
         None => unreachable!("loop only ends after the child was waited for"),
     };
-    let result = done(outcome, output_tail);
+    let result = done(outcome, Some(tails));
     tracing::debug!(
         argv = ?spec.argv,
         outcome = ?result.outcome,
@@ -501,6 +563,8 @@ struct Tail {
     cap: usize,
     buf: VecDeque<u8>,
     truncated: bool,
+    /// Bytes pushed in all.
+    seen: u64,
 }
 
 impl Tail {
@@ -509,10 +573,12 @@ impl Tail {
             cap,
             buf: VecDeque::new(),
             truncated: false,
+            seen: 0,
         }
     }
 
     fn push(&mut self, data: &[u8]) {
+        self.seen += data.len() as u64;
         if data.len() >= self.cap {
             self.truncated |= !self.buf.is_empty() || data.len() > self.cap;
             self.buf.clear();
@@ -564,6 +630,7 @@ pub(crate) mod tests {
             cwd: None,
             timeout: Some(Duration::from_secs(20)),
             tail_bytes: 4096,
+            stream_tail_bytes: 4096,
             kill_grace: Duration::from_secs(5),
         }
     }
@@ -625,6 +692,27 @@ pub(crate) mod tests {
         assert_eq!(r.outcome, Outcome::Exited { code: 0 });
         assert!(r.output_tail.contains("out\n"), "{:?}", r.output_tail);
         assert!(r.output_tail.contains("err\n"), "{:?}", r.output_tail);
+    }
+
+    #[tokio::test]
+    async fn streams_apart_each_tail_bounded() {
+        // 100,000 bytes to stdout, then a marker; two lines to stderr.
+        let mut s = sh("echo err1 >&2; yes | head -c 100000; echo OUTEND; echo err2 >&2");
+        s.stream_tail_bytes = 64 * 1024;
+        let r = run(&s).await;
+        assert_eq!(r.outcome, Outcome::Exited { code: 0 });
+        let o = &r.streams;
+        assert_eq!(o.stderr, "err1\nerr2\n");
+        assert_eq!(o.stdout.len(), 64 * 1024, "stdout tail bounded");
+        assert!(
+            o.stdout.ends_with("y\nOUTEND\n"),
+            "{:?}",
+            &o.stdout[o.stdout.len() - 20..]
+        );
+        assert!(!o.stdout.contains("err"));
+        assert_eq!((o.stdout_bytes, o.stderr_bytes), (100_007, 10));
+        assert!(r.output_tail.len() <= 4096);
+        assert!(r.started_at_ms > 0);
     }
 
     #[tokio::test]

@@ -311,6 +311,7 @@ async fn run_script(
             cwd: Some(tree.to_path_buf()),
             timeout: timeout_ms.map(Duration::from_millis),
             tail_bytes: st.options.tail_bytes,
+            stream_tail_bytes: st.options.stream_tail_bytes,
             kill_grace: st.options.kill_grace,
         },
         ctl,
@@ -424,9 +425,20 @@ pub(crate) async fn remove(
         inventory::get(&st.inventory, &st.me, &spec.name)?
     };
     let Some(entry) = found else {
-        let mut u = runlog::update(st, rec, LeafState::Failed);
-        u.reason = Some(format!("package {} is not installed", spec.name));
-        return finish(st, rec, u).await;
+        // Already as asked: a no-op that succeeds, and says so.
+        let note = format!("package {} is not installed: nothing to remove", spec.name);
+        info!("{note}");
+        let mut u = runlog::update(st, rec, LeafState::Succeeded);
+        u.exit_code = Some(0);
+        u.reason = Some(note.clone());
+        u.out = Some(crate::proto::LeafOutput {
+            stdout_bytes: note.len() as u64 + 1,
+            stdout: note + "\n",
+            started_at_ms: u.at_ms,
+            ..Default::default()
+        });
+        runlog::record(st, rec, u)?;
+        return st.store.durable().await;
     };
     let label = entry.label();
     let tree = st.pkg.tree_of(&entry);
@@ -783,14 +795,21 @@ mod offline {
         let evs = events(&st);
         assert!(matches!(&evs[evs.len() - 2], Event::Inventory(i) if i.packages.is_empty()));
 
-        // Removing it again fails plainly.
+        // Removing it again: a no-op that succeeds, and says so.
         let mut r = rec(6, Action::Remove(rm.clone()));
         remove(&st, &mut r, &rm, &CancellationToken::new())
             .await
             .unwrap();
         let u = last_leaf(&st);
-        assert_eq!(u.state, LeafState::Failed);
-        assert_eq!(u.reason.as_deref(), Some("package foo is not installed"));
+        assert_eq!(u.state, LeafState::Succeeded);
+        assert_eq!(
+            u.reason.as_deref(),
+            Some("package foo is not installed: nothing to remove")
+        );
+        assert_eq!(
+            u.out.map(|o| o.stdout).as_deref(),
+            Some("package foo is not installed: nothing to remove\n")
+        );
     }
 
     #[tokio::test]

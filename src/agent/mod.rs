@@ -52,8 +52,10 @@ pub struct AgentOptions {
     pub timing: Timing,
     /// Commands run at the same time, at most.
     pub max_parallel: usize,
-    /// Bytes of output kept per run.
+    /// Bytes of mixed output kept per run (the `output` older peers read).
     pub tail_bytes: usize,
+    /// Bytes of stdout, and as many of stderr, kept per run.
+    pub stream_tail_bytes: usize,
     /// For load tests: this fraction of attempts fails without running
     /// (chosen by a hash of client, job and attempt, so reruns differ).
     pub fail_fraction: f64,
@@ -73,6 +75,7 @@ impl Default for AgentOptions {
             timing: Timing::default(),
             max_parallel: 4,
             tail_bytes: 4096,
+            stream_tail_bytes: crate::proto::LeafOutput::TAIL_BYTES,
             fail_fraction: 0.0,
             delay: Duration::ZERO,
             dial_gate: None,

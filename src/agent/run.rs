@@ -224,6 +224,7 @@ async fn execute_inner(
         cwd: spec.cwd.as_ref().map(PathBuf::from),
         timeout: spec.timeout_ms.map(Duration::from_millis),
         tail_bytes: st.options.tail_bytes,
+        stream_tail_bytes: st.options.stream_tail_bytes,
         kill_grace: st.options.kill_grace,
     };
     // While it runs: its process group goes into the run log, durably, so
@@ -317,6 +318,15 @@ pub(crate) fn apply_outcome(
     if !res.output_tail.is_empty() {
         u.output = Some(res.output_tail.clone());
     }
+    let o = &res.streams;
+    u.out = Some(crate::proto::LeafOutput {
+        stdout: o.stdout.clone(),
+        stderr: o.stderr.clone(),
+        stdout_bytes: o.stdout_bytes,
+        stderr_bytes: o.stderr_bytes,
+        started_at_ms: res.started_at_ms,
+        duration_ms: res.duration.as_millis() as u64,
+    });
 }
 
 /// How a stopped process group went.

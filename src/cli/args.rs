@@ -29,12 +29,87 @@ pub struct TimingArgs {
     pub idle_timeout: Option<String>,
 }
 
+/// How a server logs (on stderr).
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (job, attempt, client, relay).
+    Json,
+}
+
+/// Logging options every command takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// Log format on stderr: text or json (RUST_LOG sets the level).
+    #[arg(
+        long = "log-format",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "RELAYTREE_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+const HQ_HELP: &str = "\
+Examples:
+  hq init --data-dir hq
+  hq cert issue --data-dir hq --role relay --name r1 --out ids/r1
+  hq serve --data-dir hq --listen 0.0.0.0:7000
+  export RELAYTREE_DATA_DIR=hq
+  hq job create --dest all-lower-clients --relay r1 --timeout 5m -- apt-get -y upgrade
+  hq job wait 1 --progress
+  hq job status 1 --state failed --relay r2
+  hq job output 1 web-042
+  hq job rerun 1 --failed
+  hq demo                     a real local tree on loopback, start to finish
+
+Environment:
+  RELAYTREE_HQ          HQ's HOST:PORT for admin commands (--hq)
+  RELAYTREE_IDENTITY    the admin identity directory (--identity)
+  RELAYTREE_DATA_DIR    HQ's data directory: gives both of the above (--data-dir)
+  RELAYTREE_LOG_FORMAT  text or json (--log-format)
+  RUST_LOG              log level and filter, e.g. warn, info, relaytree::hq=debug
+                        (default: info for servers; logs go to stderr)
+
+Exit codes: 0 success, 1 `job wait`: some leaf did not succeed, 2 error
+(bad input, HQ unreachable or refusing), 3 `job wait`: timeout.";
+
+const RELAY_HELP: &str = "\
+Examples:
+  relay serve --identity ids/r1 --data-dir r1 --listen 0.0.0.0:7001 --parent hq.example:7000
+  relay serve --identity ids/r2 --data-dir r2 --listen 0.0.0.0:7002 --parent r1.example:7001 \\
+      --heartbeat 30s --idle-timeout 120s --log-format json
+
+Environment:
+  RELAYTREE_LOG_FORMAT  text or json (--log-format)
+  RUST_LOG              log level and filter, e.g. warn, info, relaytree::relay=debug";
+
+const AGENT_HELP: &str = "\
+Examples:
+  agent serve --identity ids/c1 --data-dir c1 --relay r1.example:7001
+  agent runlog --data-dir c1             what it accepted and how far each got
+  agent swarm --identities swarm-ids --relay 127.0.0.1:7002 --data-dir swarm
+
+Environment:
+  RELAYTREE_LOG_FORMAT  text or json (--log-format)
+  RUST_LOG              log level and filter, e.g. warn, info, relaytree::agent=debug
+
+What a command run by the agent sees: no shell (argv as given), its own
+process group, stdin closed, and RELAYTREE_JOB, RELAYTREE_ATTEMPT,
+RELAYTREE_CLIENT, RELAYTREE_RELAY in its environment; the last 64 KiB of
+its stdout and of its stderr are kept apart (`hq job output`).";
+
 /// relaytree headquarters: the CA, the jobs, and the whole picture.
 #[derive(Parser, Debug)]
-#[command(name = "hq", version, about)]
+#[command(name = "hq", version, about, after_help = HQ_HELP)]
 pub struct HqCli {
     #[command(subcommand)]
     pub cmd: HqCmd,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Roles a certificate can be issued for.
@@ -66,6 +141,9 @@ pub enum HqCmd {
         /// Trust domain written into every certificate.
         #[arg(long, default_value = "relaytree.local")]
         trust_domain: String,
+        /// Print JSON: {"data_dir", "ca", "hq", "admin", "trust_domain"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Certificates.
     Cert {
@@ -123,6 +201,10 @@ pub enum HqCmd {
         /// Keep the demo's files in this directory instead of a temporary one.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// One JSON object per line: {"note": ...} or {"command": "hq ...",
+        /// "result": what that command prints with --json}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -149,6 +231,9 @@ pub enum CertCmd {
         /// Replace an identity already in the output directory.
         #[arg(long)]
         force: bool,
+        /// Print JSON: {"role", "issued": [{"name", "dir"}]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a node: HQ and every relay refuse it and close its sessions.
     /// A name HQ has never seen is refused unless --force.
@@ -204,30 +289,79 @@ pub enum JobCmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// All jobs in brief, or one job in full.
+    /// All jobs in brief, or one job: elapsed time, totals, per relay, then
+    /// the first leaves of each state asked for, with a count of the rest.
+    #[command(after_help = "\
+Examples:
+  hq job status 7                          totals, per relay, leaves not succeeded
+  hq job status 7 --state failed --relay r2
+  hq job status 7 --state failed --state timed_out --limit 100
+  hq job status 7 --json                   every leaf (the contract's shape)
+  hq job status 7 --watch                  redraw until the job is done")]
     Status {
         /// The job.
         job: Option<String>,
         /// List every leaf, not only those that did not succeed.
         #[arg(long)]
         clients: bool,
+        /// Only leaves in this state (repeatable): pending, delivered, running,
+        /// succeeded, failed, timed_out, expired, canceled.
+        #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+        states: Vec<crate::proto::LeafState>,
+        /// Only leaves whose home is this relay.
+        #[arg(long, value_name = "NAME")]
+        relay: Option<String>,
+        /// Leaves listed per state, at most (default 20; with --json: all).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Redraw until the job is done (on a terminal; otherwise print a
+        /// new status at each change of the counts, and the last at the end).
+        #[arg(long, requires = "job")]
+        watch: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Wait until every leaf of the latest attempt is final; exit 0 iff all succeeded.
+    #[command(after_help = "\
+Exit codes: 0 every leaf succeeded, 1 some did not, 2 error, 3 timeout.
+
+Examples:
+  hq job wait 7 --timeout 30m
+  hq job wait 7 --progress        a live line on a terminal: done/total, failed,
+                                  leaves not final per relay")]
     Wait {
         /// The job.
         job: String,
         /// Give up after this long (default 10m); exit 3.
         #[arg(long)]
         timeout: Option<String>,
+        /// Draw a live progress line on stderr while waiting (only when
+        /// stderr is a terminal; silent otherwise).
+        #[arg(long)]
+        progress: bool,
         /// Print the final status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Re-execute the leaves whose latest result is failed or timed_out
     /// (with --expired: also expired), each at its client's current relay.
+    /// One leaf's latest output: stdout and stderr apart (their last 64 KiB
+    /// each), exit code, timings and the attempt.
+    #[command(after_help = "\
+Examples:
+  hq job output 7 web-042
+  hq job output 7 web-042 --json | jq -r .stderr")]
+    Output {
+        /// The job.
+        job: String,
+        /// The client.
+        client: String,
+        /// Print JSON: {\"stdout\": ..., \"stderr\": ..., \"exit_code\": N, ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-execute the leaves whose latest result is failed or timed_out.
     Rerun {
         /// The job.
         job: String,
@@ -268,12 +402,28 @@ pub enum JobCmd {
     },
 }
 
+/// A leaf state as typed on the command line (`timed-out` also works).
+pub fn parse_state(s: &str) -> Result<crate::proto::LeafState, String> {
+    let want = s.replace('-', "_");
+    crate::proto::LeafState::ALL
+        .into_iter()
+        .find(|st| st.as_str() == want)
+        .ok_or_else(|| {
+            format!(
+                "unknown state {s:?} (one of {})",
+                crate::proto::LeafState::ALL.map(|s| s.as_str()).join(", ")
+            )
+        })
+}
+
 /// relaytree relay manager.
 #[derive(Parser, Debug)]
-#[command(name = "relay", version, about)]
+#[command(name = "relay", version, about, after_help = RELAY_HELP)]
 pub struct RelayCli {
     #[command(subcommand)]
     pub cmd: RelayCmd,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `relay` subcommands.
@@ -304,10 +454,12 @@ pub enum RelayCmd {
 
 /// relaytree agent.
 #[derive(Parser, Debug)]
-#[command(name = "agent", version, about)]
+#[command(name = "agent", version, about, after_help = AGENT_HELP)]
 pub struct AgentCli {
     #[command(subcommand)]
     pub cmd: AgentCmd,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `agent` subcommands.

@@ -17,8 +17,46 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
 
+/// How the demo shows its steps: as the real commands print them, or with
+/// `--json` one object per line: `{"note": TEXT}` for narration, and
+/// `{"command": "hq ...", "result": JSON}` where `result` is what that
+/// command prints with `--json`.
+#[derive(Clone, Copy)]
+struct Show {
+    json: bool,
+}
+
+impl Show {
+    fn note(&self, text: &str) {
+        if self.json {
+            outln!("{}", serde_json::json!({ "note": text }));
+        } else {
+            outln!("{text}");
+        }
+    }
+
+    /// One command and what it printed (`human`), or its `--json` result.
+    fn step<T: serde::Serialize>(&self, command: &str, human: &str, result: &T) {
+        if self.json {
+            outln!(
+                "{}",
+                serde_json::json!({ "command": command, "result": result })
+            );
+        } else {
+            out!("\n$ {command}\n{human}");
+            if !human.ends_with('\n') {
+                outln!();
+            }
+        }
+    }
+}
+
+fn all_leaves() -> render::Listing {
+    render::Listing::new(&[], true, None, false)
+}
+
 /// Runs the demo in `dir` (a temporary directory when `None`).
-pub async fn run(dir: Option<&Path>) -> Result<(), CliError> {
+pub async fn run(dir: Option<&Path>, json: bool) -> Result<(), CliError> {
     let tmp;
     let root = match dir {
         Some(d) => d.to_path_buf(),
@@ -28,23 +66,23 @@ pub async fn run(dir: Option<&Path>) -> Result<(), CliError> {
         }
     };
     let stop = CancellationToken::new();
-    let r = demo(&root, &stop).await;
+    let r = demo(&root, &stop, Show { json }).await;
     stop.cancel();
     // Give the servers a moment to flush and close their sessions.
     tokio::time::sleep(Duration::from_millis(200)).await;
     r
 }
 
-async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
+async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), CliError> {
     let hq_dir = root.join("hq");
-    outln!("== relaytree demo in {}", root.display());
+    show.note(&format!("== relaytree demo in {}", root.display()));
     setup::init(&hq_dir, "demo.relaytree.local")?;
     let timing = Timing::default();
 
     let (listener, hq_addr) = crate::node::bind_announce("127.0.0.1:0", &hq_dir)
         .await
         .map_err(err)?;
-    outln!("hq listening on {hq_addr}");
+    show.note(&format!("hq listening on {hq_addr}"));
     {
         let (d, s) = (hq_dir.clone(), stop.clone());
         tokio::spawn(async move {
@@ -77,7 +115,9 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         let (listener, addr) = crate::node::bind_announce("127.0.0.1:0", &dir)
             .await
             .map_err(err)?;
-        outln!("relay {name} listening on {addr}, parent {parent}");
+        show.note(&format!(
+            "relay {name} listening on {addr}, parent {parent}"
+        ));
         let cfg = RelayConfig {
             identity: dir.join("id"),
             data_dir: dir.clone(),
@@ -111,7 +151,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
             }
         });
     }
-    outln!("agents c1 c2 under r1; c3 c4 c5 under r2");
+    show.note("agents c1 c2 under r1; c3 c4 c5 under r2");
 
     let target = Target {
         hq: Some(hq_addr.to_string()),
@@ -124,7 +164,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     loop {
         if let AdminResponse::Tree(t) = admin.request(AdminRequest::Tree).await? {
             if t.clients as usize == agents.len() {
-                outln!("\n$ hq tree\n{}", render::tree(&t));
+                show.step("hq tree", &render::tree(&t), &t);
                 break;
             }
         }
@@ -137,7 +177,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
     // c2 and c4 fail on their first attempt only.
     let script = r#"echo "hello from $RELAYTREE_CLIENT (attempt $RELAYTREE_ATTEMPT via $RELAYTREE_RELAY)"; case "$RELAYTREE_CLIENT" in c2|c4) [ "$RELAYTREE_ATTEMPT" -gt 1 ] || { echo "$RELAYTREE_CLIENT: disk full" >&2; exit 3; };; esac"#;
     let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-    outln!("$ hq job create --dest all-lower-clients --relay r1 -- sh -c '...'   (fails on c2 and c4 the first time)");
+    show.note("a job that fails on c2 and c4 the first time:");
     let job = match admin
         .request(AdminRequest::CreateJob {
             dest: vec![NodeName::new("r1").map_err(err)?],
@@ -154,11 +194,27 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         AdminResponse::Created { job } => job,
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     };
-    outln!("{job}");
+    show.step(
+        "hq job create --dest all-lower-clients --relay r1 -- sh -c '...'",
+        &format!("{job}\n"),
+        &serde_json::json!({ "job": job }),
+    );
     let s = wait(&mut admin, job).await?;
-    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
+    show.step(
+        &format!("hq job status {job} --clients"),
+        &render::status(&s, &all_leaves()),
+        &s,
+    );
+    if let AdminResponse::Output(o) = admin
+        .request(AdminRequest::Output {
+            job,
+            client: NodeName::new("c2").map_err(err)?,
+        })
+        .await?
+    {
+        show.step(&format!("hq job output {job} c2"), &render::output(&o), &o);
+    }
 
-    outln!("$ hq job rerun {job} --failed");
     match admin
         .request(AdminRequest::Rerun {
             job,
@@ -166,22 +222,35 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
         })
         .await?
     {
-        AdminResponse::Rerun(r) => outln!("attempt {} targets {} leaves", r.attempt, r.targets),
+        AdminResponse::Rerun(r) => show.step(
+            &format!("hq job rerun {job} --failed"),
+            &render::rerun(&r),
+            &r,
+        ),
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     }
     let s = wait(&mut admin, job).await?;
-    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
-    outln!(
-        "every leaf accounted for: {} leaves, {} succeeded; c1 c3 c5 ran once, c2 c4 twice.",
-        s.totals.total(),
-        s.totals.succeeded
+    show.step(
+        &format!("hq job status {job} --clients"),
+        &render::status(&s, &all_leaves()),
+        &s,
     );
-    packages(root, &target, &mut admin).await
+    show.note(&format!(
+        "every leaf accounted for: {}, {} succeeded; c1 c3 c5 ran once, c2 c4 twice.",
+        render::count(s.totals.total(), "leaf", "leaves"),
+        s.totals.succeeded
+    ));
+    packages(root, &target, &mut admin, show).await
 }
 
 /// A package through the tree: added to HQ's depot, installed on every lower
 /// client of r1 (r1 and r2 each fetch it once), the inventory and caches.
-async fn packages(root: &Path, target: &Target, admin: &mut AdminClient) -> Result<(), CliError> {
+async fn packages(
+    root: &Path,
+    target: &Target,
+    admin: &mut AdminClient,
+    show: Show,
+) -> Result<(), CliError> {
     let src = root.join("hello-tool");
     std::fs::create_dir_all(src.join("bin")).map_err(err)?;
     std::fs::write(
@@ -199,21 +268,23 @@ async fn packages(root: &Path, target: &Target, admin: &mut AdminClient) -> Resu
         std::fs::set_permissions(src.join(f), std::fs::Permissions::from_mode(0o755))
             .map_err(err)?;
     }
-    outln!(
-        "\n$ hq package add {} --name hello --version 1.0 --install ./setup.sh",
-        src.display()
-    );
     let p = super::package::add(
         target,
-        src,
+        src.clone(),
         "hello".into(),
         "1.0".into(),
         Some("./setup.sh".into()),
         None,
     )
     .await?;
-    out!("{}", super::pkg_render::added(&p));
-    outln!("$ hq job create --dest all-lower-clients --relay r1 --install hello@1.0");
+    show.step(
+        &format!(
+            "hq package add {} --name hello --version 1.0 --install ./setup.sh",
+            src.display()
+        ),
+        &super::pkg_render::added(&p),
+        &p,
+    );
     let want = super::pkg_args::PkgSpec {
         name: "hello".into(),
         version: Some("1.0".into()),
@@ -230,21 +301,30 @@ async fn packages(root: &Path, target: &Target, admin: &mut AdminClient) -> Resu
         AdminResponse::Created { job } => job,
         other => return Err(CliError::Unexpected(format!("{other:?}"))),
     };
+    show.step(
+        "hq job create --dest all-lower-clients --relay r1 --install hello@1.0",
+        &format!("{job}\n"),
+        &serde_json::json!({ "job": job }),
+    );
     let s = wait(admin, job).await?;
-    outln!("\n$ hq job status {job}\n{}", render::status(&s, true));
+    show.step(
+        &format!("hq job status {job} --clients"),
+        &render::status(&s, &all_leaves()),
+        &s,
+    );
     if let AdminResponse::Client(c) = admin
         .request(AdminRequest::ClientShow {
             name: NodeName::new("c4").map_err(err)?,
         })
         .await?
     {
-        outln!("$ hq client show c4\n{}", super::pkg_render::client(&c));
+        show.step("hq client show c4", &super::pkg_render::client(&c), &c);
     }
     if let AdminResponse::PackageStatus(v) = admin
         .request(AdminRequest::PackageStatus { relay: None })
         .await?
     {
-        outln!("$ hq package status\n{}", super::pkg_render::status(&v));
+        show.step("hq package status", &super::pkg_render::status(&v), &v);
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod pkg_args;
 mod pkg_render;
 pub mod render;
 pub mod setup;
+mod watch;
 
 use crate::link::Timing;
 use crate::proto::{Action, AdminRequest, AdminResponse, JobId, NodeName, RunSpec};
@@ -30,16 +31,55 @@ pub const EXIT_ERROR: u8 = 2;
 pub const EXIT_TIMEOUT: u8 = 3;
 
 /// Logs to stderr (stdout carries results and the "listening on" line);
-/// `RUST_LOG` overrides the level.
-pub fn init_tracing(default: &str) {
+/// `RUST_LOG` overrides the level; `--log-format json` writes one JSON
+/// object per line (with the span fields: job, attempt, client, relay).
+pub fn init_tracing(default: &str, format: args::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        args::LogFormat::Json => b.json().with_current_span(true).try_init(),
+        args::LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
+}
+
+/// Parses the command line; an argument error is printed as one line on
+/// stderr (exit 2), help and version as clap prints them (exit 0).
+pub fn parse<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            match e.kind() {
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+                _ => {
+                    eprintln!("{}", one_line(&e.render().to_string()));
+                    std::process::exit(EXIT_ERROR as i32)
+                }
+            }
+        }
+    }
+}
+
+/// Clap's error text on one line: the error and its tips, without the
+/// usage block ("--help" has it).
+pub fn one_line(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with("Usage:") || t.starts_with("For more information") {
+            break;
+        }
+        if !t.is_empty() {
+            parts.push(t);
+        }
+    }
+    let mut line = parts.join(" ");
+    line += " (see --help)";
+    line
 }
 
 /// Parses `30s`, `5m`, `1h30m`, or a plain number of seconds.
@@ -160,12 +200,24 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Init {
             data_dir,
             trust_domain,
+            json,
         } => {
             setup::init(&data_dir, &trust_domain)?;
-            outln!(
-                "initialised {}: CA in ca/, hq identity in hq/, admin identity in admin/",
-                data_dir.display()
-            );
+            if json {
+                let l = |p: std::path::PathBuf| p.display().to_string();
+                print_json(&serde_json::json!({
+                    "data_dir": data_dir.display().to_string(),
+                    "ca": l(crate::hq::layout::ca(&data_dir)),
+                    "hq": l(crate::hq::layout::hq(&data_dir)),
+                    "admin": l(crate::hq::layout::admin(&data_dir)),
+                    "trust_domain": trust_domain,
+                }))?;
+            } else {
+                outln!(
+                    "initialised {}: CA in ca/, hq identity in hq/, admin identity in admin/",
+                    data_dir.display()
+                );
+            }
         }
         HqCmd::Cert {
             cmd:
@@ -176,11 +228,32 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                     out,
                     count,
                     force,
+                    json,
                 },
         } => {
             let dirs = setup::issue_new(&data_dir, role, &name, &out, count, force)?;
-            if count.is_some() {
-                outln!("issued {} identities under {}", dirs.len(), out.display());
+            if json {
+                let issued: Vec<_> = dirs
+                    .iter()
+                    .map(|d| {
+                        let n = if count.is_some() {
+                            d.file_name()
+                                .map(|f| f.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        } else {
+                            name.clone()
+                        };
+                        serde_json::json!({ "name": n, "dir": d.display().to_string() })
+                    })
+                    .collect();
+                let role = format!("{role:?}").to_lowercase();
+                print_json(&serde_json::json!({ "role": role, "issued": issued }))?;
+            } else if count.is_some() {
+                outln!(
+                    "issued {} under {}",
+                    render::count(dirs.len() as u64, "identity", "identities"),
+                    out.display()
+                );
             } else {
                 outln!("issued {}", out.display());
             }
@@ -260,7 +333,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                 other => return Err(unexpected(other)),
             }
         }
-        HqCmd::Demo { dir } => demo::run(dir.as_deref()).await?,
+        HqCmd::Demo { dir, json } => demo::run(dir.as_deref(), json).await?,
     }
     Ok(EXIT_OK)
 }
@@ -346,27 +419,75 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
         JobCmd::Status {
             job: Some(job),
             clients,
+            states,
+            relay,
+            limit,
+            watch,
             json,
         } => {
             let job = parse_job(&job)?;
+            let relay = relay
+                .map(|r| {
+                    NodeName::new(r.as_str()).map_err(|e| CliError::Usage(format!("--relay: {e}")))
+                })
+                .transpose()?;
+            let listing = render::Listing::new(&states, clients, limit, relay.is_some());
+            // JSON lists every matching leaf unless --limit says otherwise;
+            // the table asks only for what it shows.
+            let (ask_states, ask_limit) = if json {
+                (states.clone(), limit)
+            } else {
+                (listing.states.clone(), Some(listing.limit))
+            };
+            let req = || AdminRequest::Status {
+                job,
+                states: ask_states.clone(),
+                relay: relay.clone(),
+                limit: ask_limit,
+            };
             let mut c = AdminClient::connect(t).await?;
-            match c.request(AdminRequest::Status { job }).await? {
+            if watch && !json {
+                watch::watch_status(&mut c, job, req, &listing).await?;
+                return Ok(EXIT_OK);
+            }
+            match c.request(req()).await? {
                 AdminResponse::Status(s) if json => print_json(&s)?,
-                AdminResponse::Status(s) => out!("{}", render::status(&s, clients)),
+                AdminResponse::Status(s) => out!("{}", render::status(&s, &listing)),
                 other => return Err(unexpected(other)),
             }
         }
-        JobCmd::Wait { job, timeout, json } => {
+        JobCmd::Output { job, client, json } => {
+            let job = parse_job(&job)?;
+            let client = NodeName::new(client.as_str())
+                .map_err(|e| CliError::Usage(format!("client: {e}")))?;
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Output { job, client }).await? {
+                AdminResponse::Output(o) if json => print_json(&o)?,
+                AdminResponse::Output(o) => out!("{}", render::output(&o)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Wait {
+            job,
+            timeout,
+            progress,
+            json,
+        } => {
             let job = parse_job(&job)?;
             let timeout = timeout
                 .map(|s| parse_duration("--timeout", &s))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(600));
+            let deadline = tokio::time::Instant::now() + timeout;
             let mut c = AdminClient::connect(t).await?;
+            if progress {
+                watch::progress_until_done(&mut c, job, deadline).await?;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let s = match c
                 .request(AdminRequest::Wait {
                     job,
-                    timeout_ms: timeout.as_millis() as u64,
+                    timeout_ms: left.as_millis() as u64,
                 })
                 .await?
             {
@@ -376,7 +497,10 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             if json {
                 print_json(&s)?;
             } else {
-                out!("{}", render::status(&s, false));
+                out!(
+                    "{}",
+                    render::status(&s, &render::Listing::new(&[], false, None, false))
+                );
             }
             if !s.done {
                 eprintln!(
@@ -400,9 +524,9 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             {
                 AdminResponse::Purged(p) if json => print_json(&p)?,
                 AdminResponse::Purged(p) => outln!(
-                    "purged {} jobs ({} leaves){}",
-                    p.jobs.len(),
-                    p.leaves,
+                    "purged {} ({}){}",
+                    render::count(p.jobs.len() as u64, "job", "jobs"),
+                    render::count(p.leaves, "leaf", "leaves"),
                     if p.jobs.is_empty() {
                         String::new()
                     } else {
@@ -435,14 +559,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::Rerun { job, expired }).await? {
                 AdminResponse::Rerun(r) if json => print_json(&r)?,
-                AdminResponse::Rerun(r) => {
-                    outln!(
-                        "job {} attempt {}: {} leaves targeted",
-                        r.job,
-                        r.attempt,
-                        r.targets
-                    )
-                }
+                AdminResponse::Rerun(r) => out!("{}", render::rerun(&r)),
                 other => return Err(unexpected(other)),
             }
         }
@@ -527,7 +644,13 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             }
             let runs = crate::agent::read_run_log(&data_dir)
                 .await
-                .map_err(|e| CliError::Other(e.to_string()))?;
+                .map_err(|e| match e {
+                    crate::agent::AgentError::Store(s) if s.is_locked() => CliError::Usage(format!(
+                        "the agent using {} is running (its database is locked): stop it to read its run log, or ask hq (`hq job status JOB`, `hq job output JOB CLIENT`)",
+                        data_dir.display()
+                    )),
+                    e => CliError::Other(e.to_string()),
+                })?;
             if json {
                 print_json(&runs)?;
             } else {
@@ -597,4 +720,31 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
         }
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fold_into_one_line() {
+        let table = [
+            (
+                "error: the following required arguments were not provided:\n  --failed\n\nUsage: hq job rerun --failed <JOB>\n\nFor more information, try '--help'.\n",
+                "error: the following required arguments were not provided: --failed (see --help)",
+            ),
+            (
+                "error: unrecognized subcommand 'jobb'\n\n  tip: a similar subcommand exists: 'job'\n\nUsage: hq <COMMAND>\n",
+                "error: unrecognized subcommand 'jobb' tip: a similar subcommand exists: 'job' (see --help)",
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(one_line(text), want);
+        }
+        // What clap really renders stays on one line too.
+        let e =
+            <args::HqCli as clap::Parser>::try_parse_from(["hq", "job", "rerun", "1"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n') && line.contains("--failed"), "{line}");
+    }
 }

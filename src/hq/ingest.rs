@@ -8,6 +8,7 @@
 //! queued and returned for the session to send once durable.
 
 use super::children::SubtreeFacts;
+use super::output::OutputRecord;
 use super::{ClientRecord, HqState, RelayRecord};
 use crate::link::confine;
 use crate::link::downstream::Outgoing;
@@ -40,15 +41,17 @@ pub(crate) fn apply(
     // Coalesce: the latest record per leaf within this batch, and the state
     // each leaf had before it (for the per-job counters).
     let mut pending: HashMap<Vec<u8>, LeafRecord> = HashMap::new();
-    let mut before: HashMap<Vec<u8>, Option<LeafState>> = HashMap::new();
+    let mut before: HashMap<Vec<u8>, Option<(LeafState, NodeName)>> = HashMap::new();
+    // Outputs arrive with final results; the latest per leaf in this batch.
+    let mut outputs: HashMap<Vec<u8>, OutputRecord> = HashMap::new();
     let lookup = |k: &Vec<u8>,
                   pending: &HashMap<Vec<u8>, LeafRecord>,
-                  before: &mut HashMap<Vec<u8>, Option<LeafState>>| {
+                  before: &mut HashMap<Vec<u8>, Option<(LeafState, NodeName)>>| {
         match pending.get(k) {
             Some(r) => Ok(Some(r.clone())),
             None => {
                 let r = st.leaves.get::<LeafRecord>(k)?;
-                before.insert(k.clone(), r.as_ref().map(|l| l.state));
+                before.insert(k.clone(), r.as_ref().map(|l| (l.state, l.relay.clone())));
                 Ok::<_, StoreError>(r)
             }
         }
@@ -58,7 +61,11 @@ pub(crate) fn apply(
             Event::Leaf(u) => {
                 let k = keys::job_client(u.job, &u.client);
                 let cur = lookup(&k, &pending, &mut before)?;
-                if let Some(new) = rules::merge(cur.as_ref(), u) {
+                if let Some(mut new) = rules::merge(cur.as_ref(), u) {
+                    // Output lives in its own table: status never reads it.
+                    if let Some(o) = super::output::split(&mut new) {
+                        outputs.insert(k.clone(), o);
+                    }
                     pending.insert(k, new);
                 }
             }
@@ -170,11 +177,16 @@ pub(crate) fn apply(
     }
     for (k, new) in &pending {
         if let Some(job) = keys::read_u64(k).map(JobId) {
+            let from = before.get(k).and_then(|b| b.as_ref());
             st.counters
-                .moved(job, before.get(k).copied().flatten(), new.state);
+                .moved(job, from.map(|(s, r)| (*s, r)), (new.state, &new.relay));
         }
     }
-    debug!(from = %from, events = events.len(), leaves = pending.len(), "applied batch");
+    debug!(from = %from, events = events.len(), leaves = pending.len(), outputs = outputs.len(), "applied batch");
+    // Outputs before the leaves whose results they belong to (a crash keeps
+    // a prefix: a result never shows without its output).
+    st.outputs
+        .put_many(outputs.iter().map(|(k, v)| (k.clone(), v)))?;
     st.leaves
         .put_many(pending.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(forgets)
@@ -201,6 +213,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 5,
+            out: None,
         })
     }
 

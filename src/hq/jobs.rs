@@ -388,10 +388,12 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                 }
                 Ok(())
             })?;
-        let picked: std::collections::HashSet<&NodeName> = targets.iter().map(|(c, _)| c).collect();
+        let picked: std::collections::HashMap<&NodeName, &NodeName> =
+            targets.iter().map(|(c, h)| (c, h)).collect();
         for (c, l) in &leaves {
-            if picked.contains(c) {
-                st.counters.moved(job, Some(l.state), LeafState::Pending);
+            if let Some(home) = picked.get(c) {
+                st.counters
+                    .moved(job, Some((l.state, &l.relay)), (LeafState::Pending, home));
             }
         }
         (
@@ -462,8 +464,12 @@ pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqE
                 }
                 Ok(())
             })?;
-        for (_, from, _) in &closed {
-            st.counters.moved(job, Some(*from), LeafState::Canceled);
+        for (_, from, l) in &closed {
+            st.counters.moved(
+                job,
+                Some((*from, &l.relay)),
+                (LeafState::Canceled, &l.relay),
+            );
         }
         if first {
             info!(%job, leaves = closed.len(), relays = ?relays, "job canceled");

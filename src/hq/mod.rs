@@ -7,6 +7,7 @@ mod children;
 mod counters;
 mod ingest;
 mod jobs;
+mod output;
 mod packages;
 mod placement;
 mod retention;
@@ -66,6 +67,9 @@ pub(crate) struct HqState {
     pub jobs: Table,
     /// job ++ client -> LeafRecord.
     pub leaves: Table,
+    /// job ++ client -> output::OutputRecord: a leaf's latest stdout,
+    /// stderr and timings, apart from `leaves` so that status stays cheap.
+    pub outputs: Table,
     /// relay -> RelayRecord.
     pub relays: Table,
     /// client -> ClientRecord.
@@ -130,6 +134,7 @@ impl HqState {
             uploads: Default::default(),
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
+            outputs: store.table("outputs")?,
             relays: store.table("relays")?,
             clients: store.table("clients")?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),

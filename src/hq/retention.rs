@@ -194,6 +194,7 @@ fn remove(
         }
         for (client, _) in leaves {
             st.leaves.remove(&keys::job_client(job, client))?;
+            st.outputs.remove(&keys::job_client(job, client))?;
         }
         leaves_removed += leaves.len() as u64;
         st.counters.forget(job);
@@ -279,6 +280,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms,
+            out: None,
         };
         let fin = vec![
             (n("c1"), leaf(LeafState::Succeeded, 50)),

@@ -99,7 +99,11 @@ fn cancel_open_leaves(st: &HqState, client: &NodeName) -> Result<(), StoreError>
             ..leaf.clone()
         };
         st.leaves.put(&k, &rec)?;
-        st.counters.moved(job, Some(leaf.state), rec.state);
+        st.counters.moved(
+            job,
+            Some((leaf.state, &leaf.relay)),
+            (rec.state, &rec.relay),
+        );
     }
     Ok(())
 }

@@ -105,10 +105,38 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
         } => AdminResponse::Created {
             job: jobs::create(st, dest, action, expires_ms).await?,
         },
-        AdminRequest::Status { job } => {
+        AdminRequest::Status {
+            job,
+            states,
+            relay,
+            limit,
+        } => {
             // Report only what is on disk: what a restart would still show.
             st.store.durable().await?;
-            AdminResponse::Status(view::status(st, job)?)
+            let f = view::Filter {
+                states,
+                relay,
+                limit,
+            };
+            AdminResponse::Status(view::status_of(st, job, &f)?)
+        }
+        AdminRequest::Progress { job, wait_ms } => {
+            // Long poll: answers at the next change (or after wait_ms), from
+            // the in-memory counters; at most one answer per change.
+            let mut changed = st.changed.subscribe();
+            changed.borrow_and_update();
+            if wait_ms > 0 && !view::is_job_done(st, job)? {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(wait_ms.min(60_000)),
+                    changed.changed(),
+                )
+                .await;
+            }
+            AdminResponse::Progress(view::progress(st, job)?)
+        }
+        AdminRequest::Output { job, client } => {
+            st.store.durable().await?;
+            AdminResponse::Output(super::output::view(st, job, &client)?)
         }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
         AdminRequest::Rerun { job, expired } => {

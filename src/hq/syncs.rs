@@ -173,7 +173,7 @@ pub(crate) fn ingest_inventory(st: &HqState, i: &InventoryReport) -> Result<(), 
 pub(crate) fn client(st: &HqState, name: &NodeName) -> Result<ClientView, HqError> {
     let Some(c) = st.clients.get::<super::ClientRecord>(&keys::name(name))? else {
         return Err(refused(format!(
-            "no client {name} has registered (see `hq tree`)"
+            "no client {name} has registered with any relay (a client's name is the one in its certificate)"
         )));
     };
     let inv = st.inventory.get::<InventoryReport>(&keys::name(name))?;

@@ -1,10 +1,12 @@
-//! Answers built from HQ's own store: job status, the job list, the tree.
+//! Answers built from HQ's own store: job status (filtered), progress
+//! counts, the job list, the tree. Reads only; never writes.
 
+use super::counters::JobCounts;
 use super::jobs::{load_leaves, JobRecord};
 use super::{ClientRecord, HqError, HqState, RelayRecord};
 use crate::proto::{
-    Action, ClientStatus, JobId, JobStatus, JobSummary, NodeName, RelayTotals, RelayView, Totals,
-    TreeView,
+    Action, ClientStatus, JobId, JobProgress, JobStatus, JobSummary, LeafState, NodeName,
+    RelayTotals, RelayView, Totals, TreeView,
 };
 use crate::rules::LeafRecord;
 use crate::store::keys;
@@ -55,11 +57,18 @@ pub(crate) fn job_state(canceled: bool, done: bool) -> &'static str {
 /// Leaves per state of a job, from the in-memory counters (counted from the
 /// store the first time).
 pub(crate) fn totals(st: &HqState, job: JobId) -> Result<Totals, HqError> {
+    Ok(counts(st, job)?.totals)
+}
+
+/// Leaves per state of a job, in all and per home relay, from the
+/// in-memory counters (counted from the store the first time).
+pub(crate) fn counts(st: &HqState, job: JobId) -> Result<JobCounts, HqError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     st.counters.get_or_count(job, || {
-        let mut t = Totals::default();
+        let mut t = JobCounts::default();
         for r in st.leaves.scan::<LeafRecord>(&keys::job(job)) {
-            t.add(r?.1.state);
+            let l = r?.1;
+            t.add(l.state, &l.relay);
         }
         Ok(t)
     })
@@ -71,16 +80,55 @@ pub(crate) fn is_job_done(st: &HqState, job: JobId) -> Result<bool, HqError> {
     Ok(is_done(&rec, &totals(st, job)?))
 }
 
-/// One job in full.
+/// Which leaves `job status` lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Filter {
+    /// Only these states (empty: all).
+    pub states: Vec<LeafState>,
+    /// Only leaves whose home is this relay.
+    pub relay: Option<NodeName>,
+    /// At most this many leaves of each state.
+    pub limit: Option<u64>,
+}
+
+impl Filter {
+    /// Whether a leaf in `state` at `relay` matches.
+    pub fn matches(&self, state: LeafState, relay: &NodeName) -> bool {
+        (self.states.is_empty() || self.states.contains(&state))
+            && self.relay.as_ref().is_none_or(|r| r == relay)
+    }
+}
+
+/// One job in full (every leaf).
 pub(crate) fn status(st: &HqState, job: JobId) -> Result<JobStatus, HqError> {
+    status_of(st, job, &Filter::default())
+}
+
+/// One job: totals of every leaf; per relay (only the filter's relay, if
+/// any); the leaves that match, at most `limit` of each state.
+pub(crate) fn status_of(st: &HqState, job: JobId, f: &Filter) -> Result<JobStatus, HqError> {
     let rec = job_record(st, job)?;
     let leaves = load_leaves(st, job)?;
     let mut totals = Totals::default();
     let mut per_relay: BTreeMap<NodeName, Totals> = BTreeMap::new();
-    let mut clients = Vec::with_capacity(leaves.len());
+    let mut clients = Vec::new();
+    let mut shown = Totals::default();
+    let mut matched = 0;
+    let mut last_change_ms = rec.created_at_ms;
     for (client, l) in leaves {
         totals.add(l.state);
-        per_relay.entry(l.relay.clone()).or_default().add(l.state);
+        last_change_ms = last_change_ms.max(l.at_ms);
+        if f.relay.as_ref().is_none_or(|r| *r == l.relay) {
+            per_relay.entry(l.relay.clone()).or_default().add(l.state);
+        }
+        if !f.matches(l.state, &l.relay) {
+            continue;
+        }
+        matched += 1;
+        if f.limit.is_some_and(|n| shown.get(l.state) >= n) {
+            continue;
+        }
+        shown.add(l.state);
         clients.push(client_status(client, l));
     }
     let done = is_done(&rec, &totals);
@@ -100,6 +148,27 @@ pub(crate) fn status(st: &HqState, job: JobId) -> Result<JobStatus, HqError> {
         awaiting: rec.awaiting,
         created_at_ms: rec.created_at_ms,
         expires_at_ms: rec.expires_at_ms,
+        last_change_ms,
+        matched,
+    })
+}
+
+/// A job's counts from memory: no leaf is read (after the first time).
+pub(crate) fn progress(st: &HqState, job: JobId) -> Result<JobProgress, HqError> {
+    let rec = job_record(st, job)?;
+    let c = counts(st, job)?;
+    Ok(JobProgress {
+        job,
+        attempt: rec.attempt,
+        done: is_done(&rec, &c.totals),
+        relays: c
+            .relays
+            .into_iter()
+            .map(|(relay, totals)| RelayTotals { relay, totals })
+            .collect(),
+        totals: c.totals,
+        awaiting: rec.awaiting,
+        created_at_ms: rec.created_at_ms,
     })
 }
 
@@ -111,7 +180,8 @@ fn client_status(client: NodeName, l: LeafRecord) -> ClientStatus {
         state: l.state,
         exit_code: l.exit_code,
         reason: l.reason,
-        output: l.output,
+        // Outputs are read with `hq job output`: a status stays small.
+        output: None,
     }
 }
 

@@ -419,6 +419,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 1,
+            out: None,
         })
     }
 

@@ -81,3 +81,64 @@ pub async fn pump_outbox(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{
+        Attempt, Event, JobId, LeafOutput, LeafState, LeafUpdate, NodeName, AGENT_MAX_FRAME,
+        MAX_FRAME,
+    };
+
+    /// Leaves with the largest output an agent sends (64 KiB of stdout, 64
+    /// KiB of stderr, the 4 KiB mixed tail, a long reason): a batch read
+    /// for sending stays under the byte bound, so its frame fits what a
+    /// relay accepts from an agent (1 MiB), and a relay's batch of them
+    /// fits what HQ accepts (8 MiB).
+    #[tokio::test]
+    async fn batches_of_the_largest_outputs_fit_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let outbox = store.outbox("outbox").unwrap();
+        let tail = LeafOutput::TAIL_BYTES;
+        let big = |i: u32| {
+            Event::Leaf(LeafUpdate {
+                job: JobId(1),
+                attempt: Attempt(1),
+                client: NodeName::new(format!("c{i}")).unwrap(),
+                relay: NodeName::new("r1").unwrap(),
+                state: LeafState::Failed,
+                exit_code: Some(1),
+                reason: Some("r".repeat(1024)),
+                output: Some("m".repeat(4096)),
+                at_ms: 0,
+                out: Some(LeafOutput {
+                    stdout: "o".repeat(tail),
+                    stderr: "€".repeat(tail / 3),
+                    stdout_bytes: 1 << 40,
+                    stderr_bytes: 1 << 40,
+                    started_at_ms: u64::MAX,
+                    duration_ms: u64::MAX,
+                }),
+            })
+        };
+        let events: Vec<Event> = (0..100).map(big).collect();
+        outbox.push(&events).unwrap();
+        let mut after = 0;
+        let mut sent = 0;
+        while sent < events.len() {
+            let batch = outbox.read_batch(after, BATCH, BATCH_BYTES).unwrap();
+            assert!(!batch.is_empty());
+            after = batch.last().unwrap().0;
+            sent += batch.len();
+            let frame = rmp_serde::to_vec_named(&Msg::Events(coalesce(batch))).unwrap();
+            assert!(
+                frame.len() <= BATCH_BYTES + 64 * 1024,
+                "a batch of {} bytes",
+                frame.len()
+            );
+            assert!(frame.len() < AGENT_MAX_FRAME && frame.len() < MAX_FRAME);
+        }
+        assert_eq!(sent, 100);
+    }
+}

@@ -24,6 +24,32 @@ pub enum AdminRequest {
     Status {
         /// The job.
         job: JobId,
+        /// Only leaves in these states (none: every state).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        states: Vec<LeafState>,
+        /// Only leaves whose home is this relay.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<NodeName>,
+        /// At most this many leaves of each state (none: all).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// A job's counts by state, in all and per relay, from HQ's memory:
+    /// cheap to ask again and again (`job wait --progress`). Answered once
+    /// something changed, or after `wait_ms`, whichever comes first.
+    Progress {
+        /// The job.
+        job: JobId,
+        /// Wait this long for a change before answering (0: answer now).
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    /// One leaf's latest output: stdout and stderr apart, exit code, timings.
+    Output {
+        /// The job.
+        job: JobId,
+        /// The client.
+        client: NodeName,
     },
     /// Every job in brief.
     List,
@@ -182,6 +208,70 @@ pub enum AdminResponse {
     Canceled(CancelResult),
     /// Jobs were purged.
     Purged(PurgeResult),
+    /// A job's counts.
+    Progress(JobProgress),
+    /// One leaf's output.
+    Output(LeafOutputView),
+}
+
+/// A job's counts, for a progress line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// The job.
+    pub job: JobId,
+    /// Its latest attempt.
+    pub attempt: Attempt,
+    /// As in [`JobStatus::done`].
+    pub done: bool,
+    /// Leaves by state.
+    pub totals: Totals,
+    /// Per home relay.
+    pub relays: Vec<RelayTotals>,
+    /// Destination relays that have not reported their targets yet.
+    pub awaiting: Vec<NodeName>,
+    /// Creation time, unix ms.
+    pub created_at_ms: u64,
+}
+
+/// `hq job output JOB CLIENT --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafOutputView {
+    /// The job.
+    pub job: JobId,
+    /// The client.
+    pub client: NodeName,
+    /// Its home relay.
+    pub relay: NodeName,
+    /// The attempt this output is from: the latest that finished (or the
+    /// leaf's current one when none has).
+    pub attempt: Attempt,
+    /// How that attempt ended (or the leaf's state while none has).
+    pub state: LeafState,
+    /// Its exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed, timed out, expired or was canceled.
+    pub reason: Option<String>,
+    /// The end of its stdout (at most 64 KiB).
+    pub stdout: String,
+    /// The end of its stderr (at most 64 KiB).
+    pub stderr: String,
+    /// Bytes it wrote to stdout in all (more than `stdout` when cut).
+    pub stdout_bytes: u64,
+    /// Bytes it wrote to stderr in all.
+    pub stderr_bytes: u64,
+    /// Stdout and stderr mixed, from an agent too old to keep them apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// When the process started, unix ms (the agent's clock).
+    pub started_at_ms: Option<u64>,
+    /// When the attempt finished, unix ms.
+    pub finished_at_ms: Option<u64>,
+    /// How long the process ran, ms.
+    pub duration_ms: Option<u64>,
+    /// The leaf's attempt now (a rerun may be under way).
+    pub latest_attempt: Attempt,
+    /// The leaf's state now.
+    pub latest_state: LeafState,
 }
 
 /// What `hq job cancel` did.
@@ -419,6 +509,13 @@ pub struct JobStatus {
     pub created_at_ms: u64,
     /// Expiry, unix ms.
     pub expires_at_ms: Option<u64>,
+    /// When the latest leaf change happened, unix ms (the end, once done).
+    #[serde(default)]
+    pub last_change_ms: u64,
+    /// Leaves matching the request's filters (`clients` may hold fewer: the
+    /// limit per state).
+    #[serde(default)]
+    pub matched: u64,
 }
 
 /// A job in brief.

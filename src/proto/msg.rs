@@ -258,11 +258,47 @@ pub struct LeafUpdate {
     /// Why it failed, expired or was canceled.
     #[serde(default)]
     pub reason: Option<String>,
-    /// Bounded tail of the command's output.
+    /// Bounded tail of the command's output, stdout and stderr mixed (what
+    /// peers before [`LeafOutput`] read; kept short).
     #[serde(default)]
     pub output: Option<String>,
     /// Unix milliseconds when the state was reached.
     pub at_ms: u64,
+    /// A finished command's stdout and stderr apart, and its timings
+    /// (absent from older agents, and from states other than final).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<LeafOutput>,
+}
+
+/// What a command left: the tails of stdout and stderr, kept apart and
+/// bounded ([`LeafOutput::TAIL_BYTES`] each), and when it ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafOutput {
+    /// The end of its stdout (lossy UTF-8).
+    #[serde(default)]
+    pub stdout: String,
+    /// The end of its stderr (lossy UTF-8).
+    #[serde(default)]
+    pub stderr: String,
+    /// Bytes written to stdout in all (more than `stdout` holds when cut).
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    /// Bytes written to stderr in all.
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// When the process started, unix ms (the agent's clock).
+    #[serde(default)]
+    pub started_at_ms: u64,
+    /// How long it ran, ms.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+impl LeafOutput {
+    /// Bytes of each stream's tail an agent keeps and sends, at most: two of
+    /// them and the short mixed tail stay far below an agent's frame
+    /// (1 MiB) and an outbox batch (512 KiB).
+    pub const TAIL_BYTES: usize = 64 * 1024;
 }
 
 /// Something a child reports upward through its persistent outbox.

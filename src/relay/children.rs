@@ -129,6 +129,7 @@ impl Downstream for RelayState {
                 reason: None,
                 output: None,
                 at_ms: now_ms(),
+                out: None,
             };
             // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
             apply_home(self, &child.name, std::slice::from_ref(&u))?;

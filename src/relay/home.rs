@@ -122,7 +122,11 @@ pub(crate) fn apply_home(
         }
         let mut u = u.clone();
         u.relay = st.me.clone();
-        if let Some(new) = rules::merge(Some(&cur), &u) {
+        if let Some(mut new) = rules::merge(Some(&cur), &u) {
+            // The output goes up in the event (kept in the outbox until the
+            // parent has it durably); the relay's own record stays small.
+            new.out = None;
+            new.output = None;
             writes.push((k, new, u.job));
             events.push(Event::Leaf(u));
         }

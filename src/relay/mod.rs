@@ -178,6 +178,7 @@ pub(crate) fn close_here(
         reason: Some(reason),
         output: None,
         at_ms: now,
+        out: None,
     });
     (rec, ev)
 }

@@ -77,6 +77,13 @@ impl StoreError {
             StoreError::Flush(_) | StoreError::Sled(sled::Error::Io(_))
         )
     }
+
+    /// The database could not be opened because another process holds it
+    /// (a running node): sled's file lock.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Open { source: sled::Error::Io(e), .. }
+            if e.to_string().starts_with("could not acquire lock"))
+    }
 }
 
 impl Store {

@@ -154,6 +154,7 @@ fn leaf(job: &str, attempt: Attempt, client: &str, home: &str, state: LeafState)
         reason: None,
         output: None,
         at_ms: relaytree::proto::now_ms(),
+        out: None,
     })
 }
 

@@ -3,6 +3,7 @@
 mod bench_scripts;
 mod cancel;
 mod cli_errors;
+mod cli_polish;
 mod crash;
 mod crashloop;
 mod crashloop_hq;
@@ -18,6 +19,7 @@ mod jobs_cli;
 mod leftover;
 mod offline;
 mod orders;
+mod output;
 mod packages;
 mod proxy;
 mod rerun;

@@ -226,6 +226,32 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
         installed(&env, "c1"),
         vec![("tool".to_string(), "2".to_string())]
     );
+    // Removing it again: a no-op on every leaf, that succeeds and says so.
+    let again = env
+        .admin(&[
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "r2",
+            "--remove",
+            "tool",
+            "--json",
+        ])
+        .ok();
+    let again = job_id(&again.json());
+    let (code, st) = env.wait_job(&again);
+    assert_eq!(code, 0, "remove of a package not installed succeeds: {st}");
+    let o = env
+        .admin(&["job", "output", &again, "c3", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        o["stdout"], "package tool is not installed: nothing to remove\n",
+        "{o}"
+    );
+    assert_eq!(o["exit_code"], 0, "{o}");
 
     // A complete sync of the nested relay is served by r1's cache: HQ sends
     // nothing more, r2 receives the whole package again.

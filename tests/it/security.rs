@@ -581,6 +581,7 @@ fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
         reason: None,
         output: None,
         at_ms: relaytree::proto::now_ms(),
+        out: None,
     })
 }
 
