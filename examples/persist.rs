@@ -68,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         reason: None,
                         output: None,
                         at_ms: 0,
+                        audit: None,
                     };
                     outbox.push(&[Event::Leaf(u)])?;
                     let mut rec =

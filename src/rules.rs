@@ -25,6 +25,9 @@ pub struct LeafRecord {
     pub output: Option<String>,
     /// When, unix ms.
     pub at_ms: u64,
+    /// An audit's differences or a snapshot's upload (audit and snapshot jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::proto::audit::AuditOutcome>,
 }
 
 impl LeafRecord {
@@ -38,6 +41,7 @@ impl LeafRecord {
             reason: None,
             output: None,
             at_ms,
+            audit: None,
         }
     }
 }
@@ -65,6 +69,7 @@ pub fn merge(cur: Option<&LeafRecord>, u: &LeafUpdate) -> Option<LeafRecord> {
         reason: u.reason.clone(),
         output: u.output.clone(),
         at_ms: u.at_ms,
+        audit: u.audit.clone(),
     })
 }
 
@@ -171,6 +176,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 0,
+            audit: None,
         }
     }
     fn rec(attempt: u32, state: LeafState) -> LeafRecord {

@@ -175,6 +175,7 @@ pub(crate) fn update(st: &AgentState, rec: &RunRecord, state: LeafState) -> Leaf
         reason: None,
         output: None,
         at_ms: now_ms(),
+        audit: None,
     }
 }
 

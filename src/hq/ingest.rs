@@ -159,6 +159,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 5,
+            audit: None,
         })
     }
 

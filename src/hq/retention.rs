@@ -275,6 +275,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms,
+            audit: None,
         };
         let fin = vec![
             (n("c1"), leaf(LeafState::Succeeded, 50)),

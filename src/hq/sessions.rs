@@ -19,6 +19,7 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
                 s,
                 st.depot.clone(),
                 None,
+                None,
                 st.egress.clone(),
                 crate::link::transfer::SEND_PATIENCE,
             )

@@ -129,6 +129,7 @@ mod tests {
             reason: None,
             output: None,
             at_ms: 0,
+            audit: None,
         })
     }
 

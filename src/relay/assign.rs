@@ -157,6 +157,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                     reason: Some(format!("client {client} is not under relay {}", st.me)),
                     output: None,
                     at_ms: now,
+                    audit: None,
                 })
             })
             .collect();

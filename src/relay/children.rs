@@ -22,6 +22,7 @@ pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
             s,
             st.cache.store.clone(),
             hook,
+            Some(st.cache.up_hook()),
             st.cache.egress.clone(),
             crate::link::transfer::SEND_PATIENCE,
         )
@@ -161,6 +162,7 @@ async fn agent_loop(
                     reason: None,
                     output: None,
                     at_ms: now_ms(),
+                    audit: None,
                 };
                 // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
                 apply_home(st, client, std::slice::from_ref(&u))?;

@@ -165,6 +165,7 @@ pub(crate) fn close_here(
         reason: Some(reason),
         output: None,
         at_ms: now,
+        audit: None,
     });
     (rec, ev)
 }
