@@ -93,7 +93,10 @@ pub fn resolve(root: &Path, path: &str) -> Result<PathBuf, AuditError> {
             }
             continue;
         }
-        let here: PathBuf = cur.iter().fold(root.to_path_buf(), |p, c| p.join(c)).join(&part);
+        let here: PathBuf = cur
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&part);
         match std::fs::symlink_metadata(&here) {
             Ok(m) if m.file_type().is_symlink() => {
                 hops += 1;
@@ -107,7 +110,11 @@ pub fn resolve(root: &Path, path: &str) -> Result<PathBuf, AuditError> {
                 if target.is_absolute() {
                     return Err(escape(format!(
                         "absolute symlink /{} -> {}",
-                        cur.iter().chain([&part]).cloned().collect::<Vec<_>>().join("/"),
+                        cur.iter()
+                            .chain([&part])
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("/"),
                         target.display()
                     )));
                 }
@@ -155,7 +162,10 @@ fn files_matching(root: &Path, glob: &str) -> Result<Vec<String>, AuditError> {
     if !real.exists() {
         return Ok(out);
     }
-    for entry in walkdir::WalkDir::new(&real).follow_links(false).follow_root_links(false) {
+    for entry in walkdir::WalkDir::new(&real)
+        .follow_links(false)
+        .follow_root_links(false)
+    {
         let entry = entry.map_err(|e| AuditError::Io {
             path: base.clone(),
             err: e.into(),
@@ -427,12 +437,21 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         let r = d.path();
-        assert_eq!(resolve(r, "/etc/app/a.conf").unwrap(), r.join("etc/app/a.conf"));
+        assert_eq!(
+            resolve(r, "/etc/app/a.conf").unwrap(),
+            r.join("etc/app/a.conf")
+        );
         // A relative symlink inside the root is followed.
         symlink("a.conf", r.join("etc/app/link.conf")).unwrap();
-        assert_eq!(resolve(r, "/etc/app/link.conf").unwrap(), r.join("etc/app/a.conf"));
+        assert_eq!(
+            resolve(r, "/etc/app/link.conf").unwrap(),
+            r.join("etc/app/a.conf")
+        );
         symlink("../app/b.conf", r.join("etc/app/up.conf")).unwrap();
-        assert_eq!(resolve(r, "/etc/app/up.conf").unwrap(), r.join("etc/app/b.conf"));
+        assert_eq!(
+            resolve(r, "/etc/app/up.conf").unwrap(),
+            r.join("etc/app/b.conf")
+        );
         // Escapes are refused.
         let refused = |p: &str| matches!(resolve(r, p), Err(AuditError::Escape { .. }));
         assert!(refused("/etc/../../secret"), "..");
@@ -452,7 +471,11 @@ mod tests {
         let d = root();
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("x.conf"), "s").unwrap();
-        symlink(outside.path().join("x.conf"), d.path().join("etc/app/x.conf")).unwrap();
+        symlink(
+            outside.path().join("x.conf"),
+            d.path().join("etc/app/x.conf"),
+        )
+        .unwrap();
         let sel = Selection {
             files: vec!["/etc/app/*.conf".into()],
             ..Default::default()
@@ -475,10 +498,23 @@ mod tests {
             packages: true,
             dpkg: false,
         };
-        let (objs, _) =
-            collect(d.path(), &sel, &[("tool".into(), "1.0".into())], None, false).unwrap();
+        let (objs, _) = collect(
+            d.path(),
+            &sel,
+            &[("tool".into(), "1.0".into())],
+            None,
+            false,
+        )
+        .unwrap();
         let ids: Vec<String> = objs.iter().map(|o| o.id.to_string()).collect();
-        assert_eq!(ids, ["package:tool", "file:/etc/app/a.conf", "file:/etc/app/b.conf"]);
+        assert_eq!(
+            ids,
+            [
+                "package:tool",
+                "file:/etc/app/a.conf",
+                "file:/etc/app/b.conf"
+            ]
+        );
         assert_eq!(
             objs[2].value,
             ObjectValue::File {
@@ -490,7 +526,10 @@ mod tests {
             files: vec!["/etc/nope/*".into()],
             ..Default::default()
         };
-        assert!(collect(d.path(), &none, &[], None, false).unwrap().0.is_empty());
+        assert!(collect(d.path(), &none, &[], None, false)
+            .unwrap()
+            .0
+            .is_empty());
         assert!(matches!(
             collect(d.path(), &none, &[], None, true),
             Err(AuditError::NoMatch(_))

@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 pub mod args;
+mod audit;
 pub mod client;
 mod demo;
 mod package;
@@ -233,6 +234,8 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
         HqCmd::Package { cmd, admin } => package::package(cmd, &target(&admin)).await?,
         HqCmd::Client { cmd, admin } => package::client(cmd, &target(&admin)).await?,
+        HqCmd::Snapshot { cmd, admin } => return audit::snapshot(cmd, &target(&admin)).await,
+        HqCmd::Audit { cmd, admin } => return audit::audit(cmd, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {
@@ -468,10 +471,12 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             relay,
             max_parallel,
             kill_grace: grace,
+            root,
             timing: t,
         } => {
             let t = timing(&t)?;
             let grace = kill_grace(grace)?;
+            let root = audit::check_root(root)?;
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             crate::node::start_watchdog(data_dir.clone(), None);
@@ -480,6 +485,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
             cfg.options.kill_grace = grace;
+            cfg.options.root = root;
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
         AgentCmd::Runlog { data_dir, json } => {
@@ -519,10 +525,12 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             max_parallel,
             max_dialing,
             kill_grace: grace,
+            root,
             timing: t,
         } => {
             let timing = timing(&t)?;
             let kill_grace = kill_grace(grace)?;
+            let root = audit::check_root(root)?;
             if !(0.0..=1.0).contains(&fail_fraction) {
                 return Err(CliError::Usage(format!(
                     "--fail-fraction {fail_fraction} is not between 0 and 1"
@@ -544,6 +552,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                     max_dialing as usize,
                 ))),
                 kill_grace,
+                root,
                 ..Default::default()
             };
             let cfg = crate::agent::SwarmConfig {

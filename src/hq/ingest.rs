@@ -47,6 +47,7 @@ pub(crate) fn apply(
                     continue;
                 }
                 if let Some(new) = rules::merge(cur.as_ref(), u) {
+                    super::audit::ingest(st, u)?;
                     pending.insert(k, new);
                 }
             }

@@ -170,6 +170,69 @@ pub(crate) async fn create(
     Ok(job)
 }
 
+/// A job for one named client, routed to its home relay with an order
+/// signed for that home naming the client (as a rerun's are): a snapshot's
+/// master. Validated by the caller.
+pub(crate) async fn create_for_client(
+    st: &HqState,
+    client: &NodeName,
+    home: &NodeName,
+    action: Action,
+    expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    let (job, queued) = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let top = top_child(st, home)?;
+        let job = JobId(st.store.next_id("job")?);
+        let now = now_ms();
+        let expires_at_ms = expires_ms.map(|e| now + e);
+        let rec = JobRecord {
+            job,
+            action: action.clone(),
+            dest: vec![home.clone()],
+            created_at_ms: now,
+            expires_ms,
+            expires_at_ms,
+            attempt: Attempt(1),
+            awaiting: vec![],
+        };
+        st.leaves.put(
+            &keys::job_client(job, client),
+            &LeafRecord::pending(home.clone(), Attempt(1), now),
+        )?;
+        st.counters.moved(job, None, LeafState::Pending);
+        st.jobs.put(&keys::job(job), &rec)?;
+        let order = sign(
+            st,
+            &Order {
+                job,
+                attempt: Attempt(1),
+                action: action.clone(),
+                expires_at_ms,
+                issued_at_ms: now,
+                dest: vec![],
+                relay: Some(home.clone()),
+                targets: Some(vec![client.clone()]),
+            },
+        )?;
+        let a = Assignment {
+            job,
+            attempt: Attempt(1),
+            action,
+            expires_at_ms,
+            scope: Scope::Targets(vec![client.clone()]),
+            orders: vec![order],
+        };
+        enqueue(st, &top, &a)?;
+        (job, vec![(top, a)])
+    };
+    st.store.durable().await?;
+    info!(%job, %client, %home, "job for one client created");
+    send_now(st, queued);
+    st.bump();
+    Ok(job)
+}
+
 /// `hq job rerun JOB --failed`.
 pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqError> {
     let (result, queued) = {

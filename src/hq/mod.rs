@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod audit;
 mod counters;
 mod ingest;
 mod jobs;
@@ -104,6 +105,8 @@ pub(crate) struct HqState {
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
     pub uploads: packages::Uploads,
+    /// Snapshot name -> `audit::SnapshotRecord`.
+    pub snapshots: Table,
 }
 
 impl HqState {
@@ -124,6 +127,7 @@ impl HqState {
             schedules: store.table("schedules")?,
             egress: Default::default(),
             uploads: Default::default(),
+            snapshots: store.table("snapshots")?,
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,

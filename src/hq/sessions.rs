@@ -2,7 +2,7 @@
 //! (requests and answers). A session that breaks the protocol is closed with
 //! a log line naming the peer; every other session goes on.
 
-use super::{ingest, jobs, packages, syncs, view, HqError, HqState, RelayRecord};
+use super::{audit, ingest, jobs, packages, syncs, view, HqError, HqState, RelayRecord};
 use crate::link::{queue, LinkError, Session};
 use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
 use crate::store::{keys, StoreError};
@@ -306,6 +306,49 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
         AdminRequest::ClientShow { name } => {
             st.store.durable().await?;
             AdminResponse::Client(syncs::client(st, &name)?)
+        }
+        AdminRequest::SnapshotCreate {
+            client,
+            name,
+            select,
+            expires_ms,
+            wait_ms,
+        } => AdminResponse::Snapshot(
+            audit::create_snapshot(
+                st,
+                &client,
+                &name,
+                select,
+                expires_ms,
+                Duration::from_millis(wait_ms),
+            )
+            .await?,
+        ),
+        AdminRequest::AuditCreate {
+            master,
+            dest,
+            files,
+            no_packages,
+            dpkg,
+            expires_ms,
+            wait_ms,
+        } => {
+            let (audit, snapshot) = audit::create_audit(
+                st,
+                master,
+                dest,
+                files,
+                no_packages,
+                dpkg,
+                expires_ms,
+                Duration::from_millis(wait_ms),
+            )
+            .await?;
+            AdminResponse::AuditCreated { audit, snapshot }
+        }
+        AdminRequest::AuditStatus { audit: job } => {
+            st.store.durable().await?;
+            AdminResponse::AuditStatus(audit::status(st, job)?)
         }
         AdminRequest::Wait { job, timeout_ms } => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);

@@ -201,7 +201,11 @@ pub async fn push(
 ) -> Result<(), TransferError> {
     let want: Vec<ChunkHash> = {
         let mut seen = HashSet::new();
-        hashes.iter().filter(|h| seen.insert(**h)).copied().collect()
+        hashes
+            .iter()
+            .filter(|h| seen.insert(**h))
+            .copied()
+            .collect()
     };
     if want.is_empty() {
         return Ok(());
@@ -263,19 +267,24 @@ pub async fn push(
     Ok(())
 }
 
+/// Asks which of these blobs HQ's depot lacks.
+pub type AskLacking = Arc<
+    dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<Vec<ChunkHash>, TransferError>>
+        + Send
+        + Sync,
+>;
+/// Sends blobs on up; resolves once they are at HQ.
+pub type Forward =
+    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), TransferError>> + Send + Sync>;
+
 /// Passes uploads on towards HQ (a relay's side of [`serve`]).
 #[derive(Clone)]
 pub struct Up {
     /// Which of these blobs HQ's depot lacks.
-    pub lacking: Arc<
-        dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<Vec<ChunkHash>, TransferError>>
-            + Send
-            + Sync,
-    >,
+    pub lacking: AskLacking,
     /// Sends these blobs (already in the serving store) on up; resolves once
     /// they are at HQ.
-    pub forward:
-        Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), TransferError>> + Send + Sync>,
+    pub forward: Forward,
 }
 
 impl Up {
@@ -453,7 +462,9 @@ pub async fn serve(
             }
             Ok(Msg::BlobsDone) => {
                 if let Some((h, _, _)) = &incoming.partial {
-                    return Err(LinkError::Protocol(format!("upload of blob {h} ended early")));
+                    return Err(LinkError::Protocol(format!(
+                        "upload of blob {h} ended early"
+                    )));
                 }
                 let stored = std::mem::take(&mut incoming.stored);
                 if let Some(up) = &up {

@@ -218,7 +218,11 @@ pub fn chunk_file(path: &Path, store: &ChunkStore) -> Result<(u64, Vec<ChunkRef>
         size += u64::from(len);
         chunks.push(ChunkRef { hash, len });
     }
-    Ok((size, chunks, ChunkHash::from_bytes(*whole.finalize().as_bytes())))
+    Ok((
+        size,
+        chunks,
+        ChunkHash::from_bytes(*whole.finalize().as_bytes()),
+    ))
 }
 
 /// The blake3 of a file's whole content, read in pieces (what an audit

@@ -202,7 +202,9 @@ pub enum AuditOutcome {
 pub fn show(v: &ObjectValue) -> String {
     match v {
         ObjectValue::Version(s) => s.clone(),
-        ObjectValue::File { hash, mode } => format!("blake3:{} {}", hash.to_hex(), show_mode(*mode)),
+        ObjectValue::File { hash, mode } => {
+            format!("blake3:{} {}", hash.to_hex(), show_mode(*mode))
+        }
     }
 }
 
@@ -281,7 +283,9 @@ fn match_parts(g: &[&str], p: &[&str]) -> bool {
         None => p.is_empty(),
         Some((&"**", rest)) => (0..=p.len()).any(|i| match_parts(rest, &p[i..])),
         Some((first, rest)) => match p.split_first() {
-            Some((pf, prest)) => match_part(first.as_bytes(), pf.as_bytes()) && match_parts(rest, prest),
+            Some((pf, prest)) => {
+                match_part(first.as_bytes(), pf.as_bytes()) && match_parts(rest, prest)
+            }
             None => false,
         },
     }
@@ -356,8 +360,13 @@ mod tests {
 
     #[test]
     fn compare_table() {
-        let base = vec![pkg("tool", "1.0"), file("/etc/a", "x", 0o644), dpkg("hello", "2.10")];
-        let cases: Vec<(&str, Vec<Object>, Vec<(&str, &str)>)> = vec![
+        let base = vec![
+            pkg("tool", "1.0"),
+            file("/etc/a", "x", 0o644),
+            dpkg("hello", "2.10"),
+        ];
+        type Case = (&'static str, Vec<Object>, Vec<(&'static str, &'static str)>);
+        let cases: Vec<Case> = vec![
             ("same", base.clone(), vec![]),
             (
                 "missing package",
@@ -371,32 +380,56 @@ mod tests {
             ),
             (
                 "version",
-                vec![pkg("tool", "2.0"), file("/etc/a", "x", 0o644), dpkg("hello", "2.10")],
+                vec![
+                    pkg("tool", "2.0"),
+                    file("/etc/a", "x", 0o644),
+                    dpkg("hello", "2.10"),
+                ],
                 vec![("package:tool", "version")],
             ),
             (
                 "dpkg version",
-                vec![pkg("tool", "1.0"), file("/etc/a", "x", 0o644), dpkg("hello", "2.9")],
+                vec![
+                    pkg("tool", "1.0"),
+                    file("/etc/a", "x", 0o644),
+                    dpkg("hello", "2.9"),
+                ],
                 vec![("dpkg:hello", "version")],
             ),
             (
                 "content",
-                vec![pkg("tool", "1.0"), file("/etc/a", "y", 0o644), dpkg("hello", "2.10")],
+                vec![
+                    pkg("tool", "1.0"),
+                    file("/etc/a", "y", 0o644),
+                    dpkg("hello", "2.10"),
+                ],
                 vec![("file:/etc/a", "content")],
             ),
             (
                 "mode",
-                vec![pkg("tool", "1.0"), file("/etc/a", "x", 0o600), dpkg("hello", "2.10")],
+                vec![
+                    pkg("tool", "1.0"),
+                    file("/etc/a", "x", 0o600),
+                    dpkg("hello", "2.10"),
+                ],
                 vec![("file:/etc/a", "mode")],
             ),
             (
                 "content and mode",
-                vec![pkg("tool", "1.0"), file("/etc/a", "y", 0o600), dpkg("hello", "2.10")],
+                vec![
+                    pkg("tool", "1.0"),
+                    file("/etc/a", "y", 0o600),
+                    dpkg("hello", "2.10"),
+                ],
                 vec![("file:/etc/a", "content"), ("file:/etc/a", "mode")],
             ),
             (
                 "missing file, extra file",
-                vec![pkg("tool", "1.0"), file("/etc/b", "x", 0o644), dpkg("hello", "2.10")],
+                vec![
+                    pkg("tool", "1.0"),
+                    file("/etc/b", "x", 0o644),
+                    dpkg("hello", "2.10"),
+                ],
                 vec![("file:/etc/a", "missing"), ("file:/etc/b", "extra")],
             ),
             (
@@ -426,9 +459,15 @@ mod tests {
         assert_eq!(d[0].master.as_deref(), Some("0644"));
         assert_eq!(d[0].target.as_deref(), Some("0600"));
         let d = compare(&[pkg("tool", "1.0")], &[]);
-        assert_eq!((d[0].master.as_deref(), d[0].target.as_deref()), (Some("1.0"), None));
+        assert_eq!(
+            (d[0].master.as_deref(), d[0].target.as_deref()),
+            (Some("1.0"), None)
+        );
         let d = compare(&[], &[pkg("tool", "1.0")]);
-        assert_eq!((d[0].master.as_deref(), d[0].target.as_deref()), (None, Some("1.0")));
+        assert_eq!(
+            (d[0].master.as_deref(), d[0].target.as_deref()),
+            (None, Some("1.0"))
+        );
     }
 
     #[test]
