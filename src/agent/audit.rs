@@ -17,9 +17,10 @@ use crate::proto::audit::{
     SnapshotSpec, SnapshotUpload,
 };
 use crate::proto::LeafState;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// An audit or snapshot could not be carried out.
@@ -319,6 +320,31 @@ fn inventory_pairs(st: &AgentState) -> Result<Vec<(String, String)>, AuditError>
         .collect())
 }
 
+/// What one audit attempt collected, per root: the agents of a swarm
+/// sharing a root (one machine in a test) read it once per attempt. Keyed by
+/// the attempt, so a later audit (a sync's check) always reads afresh.
+type CollectKey = (
+    PathBuf,
+    Selection,
+    crate::proto::JobId,
+    crate::proto::Attempt,
+    Vec<(String, String)>,
+);
+type Collected = Arc<tokio::sync::OnceCell<Result<Arc<Vec<Object>>, String>>>;
+
+fn collected(key: CollectKey) -> Collected {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<CollectKey, Collected>>> =
+        std::sync::OnceLock::new();
+    let mut m = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if m.len() > 16 && !m.contains_key(&key) {
+        m.clear();
+    }
+    m.entry(key).or_default().clone()
+}
+
 /// Carries out an audit: collect, compare, record the differences (none for
 /// a compliant client). A failure to collect (an escape, an unreadable
 /// file) makes the leaf `failed` with the reason: the audit's `error`.
@@ -327,17 +353,32 @@ pub(crate) async fn run_audit(
     rec: &mut RunRecord,
     spec: &AuditSpec,
 ) -> Result<(), crate::store::StoreError> {
-    let root = st.options.root.clone();
-    let select = spec.select.clone();
-    let master = spec.objects.clone();
-    let pkgs = inventory_pairs(st);
-    let res = tokio::task::spawn_blocking(move || {
-        let pkgs = pkgs?;
-        let (mine, _) = collect(&root, &select, &pkgs, None, false)?;
-        Ok::<_, AuditError>(audit::compare(&master, &mine))
-    })
-    .await
-    .unwrap_or_else(|e| Err(AuditError::Upload(format!("audit task: {e}"))));
+    let res = match inventory_pairs(st) {
+        Err(e) => Err(e.to_string()),
+        Ok(pkgs) => {
+            let root = st.options.root.clone();
+            let select = spec.select.clone();
+            let cell = collected((
+                root.clone(),
+                select.clone(),
+                rec.job,
+                rec.attempt,
+                pkgs.clone(),
+            ));
+            cell.get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    collect(&root, &select, &pkgs, None, false)
+                        .map(|(mine, _)| Arc::new(mine))
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("audit task: {e}")))
+            })
+            .await
+            .clone()
+            .map(|mine| audit::compare(&spec.objects, &mine))
+        }
+    };
     let u = match res {
         Ok(d) => {
             info!(differences = d.len(), "audit done");
@@ -366,7 +407,7 @@ pub(crate) async fn run_snapshot(
     st: &AgentState,
     rec: &mut RunRecord,
     spec: &SnapshotSpec,
-    store: std::sync::Arc<ChunkStore>,
+    store: Arc<ChunkStore>,
 ) -> Result<(), crate::store::StoreError> {
     let root = st.options.root.clone();
     let select = spec.select.clone();

@@ -127,7 +127,7 @@ pub struct Difference {
 
 /// Which objects a collection takes in (the same for master and targets, so
 /// that both sides are read alike).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Selection {
     /// File globs (absolute, as seen under the agent's root; `*` and `?`
     /// within one path part, `**` across parts).
@@ -491,6 +491,40 @@ mod tests {
         assert!(check_glob("etc/x").is_err());
         assert!(check_glob("/etc/../x").is_err());
         assert!(check_glob("/etc/*.conf").is_ok());
+    }
+
+    /// The bytes a target sends up for an audit leaf: one `Events` frame
+    /// (length prefix included) holding its one final update. Goal for a
+    /// compliant client: under 200.
+    #[test]
+    fn a_compliant_client_sends_few_bytes_up() {
+        use crate::proto::{Attempt, Event, JobId, LeafState, LeafUpdate, Msg, NodeName};
+        let frame = |audit: Option<AuditOutcome>| {
+            let u = LeafUpdate {
+                job: JobId(123_456),
+                attempt: Attempt(1),
+                client: NodeName::new("agent-00001").unwrap(),
+                relay: NodeName::new("relay-01").unwrap(),
+                state: LeafState::Succeeded,
+                exit_code: None,
+                reason: None,
+                output: None,
+                at_ms: 1_796_000_000_000,
+                audit,
+            };
+            crate::proto::codec::encode(&Msg::Events(vec![(42, Event::Leaf(u))]))
+                .unwrap()
+                .len()
+                + 4
+        };
+        let compliant = frame(None);
+        let one = frame(Some(AuditOutcome::Differences(compare(
+            &[pkg("tool", "1.0")],
+            &[pkg("tool", "2.0")],
+        ))));
+        println!("audit bytes up: compliant {compliant}, one difference {one}");
+        assert!(compliant < 200, "{compliant} bytes");
+        assert!(one > compliant);
     }
 
     #[test]
