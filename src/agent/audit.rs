@@ -379,6 +379,18 @@ pub(crate) async fn run_audit(
             .map(|mine| audit::compare(&spec.objects, &mine))
         }
     };
+    let res = res.and_then(|d| {
+        let n = audit::encoded_len(&d);
+        if n > audit::MAX_AUDIT_BYTES {
+            Err(format!(
+                "{} differences take {n} bytes, over the {} a result may carry: narrow the audit (--files)",
+                d.len(),
+                audit::MAX_AUDIT_BYTES
+            ))
+        } else {
+            Ok(d)
+        }
+    });
     let u = match res {
         Ok(d) => {
             info!(differences = d.len(), "audit done");
@@ -419,6 +431,18 @@ pub(crate) async fn run_snapshot(
     })
     .await
     .unwrap_or_else(|e| Err(AuditError::Upload(format!("snapshot task: {e}"))));
+    let collected = collected.and_then(|(objects, files)| {
+        let n = audit::encoded_len(&(&objects, &files));
+        if n > audit::MAX_AUDIT_BYTES {
+            return Err(AuditError::Upload(format!(
+                "{} objects and {} files take {n} bytes, over the {} a snapshot may report: narrow --files",
+                objects.len(),
+                files.len(),
+                audit::MAX_AUDIT_BYTES
+            )));
+        }
+        Ok((objects, files))
+    });
     let res = match collected {
         Ok((objects, files)) => {
             let hashes: Vec<_> = files

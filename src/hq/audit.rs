@@ -299,6 +299,15 @@ pub(crate) async fn create_audit(
         objects: objects_for(&rec, &select),
         select,
     };
+    let n = audit::encoded_len(&spec);
+    if n > audit::MAX_AUDIT_BYTES {
+        return Err(HqError::Refused(format!(
+            "snapshot {} holds {} objects ({n} bytes), over the {} one audit order may carry: narrow --files",
+            rec.name,
+            spec.objects.len(),
+            audit::MAX_AUDIT_BYTES
+        )));
+    }
     let job = super::jobs::create(st, dest, Action::Audit(spec), expires_ms).await?;
     Ok((job, rec.name))
 }

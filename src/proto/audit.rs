@@ -198,6 +198,18 @@ pub enum AuditOutcome {
     Snapshot(SnapshotUpload),
 }
 
+/// The most an audit order's spec or a leaf's [`AuditOutcome`] may take,
+/// encoded: both travel in frames an agent reads or writes (1 MiB at most),
+/// with room for the rest of the message.
+pub const MAX_AUDIT_BYTES: usize = 768 * 1024;
+
+/// The encoded size of `v` as it travels (named MessagePack).
+pub fn encoded_len<T: Serialize>(v: &T) -> usize {
+    rmp_serde::to_vec_named(v)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX)
+}
+
 /// The text shown for a value.
 pub fn show(v: &ObjectValue) -> String {
     match v {
