@@ -535,6 +535,22 @@ mod tests {
             &[pkg("tool", "2.0")],
         ))));
         println!("audit bytes up: compliant {compliant}, one difference {one}");
+        // Down: the order for a master of 50 packages and 200 files, once
+        // per relay hop (the assignment carries the action, its signed
+        // order carries it again).
+        let mut objects: Vec<Object> = (0..50)
+            .map(|i| pkg(&format!("pkg{i:02}"), "1.0-1"))
+            .collect();
+        objects.extend((0..200).map(|i| file(&format!("/etc/app/f{i:03}.conf"), "x", 0o644)));
+        let spec = AuditSpec {
+            master: "snapshot:base".into(),
+            snapshot: "base".into(),
+            select: Selection::default(),
+            objects,
+        };
+        let n = encoded_len(&spec);
+        println!("audit order: {n} bytes of objects (250 objects), twice per assignment");
+        assert!(n < MAX_AUDIT_BYTES);
         assert!(compliant < 200, "{compliant} bytes");
         assert!(one > compliant);
     }
