@@ -17,7 +17,59 @@
 # 20,000, unless the process may raise it) and by the ephemeral ports from
 # 127.0.0.1 to one HOST:PORT (32768-60999: ~28,000); lib.sh checks both.
 #   defaults: N=18000 RUNS=5 (issue 4: >= 100,000 leaf updates/s, durably)
+#
+# persist.sh store [UPDATES] [RUNS] [SENDERS] [BATCH]: what fsync costs in the
+# store path alone (examples/persist.rs, no network, no other process): the
+# same leaf-update writes acknowledged after Store::durable, which fsyncs
+# after sled's flush (what nodes do), and with --no-fsync (sled's flush only,
+# which ends in sync_file_range: survives a crash, not a power cut). RUNS
+# interleaved pairs, each in a fresh directory under BENCH_TMP (a real disk,
+# or the figures mean nothing); medians and their ratio. Two loads: SENDERS
+# concurrent senders of BATCH updates per durable() (group commit: one fsync
+# covers many updates), then one sender, one update per durable() (one fsync
+# per update: the latency floor).
+#   defaults: UPDATES=200000 RUNS=5 SENDERS=1000 BATCH=8
+#   needs: cargo build --release --example persist
 source "$(dirname "$0")/lib.sh"
+
+# store_runs LABEL UPDATES SENDERS BATCH RUNS: interleaved pairs; prints the figures.
+store_runs() {
+    local label=$1 updates=$2 senders=$3 batch=$4 runs=$5 run mode dir out v
+    local exe=$BIN/examples/persist synced=() unsynced=()
+    [[ -x $exe ]] || die "no $exe: run 'cargo build --release --example persist' first"
+    for ((run = 1; run <= runs; run++)); do
+        for mode in fsync no-fsync; do
+            dir=$(mktemp -d "${BENCH_TMP:-${TMPDIR:-/tmp}}/relaytree-persist.XXXXXX")
+            if [[ $mode == fsync ]]; then
+                out=$("$exe" "$updates" "$senders" "$batch" "$dir")
+            else
+                out=$("$exe" --no-fsync "$updates" "$senders" "$batch" "$dir")
+            fi
+            rm -rf "$dir"
+            v=$(sed -n 's/.* = \([0-9.]*\) updates\/s$/\1/p' <<<"$out")
+            [[ -n $v ]] || die "unexpected output: $out"
+            log "run $run $mode: $out"
+            if [[ $mode == fsync ]]; then synced+=("$v"); else unsynced+=("$v"); fi
+        done
+    done
+    $STATS summary "store path $label with fsync" "updates/s" "report" "${synced[@]}"
+    $STATS summary "store path $label without fsync" "updates/s" "report" "${unsynced[@]}"
+    local a b
+    a=$($STATS median "${synced[@]}")
+    b=$($STATS median "${unsynced[@]}")
+    echo "store path $label: fsync keeps $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }') of the rate without (median $a / $b updates/s)"
+}
+
+if [[ ${1:-} == store ]]; then
+    UPDATES=${2:-200000}
+    RUNS=${3:-5}
+    SENDERS=${4:-1000}
+    BATCH=${5:-8}
+    store_runs "$SENDERS senders x $BATCH per flush" "$UPDATES" "$SENDERS" "$BATCH" "$RUNS"
+    # One update per flush: far fewer updates, the same number of runs.
+    store_runs "1 sender x 1 per flush" $((UPDATES / 50 > 0 ? UPDATES / 50 : 1)) 1 1 "$RUNS"
+    exit 0
+fi
 
 N=${1:-18000}
 RUNS=${2:-5}

@@ -4,7 +4,11 @@
 //! after `Store::durable()` (group commit). Many concurrent senders, as when
 //! thousands of agents report at once.
 //!
-//! `cargo run --release --example persist -- [UPDATES] [SENDERS] [BATCH] [DIR]`
+//! With `--no-fsync`, the store skips its fsync after each flush (what
+//! `Store::durable` did before it fsynced; survives a crash of the process,
+//! not a power cut): `bench/persist.sh store` runs both, interleaved.
+//!
+//! `cargo run --release --example persist -- [--no-fsync] [UPDATES] [SENDERS] [BATCH] [DIR]`
 //! (defaults 200000 1000 8, a temporary directory under $TMPDIR).
 
 use relaytree::proto::{Attempt, Event, JobId, LeafState, LeafUpdate, NodeName};
@@ -14,19 +18,21 @@ use std::time::Instant;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let arg = |i: usize, d: usize| -> usize {
-        std::env::args()
-            .nth(i)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
+    let no_fsync = std::env::args().any(|a| a == "--no-fsync");
+    let args: Vec<String> = std::env::args().filter(|a| a != "--no-fsync").collect();
+    let arg =
+        |i: usize, d: usize| -> usize { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d) };
     let (updates, senders, batch) = (arg(1, 200_000), arg(2, 1000), arg(3, 8));
     let tmp = tempfile::tempdir()?;
-    let dir = std::env::args()
-        .nth(4)
+    let dir = args
+        .get(4)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let store = Store::open(&dir)?;
+    let store = if no_fsync {
+        Store::open_without_fsync(&dir)?
+    } else {
+        Store::open(&dir)?
+    };
     let leaves = store.table("leaves")?;
     let outbox = store.outbox("outbox")?;
     let relay = NodeName::new("r1")?;
@@ -92,7 +98,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "persist: {total} durable leaf updates from {senders} concurrent senders (batches of {batch}) in {secs:.3} s = {:.0} updates/s",
+        "persist{}: {total} durable leaf updates from {senders} concurrent senders (batches of {batch}) in {secs:.3} s = {:.0} updates/s",
+        if no_fsync { " (no fsync)" } else { "" },
         total as f64 / secs
     );
     Ok(())

@@ -239,9 +239,13 @@ pub enum CertCmd {
         count: Option<u32>,
     },
     /// Revoke a node: HQ and every relay refuse it and close its sessions.
+    /// A name HQ has never seen is refused unless --force.
     Revoke {
         /// The node's name.
         name: String,
+        /// Revoke even a name HQ has never seen (an identity issued but never used).
+        #[arg(long)]
+        force: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -366,6 +370,10 @@ pub enum RelayCmd {
         parent: String,
         #[command(flatten)]
         timing: TimingArgs,
+        /// Connections still in their TLS handshake or Hello at most
+        /// (default 8192); past it, new connections are refused at once.
+        #[arg(long = "max-handshakes")]
+        max_handshakes: Option<usize>,
     },
 }
 

@@ -83,6 +83,7 @@ async fn demo(root: &Path, stop: &CancellationToken) -> Result<(), CliError> {
             data_dir: dir.clone(),
             parent,
             timing,
+            limits: Default::default(),
         };
         let s = stop.clone();
         tokio::spawn(async move {

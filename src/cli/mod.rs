@@ -186,12 +186,21 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             }
         }
         HqCmd::Cert {
-            cmd: CertCmd::Revoke { name, json, admin },
+            cmd:
+                CertCmd::Revoke {
+                    name,
+                    force,
+                    json,
+                    admin,
+                },
         } => {
             let name = NodeName::new(name.as_str()).map_err(|e| CliError::Usage(e.to_string()))?;
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c
-                .request(AdminRequest::Revoke { name: name.clone() })
+                .request(AdminRequest::Revoke {
+                    name: name.clone(),
+                    force,
+                })
                 .await?
             {
                 AdminResponse::Revoked { denied } if json => {
@@ -438,8 +447,19 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             listen,
             parent,
             timing: t,
+            max_handshakes,
         } => {
             let t = timing(&t)?;
+            let mut limits = crate::link::Limits::default();
+            match max_handshakes {
+                Some(0) => {
+                    return Err(CliError::Usage(
+                        "--max-handshakes must be at least 1".into(),
+                    ))
+                }
+                Some(n) => limits.max_handshakes = n,
+                None => {}
+            }
             // Fail on a bad identity before announcing anything.
             check_identity(&identity, crate::proto::Role::Relay)?;
             crate::node::raise_fd_limit();
@@ -450,6 +470,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
                 data_dir: data_dir.clone(),
                 parent,
                 timing: t,
+                limits,
             };
             finish(
                 crate::relay::run(listener, cfg, shutdown).await,

@@ -1,24 +1,40 @@
 //! Applying the events a relay rolls up: leaf results, target sets, and the
 //! tree's membership. Idempotent: a re-sent batch changes nothing.
+//!
+//! Read, plan, write: the batch is first checked against the sender's
+//! subtree (`link::confine`, fed with HQ's records); only what it keeps is
+//! applied, and what it refuses is logged with the sender (`from`) and never
+//! applied. Never sends anything itself: the `Forget`s a move needs are
+//! queued and returned for the session to send once durable.
 
+use super::children::SubtreeFacts;
 use super::{ClientRecord, HqState, RelayRecord};
-use crate::proto::{Event, JobId, LeafState, NodeName};
+use crate::link::confine;
+use crate::link::downstream::Outgoing;
+use crate::proto::{Event, JobId, LeafState, Msg, NodeName};
 use crate::rules::{self, LeafRecord};
 use crate::store::{keys, StoreError};
 use std::collections::HashMap;
 use tracing::{debug, warn};
 
 /// Applies one batch from child `from` (not yet durable). Returns the
-/// `Forget`s to send once it is durable: (child, client, new home).
+/// `Forget`s to send once it is durable.
 pub(crate) fn apply(
     st: &HqState,
     from: &NodeName,
     events: &[(u64, Event)],
-) -> Result<Vec<(NodeName, NodeName, NodeName)>, StoreError> {
+) -> Result<Outgoing, StoreError> {
     let mut forgets = Vec::new();
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let kept = {
+        let facts = SubtreeFacts::new(st, from);
+        let c = confine::fold(&facts, &st.me, from, events.to_vec());
+        for (seq, why) in &c.refused {
+            warn!(%from, seq, reason = %why, "event refused: outside the sender's subtree");
+        }
+        c.kept
+    };
     let now = crate::proto::now_ms();
-    let mut dirty: Vec<(Vec<u8>, LeafRecord)> = Vec::new();
     // Coalesce: the latest record per leaf within this batch, and the state
     // each leaf had before it (for the per-job counters).
     let mut pending: HashMap<Vec<u8>, LeafRecord> = HashMap::new();
@@ -35,17 +51,11 @@ pub(crate) fn apply(
             }
         }
     };
-    for (_, ev) in events {
+    for (_, ev) in &kept {
         match ev {
             Event::Leaf(u) => {
                 let k = keys::job_client(u.job, &u.client);
                 let cur = lookup(&k, &pending, &mut before)?;
-                if cur.is_none() {
-                    // Targets always arrive before results (same path, in
-                    // order): a result for an unknown leaf was never ordered.
-                    warn!(from = %from, job = %u.job, client = %u.client, "result for a leaf that was not targeted; dropped");
-                    continue;
-                }
                 if let Some(new) = rules::merge(cur.as_ref(), u) {
                     super::audit::ingest(st, u)?;
                     pending.insert(k, new);
@@ -59,6 +69,11 @@ pub(crate) fn apply(
                 last,
             } => {
                 for (client, home) in leaves {
+                    if st.deny.contains(client) {
+                        // Revoked: never a target again.
+                        debug!(%client, job = %job, "revoked client left out of a target set");
+                        continue;
+                    }
                     let k = keys::job_client(*job, client);
                     let cur = lookup(&k, &pending, &mut before)?;
                     if let Some(new) = rules::target(cur.as_ref(), home, *attempt, now) {
@@ -75,7 +90,14 @@ pub(crate) fn apply(
                     }
                 }
             }
-            Event::ClientJoined { client, relay } => {
+            Event::ClientJoined {
+                client,
+                relay,
+                at_ms,
+            } => {
+                if st.deny.contains(client) {
+                    continue;
+                }
                 let k = keys::name(client);
                 if let Some(old) = st.clients.get::<ClientRecord>(&k)? {
                     if old.relay != *relay {
@@ -84,8 +106,12 @@ pub(crate) fn apply(
                         // (the branches' meeting point) already saw the move.
                         if let Ok(old_top) = super::jobs::top_child(st, &old.relay) {
                             if old_top != *from {
-                                st.forgetq.put(&keys::name_name(&old_top, client), relay)?;
-                                forgets.push((old_top, client.clone(), relay.clone()));
+                                let m = Msg::Forget {
+                                    client: client.clone(),
+                                    moved_to: relay.clone(),
+                                };
+                                st.down.put(&old_top, &m)?;
+                                forgets.push((old_top, m));
                             }
                         }
                     }
@@ -94,7 +120,9 @@ pub(crate) fn apply(
                     &k,
                     &ClientRecord {
                         relay: relay.clone(),
-                        since_ms: now,
+                        // The home's time of the join, which later joins are
+                        // compared with (see `confine::join_is_stale`).
+                        since_ms: if *at_ms == 0 { now } else { *at_ms },
                     },
                 )?;
             }
@@ -126,16 +154,15 @@ pub(crate) fn apply(
             }
         }
     }
-    dirty.extend(pending);
-    for (k, new) in &dirty {
+    for (k, new) in &pending {
         if let Some(job) = keys::read_u64(k).map(JobId) {
             st.counters
                 .moved(job, before.get(k).copied().flatten(), new.state);
         }
     }
-    debug!(from = %from, events = events.len(), leaves = dirty.len(), "applied batch");
+    debug!(from = %from, events = events.len(), leaves = pending.len(), "applied batch");
     st.leaves
-        .put_many(dirty.iter().map(|(k, v)| (k.clone(), v)))?;
+        .put_many(pending.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(forgets)
 }
 
@@ -177,6 +204,44 @@ mod tests {
         let key = crate::tls::SigningKey::create(dir.path()).unwrap();
         let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
         let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
+        // r1 is a top-level relay; job 1 is at attempt 1 (a record of the
+        // same shape as `JobRecord`).
+        st.relays
+            .put(
+                &keys::name(&n("r1")),
+                &RelayRecord {
+                    parent: n("hq"),
+                    connected: true,
+                    last_seen_ms: 1,
+                },
+            )
+            .unwrap();
+        #[derive(serde::Serialize)]
+        struct Job {
+            job: JobId,
+            action: crate::proto::Action,
+            dest: Vec<NodeName>,
+            created_at_ms: u64,
+            expires_ms: Option<u64>,
+            expires_at_ms: Option<u64>,
+            attempt: Attempt,
+            awaiting: Vec<NodeName>,
+        }
+        st.jobs
+            .put(
+                &keys::job(JobId(1)),
+                &Job {
+                    job: JobId(1),
+                    action: crate::proto::Action::Ping,
+                    dest: vec![n("r1")],
+                    created_at_ms: 1,
+                    expires_ms: None,
+                    expires_at_ms: None,
+                    attempt: Attempt(1),
+                    awaiting: vec![n("r1")],
+                },
+            )
+            .unwrap();
         let targets = Event::Targets {
             job: JobId(1),
             attempt: Attempt(1),

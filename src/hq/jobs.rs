@@ -72,8 +72,7 @@ fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
 
 /// Queues `a` for `child` (not yet durable).
 fn enqueue(st: &HqState, child: &NodeName, a: &Assignment) -> Result<(), HqError> {
-    st.downq
-        .put(&keys::name_job_attempt(child, a.job, a.attempt), a)?;
+    st.down.put(child, &Msg::Assign(a.clone()))?;
     Ok(())
 }
 

@@ -4,11 +4,13 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod audit;
+mod children;
 mod counters;
 mod ingest;
 mod jobs;
 mod packages;
 mod retention;
+mod revoke;
 mod sessions;
 mod syncs;
 mod view;
@@ -51,6 +53,7 @@ pub(crate) struct RelayRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ClientRecord {
     pub relay: NodeName,
+    /// When it joined that home, unix ms by the home's clock.
     pub since_ms: u64,
 }
 
@@ -67,12 +70,10 @@ pub(crate) struct HqState {
     pub relays: Table,
     /// client -> ClientRecord.
     pub clients: Table,
-    /// child ++ 0 ++ job ++ attempt -> Assignment not yet acknowledged.
-    pub downq: Table,
     /// Messages queued for children until acknowledged (cancels, purges, ...).
     pub down: crate::link::queue::DownQueue,
-    /// child ++ 0 ++ client -> new home relay: `Forget`s not yet acknowledged.
-    pub forgetq: Table,
+    /// name -> Role: every node that ever had a session with HQ (admins too).
+    pub seen: Table,
     /// name -> unix ms: revoked nodes.
     pub denied: Table,
     /// The same, in memory, as the listener checks it.
@@ -132,9 +133,8 @@ impl HqState {
             leaves: store.table("leaves")?,
             relays: store.table("relays")?,
             clients: store.table("clients")?,
-            downq: store.table("downq")?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
-            forgetq: store.table("forgetq")?,
+            seen: store.table("seen")?,
             denied: store.table("denied")?,
             deny: Default::default(),
             store,

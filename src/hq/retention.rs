@@ -186,8 +186,6 @@ fn remove(
             st.down.remove(t, &QueueKey::Cancel(job))?;
             for a in 1..=rec.attempt.0 {
                 st.down.remove(t, &QueueKey::Assign(job, Attempt(a)))?;
-                st.downq
-                    .remove(&keys::name_job_attempt(t, job, Attempt(a)))?;
             }
         }
         for (client, _) in leaves {

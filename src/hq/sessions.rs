@@ -1,10 +1,12 @@
-//! Sessions at HQ: a relay's (assignments down, events up) and an admin's
-//! (requests and answers). A session that breaks the protocol is closed with
-//! a log line naming the peer; every other session goes on.
+//! Sessions at HQ: a relay's (served by `link::downstream`, see `children`),
+//! an admin's (requests and answers), and transfers. A session that breaks
+//! the protocol is closed with a log line naming the peer; every other
+//! session goes on. A revocation closes every session of the name, whatever
+//! it is for (the accept loop in `link` watches the deny list).
 
-use super::{audit, ingest, jobs, packages, syncs, view, HqError, HqState, RelayRecord};
-use crate::link::{queue, LinkError, Session};
-use crate::proto::{now_ms, AdminRequest, AdminResponse, Assignment, Msg, NodeName, Role};
+use super::{audit, jobs, packages, revoke, syncs, view, HqError, HqState, RelayRecord};
+use crate::link::{LinkError, Session};
+use crate::proto::{AdminRequest, AdminResponse, Msg, NodeName, Role};
 use crate::store::{keys, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,10 @@ use tracing::{info, warn};
 /// Runs one admitted session to its end.
 pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
     let peer = s.peer.clone();
+    // Known from now on, so that it can be revoked by name.
+    if let Err(e) = st.seen.put(&keys::name(&peer.name), &peer.role) {
+        warn!(error = %e, "cannot record the node");
+    }
     let r = match peer.role {
         Role::Relay if s.purpose == crate::proto::Purpose::Transfer => {
             crate::link::transfer::serve(
@@ -25,7 +31,7 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
             )
             .await
         }
-        Role::Relay => relay_session(&st, s).await,
+        Role::Relay => crate::link::downstream::serve(&*st, s).await,
         Role::Admin => admin_session(&st, s).await,
         other => Err(LinkError::Protocol(format!("role {other} not served here"))),
     };
@@ -51,38 +57,6 @@ pub(crate) fn load_deny_list(st: &HqState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// `hq cert revoke NAME`: durable, refused at HQ's listener at once, pushed
-/// down the tree, and any session of that node closed.
-async fn revoke(st: &HqState, name: NodeName) -> Result<Vec<NodeName>, HqError> {
-    if name == st.me {
-        return Err(HqError::Refused("hq cannot revoke itself".into()));
-    }
-    st.denied.put(&keys::name(&name), &now_ms())?;
-    st.store.durable().await?;
-    load_deny_list(st)?;
-    let names = st.deny.names();
-    warn!(%name, "node revoked");
-    let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
-    for (child, tx) in children.iter() {
-        if *child == name {
-            crate::link::send_soon(
-                tx,
-                Msg::Bye {
-                    reason: "revoked".into(),
-                },
-            );
-        } else {
-            crate::link::send_soon(
-                tx,
-                Msg::Deny {
-                    names: names.clone(),
-                },
-            );
-        }
-    }
-    Ok(names)
-}
-
 /// At start-up no relay is connected, whatever the store said at the crash.
 pub(crate) fn mark_all_disconnected(st: &HqState) -> Result<(), StoreError> {
     for r in st.relays.scan::<RelayRecord>(b"") {
@@ -93,118 +67,6 @@ pub(crate) fn mark_all_disconnected(st: &HqState) -> Result<(), StoreError> {
         }
     }
     Ok(())
-}
-
-fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), StoreError> {
-    st.relays.put(
-        &keys::name(relay),
-        &RelayRecord {
-            parent: st.me.clone(),
-            connected,
-            last_seen_ms: now_ms(),
-        },
-    )
-}
-
-async fn relay_session(st: &HqState, s: Session) -> Result<(), LinkError> {
-    let Session {
-        peer, tx, mut rx, ..
-    } = s;
-    let name = peer.name.clone();
-    {
-        // Registering and marking connected under one lock: an older session
-        // of the same relay ending now cannot undo it.
-        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
-        children.insert(name.clone(), tx.clone());
-        set_relay(st, &name, true)?;
-    }
-    st.store.durable().await?;
-    // Everything this relay has not acknowledged, oldest first.
-    let queued: Vec<Assignment> = st
-        .downq
-        .scan::<Assignment>(&keys::name_prefix(&name))
-        .filter_map(|r| r.ok().map(|(_, a)| a))
-        .collect();
-    for a in queued {
-        crate::link::send(&tx, Msg::Assign(a)).await?;
-    }
-    for m in st.down.queued(&name)? {
-        crate::link::send(&tx, m).await?;
-    }
-    for m in queue::queued_forgets(&st.forgetq, &name)? {
-        crate::link::send(&tx, m).await?;
-    }
-    crate::link::send(
-        &tx,
-        Msg::Deny {
-            names: st.deny.names(),
-        },
-    )
-    .await?;
-    if let Err(e) = syncs::resend_syncs(st) {
-        warn!(error = %e, "cannot re-send package syncs");
-    }
-    let result = relay_loop(st, &name, &tx, &mut rx).await;
-    {
-        // Only the relay's current session may mark it disconnected: a stale
-        // one (a half-open link the relay already left) ends quietly.
-        let mut children = st.children.lock().unwrap_or_else(|p| p.into_inner());
-        if children.get(&name).is_some_and(|t| t.same_channel(&tx)) {
-            children.remove(&name);
-            set_relay(st, &name, false)?;
-        }
-    }
-    st.bump();
-    result
-}
-
-async fn relay_loop(
-    st: &HqState,
-    name: &NodeName,
-    tx: &crate::link::SessionTx,
-    rx: &mut crate::link::SessionRx,
-) -> Result<(), LinkError> {
-    loop {
-        match rx.recv().await? {
-            Msg::AssignAck { job, attempt } => {
-                st.downq
-                    .remove(&keys::name_job_attempt(name, job, attempt))?;
-            }
-            Msg::ForgetAck { client } => {
-                st.forgetq.remove(&keys::name_name(name, &client))?;
-            }
-            m @ Msg::PurgeAck { .. } => {
-                st.down.ack(name, &m)?;
-            }
-            Msg::Events(events) => {
-                let Some(last) = events.last().map(|(s, _)| *s) else {
-                    continue;
-                };
-                let forgets = ingest::apply(st, name, &events)?;
-                st.store.durable().await?;
-                crate::link::send(tx, Msg::Ack { seq: last }).await?;
-                st.bump();
-                queue::send_forgets(&st.children, forgets);
-                // A relay that joined anywhere below may have syncs waiting.
-                if events
-                    .iter()
-                    .any(|(_, e)| matches!(e, crate::proto::Event::RelayJoined { .. }))
-                {
-                    if let Err(e) = syncs::resend_syncs(st) {
-                        warn!(error = %e, "cannot re-send package syncs");
-                    }
-                }
-            }
-            other => {
-                let _ = tx
-                    .send(Msg::Bye {
-                        reason: format!("{} not allowed from a relay", other.kind()),
-                    })
-                    .await;
-                return Err(crate::link::unexpected(&other, "from a relay"));
-            }
-        }
-    }
 }
 
 async fn admin_session(st: &HqState, s: Session) -> Result<(), LinkError> {
@@ -260,8 +122,8 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
-        AdminRequest::Revoke { name } => AdminResponse::Revoked {
-            denied: revoke(st, name).await?,
+        AdminRequest::Revoke { name, force } => AdminResponse::Revoked {
+            denied: revoke::revoke(st, name, force).await?,
         },
         AdminRequest::PackageMissing { hashes } => AdminResponse::Missing {
             hashes: packages::missing(st, &hashes),

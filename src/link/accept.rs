@@ -138,7 +138,21 @@ pub async fn serve<H, F>(
                 );
                 async move {
                     info!("session up");
-                    handler(session).await;
+                    // A revocation closes every session of the name, whatever
+                    // it is for; the handler then ends as on any close.
+                    let closer = session.closer();
+                    let name = session.peer.name.clone();
+                    let denied = adm.denied.clone();
+                    let run = handler(session);
+                    tokio::pin!(run);
+                    tokio::select! {
+                        _ = &mut run => {}
+                        _ = denied.revoked(&name) => {
+                            warn!("closing the session of a revoked node");
+                            closer.close("revoked");
+                            run.await;
+                        }
+                    }
                 }
                 .instrument(span)
                 .await

@@ -2,12 +2,16 @@
 //! admin CLI alike: dial with backoff, accept with role admission, the `Hello`
 //! exchange, heartbeats, the idle timeout, and the outbox pump.
 //!
-//! Knows nothing of jobs or leaves: it moves [`Msg`]s and hands sessions to the
-//! role that owns them.
+//! Knows nothing of what jobs or leaves mean: it moves [`Msg`]s, hands
+//! sessions to the role that owns them, serves a parent's side of every child
+//! session once ([`downstream`]), and checks what a child may say about its
+//! subtree ([`confine`], a pure fold the roles feed with their directory).
 
 mod accept;
+pub mod confine;
 mod deny;
 mod dial;
+pub mod downstream;
 mod pump;
 pub mod queue;
 mod session;
@@ -17,7 +21,7 @@ pub use accept::{serve, Admission, Limits};
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor, Upward};
-pub use session::{send, send_soon, Session, SessionRx, SessionTx, Timing};
+pub use session::{send, send_soon, Closer, Session, SessionRx, SessionTx, Timing};
 
 use crate::proto::{CodecError, Msg};
 use crate::tls::TlsError;

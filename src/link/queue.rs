@@ -14,9 +14,6 @@ use crate::store::{keys, StoreError, Table};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A `Forget` to send: (child, client, new home).
-pub type ForgetTo = (NodeName, NodeName, NodeName);
-
 /// What a queued message is: at most one message per child and key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueKey {
@@ -152,34 +149,6 @@ pub fn send_now(children: &Mutex<HashMap<NodeName, SessionTx>>, msgs: Vec<(NodeN
             send_soon(tx, msg);
         }
     }
-}
-
-/// The `Forget`s queued for `child` (table: child ++ 0 ++ client -> new home).
-pub fn queued_forgets(q: &Table, child: &NodeName) -> Result<Vec<Msg>, StoreError> {
-    let prefix = keys::name_prefix(child);
-    let mut out = Vec::new();
-    for r in q.scan::<NodeName>(&prefix) {
-        let (k, moved_to) = r?;
-        if let Some(client) = std::str::from_utf8(&k[prefix.len()..])
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            out.push(Msg::Forget { client, moved_to });
-        }
-    }
-    Ok(out)
-}
-
-/// Sends freshly queued `Forget`s to the children connected now; the others
-/// get them from the queue when they connect.
-pub fn send_forgets(children: &Mutex<HashMap<NodeName, SessionTx>>, forgets: Vec<ForgetTo>) {
-    send_now(
-        children,
-        forgets
-            .into_iter()
-            .map(|(child, client, moved_to)| (child, Msg::Forget { client, moved_to }))
-            .collect(),
-    );
 }
 
 #[cfg(test)]

@@ -98,6 +98,27 @@ fn is_disconnect(e: &std::io::Error) -> bool {
     )
 }
 
+/// Closes a session from outside it (a revocation): says `Bye`, and the
+/// reader stops at once whatever the peer does.
+#[derive(Clone)]
+pub struct Closer {
+    tx: SessionTx,
+    closed: CancellationToken,
+}
+
+impl Closer {
+    /// Closes the session with `reason`.
+    pub fn close(&self, reason: &str) {
+        send_soon(
+            &self.tx,
+            Msg::Bye {
+                reason: reason.into(),
+            },
+        );
+        self.closed.cancel();
+    }
+}
+
 /// An established session with a verified peer.
 pub struct Session {
     /// Who the peer's certificate says it is.
@@ -108,6 +129,16 @@ pub struct Session {
     pub rx: SessionRx,
     /// What the connection is for, as its `Hello` said.
     pub purpose: crate::proto::Purpose,
+}
+
+impl Session {
+    /// A handle that closes this session from outside.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            tx: self.tx.clone(),
+            closed: self.rx.closed.clone(),
+        }
+    }
 }
 
 /// Reads one message during the handshake phase (heartbeats not expected).

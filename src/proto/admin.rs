@@ -59,6 +59,10 @@ pub enum AdminRequest {
     Revoke {
         /// The node.
         name: NodeName,
+        /// Revoke even a name HQ has never seen (an identity issued but
+        /// never used); without it such a name is refused as a likely typo.
+        #[serde(default)]
+        force: bool,
     },
     /// Which of these blobs the depot lacks (before an upload).
     PackageMissing {

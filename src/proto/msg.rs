@@ -236,6 +236,11 @@ pub enum Event {
         client: NodeName,
         /// Its home relay.
         relay: NodeName,
+        /// When it registered there, unix ms by the home relay's clock (0
+        /// from older peers: unknown). A join older than the one a
+        /// directory holds is a stale re-send and changes nothing.
+        #[serde(default)]
+        at_ms: u64,
     },
     /// A relay connected to `parent`.
     RelayJoined {

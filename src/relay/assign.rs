@@ -1,16 +1,16 @@
 //! An assignment from the parent: snapshot or route its targets, create home
 //! leaves, queue the rest for child relays, then acknowledge (after a flush)
-//! and deliver.
+//! and deliver. `apply` only reads and writes the store; what it writes is
+//! decided by `rules::plan_assignment`.
 
 use super::{AttemptRecord, DirEntry, RelayState};
-use crate::proto::{now_ms, Assignment, Event, LeafState, LeafUpdate, Msg, NodeName, Scope};
-use crate::rules::{self, LeafRecord};
+use crate::proto::{now_ms, Assignment, Msg, NodeName, Scope};
+#[cfg(test)]
+use crate::proto::{Event, LeafState};
+use crate::rules::{self, AssignView, LeafRecord, Placement};
 use crate::store::{keys, StoreError};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
-
-/// Target-set chunk size in `Targets` events.
-const TARGETS_CHUNK: usize = 4096;
 
 /// What to deliver once the assignment is durable.
 pub(crate) struct Deliveries {
@@ -35,145 +35,92 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
     Ok(out)
 }
 
-/// Applies an assignment (not yet durable). Idempotent: a re-sent assignment
-/// creates nothing new.
+/// Applies an assignment (not yet durable): reads what the scope needs,
+/// plans with [`rules::plan_assignment`], writes the plan. Idempotent: a
+/// re-sent assignment creates nothing new.
 pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let ak = keys::job_attempt(a.job, a.attempt);
-    let mut out = Deliveries {
-        agents: vec![],
-        relays: vec![],
-    };
     if st.attempts.contains(&ak)? {
-        return Ok(out);
+        return Ok(Deliveries {
+            agents: vec![],
+            relays: vec![],
+        });
     }
-    // Written last (after a crash, writes survive as a prefix): once the
-    // attempt is recorded, everything it implies is too.
-    let record = || {
-        super::expire::index(st, a.job, a.attempt, a.expires_at_ms)?;
-        st.attempts.put(
-            &ak,
-            &AttemptRecord {
-                action: a.action.clone(),
-                expires_at_ms: a.expires_at_ms,
-                swept: false,
-                orders: a.orders.clone(),
-            },
-        )
+    // Read.
+    let place = |e: DirEntry| Placement {
+        home: e.home,
+        via: e.via,
     };
-    // Which clients this relay is responsible for, with their entries.
-    let targets: Vec<(NodeName, Option<DirEntry>)> = match &a.scope {
-        Scope::AllLowerOf(list) if list.contains(&st.me) => {
-            let snap = all_clients(st)?;
-            let mut events = Vec::new();
-            let pairs: Vec<(NodeName, NodeName)> = snap
-                .iter()
-                .map(|(c, e)| (c.clone(), e.home.clone()))
-                .collect();
-            let chunks: Vec<_> = pairs.chunks(TARGETS_CHUNK).collect();
-            let n = chunks.len().max(1);
-            for i in 0..n {
-                events.push(Event::Targets {
-                    job: a.job,
-                    attempt: a.attempt,
-                    reporter: st.me.clone(),
-                    leaves: chunks.get(i).map(|c| c.to_vec()).unwrap_or_default(),
-                    last: i + 1 == n,
-                });
-            }
-            st.outbox.push(&events)?;
-            info!(job = %a.job, attempt = %a.attempt, targets = snap.len(), "snapshot of lower clients");
-            snap.into_iter().map(|(c, e)| (c, Some(e))).collect()
-        }
-        Scope::AllLowerOf(list) => {
-            // Route each named relay towards the child whose subtree holds it.
-            let (by_hop, lost) = rules::split_by_hop(list.iter().cloned(), |r| {
-                st.dir_relays.get::<NodeName>(&keys::name(r)).ok().flatten()
-            });
-            for r in lost {
-                warn!(job = %a.job, relay = %r, "destination relay not in this subtree");
-            }
-            for (child, sub) in by_hop {
-                let fwd = Assignment {
-                    scope: Scope::AllLowerOf(sub),
-                    ..a.clone()
-                };
-                st.downq
-                    .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
-                out.relays.push((child, fwd));
-            }
-            record()?;
-            return Ok(out);
-        }
-        Scope::Targets(list) => list
-            .iter()
-            .map(|c| {
-                let e = st.dir_clients.get::<DirEntry>(&keys::name(c))?;
-                Ok((c.clone(), e))
-            })
-            .collect::<Result<_, StoreError>>()?,
-    };
-    let now = now_ms();
-    let mut to_child: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
-    let mut lost = Vec::new();
-    let mut fresh = Vec::new();
-    for (client, entry) in targets {
-        match entry {
-            Some(e) if e.via == st.me => {
-                let k = keys::job_client(a.job, &client);
-                let cur = st.leaves.get::<LeafRecord>(&k)?;
-                if let Some(rec) = rules::target(cur.as_ref(), &st.me, a.attempt, now) {
-                    fresh.push((k, rec));
-                    st.client_leaves
-                        .put(&keys::name_job(&client, a.job), &a.attempt.0)?;
-                    out.agents.push(client);
-                } else if cur
-                    .as_ref()
-                    .is_some_and(|c| c.attempt == a.attempt && c.state == LeafState::Pending)
-                {
-                    // Left by an earlier apply cut short by a crash (the
-                    // attempt record is written last): still to deliver.
-                    out.agents.push(client);
-                }
-            }
-            Some(e) => to_child.entry(e.via).or_default().push(client),
-            None => lost.push(client),
-        }
-    }
-    st.leaves
-        .put_many(fresh.iter().map(|(k, v)| (k.clone(), v)))?;
-    if !lost.is_empty() {
-        // A client that left this subtree: account for it rather than drop it.
-        let events: Vec<Event> = lost
-            .into_iter()
-            .map(|client| {
-                Event::Leaf(LeafUpdate {
-                    job: a.job,
-                    attempt: a.attempt,
-                    client: client.clone(),
-                    relay: st.me.clone(),
-                    state: LeafState::Canceled,
-                    exit_code: None,
-                    reason: Some(format!("client {client} is not under relay {}", st.me)),
-                    output: None,
-                    at_ms: now,
-                    audit: None,
+    let view = match &a.scope {
+        Scope::AllLowerOf(list) if list.contains(&st.me) => AssignView::Snapshot(
+            all_clients(st)?
+                .into_iter()
+                .map(|(c, e)| (c, place(e)))
+                .collect(),
+        ),
+        Scope::AllLowerOf(list) => AssignView::Relays(
+            list.iter()
+                .map(|r| {
+                    let hop = st.dir_relays.get::<NodeName>(&keys::name(r)).ok().flatten();
+                    (r.clone(), hop)
                 })
-            })
-            .collect();
-        st.outbox.push(&events)?;
+                .collect(),
+        ),
+        Scope::Targets(list) => AssignView::Clients(
+            list.iter()
+                .map(|c| {
+                    let e = st.dir_clients.get::<DirEntry>(&keys::name(c))?;
+                    Ok((c.clone(), e.map(place)))
+                })
+                .collect::<Result<_, StoreError>>()?,
+        ),
+    };
+    let mut leaves = BTreeMap::new();
+    for c in view.home_clients(&st.me) {
+        if let Some(rec) = st.leaves.get::<LeafRecord>(&keys::job_client(a.job, c))? {
+            leaves.insert(c.clone(), rec);
+        }
     }
-    for (child, list) in to_child {
-        let fwd = Assignment {
-            scope: Scope::Targets(list),
-            ..a.clone()
-        };
-        st.downq
-            .put(&keys::name_job_attempt(&child, a.job, a.attempt), &fwd)?;
-        out.relays.push((child, fwd));
+    // Plan.
+    let plan = rules::plan_assignment(&st.me, a, view, &leaves, now_ms());
+    // Write, the attempt record last: once it is there, so is all it implies.
+    if !plan.report.is_empty() {
+        st.outbox.push(&plan.report)?;
+        info!(job = %a.job, attempt = %a.attempt, targets = plan.reported(), "snapshot of lower clients");
     }
-    record()?;
-    Ok(out)
+    for r in &plan.unknown_relays {
+        warn!(job = %a.job, relay = %r, "destination relay not in this subtree");
+    }
+    for (client, _) in &plan.create {
+        st.client_leaves
+            .put(&keys::name_job(client, a.job), &a.attempt.0)?;
+    }
+    st.leaves.put_many(
+        plan.create
+            .iter()
+            .map(|(c, rec)| (keys::job_client(a.job, c), rec)),
+    )?;
+    if !plan.lost.is_empty() {
+        st.outbox.push(&plan.lost)?;
+    }
+    for (child, fwd) in &plan.relays {
+        st.down.put(child, &Msg::Assign(fwd.clone()))?;
+    }
+    super::expire::index(st, a.job, a.attempt, a.expires_at_ms)?;
+    st.attempts.put(
+        &ak,
+        &AttemptRecord {
+            action: a.action.clone(),
+            expires_at_ms: a.expires_at_ms,
+            swept: false,
+            orders: a.orders.clone(),
+        },
+    )?;
+    Ok(Deliveries {
+        agents: plan.agents,
+        relays: plan.relays,
+    })
 }
 
 /// The assignment an agent of relay `me` receives for one of its leaves,

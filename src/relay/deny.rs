@@ -1,12 +1,13 @@
 //! The deny list as HQ pushes it down: kept on disk (so a restarted relay
-//! refuses revoked nodes before its parent is back), applied to the listener,
-//! to open sessions, and passed on to child relays.
+//! refuses revoked nodes before its parent is back), applied to the listener
+//! (which closes every open session of a revoked name), passed on to child
+//! relays, and sent to each child relay when it connects. A revoked client
+//! leaves the directory.
 
 use super::RelayState;
 use crate::link::send_soon;
 use crate::proto::{now_ms, Msg, NodeName};
 use crate::store::{keys, StoreError};
-use tracing::warn;
 
 /// The stored list.
 pub(crate) fn stored(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
@@ -35,25 +36,18 @@ pub(crate) fn store(st: &RelayState, names: &[NodeName]) -> Result<(), StoreErro
         if !st.denied.contains(&keys::name(n))? {
             st.denied.put(&keys::name(n), &now)?;
         }
+        super::moves::revoked(st, n)?;
     }
     Ok(())
 }
 
-/// Applies a durable list: the listener refuses these names, their open
-/// sessions here are closed, and child relays get the list.
+/// Applies a durable list: the listener refuses these names (and closes
+/// their open sessions), and child relays get the list.
 pub(crate) fn apply(st: &RelayState, names: Vec<NodeName>) {
     st.deny.replace(names.clone());
     let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
     for (child, tx) in children.iter() {
-        if st.deny.contains(child) {
-            warn!(%child, "closing the session of a revoked node");
-            send_soon(
-                tx,
-                Msg::Bye {
-                    reason: "revoked".into(),
-                },
-            );
-        } else if is_child_relay(st, child) {
+        if !st.deny.contains(child) && is_child_relay(st, child) {
             send_soon(
                 tx,
                 Msg::Deny {

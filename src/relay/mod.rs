@@ -10,6 +10,7 @@ mod cache;
 mod children;
 mod deny;
 mod expire;
+mod home;
 mod moves;
 mod purge;
 mod upward;
@@ -49,6 +50,8 @@ pub struct RelayConfig {
     pub parent: String,
     /// Session timers.
     pub timing: Timing,
+    /// Caps on connections to this relay's listener.
+    pub limits: link::Limits,
 }
 
 /// Where a client lives, as this relay knows it.
@@ -78,6 +81,8 @@ pub(crate) struct RelayState {
     pub store: Store,
     /// client -> DirEntry, for every client in the subtree.
     pub dir_clients: Table,
+    /// client -> unix ms: when its current home says it joined there.
+    pub dir_since: Table,
     /// relay -> via (direct child), for every relay in the subtree.
     pub dir_relays: Table,
     /// job ++ attempt -> AttemptRecord.
@@ -86,12 +91,11 @@ pub(crate) struct RelayState {
     pub leaves: Table,
     /// client ++ 0 ++ job -> attempt, index of home leaves by client.
     pub client_leaves: Table,
-    /// child ++ 0 ++ job ++ attempt -> Assignment for a child relay, until acknowledged.
-    pub downq: Table,
     /// Messages queued for children until acknowledged (cancels, purges, ...).
     pub down: crate::link::queue::DownQueue,
-    /// child ++ 0 ++ client -> new home: `Forget`s not yet acknowledged.
-    pub forgetq: Table,
+    /// relay -> unix ms: relays below whose session to their parent ended
+    /// (a `RelayLeft` went up), until they join again.
+    pub relays_left: Table,
     /// name -> unix ms: revoked nodes, as HQ last sent them.
     pub denied: Table,
     /// The same, in memory, as the listener checks it.
@@ -113,12 +117,12 @@ impl RelayState {
             me,
             dir_clients: store.table("dir_clients")?,
             dir_relays: store.table("dir_relays")?,
+            dir_since: store.table("dir_since")?,
             attempts: store.table("attempts")?,
             leaves: store.table("leaves")?,
             client_leaves: store.table("client_leaves")?,
-            downq: store.table("downq")?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
-            forgetq: store.table("forgetq")?,
+            relays_left: store.table("relays_left")?,
             denied: store.table("denied")?,
             deny: Default::default(),
             outbox: store.outbox("outbox")?,
@@ -223,7 +227,7 @@ pub async fn run(
         me: hello,
         trust_domain: me.trust_domain.clone(),
         timing: cfg.timing,
-        limits: Default::default(),
+        limits: cfg.limits,
         denied: st.deny.clone(),
     });
     let s2 = st.clone();

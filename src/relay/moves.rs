@@ -1,13 +1,17 @@
 //! Clients that move: an agent registers under another relay. The branch it
 //! left forgets it (so no leaf is counted twice), and its leaves here that
-//! were never delivered are canceled with the reason.
+//! were never delivered are canceled with the reason. A `Forget` for a child
+//! is queued in the down queue, so a child that is down now gets it when it
+//! comes back. A revoked client is forgotten the same way.
 
 use super::{DirEntry, RelayState};
-use crate::link::queue::ForgetTo;
-use crate::proto::{now_ms, Event, JobId, LeafState, NodeName};
+use crate::proto::{now_ms, Event, JobId, LeafState, Msg, NodeName};
 use crate::rules::LeafRecord;
 use crate::store::{keys, StoreError};
 use tracing::info;
+
+/// A `Forget` queued for a child: (child, message), to send once durable.
+pub(crate) type ForgetTo = (NodeName, Msg);
 
 /// `client` now lives under `moved_to`, reached through `via_now` (a child,
 /// or this relay itself). Given its previous directory entry, decides who
@@ -28,14 +32,25 @@ pub(crate) fn moved(
     }
     info!(%client, from = %old.home, to = %moved_to, "client moved");
     if old.via == st.me {
-        return Ok((cancel_undelivered(st, client, moved_to)?, None));
+        let why = format!("client moved to relay {moved_to} before delivery");
+        return Ok((cancel_undelivered(st, client, why)?, None));
     }
-    st.forgetq
-        .put(&keys::name_name(&old.via, client), moved_to)?;
-    Ok((
-        vec![],
-        Some((old.via.clone(), client.clone(), moved_to.clone())),
-    ))
+    Ok((vec![], Some(queue_forget(st, &old.via, client, moved_to)?)))
+}
+
+/// Queues a `Forget` of `client` for child `via` (not yet durable).
+fn queue_forget(
+    st: &RelayState,
+    via: &NodeName,
+    client: &NodeName,
+    moved_to: &NodeName,
+) -> Result<(NodeName, Msg), StoreError> {
+    let m = Msg::Forget {
+        client: client.clone(),
+        moved_to: moved_to.clone(),
+    };
+    st.down.put(via, &m)?;
+    Ok((via.clone(), m))
 }
 
 /// A `Forget` from the parent: drop `client` from this subtree.
@@ -49,12 +64,28 @@ pub(crate) fn forget(
     st.dir_clients.remove(&k)?;
     match old {
         None => Ok((vec![], None)),
-        Some(o) if o.via == st.me => Ok((cancel_undelivered(st, client, moved_to)?, None)),
-        Some(o) => {
-            st.forgetq.put(&keys::name_name(&o.via, client), moved_to)?;
-            Ok((vec![], Some((o.via, client.clone(), moved_to.clone()))))
+        Some(o) if o.via == st.me => {
+            let why = format!("client moved to relay {moved_to} before delivery");
+            Ok((cancel_undelivered(st, client, why)?, None))
         }
+        Some(o) => Ok((vec![], Some(queue_forget(st, &o.via, client, moved_to)?))),
     }
+}
+
+/// A revoked client leaves the directory: no new job targets it, and its
+/// home leaves not yet delivered here are canceled (its own relay does this
+/// when it is a child's: every relay gets the deny list).
+pub(crate) fn revoked(st: &RelayState, client: &NodeName) -> Result<(), StoreError> {
+    let k = keys::name(client);
+    let Some(old) = st.dir_clients.get::<DirEntry>(&k)? else {
+        return Ok(());
+    };
+    st.dir_clients.remove(&k)?;
+    if old.via == st.me {
+        cancel_undelivered(st, client, format!("client {client} was revoked"))?;
+    }
+    info!(%client, "revoked client forgotten");
+    Ok(())
 }
 
 /// Cancels the home leaves of `client` still pending here; queues their
@@ -62,7 +93,7 @@ pub(crate) fn forget(
 fn cancel_undelivered(
     st: &RelayState,
     client: &NodeName,
-    moved_to: &NodeName,
+    why: String,
 ) -> Result<Vec<Event>, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = now_ms();
@@ -89,7 +120,7 @@ fn cancel_undelivered(
             client,
             &leaf,
             LeafState::Canceled,
-            format!("client moved to relay {moved_to} before delivery"),
+            why.clone(),
             now,
         );
         writes.push((lk, rec));

@@ -94,16 +94,6 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
             }
         }
     }
-    for r in &relays {
-        for &job in &wanted {
-            for q in st
-                .downq
-                .scan::<serde::de::IgnoredAny>(&keys::name_job(r, job))
-            {
-                st.downq.remove(&q?.0)?;
-            }
-        }
-    }
     let idx = super::expire::table(st)?;
     for r in idx.scan::<serde::de::IgnoredAny>(b"") {
         let (k, _) = r?;
@@ -172,18 +162,28 @@ mod tests {
             crate::relay::assign::apply(&st, &a).unwrap();
         }
         // Job 1's assignment for r2 is still queued (r2 is down).
-        assert_eq!(st.downq.len(), 2);
+        assert_eq!(st.down.queued(&n("r2")).unwrap().len(), 2);
         assert_eq!(crate::relay::expire::table(&st).unwrap().len(), 2);
         let out = apply(&st, 9, &[JobId(1)]).unwrap();
         assert_eq!((out.leaves, out.attempts), (1, 1));
         let to: Vec<String> = out.fwd.iter().map(|(c, _)| c.to_string()).collect();
         assert_eq!(to, vec!["r2", "c1"]);
-        assert_eq!(st.down.queued(&n("r2")).unwrap().len(), 1);
+        let kinds: Vec<String> = st
+            .down
+            .queued(&n("r2"))
+            .unwrap()
+            .iter()
+            .map(|m| match m {
+                Msg::Assign(a) => format!("assign {}", a.job),
+                other => other.kind().to_string(),
+            })
+            .collect();
+        // Job 2's assignment stays; job 1's went; the purge is queued.
+        assert_eq!(kinds, vec!["assign 2", "purge"]);
         // Job 2 is untouched, job 1 is gone everywhere.
         assert_eq!(st.attempts.len(), 1);
         assert_eq!(st.leaves.len(), 1);
         assert_eq!(st.client_leaves.len(), 1);
-        assert_eq!(st.downq.len(), 1);
         assert_eq!(crate::relay::expire::table(&st).unwrap().len(), 1);
         assert!(st
             .leaves

@@ -2,7 +2,6 @@
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
 use super::{assign, cache, deny, moves, purge, RelayState};
-use crate::link::queue;
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -46,7 +45,7 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     st.outbox.push(&events)?;
                     st.store.durable().await?;
                     crate::link::send(&tx, Msg::ForgetAck { client }).await?;
-                    queue::send_forgets(&st.children, forget.into_iter().collect());
+                    crate::link::queue::send_now(&st.children, forget.into_iter().collect());
                 }
                 Msg::Deny { names } => {
                     deny::store(&st, &names)?;
@@ -64,7 +63,7 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                         "purged jobs"
                     );
                     crate::link::send(&tx, Msg::PurgeAck { id }).await?;
-                    queue::send_now(&st.children, done.fwd);
+                    crate::link::queue::send_now(&st.children, done.fwd);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a parent")),

@@ -1,8 +1,22 @@
-//! Group commit: one background task flushes sled on behalf of every waiter.
+//! Group commit: one background thread flushes sled, then fsyncs what the
+//! flush wrote, on behalf of every waiter.
 //!
-//! The task ends (and releases the database) when the last `Store` is dropped.
+//! sled 0.34's flush ends in `sync_file_range`, which writes the pages but
+//! neither the file's metadata nor the disk's volatile cache, and sled never
+//! fsyncs the blob files it writes for large values. So a round is: `flush`,
+//! then `fdatasync` of the log file `db/db`, then `fdatasync` of every blob
+//! file that is new or grew and of any directory whose entries changed
+//! (`db/blobs/`, `db/` for snapshots). A waiter is released only after its
+//! round's last fsync returned: one fsync per round, however many writes
+//! and waiters it covers. This file owns that ordering; it decides nothing
+//! about what is written, and the thread ends (releasing the database) when
+//! the last `Store` is dropped.
 
 use super::StoreError;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -20,6 +34,11 @@ struct Shared {
     last_done_ms: AtomicU64,
     requested: AtomicU64,
     flushes: AtomicU64,
+    /// fsync rounds begun (numbered from 1), and the number of the latest
+    /// one whose fsyncs all returned: a write made when `fsync_begun` was n
+    /// is on stable storage once `fsynced_through` is above n.
+    fsync_begun: AtomicU64,
+    fsynced_through: AtomicU64,
     done: watch::Sender<Round>,
     /// Set at the first failed flush: sled refuses every write after an I/O
     /// error, so the node must stop acknowledging and reopen its database.
@@ -57,13 +76,17 @@ pub(super) struct Flusher {
 }
 
 impl Flusher {
-    pub(super) fn start(db: sled::Db) -> Arc<Flusher> {
+    /// Starts the flusher of `db`; `sync` is `None` only when fsync is
+    /// turned off (to measure its cost, never in a node).
+    pub(super) fn start(db: sled::Db, mut sync: Option<Syncer>) -> Arc<Flusher> {
         let (done, _) = watch::channel((0, None));
         let shared = Arc::new(Shared {
             waiting_since_ms: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(crate::proto::now_ms()),
             requested: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            fsync_begun: AtomicU64::new(0),
+            fsynced_through: AtomicU64::new(0),
             done,
             failed: watch::channel(None).0,
         });
@@ -77,7 +100,15 @@ impl Flusher {
             .spawn(move || {
                 while kicks.recv().is_ok() {
                     let target = s.requested.load(Ordering::SeqCst);
-                    let res = db.flush();
+                    let res = db.flush().map_err(|e| e.to_string()).and_then(|_| {
+                        let Some(sync) = sync.as_mut() else {
+                            return Ok(());
+                        };
+                        let round = s.fsync_begun.fetch_add(1, Ordering::SeqCst) + 1;
+                        sync.round().map_err(|e| format!("fsync: {e}"))?;
+                        s.fsynced_through.store(round, Ordering::SeqCst);
+                        Ok(())
+                    });
                     s.last_done_ms
                         .store(crate::proto::now_ms(), Ordering::SeqCst);
                     // Everyone asked so far is covered: nobody waits any more.
@@ -89,7 +120,7 @@ impl Flusher {
                     };
                     s.waiting_since_ms.store(now, Ordering::SeqCst);
                     s.flushes.fetch_add(1, Ordering::Relaxed);
-                    let err = res.err().map(|e| e.to_string());
+                    let err = res.err();
                     if let Some(e) = &err {
                         tracing::error!(error = %e, "flush to disk failed; not acknowledging");
                         s.failed.send_if_modified(|f| {
@@ -156,4 +187,102 @@ impl Flusher {
     pub(super) fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Relaxed)
     }
+
+    /// (fsync rounds begun, number of the latest round that completed).
+    #[cfg(test)]
+    pub(super) fn fsync_rounds(&self) -> (u64, u64) {
+        (
+            self.shared.fsync_begun.load(Ordering::SeqCst),
+            self.shared.fsynced_through.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// What sled leaves unsynced under its directory, fsynced after each flush.
+pub(super) struct Syncer {
+    /// sled's directory (`DATA_DIR/db`).
+    dir: PathBuf,
+    /// The log file, `db/db` (any descriptor of the file will do for fsync).
+    log: File,
+    /// Blob files as last synced: name and length.
+    blobs: BTreeMap<OsString, u64>,
+    /// The names in `db/` as last synced.
+    entries: Vec<OsString>,
+}
+
+impl Syncer {
+    /// Syncs everything sled created when it opened `dir` (the log file,
+    /// `conf`, and the directories whose entries may be new: `dir`, the
+    /// data directory holding it, and the one holding that).
+    pub(super) fn open(dir: &Path) -> std::io::Result<Syncer> {
+        let log = File::open(dir.join("db"))?;
+        let mut s = Syncer {
+            dir: dir.to_path_buf(),
+            log,
+            blobs: BTreeMap::new(),
+            entries: Vec::new(),
+        };
+        s.round()?;
+        File::open(dir.join("conf"))?.sync_all()?;
+        sync_dir(dir)?;
+        // The data directory holds `db/`, and may itself be new.
+        if let Some(data) = parent_dir(dir) {
+            sync_dir(data)?;
+            if let Some(above) = parent_dir(data) {
+                if let Err(e) = sync_dir(above) {
+                    tracing::warn!(dir = %above.display(), error = %e, "cannot fsync the directory holding the data directory");
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// One round, after a flush: the log file, new or grown blobs and the
+    /// directories whose entries changed.
+    fn round(&mut self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let blob_dir = self.dir.join("blobs");
+        let mut now = BTreeMap::new();
+        let mut changed = false;
+        for e in std::fs::read_dir(&blob_dir)? {
+            let e = e?;
+            let len = e.metadata()?.len();
+            let name = e.file_name();
+            if self.blobs.get(&name) != Some(&len) {
+                // New (its entry needs the directory synced too) or still
+                // being written when last seen.
+                File::open(e.path())?.sync_data()?;
+                changed |= !self.blobs.contains_key(&name);
+            }
+            now.insert(name, len);
+        }
+        changed |= now.len() != self.blobs.len() || !now.keys().eq(self.blobs.keys());
+        if changed {
+            sync_dir(&blob_dir)?;
+        }
+        self.blobs = now;
+        let mut entries = std::fs::read_dir(&self.dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort();
+        if entries != self.entries {
+            // A snapshot was renamed into place or an old one removed.
+            sync_dir(&self.dir)?;
+            self.entries = entries;
+        }
+        Ok(())
+    }
+}
+
+/// The directory holding `p` (`.` for a relative name without one).
+fn parent_dir(p: &Path) -> Option<&Path> {
+    match p.parent() {
+        Some(d) if d.as_os_str().is_empty() => Some(Path::new(".")),
+        d => d,
+    }
+}
+
+/// fsync of a directory: makes its entries (created, renamed, removed) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }

@@ -159,6 +159,7 @@ mod tests {
         Event::ClientJoined {
             client: NodeName::new(format!("c{i}")).unwrap(),
             relay: NodeName::new("r1").unwrap(),
+            at_ms: 0,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Garbage on the HQ and relay ports closes that one connection; the servers
-//! keep serving everyone else.
+//! Garbage on the HQ and relay ports closes that one connection, before and
+//! after `Hello`, well within the handshake timeout and for the reason the
+//! server logs; the servers keep serving everyone else.
 
 use crate::harness::*;
 use relaytree::proto::{codec, Hello, Msg, Role, PROTOCOL_VERSION};
@@ -10,8 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;
 
-/// Longer than the servers' 10 s handshake timeout.
-const CLOSE_WITHIN: Duration = Duration::from_secs(15);
+/// Well under the servers' 10 s handshake timeout: a connection closed in
+/// time was closed for its garbage, not for its silence.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     (0..len)
@@ -93,10 +95,30 @@ async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Resu
     codec::decode(&body).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Where a server logs, and what it logged so far.
+struct Log<'a>(&'a dyn Fn() -> String);
+
+impl Log<'_> {
+    fn count(&self, reason: &str) -> usize {
+        (self.0)().matches(reason).count()
+    }
+}
+
 /// Completes TLS with `identity` (the server must have role `server`);
 /// with `hello`, exchanges `Hello`s first; then sends `bytes` and expects
-/// the server to close the session.
-async fn tls(addr: &str, identity: &Path, server: Role, hello: bool, what: &str, bytes: &[u8]) {
+/// the server to close the session within [`CLOSE_WITHIN`], logging `reason`.
+#[allow(clippy::too_many_arguments)]
+async fn tls(
+    addr: &str,
+    identity: &Path,
+    server: Role,
+    hello: bool,
+    what: &str,
+    bytes: &[u8],
+    log: &Log<'_>,
+    reason: &str,
+) {
+    let before = log.count(reason);
     let (mut s, id) = tls_connect(addr, identity, server).await;
     if hello {
         s.write_all(&frame(&hello_of(&id))).await.unwrap();
@@ -123,6 +145,15 @@ async fn tls(addr: &str, identity: &Path, server: Role, hello: bool, what: &str,
         closed.is_ok(),
         "{addr}: TLS session with {what} still open after {CLOSE_WITHIN:?}"
     );
+    let end = std::time::Instant::now() + CLOSE_WITHIN;
+    while log.count(reason) <= before {
+        assert!(
+            std::time::Instant::now() < end,
+            "{addr}: {what}: {reason:?} never logged:\n{}",
+            (log.0)()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Every kind of plain-TCP garbage against `addr`.
@@ -172,28 +203,26 @@ fn half_close_and_drain(mut s: TcpStream, what: &str) {
     }
 }
 
-/// Garbage inside authenticated TLS sessions (before and after `Hello`).
-async fn tls_garbage(addr: &str, identity: &Path, server: Role, after_hello: bool) {
+/// Garbage inside authenticated TLS sessions, before and after `Hello`,
+/// each with the reason the server must log.
+async fn tls_garbage(addr: &str, identity: &Path, server: Role, log: &Log<'_>) {
     let mut huge = vec![0xff, 0xff, 0xff, 0xff];
     huge.extend(noise(64, 3));
-    tls(addr, identity, server, false, "a huge length prefix", &huge).await;
     let mut junk = 200u32.to_be_bytes().to_vec();
     junk.extend(noise(200, 11));
-    tls(addr, identity, server, false, "an undecodable frame", &junk).await;
     // 9 MiB: one frame over the 8 MiB limit.
     let over = (9u32 * 1024 * 1024).to_be_bytes().to_vec();
-    tls(addr, identity, server, false, "an oversized frame", &over).await;
-    if after_hello {
-        tls(addr, identity, server, true, "garbage after hello", &junk).await;
-        tls(
-            addr,
-            identity,
-            server,
-            true,
-            "a huge length after hello",
-            &huge,
-        )
-        .await;
+    const TOO_BIG: &str = "frame size too big";
+    const UNDECODABLE: &str = "undecodable message (200 bytes)";
+    for (hello, what, bytes, reason) in [
+        (false, "a huge length prefix", &huge, TOO_BIG),
+        (false, "an undecodable frame", &junk, UNDECODABLE),
+        (false, "an oversized frame", &over, TOO_BIG),
+        (true, "garbage after hello", &junk, UNDECODABLE),
+        (true, "a huge length after hello", &huge, TOO_BIG),
+        (true, "an oversized frame after hello", &over, TOO_BIG),
+    ] {
+        tls(addr, identity, server, hello, what, bytes, log, reason).await;
     }
 }
 
@@ -204,8 +233,9 @@ fn garbage_on_each_port_leaves_servers_serving() {
     let r1 = env.start_relay("r1", &hq);
     env.start_agent("c1", &r1);
     env.wait_clients(1);
-    // Never runs as an agent: only used to open TLS sessions to the relay.
-    let intruder = env.issue("agent", "cg");
+    // Never runs as a relay: only used to open TLS sessions to r1 (after
+    // Hello it is a child relay of r1, with no clients).
+    let intruder = env.issue("relay", "rg");
 
     // A connection that says nothing stays open meanwhile.
     let idle_hq = TcpStream::connect(&hq).unwrap();
@@ -218,9 +248,11 @@ fn garbage_on_each_port_leaves_servers_serving() {
         .enable_all()
         .build()
         .unwrap();
+    let hq_log = || env.hq.as_ref().unwrap().proc.stderr_text();
+    let r1_log = || env.relays["r1"].proc.stderr_text();
     rt.block_on(async {
-        tls_garbage(&hq, &env.hq_dir.join("admin"), Role::Hq, true).await;
-        tls_garbage(&r1, &intruder, Role::Relay, false).await;
+        tls_garbage(&hq, &env.hq_dir.join("admin"), Role::Hq, &Log(&hq_log)).await;
+        tls_garbage(&r1, &intruder, Role::Relay, &Log(&r1_log)).await;
     });
 
     assert!(

@@ -321,6 +321,29 @@ impl Env {
         addr
     }
 
+    /// Starts relay `name` under `parent` with `extra` arguments to `relay serve`.
+    pub fn start_relay_with(&mut self, name: &str, parent: &str, extra: &[&str]) -> String {
+        let id = self.id_dir(name);
+        if !id.exists() {
+            self.issue("relay", name);
+        }
+        let data = self.relay_data(name);
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        let server = spawn_server(name, "127.0.0.1:0", &self.logs(), || {
+            let mut cmd = Command::new(RELAY);
+            cmd.args(["serve", "--identity"])
+                .arg(&id)
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen", "127.0.0.1:0", "--parent", parent])
+                .args(&extra);
+            cmd
+        });
+        let addr = server.addr.clone();
+        self.relays.insert(name.to_string(), server);
+        addr
+    }
+
     pub fn start_relay(&mut self, name: &str, parent: &str) -> String {
         self.start_relay_on(name, parent, "127.0.0.1:0")
     }
@@ -561,4 +584,71 @@ pub fn all(names: &[&str], value: &str) -> BTreeMap<String, String> {
 /// `names` each mapped to `n`.
 pub fn each(names: &[&str], n: usize) -> BTreeMap<String, usize> {
     names.iter().map(|c| (c.to_string(), n)).collect()
+}
+
+/// Opens a protocol session to the server at `addr` (of role `server`) as
+/// the node whose identity is in `dir`: TLS, `Hello`s, then msgpack frames.
+pub async fn dial_as(
+    addr: &str,
+    dir: &Path,
+    server: relaytree::proto::Role,
+    purpose: relaytree::proto::Purpose,
+) -> relaytree::link::Session {
+    let id = relaytree::tls::Identity::load(dir).unwrap();
+    let d = relaytree::link::Dialer {
+        addr: addr.to_string(),
+        connector: tokio_rustls::TlsConnector::from(id.client_config(server, None).unwrap()),
+        me: relaytree::proto::Hello {
+            version: relaytree::proto::PROTOCOL_VERSION,
+            name: id.me().name.clone(),
+            role: id.me().role,
+            purpose,
+        },
+        timing: relaytree::link::Timing::default(),
+        gate: None,
+    };
+    relaytree::link::dial_once(&d).await.unwrap()
+}
+
+/// Receives on `s` until `pick` returns something; panics after `within`.
+pub async fn recv_until<T>(
+    s: &mut relaytree::link::Session,
+    within: Duration,
+    mut pick: impl FnMut(relaytree::proto::Msg) -> Option<T>,
+) -> T {
+    tokio::time::timeout(within, async {
+        loop {
+            let m = s.rx.recv().await.expect("session closed");
+            if let Some(t) = pick(m) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("nothing expected arrived in time")
+}
+
+/// Sends `events` as one batch of outbox entries numbered after `*seq`, and
+/// waits for the parent's `Ack` of the batch.
+pub async fn send_events(
+    s: &mut relaytree::link::Session,
+    seq: &mut u64,
+    events: Vec<relaytree::proto::Event>,
+) {
+    let batch: Vec<(u64, relaytree::proto::Event)> = events
+        .into_iter()
+        .map(|e| {
+            *seq += 1;
+            (*seq, e)
+        })
+        .collect();
+    let last = *seq;
+    relaytree::link::send(&s.tx, relaytree::proto::Msg::Events(batch))
+        .await
+        .unwrap();
+    recv_until(s, Duration::from_secs(10), |m| match m {
+        relaytree::proto::Msg::Ack { seq } if seq >= last => Some(()),
+        _ => None,
+    })
+    .await
 }

@@ -249,6 +249,18 @@ fn revoked_nodes_are_refused_everywhere_and_others_go_on() {
     env.start_agent("c2", &r1);
     env.start_agent("c3", &r2);
     env.wait_clients(3);
+    // A job c1 holds open (its command runs long).
+    let open = env.create_job(
+        &["r1"],
+        &[],
+        &env.job_script(r#"[ "$RELAYTREE_CLIENT" = c1 ] && exec sleep 20; true"#),
+    );
+    wait_until("c1 to run, c2 and c3 to finish", DEADLINE, || {
+        let s = states(&env.status(&open));
+        s.get("c1").map(String::as_str) == Some("running")
+            && s.get("c2").map(String::as_str) == Some("succeeded")
+            && s.get("c3").map(String::as_str) == Some("succeeded")
+    });
 
     let out = env.admin(&["cert", "revoke", "c1", "--json"]).ok().json();
     assert_eq!(out["denied"], serde_json::json!(["c1"]), "{out}");
@@ -256,14 +268,21 @@ fn revoked_nodes_are_refused_everywhere_and_others_go_on() {
     wait_until("r1 to refuse c1", DEADLINE, || {
         env.log_text().contains("c1 (agent) is revoked")
     });
+    // Its open leaf is final, with the reason; the job is done.
+    let st = env.status(&open);
+    assert_eq!(st["done"], true, "{st}");
+    let c1 = &leaves(&st)["c1"];
+    assert_eq!(c1["state"], "canceled", "{st}");
+    assert!(
+        c1["reason"].as_str().unwrap_or("").contains("revoked"),
+        "{st}"
+    );
+    // It is no longer in the directory, nor a target of new jobs.
+    assert_eq!(env.tree()["clients"], 2);
     let job = env.create_ping(&["r1"]);
-    wait_until("c2 and c3 to answer", DEADLINE, || {
-        let st = env.status(&job);
-        let s = states(&st);
-        s.get("c2").map(String::as_str) == Some("succeeded")
-            && s.get("c3").map(String::as_str) == Some("succeeded")
-    });
-    assert_eq!(states(&env.status(&job))["c1"], "pending");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&["c2", "c3"], "succeeded"));
 
     // A nested relay: r1 closes its session and refuses it; HQ shows it down.
     env.admin(&["cert", "revoke", "r2"]).ok();
@@ -362,18 +381,377 @@ fn bad_key_modes_and_expired_certificates_are_refused_at_start() {
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
 }
 
+/// Idle connections past a relay's cap on pending handshakes (lowered to
+/// 64 here with `--max-handshakes`, so that the test reaches it; the default
+/// is 8,192): those past the cap are refused at once, those holding a slot
+/// are closed at the handshake timeout (10 s), and a real agent then gets in
+/// and runs a job although every idle connection is still open on the
+/// test's side.
 #[test]
-fn two_thousand_idle_connections_do_not_lock_out_a_real_agent() {
+fn idle_connections_past_the_handshake_cap_do_not_lock_out_a_real_agent() {
+    let cap = 64;
+    let total = 600;
     let mut env = Env::new();
     let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    let idle: Vec<std::net::TcpStream> = (0..2000)
+    let r1 = env.start_relay_with("r1", &hq, &["--max-handshakes", &cap.to_string()]);
+    let t = std::time::Instant::now();
+    let idle: Vec<std::net::TcpStream> = (0..total)
         .map(|_| std::net::TcpStream::connect(&r1).expect("connect"))
         .collect();
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+    }
+    let closed = |idle: &[std::net::TcpStream]| {
+        idle.iter()
+            .filter(|s| {
+                let mut b = [0u8; 1];
+                match std::io::Read::read(&mut &**s, &mut b) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    Ok(_) => false,
+                }
+            })
+            .count()
+    };
+    // The cap is reached: every connection past it is refused at once.
+    wait_until(
+        "the connections past the cap to be refused",
+        DEADLINE,
+        || closed(&idle) >= total - cap,
+    );
+    let refused = closed(&idle);
+    // Exactly `cap` stay open: the cap closed the others, not a timeout.
+    assert_eq!(
+        refused,
+        total - cap,
+        "closed after {:?}, of {total}",
+        t.elapsed()
+    );
     env.start_agent("c1", &r1);
     env.wait_clients(1);
     let job = env.create_job(&["r1"], &[], &env.job_script("true"));
     let (code, st) = env.wait_job(&job);
     assert_eq!(code, 0, "{st}");
+    eprintln!(
+        "{total} idle connections, cap {cap}: {refused} refused at once; \
+         the agent ran a job {:?} after they opened",
+        t.elapsed()
+    );
     drop(idle);
+}
+
+/// Opens a session to HQ as the node of identity `dir`, for `purpose`.
+async fn session_to_hq(
+    hq: &str,
+    dir: &std::path::Path,
+    purpose: relaytree::proto::Purpose,
+) -> Session {
+    dial_as(hq, dir, Role::Hq, purpose).await
+}
+
+/// One admin request on an open session; `None` once the session is gone.
+async fn ask(
+    s: &mut Session,
+    id: u64,
+    req: relaytree::proto::AdminRequest,
+) -> Option<Result<relaytree::proto::AdminResponse, String>> {
+    link::send(&s.tx, Msg::AdminReq { id, req }).await.ok()?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.rx.recv()).await {
+            Ok(Ok(Msg::AdminResp { id: got, resp })) if got == id => return Some(resp),
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return None,
+            Err(_) => panic!("no answer and no close within 10 s"),
+        }
+    }
+}
+
+#[test]
+fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refused() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    env.start_relay("r1", &hq);
+    let ops = env.issue("admin", "ops");
+    let mover = env.issue("relay", "mover");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut admin, mut transfer) = rt.block_on(async {
+        let mut admin = session_to_hq(&hq, &ops, Default::default()).await;
+        assert!(matches!(
+            ask(&mut admin, 1, relaytree::proto::AdminRequest::List).await,
+            Some(Ok(_))
+        ));
+        let transfer = session_to_hq(&hq, &mover, relaytree::proto::Purpose::Transfer).await;
+        (admin, transfer)
+    });
+
+    // A typo is refused (exit 2) and blocks nobody.
+    let out = env.admin(&["cert", "revoke", "opps"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown node opps"), "{}", out.stderr);
+
+    // An identity issued but never used is revoked with --force.
+    env.issue("agent", "unused");
+    assert_eq!(env.admin(&["cert", "revoke", "unused"]).code, 2);
+    env.admin(&["cert", "revoke", "unused", "--force"]).ok();
+    for name in ["ops", "mover"] {
+        let out = env.admin(&["cert", "revoke", name, "--json"]).ok().json();
+        assert!(
+            out["denied"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n != "opps"),
+            "{out}"
+        );
+    }
+    rt.block_on(async {
+        // The admin's next request fails: its session is closed.
+        let job = relaytree::proto::AdminRequest::CreateJob {
+            dest: vec![n("r1")],
+            action: Action::Ping,
+            expires_ms: None,
+        };
+        assert!(
+            ask(&mut admin, 2, job).await.is_none(),
+            "a revoked admin was answered"
+        );
+        // The transfer session is closed too.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while transfer.rx.recv().await.is_ok() {}
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the transfer session of a revoked relay stayed open"
+        );
+    });
+    assert_eq!(
+        env.admin(&["job", "list", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .map(|a| a.len()),
+        Some(0)
+    );
+}
+
+/// Sends `events` as one batch on a relay's session to HQ and waits for
+/// HQ's acknowledgement of the batch (HQ acknowledges what it refused too:
+/// refusing is its durable decision).
+async fn forge(s: &mut Session, seq: &mut u64, events: Vec<Event>) {
+    send_events(s, seq, events).await
+}
+
+fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
+    Event::Leaf(LeafUpdate {
+        job: JobId(job.parse().unwrap()),
+        attempt: Attempt(attempt),
+        client: n(client),
+        relay: n(home),
+        state: LeafState::Succeeded,
+        exit_code: Some(0),
+        reason: None,
+        output: None,
+        at_ms: relaytree::proto::now_ms(),
+        audit: None,
+    })
+}
+
+/// HQ <- r1 (the test, with a real relay certificate), HQ <- r2 <- r3;
+/// c2 at r2, c3 at r3. r1 forges every kind of event about r2's branch:
+/// none takes effect.
+#[test]
+fn a_relay_cannot_speak_for_another_branch() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r2 = env.start_relay("r2", &hq);
+    let r3 = env.start_relay("r3", &r2);
+    env.start_agent("c2", &r2);
+    env.start_agent("c3", &r3);
+    env.wait_clients(2);
+    let failing = env.create_job(
+        &["r2"],
+        &[],
+        &env.job_script(r#"[ "$RELAYTREE_CLIENT" = c2 ] && exit 3; true"#),
+    );
+    let (_, st) = env.wait_job(&failing);
+    let mut want = all(&["c3"], "succeeded");
+    want.insert("c2".into(), "failed".into());
+    assert_eq!(states(&st), want, "{st}");
+
+    let r1 = env.issue("relay", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = rt.block_on(session_to_hq(&hq, &r1, Default::default()));
+    let mut seq = 0;
+    let refused_before = env.log_text().matches("event refused").count();
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![
+            // Another branch's failing leaf as succeeded: as its home, as
+            // mine, with a high attempt.
+            leaf_update(&failing, 1, "c2", "r2"),
+            leaf_update(&failing, 1, "c2", "r1"),
+            leaf_update(&failing, 7, "c2", "r1"),
+            leaf_update(&failing, 7, "c2", "r2"),
+            // Re-parent r3 under me.
+            Event::RelayJoined {
+                relay: n("r3"),
+                parent: n("r1"),
+            },
+            // Put c2 under r3 (another branch's relay).
+            Event::ClientJoined {
+                client: n("c2"),
+                relay: n("r3"),
+                at_ms: relaytree::proto::now_ms(),
+            },
+            // Report r3 gone.
+            Event::RelayLeft {
+                relay: n("r3"),
+                parent: n("r2"),
+                at_ms: 1,
+            },
+            // An inventory of another branch's client.
+            Event::Inventory(relaytree::proto::InventoryReport {
+                client: n("c2"),
+                relay: n("r1"),
+                packages: vec![relaytree::proto::Installed {
+                    name: "evil".into(),
+                    version: "1".into(),
+                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
+                    at_ms: 1,
+                }],
+                at_ms: 1,
+            }),
+        ],
+    ));
+    let st = env.status(&failing);
+    assert_eq!(states(&st), want, "{st}");
+    assert_eq!(leaves(&st)["c2"]["attempt"], 1, "{st}");
+    let relays = env.tree()["relays"].clone();
+    let r3_view = relays
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["relay"] == "r3")
+        .unwrap()
+        .clone();
+    assert_eq!(r3_view["parent"], "r2", "{relays}");
+    assert_eq!(r3_view["connected"], true, "{relays}");
+    let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
+    assert_eq!(c2["relay"], "r2", "{c2}");
+    assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
+
+    // A job awaiting r3's target set (r3 is down): r1 cannot close it.
+    env.kill_relay("r3");
+    wait_until("hq to show r3 down", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["relay"] == "r3" && r["connected"] == false)
+    });
+    let waiting = env.create_ping(&["r3"]);
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![Event::Targets {
+            job: JobId(waiting.parse().unwrap()),
+            attempt: Attempt(1),
+            reporter: n("r3"),
+            leaves: vec![],
+            last: true,
+        }],
+    ));
+    let st = env.status(&waiting);
+    assert_eq!(st["awaiting"], serde_json::json!(["r3"]), "{st}");
+    assert_eq!(st["done"], false, "{st}");
+    // Every forged event was refused, and logged with the sender.
+    let log = env.log_text();
+    let refused = log.matches("event refused").count() - refused_before;
+    assert!(refused >= 9, "{refused} refusals logged:\n{log}");
+    assert!(log.contains("from=r1") || log.contains("from: r1"), "{log}");
+    drop(s);
+}
+
+/// The same one level down: HQ <- r0 <- {r1 (the test, a real relay
+/// certificate), r2 <- c2}. r0 checks what r1 says about its sibling r2's
+/// branch (HQ cannot: both lie under r0): nothing of it takes effect.
+#[test]
+fn a_relay_cannot_speak_for_a_sibling_branch() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r0 = env.start_relay("r0", &hq);
+    let r2 = env.start_relay("r2", &r0);
+    env.start_agent("c2", &r2);
+    env.wait_clients(1);
+    let failing = env.create_job(&["r2"], &[], &env.job_script("exit 3"));
+    let (_, st) = env.wait_job(&failing);
+    assert_eq!(states(&st), all(&["c2"], "failed"), "{st}");
+
+    let r1 = env.issue("relay", "r1");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = rt.block_on(dial_as(&r0, &r1, Role::Relay, Default::default()));
+    let mut seq = 0;
+    rt.block_on(forge(
+        &mut s,
+        &mut seq,
+        vec![
+            leaf_update(&failing, 1, "c2", "r2"),
+            leaf_update(&failing, 1, "c2", "r1"),
+            leaf_update(&failing, 2, "c2", "r1"),
+            Event::RelayJoined {
+                relay: n("r2"),
+                parent: n("r1"),
+            },
+            Event::ClientJoined {
+                client: n("c2"),
+                relay: n("r2"),
+                at_ms: relaytree::proto::now_ms(),
+            },
+            Event::RelayLeft {
+                relay: n("r2"),
+                parent: n("r0"),
+                at_ms: relaytree::proto::now_ms(),
+            },
+            Event::Inventory(relaytree::proto::InventoryReport {
+                client: n("c2"),
+                relay: n("r2"),
+                packages: vec![relaytree::proto::Installed {
+                    name: "evil".into(),
+                    version: "1".into(),
+                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
+                    at_ms: 1,
+                }],
+                at_ms: 1,
+            }),
+        ],
+    ));
+    let st = env.status(&failing);
+    assert_eq!(states(&st), all(&["c2"], "failed"), "{st}");
+    let tree = env.tree();
+    let r2_view = tree["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["relay"] == "r2")
+        .unwrap()
+        .clone();
+    assert_eq!(r2_view["parent"], "r0", "{tree}");
+    assert_eq!(r2_view["connected"], true, "{tree}");
+    let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
+    assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
+    // r0 still routes r2's branch to r2, and r2 still has c2.
+    let job = env.create_ping(&["r2"]);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(states(&st), all(&["c2"], "succeeded"), "{st}");
+    // r0 refuses what names r2's branch; what r1 claims as its own home
+    // (c2's result "from r1") passes r0 and is refused by HQ, which knows
+    // c2's home for that attempt.
+    let r0_log = env.relays["r0"].proc.stderr_text();
+    assert_eq!(r0_log.matches("event refused").count(), 5, "{r0_log}");
+    let hq_log = env.hq.as_ref().unwrap().proc.stderr_text();
+    assert_eq!(hq_log.matches("event refused").count(), 2, "{hq_log}");
+    drop(s);
 }
