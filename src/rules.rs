@@ -90,13 +90,16 @@ pub fn target(
 }
 
 /// The leaves a `rerun --failed` targets: those whose latest result is
-/// failed or timed out. Succeeded, expired, canceled and unfinished leaves are not.
+/// failed or timed out, and with `expired` (`--expired`) also those that
+/// expired. Succeeded, canceled and unfinished leaves never are. Returns
+/// (client, home the leaf last had).
 pub fn rerun_targets<'a>(
     leaves: impl IntoIterator<Item = (&'a NodeName, &'a LeafRecord)>,
+    expired: bool,
 ) -> Vec<(NodeName, NodeName)> {
     leaves
         .into_iter()
-        .filter(|(_, l)| l.state.is_rerunnable())
+        .filter(|(_, l)| l.state.is_rerunnable() || (expired && l.state == LeafState::Expired))
         .map(|(c, l)| (c.clone(), l.relay.clone()))
         .collect()
 }
@@ -405,6 +408,10 @@ mod tests {
             (Some((2, Running)), (2, Pending), false),
             (Some((1, Pending)), (1, Expired), true),
             (Some((1, Delivered)), (1, Canceled), true),
+            // A late result never undoes a cancel (or any final state).
+            (Some((1, Canceled)), (1, Succeeded), false),
+            (Some((1, Canceled)), (1, Failed), false),
+            (Some((1, Canceled)), (1, Running), false),
         ];
         for (stored, (a, s), applies) in cases {
             let cur = stored.map(|(a, s)| rec(a, s));
@@ -433,15 +440,28 @@ mod tests {
     }
 
     #[test]
-    fn rerun_selects_only_failed_and_timed_out() {
-        let names: Vec<NodeName> = (0..8).map(|i| n(&format!("c{i}"))).collect();
-        let states = [
-            Succeeded, Failed, TimedOut, Expired, Canceled, Pending, Running, Delivered,
+    fn rerun_targets_table() {
+        // (state, picked by --failed, picked by --failed --expired)
+        let cases = [
+            (Succeeded, false, false),
+            (Failed, true, true),
+            (TimedOut, true, true),
+            (Expired, false, true),
+            (Canceled, false, false),
+            (Pending, false, false),
+            (Delivered, false, false),
+            (Running, false, false),
         ];
-        let recs: Vec<LeafRecord> = states.iter().map(|s| rec(1, *s)).collect();
-        let picked = rerun_targets(names.iter().zip(recs.iter()));
-        let picked: Vec<&str> = picked.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(picked, vec!["c1", "c2"]);
+        for (state, failed, with_expired) in cases {
+            let (c, r) = (n("c1"), rec(1, state));
+            for (expired, want) in [(false, failed), (true, with_expired)] {
+                let got = rerun_targets([(&c, &r)], expired);
+                assert_eq!(!got.is_empty(), want, "{state:?} expired={expired}");
+                if want {
+                    assert_eq!(got, vec![(n("c1"), n("r1"))]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub enum HqCmd {
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
         #[arg(long, default_value = "30d")]
         retention: String,
+        /// Expiry of a job created without --expires (e.g. 7d, 12h).
+        #[arg(long = "order-ttl", default_value = "7d")]
+        order_ttl: String,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -237,6 +240,9 @@ pub enum CertCmd {
         /// Issue N identities OUT/NAME-00001 ... (agents).
         #[arg(long)]
         count: Option<u32>,
+        /// Replace an identity already in the output directory.
+        #[arg(long)]
+        force: bool,
     },
     /// Revoke a node: HQ and every relay refuse it and close its sessions.
     /// A name HQ has never seen is refused unless --force.
@@ -314,13 +320,26 @@ pub enum JobCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-execute the leaves whose latest result is failed or timed_out.
+    /// Re-execute the leaves whose latest result is failed or timed_out
+    /// (with --expired: also expired), each at its client's current relay.
     Rerun {
         /// The job.
         job: String,
-        /// Rerun the failed leaves (the only kind of rerun).
+        /// Rerun the failed and timed-out leaves (required).
         #[arg(long, required = true)]
         failed: bool,
+        /// Also rerun the leaves that expired (`--failed --expired`).
+        #[arg(long)]
+        expired: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: no leaf starts any more, running commands are stopped,
+    /// every leaf not yet final becomes canceled. A canceled job is done.
+    Cancel {
+        /// The job.
+        job: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -176,9 +176,10 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                     name,
                     out,
                     count,
+                    force,
                 },
         } => {
-            let dirs = setup::issue(&data_dir, role, &name, &out, count)?;
+            let dirs = setup::issue_new(&data_dir, role, &name, &out, count, force)?;
             if count.is_some() {
                 outln!("issued {} identities under {}", dirs.len(), out.display());
             } else {
@@ -221,6 +222,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             data_dir,
             listen,
             retention,
+            order_ttl,
             timing: t,
         } => {
             let t = timing(&t)?;
@@ -230,11 +232,19 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                     "--retention must be longer than 0s (finished jobs are kept that long)".into(),
                 ));
             }
+            let order_ttl = parse_duration("--order-ttl", &order_ttl)?;
+            if order_ttl.is_zero() {
+                return Err(CliError::Usage("--order-ttl must be more than 0".into()));
+            }
+            let opts = crate::hq::HqOptions {
+                order_ttl_ms: order_ttl.as_millis() as u64,
+                retention,
+            };
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
             finish(
-                crate::hq::run(listener, &data_dir, t, retention, shutdown).await,
+                crate::hq::run_with(listener, &data_dir, t, opts, shutdown).await,
                 &data_dir,
                 Some(addr),
             )
@@ -412,16 +422,21 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 other => return Err(unexpected(other)),
             }
         }
-        JobCmd::Rerun { job, json, .. } => {
+        JobCmd::Cancel { job, json } => {
             let job = parse_job(&job)?;
             let mut c = AdminClient::connect(t).await?;
-            match c
-                .request(AdminRequest::Rerun {
-                    job,
-                    expired: false,
-                })
-                .await?
-            {
+            match c.request(AdminRequest::Cancel { job }).await? {
+                AdminResponse::Canceled(r) if json => print_json(&r)?,
+                AdminResponse::Canceled(r) => out!("{}", render::canceled(&r)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Rerun {
+            job, json, expired, ..
+        } => {
+            let job = parse_job(&job)?;
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Rerun { job, expired }).await? {
                 AdminResponse::Rerun(r) if json => print_json(&r)?,
                 AdminResponse::Rerun(r) => {
                     outln!(

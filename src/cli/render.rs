@@ -36,12 +36,26 @@ pub(crate) fn ago(ms: u64) -> String {
 }
 
 /// One job in full. `all_clients` lists every leaf; otherwise only those not succeeded.
+/// A job's state for people: canceled, done or in progress.
+fn human_state(done: bool, state: &str) -> &'static str {
+    match (state, done) {
+        ("canceled", _) => "canceled",
+        (_, true) => "done",
+        _ => "in progress",
+    }
+}
+
+/// What `hq job cancel` did, for people.
+pub fn canceled(r: &crate::proto::CancelResult) -> String {
+    format!("job {} canceled: {} leaves canceled\n", r.job, r.canceled)
+}
+
 pub fn status(s: &JobStatus, all_clients: bool) -> String {
     let mut out = format!(
         "job {}  attempt {}  {}  {}\n",
         s.job,
         s.attempt,
-        if s.done { "done" } else { "in progress" },
+        human_state(s.done, &s.state),
         s.action
     );
     out += &format!(
@@ -124,7 +138,7 @@ pub fn list(jobs: &[JobSummary]) -> String {
         t.add_row(vec![
             j.job.to_string(),
             j.attempt.to_string(),
-            if j.done { "done" } else { "in progress" }.to_string(),
+            human_state(j.done, &j.state).to_string(),
             totals_line(&j.totals),
             j.action.clone(),
             j.dest

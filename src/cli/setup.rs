@@ -31,6 +31,34 @@ fn name(s: &str) -> Result<NodeName, CliError> {
     NodeName::new(s).map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// `hq cert issue`: as [`issue`], but an identity already in a directory it
+/// would write is an error naming that directory, unless `force`. Checked
+/// for every directory before any is written.
+pub fn issue_new(
+    data_dir: &Path,
+    role: IssueRole,
+    prefix: &str,
+    out: &Path,
+    count: Option<u32>,
+    force: bool,
+) -> Result<Vec<std::path::PathBuf>, CliError> {
+    if !force {
+        let dirs: Vec<std::path::PathBuf> = match count {
+            None | Some(0) => vec![out.to_path_buf()],
+            Some(n) => (1..=n)
+                .map(|i| out.join(format!("{prefix}-{i:05}")))
+                .collect(),
+        };
+        if let Some(d) = dirs.iter().find(|d| crate::tls::Ca::holds_identity(d)) {
+            return Err(CliError::Usage(format!(
+                "{} already holds an identity; refusing to overwrite it (use --force to replace it)",
+                d.display()
+            )));
+        }
+    }
+    issue(data_dir, role, prefix, out, count)
+}
+
 /// Issues one identity into `out`, or `count` identities into
 /// `out/NAME-00001` ... `out/NAME-N`. Returns the directories written.
 pub fn issue(

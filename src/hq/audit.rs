@@ -300,12 +300,12 @@ pub(crate) async fn create_audit(
         select,
     };
     let n = audit::encoded_len(&spec);
-    if n > audit::MAX_AUDIT_BYTES {
+    if n > audit::MAX_ORDER_BYTES {
         return Err(HqError::Refused(format!(
             "snapshot {} holds {} objects ({n} bytes), over the {} one audit order may carry: narrow --files",
             rec.name,
             spec.objects.len(),
-            audit::MAX_AUDIT_BYTES
+            audit::MAX_ORDER_BYTES
         )));
     }
     let job = super::jobs::create(st, dest, Action::Audit(spec), expires_ms).await?;

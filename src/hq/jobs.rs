@@ -1,16 +1,18 @@
-//! Creating jobs and reruns: validate, pick targets, route an assignment to
-//! each top-level relay, persist it in that relay's queue, then send it.
+//! Creating, rerunning and canceling jobs: validate, pick targets, route an
+//! assignment (or a cancel) to each top-level relay, write it with the job's
+//! records in one atomic change, make it durable, then send it. Never sends
+//! before the write is durable; never writes a part of a change alone.
 
-use super::{HqError, HqState, RelayRecord};
+use super::{ClientRecord, HqError, HqState, RelayRecord};
 use crate::proto::{
-    now_ms, Action, Assignment, Attempt, JobId, LeafState, Msg, NodeName, Order, RerunResult,
-    Scope, SignedOrder,
+    now_ms, Action, Assignment, Attempt, CancelResult, JobId, LeafState, Msg, NodeName, Order,
+    RerunResult, Scope, SignedOrder,
 };
 use crate::rules::{self, LeafRecord};
 use crate::store::keys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tracing::info;
+use tracing::{info, warn};
 
 /// A job as HQ stores it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,6 +30,13 @@ pub(crate) struct JobRecord {
     pub attempt: Attempt,
     /// Destination relays that have not yet reported attempt 1's targets.
     pub awaiting: Vec<NodeName>,
+    /// When the job was canceled (`hq job cancel`); a canceled job is done.
+    #[serde(default)]
+    pub canceled_at_ms: Option<u64>,
+    /// The relays under HQ that were sent an attempt of the job (a cancel
+    /// goes to each); empty for jobs recorded before it was kept.
+    #[serde(default)]
+    pub sent_to: Vec<NodeName>,
 }
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
@@ -70,12 +79,6 @@ fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
     })
 }
 
-/// Queues `a` for `child` (not yet durable).
-fn enqueue(st: &HqState, child: &NodeName, a: &Assignment) -> Result<(), HqError> {
-    st.down.put(child, &Msg::Assign(a.clone()))?;
-    Ok(())
-}
-
 /// Sends freshly queued assignments to children that are connected now; the
 /// others get them from their queue when they connect.
 fn send_now(st: &HqState, sent: Vec<(NodeName, Assignment)>) {
@@ -83,6 +86,56 @@ fn send_now(st: &HqState, sent: Vec<(NodeName, Assignment)>) {
     for (child, a) in sent {
         if let Some(tx) = children.get(&child) {
             crate::link::send_soon(tx, Msg::Assign(a));
+        }
+    }
+}
+
+/// Most targets one signed rerun order names: an agent gets the one chunk
+/// that names it, so its assignment does not grow with the rerun.
+pub(crate) const ORDER_CHUNK: usize = 256;
+
+/// Largest encoded assignment HQ accepts to send an agent (half the agent
+/// frame, leaving room for the chunk of a rerun order).
+const AGENT_ASSIGNMENT_BUDGET: usize = crate::proto::AGENT_MAX_FRAME / 2;
+
+/// Room kept in a relay frame for the message envelope.
+const RELAY_FRAME_SLACK: usize = 64 * 1024;
+
+/// Refuses an action too large to reach an agent in one frame.
+fn check_size(a: &Assignment) -> Result<(), HqError> {
+    let n = crate::proto::codec::encode(&Msg::Assign(a.clone()))
+        .map_err(|e| HqError::Refused(format!("cannot encode the job: {e}")))?
+        .len();
+    if n > AGENT_ASSIGNMENT_BUDGET {
+        return Err(HqError::Refused(format!(
+            "the job is too large to send to an agent ({n} bytes encoded, at most {AGENT_ASSIGNMENT_BUDGET})"
+        )));
+    }
+    Ok(())
+}
+
+/// The relays directly under HQ, for jobs recorded before `sent_to` was kept.
+fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
+    let mut out = Vec::new();
+    for r in st.relays.scan::<RelayRecord>(b"") {
+        let (k, rec) = r?;
+        if rec.parent != st.me {
+            continue;
+        }
+        if let Some(n) = std::str::from_utf8(&k)
+            .ok()
+            .and_then(|s| NodeName::new(s).ok())
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+fn merge_sent_to(rec: &mut JobRecord, tops: impl IntoIterator<Item = NodeName>) {
+    for t in tops {
+        if !rec.sent_to.contains(&t) {
+            rec.sent_to.push(t);
         }
     }
 }
@@ -104,6 +157,8 @@ pub(crate) async fn create(
         Action::Install(i) => super::packages::check_install(st, i)?,
         _ => {}
     }
+    // Every order ends: the operator's window, or HQ's default.
+    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         for d in &dest {
@@ -119,9 +174,34 @@ pub(crate) async fn create(
         for d in &dest_n {
             by_top.entry(top_child(st, d)?).or_default().push(d.clone());
         }
-        let job = JobId(st.store.next_id("job")?);
         let now = now_ms();
         let expires_at_ms = expires_ms.map(|e| now + e);
+        let order_of = |job: JobId| {
+            sign(
+                st,
+                &Order {
+                    job,
+                    attempt: Attempt(1),
+                    action: action.clone(),
+                    expires_at_ms,
+                    issued_at_ms: now,
+                    dest: dest_n.clone(),
+                    relay: None,
+                    targets: None,
+                },
+            )
+        };
+        // The size check before a job id is spent.
+        check_size(&Assignment {
+            job: JobId(0),
+            attempt: Attempt(1),
+            action: action.clone(),
+            expires_at_ms,
+            scope: Scope::Targets(vec![]),
+            orders: vec![order_of(JobId(0))?],
+        })?;
+        let job = JobId(st.store.next_id("job")?);
+        let order = order_of(job)?;
         let rec = JobRecord {
             job,
             action: action.clone(),
@@ -131,34 +211,32 @@ pub(crate) async fn create(
             expires_at_ms,
             attempt: Attempt(1),
             awaiting: dest_n,
+            canceled_at_ms: None,
+            sent_to: by_top.keys().cloned().collect(),
         };
-        st.jobs.put(&keys::job(job), &rec)?;
-        let order = sign(
-            st,
-            &Order {
-                job,
-                attempt: Attempt(1),
-                action: action.clone(),
-                expires_at_ms,
-                issued_at_ms: now,
-                dest: rec.awaiting.clone(),
-                relay: None,
-                targets: None,
-            },
-        )?;
-        let mut queued = Vec::new();
-        for (top, list) in by_top {
-            let a = Assignment {
-                job,
-                attempt: Attempt(1),
-                action: action.clone(),
-                expires_at_ms,
-                scope: Scope::AllLowerOf(list),
-                orders: vec![order.clone()],
-            };
-            enqueue(st, &top, &a)?;
-            queued.push((top, a));
-        }
+        let queued: Vec<(NodeName, Assignment)> = by_top
+            .into_iter()
+            .map(|(top, list)| {
+                let a = Assignment {
+                    job,
+                    attempt: Attempt(1),
+                    action: action.clone(),
+                    expires_at_ms,
+                    scope: Scope::AllLowerOf(list),
+                    orders: vec![order.clone()],
+                };
+                (top, a)
+            })
+            .collect();
+        // The job and its queue in one atomic write: after a crash, both or
+        // neither.
+        st.store.atomically(&[&st.jobs, st.down.table()], |w| {
+            w.put(&st.jobs, &keys::job(job), &rec)?;
+            for (top, a) in &queued {
+                st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+            }
+            Ok(())
+        })?;
         queued
     };
     st.store.durable().await?;
@@ -171,7 +249,8 @@ pub(crate) async fn create(
 
 /// A job for one named client, routed to its home relay with an order
 /// signed for that home naming the client (as a rerun's are): a snapshot's
-/// master. Validated by the caller.
+/// master. The caller checked the client; written like `create` (job, leaf
+/// and queue in one atomic change, durable, then sent).
 pub(crate) async fn create_for_client(
     st: &HqState,
     client: &NodeName,
@@ -179,12 +258,38 @@ pub(crate) async fn create_for_client(
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
+    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let (job, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         let top = top_child(st, home)?;
-        let job = JobId(st.store.next_id("job")?);
         let now = now_ms();
         let expires_at_ms = expires_ms.map(|e| now + e);
+        let assignment = |job: JobId| -> Result<Assignment, HqError> {
+            let order = sign(
+                st,
+                &Order {
+                    job,
+                    attempt: Attempt(1),
+                    action: action.clone(),
+                    expires_at_ms,
+                    issued_at_ms: now,
+                    dest: vec![],
+                    relay: Some(home.clone()),
+                    targets: Some(vec![client.clone()]),
+                },
+            )?;
+            Ok(Assignment {
+                job,
+                attempt: Attempt(1),
+                action: action.clone(),
+                expires_at_ms,
+                scope: Scope::Targets(vec![client.clone()]),
+                orders: vec![order],
+            })
+        };
+        check_size(&assignment(JobId(0))?)?;
+        let job = JobId(st.store.next_id("job")?);
+        let a = assignment(job)?;
         let rec = JobRecord {
             job,
             action: action.clone(),
@@ -194,35 +299,18 @@ pub(crate) async fn create_for_client(
             expires_at_ms,
             attempt: Attempt(1),
             awaiting: vec![],
+            canceled_at_ms: None,
+            sent_to: vec![top.clone()],
         };
-        st.leaves.put(
-            &keys::job_client(job, client),
-            &LeafRecord::pending(home.clone(), Attempt(1), now),
-        )?;
+        let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
+        st.store
+            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+                w.put(&st.leaves, &keys::job_client(job, client), &leaf)?;
+                w.put(&st.jobs, &keys::job(job), &rec)?;
+                st.down.put_in(w, &top, &Msg::Assign(a.clone()))?;
+                Ok(())
+            })?;
         st.counters.moved(job, None, LeafState::Pending);
-        st.jobs.put(&keys::job(job), &rec)?;
-        let order = sign(
-            st,
-            &Order {
-                job,
-                attempt: Attempt(1),
-                action: action.clone(),
-                expires_at_ms,
-                issued_at_ms: now,
-                dest: vec![],
-                relay: Some(home.clone()),
-                targets: Some(vec![client.clone()]),
-            },
-        )?;
-        let a = Assignment {
-            job,
-            attempt: Attempt(1),
-            action,
-            expires_at_ms,
-            scope: Scope::Targets(vec![client.clone()]),
-            orders: vec![order],
-        };
-        enqueue(st, &top, &a)?;
         (job, vec![(top, a)])
     };
     st.store.durable().await?;
@@ -232,8 +320,44 @@ pub(crate) async fn create_for_client(
     Ok(job)
 }
 
-/// `hq job rerun JOB --failed`.
-pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqError> {
+/// Signs one order per home relay and chunk of at most [`ORDER_CHUNK`]
+/// targets (sorted, so a chunk covers a span of names), grouped by the relay
+/// under HQ they travel through.
+fn rerun_orders(
+    st: &HqState,
+    rec: &JobRecord,
+    attempt: Attempt,
+    now: u64,
+    by_home: BTreeMap<NodeName, Vec<NodeName>>,
+) -> Result<BTreeMap<NodeName, Vec<SignedOrder>>, HqError> {
+    let mut orders: BTreeMap<NodeName, Vec<SignedOrder>> = BTreeMap::new();
+    for (home, mut list) in by_home {
+        list.sort();
+        let top = top_child(st, &home)?;
+        for chunk in list.chunks(ORDER_CHUNK) {
+            let o = sign(
+                st,
+                &Order {
+                    job: rec.job,
+                    attempt,
+                    action: rec.action.clone(),
+                    expires_at_ms: rec.expires_at_ms,
+                    issued_at_ms: now,
+                    dest: vec![],
+                    relay: Some(home.clone()),
+                    targets: Some(chunk.to_vec()),
+                },
+            )?;
+            orders.entry(top.clone()).or_default().push(o);
+        }
+    }
+    Ok(orders)
+}
+
+/// `hq job rerun JOB --failed [--expired]`: a new attempt for the failed and
+/// timed-out leaves (and the expired ones with `expired`), each sent to the
+/// client's current home and signed for it.
+pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<RerunResult, HqError> {
     let (result, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         let jk = keys::job(job);
@@ -241,8 +365,23 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
             .jobs
             .get(&jk)?
             .ok_or_else(|| super::retention::missing(st, job))?;
+        if rec.canceled_at_ms.is_some() {
+            return Err(HqError::Refused(format!(
+                "job {job} was canceled; a canceled job cannot be rerun"
+            )));
+        }
         let leaves = load_leaves(st, job)?;
-        let targets = rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)));
+        let mut targets = Vec::new();
+        for (client, old_home) in rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)), expired)
+        {
+            // The client's home now: it may have moved since the leaf ran.
+            match st.clients.get::<ClientRecord>(&keys::name(&client))? {
+                Some(c) => targets.push((client, c.relay)),
+                None => {
+                    warn!(%job, %client, home = %old_home, "client no longer in the directory; not rerun")
+                }
+            }
+        }
         if targets.is_empty() {
             return Ok(RerunResult {
                 job,
@@ -253,7 +392,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
         let attempt = Attempt(rec.attempt.0 + 1);
         let now = now_ms();
         rec.attempt = attempt;
-        rec.expires_at_ms = rec.expires_ms.map(|e| now + e);
+        rec.expires_at_ms = rec.expires_ms.or(Some(st.order_ttl_ms)).map(|e| now + e);
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut fresh = Vec::with_capacity(targets.len());
@@ -271,42 +410,55 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
                 LeafRecord::pending(home.clone(), attempt, now),
             ));
         }
-        st.leaves
-            .put_many(fresh.iter().map(|(k, v)| (k.clone(), v)))?;
-        for (_, l) in leaves.iter().filter(|(_, l)| l.state.is_rerunnable()) {
-            st.counters.moved(job, Some(l.state), LeafState::Pending);
-        }
-        st.jobs.put(&jk, &rec)?;
-        // One signed order per home relay, naming exactly its targets.
-        let mut orders: BTreeMap<NodeName, Vec<SignedOrder>> = BTreeMap::new();
-        for (home, list) in by_home {
-            let o = sign(
-                st,
-                &Order {
+        merge_sent_to(&mut rec, by_top.keys().cloned());
+        let mut orders = rerun_orders(st, &rec, attempt, now, by_home)?;
+        let queued: Vec<(NodeName, Assignment)> = by_top
+            .into_iter()
+            .map(|(top, list)| {
+                let a = Assignment {
                     job,
                     attempt,
                     action: rec.action.clone(),
                     expires_at_ms: rec.expires_at_ms,
-                    issued_at_ms: now,
-                    dest: vec![],
-                    relay: Some(home.clone()),
-                    targets: Some(list),
-                },
-            )?;
-            orders.entry(top_child(st, &home)?).or_default().push(o);
+                    scope: Scope::Targets(list),
+                    orders: orders.remove(&top).unwrap_or_default(),
+                };
+                (top, a)
+            })
+            .collect();
+        // A relay frame carries one assignment: refuse a rerun that would
+        // not fit rather than wedge the relay's session re-sending it.
+        for (top, a) in &queued {
+            let n = crate::proto::codec::encode(&Msg::Assign(a.clone()))
+                .map_err(|e| HqError::Refused(format!("cannot encode the rerun: {e}")))?
+                .len();
+            if n + RELAY_FRAME_SLACK > crate::proto::MAX_FRAME {
+                return Err(HqError::Refused(format!(
+                    "the rerun sends relay {top} {} targets ({n} bytes), more than one frame holds",
+                    match &a.scope {
+                        Scope::Targets(t) => t.len(),
+                        Scope::AllLowerOf(_) => 0,
+                    }
+                )));
+            }
         }
-        let mut queued = Vec::new();
-        for (top, list) in by_top {
-            let a = Assignment {
-                job,
-                attempt,
-                action: rec.action.clone(),
-                expires_at_ms: rec.expires_at_ms,
-                scope: Scope::Targets(list),
-                orders: orders.remove(&top).unwrap_or_default(),
-            };
-            enqueue(st, &top, &a)?;
-            queued.push((top, a));
+        // Leaves at n+1, the job at n+1 and the queue: one atomic write.
+        st.store
+            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+                for (k, v) in &fresh {
+                    w.put(&st.leaves, k, v)?;
+                }
+                w.put(&st.jobs, &jk, &rec)?;
+                for (top, a) in &queued {
+                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                }
+                Ok(())
+            })?;
+        let picked: std::collections::HashSet<&NodeName> = targets.iter().map(|(c, _)| c).collect();
+        for (c, l) in &leaves {
+            if picked.contains(c) {
+                st.counters.moved(job, Some(l.state), LeafState::Pending);
+            }
         }
         (
             RerunResult {
@@ -320,6 +472,81 @@ pub(crate) async fn rerun(st: &HqState, job: JobId) -> Result<RerunResult, HqErr
     st.store.durable().await?;
     info!(%job, attempt = %result.attempt, targets = result.targets, "rerun created");
     send_now(st, queued);
+    st.bump();
+    Ok(result)
+}
+
+/// Why HQ cancels a leaf on `hq job cancel`.
+pub(crate) const CANCEL_REASON: &str = "canceled by the operator";
+
+/// `hq job cancel JOB`: in one atomic write, the job is marked canceled,
+/// every leaf not yet final becomes `canceled`, and a `Cancel` is queued for
+/// every relay under HQ that received the job; then sent to those connected.
+pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqError> {
+    let (result, sends) = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let jk = keys::job(job);
+        let mut rec: JobRecord = st
+            .jobs
+            .get(&jk)?
+            .ok_or_else(|| super::retention::missing(st, job))?;
+        let now = now_ms();
+        let first = rec.canceled_at_ms.is_none();
+        rec.canceled_at_ms.get_or_insert(now);
+        rec.awaiting.clear();
+        let leaves = load_leaves(st, job)?;
+        let closed: Vec<(NodeName, LeafState, LeafRecord)> = leaves
+            .into_iter()
+            .filter(|(_, l)| !l.state.is_final())
+            .map(|(c, l)| {
+                let from = l.state;
+                let new = LeafRecord {
+                    state: LeafState::Canceled,
+                    exit_code: None,
+                    reason: Some(CANCEL_REASON.into()),
+                    output: None,
+                    at_ms: now,
+                    ..l
+                };
+                (c, from, new)
+            })
+            .collect();
+        let relays = if rec.sent_to.is_empty() {
+            top_relays(st)?
+        } else {
+            rec.sent_to.clone()
+        };
+        let msg = Msg::Cancel { job };
+        st.store
+            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+                for (c, _, l) in &closed {
+                    w.put(&st.leaves, &keys::job_client(job, c), l)?;
+                }
+                w.put(&st.jobs, &jk, &rec)?;
+                for r in &relays {
+                    st.down.put_in(w, r, &msg)?;
+                }
+                Ok(())
+            })?;
+        for (_, from, _) in &closed {
+            st.counters.moved(job, Some(*from), LeafState::Canceled);
+        }
+        if first {
+            info!(%job, leaves = closed.len(), relays = ?relays, "job canceled");
+        }
+        (
+            CancelResult {
+                job,
+                canceled: closed.len() as u64,
+            },
+            relays
+                .into_iter()
+                .map(|r| (r, msg.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    st.store.durable().await?;
+    crate::link::queue::send_now(&st.children, sends);
     st.bump();
     Ok(result)
 }
@@ -341,4 +568,240 @@ pub(crate) fn load_leaves(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn hq(dir: &std::path::Path) -> (HqState, crate::tls::VerifyKey) {
+        let key = crate::tls::SigningKey::create(dir).unwrap();
+        let public = key.verify_key();
+        let depot = crate::pkg::ChunkStore::open(dir.join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir).unwrap(), key, depot).unwrap();
+        // hq <- r1, hq <- r2 <- r3
+        for (r, p) in [("r1", "hq"), ("r2", "hq"), ("r3", "r2")] {
+            st.relays
+                .put(
+                    &keys::name(&n(r)),
+                    &RelayRecord {
+                        parent: n(p),
+                        connected: false,
+                        last_seen_ms: 0,
+                    },
+                )
+                .unwrap();
+        }
+        (st, public)
+    }
+
+    fn home(st: &HqState, client: &NodeName, relay: &str) {
+        st.clients
+            .put(
+                &keys::name(client),
+                &ClientRecord {
+                    relay: n(relay),
+                    since_ms: 0,
+                },
+            )
+            .unwrap();
+    }
+
+    fn leaf(st: &HqState, job: JobId, client: &NodeName, relay: &str, state: LeafState) {
+        let l = LeafRecord {
+            state,
+            ..LeafRecord::pending(n(relay), Attempt(1), 0)
+        };
+        st.leaves.put(&keys::job_client(job, client), &l).unwrap();
+    }
+
+    fn queued(st: &HqState, child: &str) -> Vec<Assignment> {
+        st.down
+            .queued(&n(child))
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::Assign(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run(argv: &str) -> Action {
+        Action::Run(crate::proto::RunSpec {
+            argv: vec![argv.into()],
+            env: vec![],
+            cwd: None,
+            timeout_ms: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn create_queues_with_the_job_and_gives_every_order_an_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _) = hq(dir.path());
+        let before = now_ms();
+        let job = create(&st, vec![n("r1"), n("r3")], Action::Ping, None)
+            .await
+            .unwrap();
+        let rec: JobRecord = st.jobs.get(&keys::job(job)).unwrap().unwrap();
+        let exp = rec.expires_at_ms.expect("a default expiry");
+        assert!(exp >= before + super::super::DEFAULT_ORDER_TTL_MS);
+        assert_eq!(rec.sent_to, vec![n("r1"), n("r2")]);
+        assert_eq!(queued(&st, "r1").len(), 1);
+        assert_eq!(queued(&st, "r2")[0].scope, Scope::AllLowerOf(vec![n("r3")]));
+        // The operator's window wins over the default.
+        let job2 = create(&st, vec![n("r1")], Action::Ping, Some(1_000))
+            .await
+            .unwrap();
+        let rec2: JobRecord = st.jobs.get(&keys::job(job2)).unwrap().unwrap();
+        assert!(rec2.expires_at_ms.unwrap() <= now_ms() + 1_000);
+        // Too large for an agent frame: refused, and no job is made.
+        let huge = Action::Run(crate::proto::RunSpec {
+            argv: vec!["x".repeat(crate::proto::AGENT_MAX_FRAME / 2)],
+            env: vec![],
+            cwd: None,
+            timeout_ms: None,
+        });
+        let e = create(&st, vec![n("r1")], huge, None).await.unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        assert_eq!(st.jobs.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rerun_goes_to_the_clients_current_home_signed_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, public) = hq(dir.path());
+        let job = create(&st, vec![n("r1")], run("false"), None)
+            .await
+            .unwrap();
+        st.down
+            .remove(
+                &n("r1"),
+                &crate::link::queue::QueueKey::Assign(job, Attempt(1)),
+            )
+            .unwrap();
+        let (c1, c2, c3) = (n("c1"), n("c2"), n("c3"));
+        leaf(&st, job, &c1, "r1", LeafState::Failed);
+        leaf(&st, job, &c2, "r1", LeafState::Expired);
+        leaf(&st, job, &c3, "r1", LeafState::Failed);
+        home(&st, &c1, "r3"); // moved from r1 to r3 (under r2)
+        home(&st, &c2, "r1");
+        // c3 left the directory (revoked): not rerun.
+        let r = rerun(&st, job, false).await.unwrap();
+        assert_eq!((r.attempt, r.targets), (Attempt(2), 1));
+        assert!(queued(&st, "r1").is_empty());
+        let a = queued(&st, "r2");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].scope, Scope::Targets(vec![c1.clone()]));
+        assert_eq!(a[0].orders.len(), 1);
+        let so = &a[0].orders[0];
+        assert!(public.verify(&so.body, &so.sig));
+        let o: Order = rmp_serde::from_slice(&so.body).unwrap();
+        assert_eq!(o.relay, Some(n("r3")));
+        assert_eq!(o.targets, Some(vec![c1.clone()]));
+        let l: LeafRecord = st.leaves.get(&keys::job_client(job, &c1)).unwrap().unwrap();
+        assert_eq!(
+            (l.relay, l.attempt, l.state),
+            (n("r3"), Attempt(2), LeafState::Pending)
+        );
+        // --expired also takes the expired leaf, at its home.
+        let r = rerun(&st, job, true).await.unwrap();
+        assert_eq!((r.attempt, r.targets), (Attempt(3), 1));
+        assert_eq!(queued(&st, "r1")[0].scope, Scope::Targets(vec![c2]));
+    }
+
+    #[tokio::test]
+    async fn rerun_orders_come_in_chunks_that_name_each_target_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _) = hq(dir.path());
+        let job = create(&st, vec![n("r1")], run("false"), None)
+            .await
+            .unwrap();
+        let total = 20_000;
+        let names: Vec<NodeName> = (0..total)
+            .map(|i| n(&format!("{}-{i:07}", "a".repeat(49))))
+            .collect();
+        assert_eq!(names[0].as_str().len(), 57);
+        for c in &names {
+            leaf(&st, job, c, "r1", LeafState::Failed);
+            home(&st, c, "r1");
+        }
+        let r = rerun(&st, job, false).await.unwrap();
+        assert_eq!(r.targets, total as u64);
+        let a = queued(&st, "r1")
+            .into_iter()
+            .find(|a| a.attempt == Attempt(2))
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for so in &a.orders {
+            let o: Order = rmp_serde::from_slice(&so.body).unwrap();
+            let t = o.targets.unwrap();
+            assert!(!t.is_empty() && t.len() <= ORDER_CHUNK);
+            assert_eq!(o.relay, Some(n("r1")));
+            for c in t {
+                assert!(seen.insert(c), "a target in two orders");
+            }
+        }
+        assert_eq!(seen.len(), total);
+        assert_eq!(a.orders.len(), total.div_ceil(ORDER_CHUNK));
+    }
+
+    #[tokio::test]
+    async fn cancel_closes_open_leaves_queues_cancels_and_forbids_reruns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _) = hq(dir.path());
+        let job = create(&st, vec![n("r1"), n("r3")], run("sleep"), None)
+            .await
+            .unwrap();
+        let states = [
+            ("c1", LeafState::Pending),
+            ("c2", LeafState::Running),
+            ("c3", LeafState::Succeeded),
+            ("c4", LeafState::Failed),
+        ];
+        for (c, s) in states {
+            leaf(&st, job, &n(c), "r1", s);
+        }
+        let r = cancel(&st, job).await.unwrap();
+        assert_eq!(r.canceled, 2);
+        let rec: JobRecord = st.jobs.get(&keys::job(job)).unwrap().unwrap();
+        assert!(rec.canceled_at_ms.is_some() && rec.awaiting.is_empty());
+        let got: Vec<(String, LeafState)> = load_leaves(&st, job)
+            .unwrap()
+            .into_iter()
+            .map(|(c, l)| (c.to_string(), l.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("c1".into(), LeafState::Canceled),
+                ("c2".into(), LeafState::Canceled),
+                ("c3".into(), LeafState::Succeeded),
+                ("c4".into(), LeafState::Failed),
+            ]
+        );
+        for r in ["r1", "r2"] {
+            // The job's own assignment may still be queued (never acked here).
+            let cancels: Vec<Msg> = st
+                .down
+                .queued(&n(r))
+                .unwrap()
+                .into_iter()
+                .filter(|m| !matches!(m, Msg::Assign(_)))
+                .collect();
+            assert_eq!(cancels, vec![Msg::Cancel { job }]);
+        }
+        assert!(st.down.queued(&n("r3")).unwrap().is_empty());
+        let e = rerun(&st, job, false).await.unwrap_err();
+        assert!(e.to_string().contains("canceled"), "{e}");
+        // Twice: nothing more to cancel.
+        assert_eq!(cancel(&st, job).await.unwrap().canceled, 0);
+        assert!(cancel(&st, JobId(99)).await.is_err());
+    }
 }

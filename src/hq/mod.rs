@@ -82,6 +82,8 @@ pub(crate) struct HqState {
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
     /// Serialises read-modify-write of leaves and jobs (no await inside).
     pub write: Mutex<()>,
+    /// Expiry window of an order whose job gives none (`hq serve --order-ttl`).
+    pub order_ttl_ms: u64,
     /// Signs every order (end to end: relays cannot alter them).
     pub signer: crate::tls::SigningKey,
     /// When this HQ process started, unix ms (for the reconnect grace period).
@@ -140,6 +142,7 @@ impl HqState {
             store,
             children: Mutex::new(HashMap::new()),
             write: Mutex::new(()),
+            order_ttl_ms: DEFAULT_ORDER_TTL_MS,
             changed: watch::channel(0).0,
             counters: Default::default(),
             started_at_ms: crate::proto::now_ms(),
@@ -175,13 +178,49 @@ pub mod layout {
 /// How long finished jobs are kept when `hq serve` is not told (30 days).
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
-/// Runs HQ on an already bound listener until `shutdown`. Finished jobs
-/// unchanged for `retention` are purged (checked periodically).
+/// Default expiry window of a job created without `--expires`: 7 days.
+pub const DEFAULT_ORDER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// How HQ runs, beyond its listener and session timers.
+#[derive(Clone, Debug)]
+pub struct HqOptions {
+    /// Expiry window of a job created without `--expires`.
+    pub order_ttl_ms: u64,
+    /// Finished jobs unchanged for this long are purged (checked periodically).
+    pub retention: std::time::Duration,
+}
+
+impl Default for HqOptions {
+    fn default() -> HqOptions {
+        HqOptions {
+            order_ttl_ms: DEFAULT_ORDER_TTL_MS,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// Runs HQ on an already bound listener until `shutdown`, with default
+/// options but for `retention`.
 pub async fn run(
     listener: TcpListener,
     data_dir: &Path,
     timing: Timing,
     retention: std::time::Duration,
+    shutdown: CancellationToken,
+) -> Result<(), HqError> {
+    let opts = HqOptions {
+        retention,
+        ..HqOptions::default()
+    };
+    run_with(listener, data_dir, timing, opts, shutdown).await
+}
+
+/// Runs HQ on an already bound listener until `shutdown`.
+pub async fn run_with(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    opts: HqOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
@@ -197,7 +236,9 @@ pub async fn run(
     let store = Store::open(data_dir)?;
     let depot = crate::pkg::ChunkStore::open(layout::depot(data_dir))
         .map_err(|e| HqError::Refused(format!("cannot open the package depot: {e}")))?;
-    let state = Arc::new(HqState::open(me.name.clone(), store, signer, depot)?);
+    let mut state = HqState::open(me.name.clone(), store, signer, depot)?;
+    state.order_ttl_ms = opts.order_ttl_ms;
+    let state = Arc::new(state);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     let admit = [Role::Relay, Role::Admin];
@@ -221,7 +262,7 @@ pub async fn run(
     });
     let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
-    let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), retention)));
+    let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), opts.retention)));
     tokio::select! {
         _ = serving => {}
         e = state.store.failed() => {

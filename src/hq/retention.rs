@@ -58,10 +58,14 @@ pub(crate) fn to_purge(cands: &[Candidate], now: u64, older_than_ms: u64) -> Vec
 fn candidate(rec: &JobRecord, leaves: &[(NodeName, LeafRecord)]) -> Candidate {
     Candidate {
         job: rec.job,
-        done: rec.awaiting.is_empty() && leaves.iter().all(|(_, l)| l.state.is_final()),
+        // A canceled job is done: its leaves are final, or will be when
+        // their relays hear of it.
+        done: rec.canceled_at_ms.is_some()
+            || (rec.awaiting.is_empty() && leaves.iter().all(|(_, l)| l.state.is_final())),
         last_ms: leaves
             .iter()
             .map(|(_, l)| l.at_ms)
+            .chain(rec.canceled_at_ms)
             .fold(rec.created_at_ms, u64::max),
     }
 }
@@ -264,6 +268,8 @@ mod tests {
             expires_at_ms: None,
             attempt: Attempt(2),
             awaiting,
+            canceled_at_ms: None,
+            sent_to: vec![],
         };
         let leaf = |state, at_ms| LeafRecord {
             relay: n("r1"),

@@ -112,12 +112,10 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Status(view::status(st, job)?)
         }
         AdminRequest::List => AdminResponse::List(view::list(st)?),
-        AdminRequest::Rerun { job, .. } => AdminResponse::Rerun(jobs::rerun(st, job).await?),
-        AdminRequest::Cancel { job } => {
-            return Err(HqError::Refused(format!(
-                "cancel of job {job}: not built yet"
-            )))
+        AdminRequest::Rerun { job, expired } => {
+            AdminResponse::Rerun(jobs::rerun(st, job, expired).await?)
         }
+        AdminRequest::Cancel { job } => AdminResponse::Canceled(jobs::cancel(st, job).await?),
         AdminRequest::Purge { older_than_ms } => {
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }

@@ -39,8 +39,19 @@ fn job_record(st: &HqState, job: JobId) -> Result<JobRecord, HqError> {
         .ok_or_else(|| super::retention::missing(st, job))
 }
 
+/// A canceled job is done; otherwise done when every destination reported
+/// its targets and no leaf is open.
 fn is_done(rec: &JobRecord, totals: &Totals) -> bool {
-    rec.awaiting.is_empty() && totals.open() == 0
+    rec.canceled_at_ms.is_some() || (rec.awaiting.is_empty() && totals.open() == 0)
+}
+
+/// The job's state for `job status --json`: `active`, `canceled` or `done`.
+pub(crate) fn job_state(canceled: bool, done: bool) -> &'static str {
+    match (canceled, done) {
+        (true, _) => "canceled",
+        (false, true) => "done",
+        (false, false) => "active",
+    }
 }
 
 /// Leaves per state of a job, from the in-memory counters (counted from the
@@ -74,10 +85,12 @@ pub(crate) fn status(st: &HqState, job: JobId) -> Result<JobStatus, HqError> {
         per_relay.entry(l.relay.clone()).or_default().add(l.state);
         clients.push(client_status(client, l));
     }
+    let done = is_done(&rec, &totals);
     Ok(JobStatus {
         job,
         attempt: rec.attempt,
-        done: is_done(&rec, &totals),
+        done,
+        state: job_state(rec.canceled_at_ms.is_some(), done).into(),
         relays: per_relay
             .into_iter()
             .map(|(relay, totals)| RelayTotals { relay, totals })
@@ -110,10 +123,12 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
     for r in st.jobs.scan::<JobRecord>(b"") {
         let (_, rec) = r?;
         let totals = totals(st, rec.job)?;
+        let done = is_done(&rec, &totals);
         out.push(JobSummary {
             job: rec.job,
             attempt: rec.attempt,
-            done: is_done(&rec, &totals),
+            done,
+            state: job_state(rec.canceled_at_ms.is_some(), done).into(),
             action: describe(&rec.action),
             dest: rec.dest.clone(),
             totals,
@@ -187,6 +202,14 @@ pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_states() {
+        assert_eq!(job_state(false, false), "active");
+        assert_eq!(job_state(false, true), "done");
+        assert_eq!(job_state(true, true), "canceled");
+        assert_eq!(job_state(true, false), "canceled");
+    }
 
     #[test]
     fn relay_states() {

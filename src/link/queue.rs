@@ -10,7 +10,7 @@
 
 use super::{send_soon, SessionTx};
 use crate::proto::{Attempt, JobId, Msg, NodeName};
-use crate::store::{keys, StoreError, Table};
+use crate::store::{keys, StoreError, Table, Txn, TxnError};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -97,6 +97,21 @@ impl DownQueue {
             reason: format!("a {} message is not queued", msg.kind()),
         })?;
         self.table.put(&key.bytes(child), msg)
+    }
+
+    /// Queues `msg` for `child` as part of an atomic change
+    /// ([`crate::store::Store::atomically`], which must name [`Self::table`]).
+    pub fn put_in(&self, w: &Txn<'_>, child: &NodeName, msg: &Msg) -> Result<(), TxnError> {
+        let key = QueueKey::of(msg).ok_or_else(|| StoreError::Corrupt {
+            tree: "down queue".into(),
+            reason: format!("a {} message is not queued", msg.kind()),
+        })?;
+        w.put(&self.table, &key.bytes(child), msg)
+    }
+
+    /// The table the queue lives in, to name in an atomic change.
+    pub fn table(&self) -> &Table {
+        &self.table
     }
 
     /// Whether a message with `key` is queued for `child`.

@@ -546,8 +546,11 @@ pub struct JobStatus {
     /// Its latest attempt.
     pub attempt: Attempt,
     /// Every leaf of the latest attempt is final and every destination relay
-    /// has reported its targets.
+    /// has reported its targets, or the job was canceled.
     pub done: bool,
+    /// `active`, `canceled` or `done` (a canceled job is done as well).
+    #[serde(default)]
+    pub state: String,
     /// Leaves by their latest result.
     pub totals: Totals,
     /// Per home relay.
@@ -575,6 +578,9 @@ pub struct JobSummary {
     pub attempt: Attempt,
     /// As in [`JobStatus::done`].
     pub done: bool,
+    /// As in [`JobStatus::state`].
+    #[serde(default)]
+    pub state: String,
     /// What it does.
     pub action: String,
     /// Destination relays.

@@ -203,6 +203,11 @@ pub enum AuditOutcome {
 /// with room for the rest of the message.
 pub const MAX_AUDIT_BYTES: usize = 768 * 1024;
 
+/// The most an audit order's spec may take, encoded: it travels twice in an
+/// assignment (the action, and inside the signed order), which HQ keeps
+/// under half an agent's frame.
+pub const MAX_ORDER_BYTES: usize = 240 * 1024;
+
 /// The encoded size of `v` as it travels (named MessagePack).
 pub fn encoded_len<T: Serialize>(v: &T) -> usize {
     rmp_serde::to_vec_named(v)
@@ -550,7 +555,7 @@ mod tests {
         };
         let n = encoded_len(&spec);
         println!("audit order: {n} bytes of objects (250 objects), twice per assignment");
-        assert!(n < MAX_AUDIT_BYTES);
+        assert!(n < MAX_ORDER_BYTES);
         assert!(compliant < 200, "{compliant} bytes");
         assert!(one > compliant);
     }

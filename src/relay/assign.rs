@@ -4,12 +4,12 @@
 //! decided by `rules::plan_assignment`.
 
 use super::{AttemptRecord, DirEntry, RelayState};
-use crate::proto::{now_ms, Assignment, Msg, NodeName, Scope};
 #[cfg(test)]
-use crate::proto::{Event, LeafState};
+use crate::proto::Event;
+use crate::proto::{now_ms, Assignment, LeafState, Msg, NodeName, Scope, SignedOrder};
 use crate::rules::{self, AssignView, LeafRecord, Placement};
 use crate::store::{keys, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use tracing::{info, warn};
 
 /// What to deliver once the assignment is durable.
@@ -123,25 +123,133 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     })
 }
 
-/// The assignment an agent of relay `me` receives for one of its leaves,
-/// with the orders that can cover it (an original attempt's, or the rerun
-/// order for `me`'s leaves).
-pub(crate) fn for_agent(a: &Assignment, me: &NodeName, client: &NodeName) -> Assignment {
-    Assignment {
-        scope: Scope::Targets(vec![client.clone()]),
-        orders: a
-            .orders
+/// The order names a rerun chunk covers, read from its signed body without
+/// copying them.
+#[derive(serde::Deserialize)]
+struct OrderTargets<'a> {
+    #[serde(borrow, default)]
+    targets: Option<Vec<&'a str>>,
+}
+
+/// The orders of an assignment as the agents of relay `me` need them: an
+/// original attempt's order covers every agent; a rerun's orders come one
+/// per chunk of at most a few hundred targets, and an agent gets only the
+/// chunk naming it, so its assignment does not grow with the rerun. Each
+/// order body is decoded once.
+pub(crate) struct AgentOrders<'a> {
+    every: Vec<&'a SignedOrder>,
+    by_client: HashMap<&'a str, &'a SignedOrder>,
+}
+
+impl<'a> AgentOrders<'a> {
+    /// Indexes `orders` for the agents of `me`.
+    pub(crate) fn new(orders: &'a [SignedOrder], me: &NodeName) -> AgentOrders<'a> {
+        let mut out = AgentOrders {
+            every: vec![],
+            by_client: HashMap::new(),
+        };
+        for o in orders {
+            match &o.relay {
+                None => out.every.push(o),
+                Some(r) if r == me => {
+                    match rmp_serde::from_slice::<OrderTargets<'a>>(&o.body) {
+                        Ok(OrderTargets {
+                            targets: Some(list),
+                        }) => {
+                            for c in list {
+                                out.by_client.entry(c).or_insert(o);
+                            }
+                        }
+                        // Undecodable or unbounded: the agent judges it.
+                        _ => out.every.push(o),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The orders that can cover `client`.
+    pub(crate) fn for_client(&self, client: &NodeName) -> Vec<SignedOrder> {
+        self.every
             .iter()
-            .filter(|o| o.relay.as_ref().is_none_or(|r| r == me))
-            .cloned()
-            .collect(),
-        ..a.clone()
+            .chain(self.by_client.get(client.as_str()))
+            .map(|o| (*o).clone())
+            .collect()
+    }
+}
+
+/// The assignment an agent of relay `me` receives for one of its leaves,
+/// with only the orders that can cover it (an original attempt's, or the
+/// chunk of `me`'s rerun order naming it). Copies nothing else of `a`.
+pub(crate) fn for_agent(a: &Assignment, me: &NodeName, client: &NodeName) -> Assignment {
+    agent_assignment(a, &AgentOrders::new(&a.orders, me), client)
+}
+
+fn agent_assignment(a: &Assignment, orders: &AgentOrders<'_>, client: &NodeName) -> Assignment {
+    Assignment {
+        job: a.job,
+        attempt: a.attempt,
+        action: a.action.clone(),
+        expires_at_ms: a.expires_at_ms,
+        scope: Scope::Targets(vec![client.clone()]),
+        orders: orders.for_client(client),
+    }
+}
+
+/// Room kept in an agent frame for the message envelope.
+const FRAME_SLACK: usize = 4096;
+
+/// Whether `m` fits in one agent frame.
+fn fits_agent_frame(m: &Assignment) -> bool {
+    // Bounded by construction (one chunk of orders), but an oversized
+    // message would kill the session at every re-send: measure.
+    crate::proto::codec::encode(&Msg::Assign(m.clone()))
+        .map(|b| b.len() + FRAME_SLACK <= crate::proto::AGENT_MAX_FRAME)
+        .unwrap_or(false)
+}
+
+/// A home leaf that cannot be sent to its agent fails here, with the reason,
+/// rather than being re-sent for ever (durable at the next flush).
+fn fail_undeliverable(st: &RelayState, a: &Assignment, client: &NodeName, reason: String) {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let k = keys::job_client(a.job, client);
+    let r = (|| -> Result<(), StoreError> {
+        let Some(leaf) = st.leaves.get::<LeafRecord>(&k)? else {
+            return Ok(());
+        };
+        if leaf.attempt != a.attempt || leaf.state.is_final() {
+            return Ok(());
+        }
+        let (rec, ev) = super::close_here(
+            st,
+            a.job,
+            client,
+            &leaf,
+            LeafState::Failed,
+            reason,
+            now_ms(),
+        );
+        st.outbox.push(&[ev])?;
+        st.leaves.put(&k, &rec)
+    })();
+    if let Err(e) = r {
+        warn!(job = %a.job, %client, error = %e, "cannot record an undeliverable leaf");
     }
 }
 
 /// Sends what `apply` decided to whoever is connected now; the rest is sent
-/// when they connect.
+/// when they connect. Nothing of a job canceled here is delivered.
 pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
+    match super::cancel::is_canceled(st, a.job) {
+        Ok(false) => {}
+        Ok(true) => {
+            info!(job = %a.job, attempt = %a.attempt, "job canceled here; not delivered");
+            return;
+        }
+        Err(e) => warn!(job = %a.job, error = %e, "cannot read the cancel record"),
+    }
     let now = now_ms();
     if a.expires_at_ms.is_some_and(|e| e <= now) {
         // Past expiry: the sweeper expires home leaves; child relays still get
@@ -153,9 +261,20 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
         }
         return;
     }
+    let orders = AgentOrders::new(&a.orders, &st.me);
     for client in d.agents {
+        let m = agent_assignment(a, &orders, &client);
+        if !fits_agent_frame(&m) {
+            let reason = format!(
+                "the assignment does not fit in an agent frame ({} bytes)",
+                crate::proto::AGENT_MAX_FRAME
+            );
+            warn!(job = %a.job, attempt = %a.attempt, %client, "{reason}; leaf failed");
+            fail_undeliverable(st, a, &client, reason);
+            continue;
+        }
         if let Some(tx) = st.child(&client) {
-            crate::link::send_soon(&tx, Msg::Assign(for_agent(a, &st.me, &client)));
+            crate::link::send_soon(&tx, Msg::Assign(m));
         }
     }
     for (child, fwd) in d.relays {
@@ -282,5 +401,121 @@ mod tests {
             })
             .collect();
         assert_eq!(canceled, vec!["gone"]);
+    }
+
+    /// Orders as HQ makes them for a rerun at `home`: sorted targets in
+    /// chunks of 256, one signed order each.
+    fn rerun_orders(home: &str, names: &[NodeName]) -> Vec<SignedOrder> {
+        let mut sorted = names.to_vec();
+        sorted.sort();
+        sorted
+            .chunks(256)
+            .map(|chunk| {
+                let o = crate::proto::Order {
+                    job: JobId(7),
+                    attempt: Attempt(2),
+                    action: Action::Ping,
+                    expires_at_ms: None,
+                    issued_at_ms: 0,
+                    dest: vec![],
+                    relay: Some(n(home)),
+                    targets: Some(chunk.to_vec()),
+                };
+                SignedOrder {
+                    body: rmp_serde::to_vec_named(&o).unwrap(),
+                    sig: vec![0; 64],
+                    relay: Some(n(home)),
+                }
+            })
+            .collect()
+    }
+
+    fn long_names(count: usize) -> Vec<NodeName> {
+        (0..count)
+            .map(|i| n(&format!("{}-{i:07}", "a".repeat(49))))
+            .collect()
+    }
+
+    fn agent_bytes(a: &Assignment, client: &NodeName) -> usize {
+        let m = for_agent(a, &n("r1"), client);
+        crate::proto::codec::encode(&Msg::Assign(m)).unwrap().len()
+    }
+
+    #[test]
+    fn an_agents_assignment_does_not_grow_with_the_rerun() {
+        let mut sizes = Vec::new();
+        for count in [300, 20_000] {
+            let names = long_names(count);
+            let mut orders = rerun_orders("r1", &names);
+            // Another home's orders ride along to this relay; no agent here gets them.
+            orders.extend(rerun_orders("r9", &names[..300]));
+            let a = Assignment {
+                orders,
+                ..assignment(2, Scope::Targets(names.clone()))
+            };
+            let whole = crate::proto::codec::encode(&Msg::Assign(a.clone()))
+                .unwrap()
+                .len();
+            for c in [&names[0], &names[count / 2], &names[count - 1]] {
+                let m = for_agent(&a, &n("r1"), c);
+                assert_eq!(m.orders.len(), 1, "exactly the chunk naming {c}");
+                let o: crate::proto::Order = rmp_serde::from_slice(&m.orders[0].body).unwrap();
+                assert!(o.targets.unwrap().contains(c));
+                sizes.push(agent_bytes(&a, c));
+            }
+            if count == 20_000 {
+                // The whole assignment would not fit an agent frame.
+                assert!(whole > crate::proto::AGENT_MAX_FRAME, "{whole}");
+            }
+        }
+        // At most one full chunk, the same at 300 targets as at 20,000.
+        let (small, large) = sizes.split_at(3);
+        let (s, l) = (small.iter().max().unwrap(), large.iter().max().unwrap());
+        assert!(*l < 32 * 1024, "per-agent assignment {l} bytes");
+        assert_eq!(s, l, "grew with the target count: {sizes:?}");
+        // An original attempt's order (no relay) goes to every agent.
+        let orig = Assignment {
+            orders: vec![SignedOrder {
+                body: vec![1],
+                sig: vec![],
+                relay: None,
+            }],
+            ..assignment(1, Scope::AllLowerOf(vec![n("r1")]))
+        };
+        assert_eq!(for_agent(&orig, &n("r1"), &n("c1")).orders.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_assignment_too_large_for_an_agent_fails_its_leaf_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = relay(dir.path());
+        let huge = Action::Run(crate::proto::RunSpec {
+            argv: vec!["x".repeat(crate::proto::AGENT_MAX_FRAME)],
+            env: vec![],
+            cwd: None,
+            timeout_ms: None,
+        });
+        let a = Assignment {
+            action: huge,
+            ..assignment(1, Scope::Targets(vec![n("c1")]))
+        };
+        let d = apply(&st, &a).unwrap();
+        assert_eq!(d.agents, vec![n("c1")]);
+        deliver(&st, &a, d);
+        let l: LeafRecord = st
+            .leaves
+            .get(&keys::job_client(JobId(7), &n("c1")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.state, LeafState::Failed);
+        assert!(l.reason.unwrap().contains("agent frame"));
+        let failed = st
+            .outbox
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| matches!(e, Event::Leaf(u) if u.state == LeafState::Failed))
+            .count();
+        assert_eq!(failed, 1);
     }
 }

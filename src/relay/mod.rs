@@ -7,6 +7,7 @@
 
 mod assign;
 mod cache;
+mod cancel;
 mod children;
 mod deny;
 mod expire;

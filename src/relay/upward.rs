@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, deny, moves, purge, RelayState};
+use super::{assign, cache, cancel, deny, moves, purge, RelayState};
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -18,6 +18,17 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
     let r = async {
         loop {
             match rx.recv().await? {
+                Msg::Assign(a) if cancel::is_canceled(&st, a.job)? => {
+                    // Canceled here before it arrived: acknowledged, never applied.
+                    crate::link::send(
+                        &tx,
+                        Msg::AssignAck {
+                            job: a.job,
+                            attempt: a.attempt,
+                        },
+                    )
+                    .await?;
+                }
                 Msg::Assign(a) => {
                     let d = assign::apply(&st, &a)?;
                     st.store.durable().await?;
@@ -64,6 +75,12 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     );
                     crate::link::send(&tx, Msg::PurgeAck { id }).await?;
                     crate::link::queue::send_now(&st.children, done.fwd);
+                }
+                Msg::Cancel { job } => {
+                    let sends = cancel::apply(&st, job)?;
+                    st.store.durable().await?;
+                    crate::link::send(&tx, Msg::CancelAck { job }).await?;
+                    cancel::send(&st, job, sends);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 other => return Err(unexpected(&other, "from a parent")),

@@ -11,8 +11,10 @@ mod flush;
 pub use flush::longest_stall;
 pub mod keys;
 mod outbox;
+mod txn;
 
 pub use outbox::Outbox;
+pub use txn::{Txn, TxnError};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

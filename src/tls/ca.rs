@@ -127,6 +127,14 @@ impl Ca {
         &self.cert_der
     }
 
+    /// Whether `dir` already holds an identity (a node key or certificate):
+    /// `hq cert issue` refuses to replace one unless told to.
+    pub fn holds_identity(dir: &Path) -> bool {
+        ["node.key", "node.crt"]
+            .iter()
+            .any(|f| dir.join(f).symlink_metadata().is_ok())
+    }
+
     /// Issues a certificate for `role`/`name` (ECDSA P-256, ~10 years, usable
     /// as TLS client and server) and writes `out/ca.crt`, `out/node.crt`
     /// (0644) and `out/node.key` (0600), creating `out` (0700). Existing files

@@ -2,9 +2,11 @@
 
 mod audit;
 mod bench_scripts;
+mod cancel;
 mod cli_errors;
 mod crash;
 mod crashloop;
+mod crashloop_hq;
 mod demo;
 mod disk;
 mod expiry;
@@ -13,6 +15,7 @@ mod faults;
 mod fuzz_regress;
 mod garbage;
 mod harness;
+mod jobs_cli;
 mod leftover;
 mod offline;
 mod packages;
