@@ -66,6 +66,7 @@ pub(crate) fn apply(
                     if let Some(o) = super::output::split(&mut new) {
                         outputs.insert(k.clone(), o);
                     }
+                    super::audit::ingest(st, u)?;
                     pending.insert(k, new);
                 }
             }
@@ -214,6 +215,7 @@ mod tests {
             output: None,
             at_ms: 5,
             out: None,
+            audit: None,
         })
     }
 

@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod audit;
 mod children;
 mod console;
 mod counters;
@@ -124,6 +125,8 @@ pub(crate) struct HqState {
     pub authority: std::sync::OnceLock<enroll::Authority>,
     /// One-time dashboard login tokens, and where the dashboard listens.
     pub door: console::Door,
+    /// Snapshot name -> `audit::SnapshotRecord`.
+    pub snapshots: Table,
 }
 
 impl HqState {
@@ -148,6 +151,7 @@ impl HqState {
             issued: store.table("issued")?,
             authority: std::sync::OnceLock::new(),
             door: Default::default(),
+            snapshots: store.table("snapshots")?,
             jobs: store.table("jobs")?,
             leaves: store.table("leaves")?,
             outputs: store.table("outputs")?,

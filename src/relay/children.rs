@@ -30,6 +30,7 @@ pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
                 s,
                 st.cache.store.clone(),
                 hook,
+                Some(st.cache.up_hook()),
                 st.cache.egress.clone(),
                 crate::link::transfer::SEND_PATIENCE,
             )
@@ -130,6 +131,7 @@ impl Downstream for RelayState {
                 output: None,
                 at_ms: now_ms(),
                 out: None,
+                audit: None,
             };
             // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
             apply_home(self, &child.name, std::slice::from_ref(&u))?;
