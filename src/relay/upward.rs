@@ -77,6 +77,13 @@ async fn session(
         st.store.table(super::HQ_CLOCK)?.put(b"offset", &o)?;
     }
     *st.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    // Cleared however the session ends, also when its future is dropped (a
+    // shutdown, a failed disk): a sender kept here would keep the link to
+    // the parent alive with heartbeats after this relay stopped serving.
+    let _up_guard = UpGuard {
+        up: &st.up,
+        tx: tx.clone(),
+    };
     let _renew = AbortOnDrop(tokio::spawn(crate::link::keep_renewed(
         identity,
         st.asks.clone(),
@@ -179,11 +186,21 @@ async fn session(
     }
     .await;
     drop(up);
-    {
-        let mut cur = st.up.lock().unwrap_or_else(|p| p.into_inner());
-        if cur.as_ref().is_some_and(|t| t.same_channel(&tx)) {
+    r
+}
+
+/// Forgets the parent's session in `RelayState::up` when dropped, if it is
+/// still the one recorded.
+struct UpGuard<'a> {
+    up: &'a std::sync::Mutex<Option<crate::link::SessionTx>>,
+    tx: crate::link::SessionTx,
+}
+
+impl Drop for UpGuard<'_> {
+    fn drop(&mut self) {
+        let mut cur = self.up.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|t| t.same_channel(&self.tx)) {
             *cur = None;
         }
     }
-    r
 }
