@@ -11,9 +11,11 @@ mod flush;
 pub use flush::longest_stall;
 pub mod keys;
 mod outbox;
+mod tree;
 mod txn;
 
 pub use outbox::Outbox;
+pub use tree::{Tree, TreeDef};
 pub use txn::{Txn, TxnError};
 
 use serde::de::DeserializeOwned;
