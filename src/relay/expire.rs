@@ -14,10 +14,10 @@
 //! Owns the `expiry` tree. Must not deliver, route or change anything but
 //! home leaves of due attempts.
 
-use super::{AttemptRecord, RelayState};
+use super::RelayState;
 use crate::proto::{now_ms, Attempt, JobId, LeafState, NodeName};
-use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError, Table};
+use crate::store::keys::{JobAttempt, JobPrefix, NameJob};
+use crate::store::{StoreError, Table};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -74,17 +74,8 @@ pub(crate) fn rebuild(st: &RelayState) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let mut n = 0;
-    for r in st.attempts.scan::<AttemptRecord>(b"") {
-        let (k, rec) = r?;
-        let (Some(job), Some(attempt)) = (
-            keys::read_u64(&k).map(JobId),
-            k.get(8..12)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .map(Attempt),
-        ) else {
-            continue;
-        };
+    for r in st.attempts.scan() {
+        let (JobAttempt(job, attempt), rec) = r?;
         if let (false, Some(e)) = (rec.swept, rec.expires_at_ms) {
             t.put(&index_key(e, job, attempt), &())?;
             n += 1;
@@ -239,8 +230,8 @@ pub(crate) fn sweep(
             continue;
         };
         let _span = info_span!("expire", %job, %attempt).entered();
-        let ak = keys::job_attempt(job, attempt);
-        let Some(mut rec) = st.attempts.get::<AttemptRecord>(&ak)? else {
+        let ak = JobAttempt(job, attempt);
+        let Some(mut rec) = st.attempts.get(&ak)? else {
             // Purged since.
             idx.remove(&k)?;
             continue;
@@ -248,18 +239,12 @@ pub(crate) fn sweep(
         let mut events = Vec::new();
         let mut writes = Vec::new();
         let mut open = false;
-        for r in st.leaves.scan::<LeafRecord>(&keys::job(job)) {
+        for r in st.leaves.scan_prefix(&JobPrefix(job)) {
             let (lk, leaf) = r?;
             if leaf.attempt != attempt {
                 continue;
             }
-            let Some(client) = lk
-                .get(8..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| NodeName::new(s).ok())
-            else {
-                continue;
-            };
+            let client = lk.1.clone();
             let since = if leaf.state.is_final() || leaf.state == LeafState::Pending {
                 None
             } else if connected.contains(&client) {
@@ -287,7 +272,7 @@ pub(crate) fn sweep(
         st.outbox.push(&events)?;
         for (lk, client, new) in &writes {
             st.leaves.put(lk, new)?;
-            st.client_leaves.remove(&keys::name_job(client, job))?;
+            st.client_leaves.remove(&NameJob(client.clone(), job))?;
         }
         if open {
             // The new entry before the old one goes: a crash leaves two, never none.
@@ -304,9 +289,12 @@ pub(crate) fn sweep(
 
 #[cfg(test)]
 mod tests {
+    use super::super::AttemptRecord;
     use super::*;
     use crate::proto::{Action, Assignment, Scope};
     use crate::relay::DirEntry;
+    use crate::rules::LeafRecord;
+    use crate::store::keys::{JobClient, Name};
     use crate::store::Store;
 
     fn relay(dir: &std::path::Path, clients: &[&str]) -> RelayState {
@@ -323,7 +311,7 @@ mod tests {
         };
         for c in clients {
             st.dir_clients
-                .put(&keys::name(&NodeName::new(*c).unwrap()), &home)
+                .put(&Name(NodeName::new(*c).unwrap()), &home)
                 .unwrap();
         }
         st
@@ -342,14 +330,14 @@ mod tests {
     }
 
     fn set(st: &RelayState, job: u64, client: &str, state: LeafState) {
-        let k = keys::job_client(JobId(job), &NodeName::new(client).unwrap());
+        let k = JobClient(JobId(job), NodeName::new(client).unwrap());
         let mut l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         l.state = state;
         st.leaves.put(&k, &l).unwrap();
     }
 
     fn state(st: &RelayState, job: u64, client: &str) -> (LeafState, Option<String>) {
-        let k = keys::job_client(JobId(job), &NodeName::new(client).unwrap());
+        let k = JobClient(JobId(job), NodeName::new(client).unwrap());
         let l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         (l.state, l.reason)
     }
@@ -446,7 +434,7 @@ mod tests {
         assert_eq!(state(&st, 1, "c3").0, LeafState::Succeeded);
         let rec: AttemptRecord = st
             .attempts
-            .get(&keys::job_attempt(JobId(1), Attempt(1)))
+            .get(&JobAttempt(JobId(1), Attempt(1)))
             .unwrap()
             .unwrap();
         assert!(rec.swept);
