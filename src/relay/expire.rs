@@ -16,8 +16,8 @@
 
 use super::RelayState;
 use crate::proto::{now_ms, Attempt, JobId, LeafState, NodeName};
-use crate::store::keys::{JobAttempt, JobPrefix, NameJob};
-use crate::store::{StoreError, Table};
+use crate::store::keys::{DueJobAttempt, JobAttempt, JobPrefix, NameJob};
+use crate::store::{StoreError, Tree};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -31,25 +31,13 @@ const PERIOD: Duration = Duration::from_millis(250);
 const PER_TICK: usize = 1024;
 
 /// The index of attempts by due time.
-pub(crate) fn table(st: &RelayState) -> Result<Table, StoreError> {
-    st.store.table("expiry")
+pub(crate) fn table(st: &RelayState) -> Result<Tree<DueJobAttempt, ()>, StoreError> {
+    st.store.tree(super::trees::EXPIRY)
 }
 
 /// Index key: due ++ job ++ attempt (big-endian: byte order is time order).
-pub(crate) fn index_key(due_ms: u64, job: JobId, attempt: Attempt) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..8].copy_from_slice(&due_ms.to_be_bytes());
-    k[8..16].copy_from_slice(&job.0.to_be_bytes());
-    k[16..].copy_from_slice(&attempt.0.to_be_bytes());
-    k
-}
-
-/// The fields of an index key.
-pub(crate) fn read_index_key(k: &[u8]) -> Option<(u64, JobId, Attempt)> {
-    let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let job = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
-    let attempt = u32::from_be_bytes(k.get(16..20)?.try_into().ok()?);
-    Some((due, JobId(job), Attempt(attempt)))
+pub(crate) fn index_key(due_ms: u64, job: JobId, attempt: Attempt) -> DueJobAttempt {
+    DueJobAttempt(due_ms, job, attempt)
 }
 
 /// Indexes a new attempt (before its record is written: an attempt on disk
@@ -206,14 +194,15 @@ pub(crate) fn sweep(
     let mut out = Swept::default();
     // Keys below (now + 1) ++ 0...: every entry due at `now`, and nothing
     // past it is read. `scanned` counts what the store iterator yielded.
-    let due: Vec<Vec<u8>> = idx
-        .range::<()>(b"", &now.saturating_add(1).to_be_bytes())
+    let due: Vec<DueJobAttempt> = idx
+        .range(
+            &index_key(0, JobId(0), Attempt(0)),
+            &index_key(now.saturating_add(1), JobId(0), Attempt(0)),
+        )
         .take(PER_TICK)
         .inspect(|_| out.scanned += 1)
         .filter_map(|r| match r {
-            Ok((k, ())) => read_index_key(&k)
-                .is_some_and(|(d, _, _)| d <= now)
-                .then_some(Ok(k)),
+            Ok((k, ())) => (k.0 <= now).then_some(Ok(k)),
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<_, _>>()?;
@@ -225,10 +214,7 @@ pub(crate) fn sweep(
         .cloned()
         .collect();
     for k in due {
-        let Some((_, job, attempt)) = read_index_key(&k) else {
-            idx.remove(&k)?;
-            continue;
-        };
+        let DueJobAttempt(_, job, attempt) = k;
         let _span = info_span!("expire", %job, %attempt).entered();
         let ak = JobAttempt(job, attempt);
         let Some(mut rec) = st.attempts.get(&ak)? else {
@@ -393,10 +379,17 @@ mod tests {
 
     #[test]
     fn index_keys_sort_by_due_time_and_read_back() {
-        let k = index_key(7, JobId(3), Attempt(2));
-        assert_eq!(read_index_key(&k), Some((7, JobId(3), Attempt(2))));
-        assert!(index_key(255, JobId(9), Attempt(9)) < index_key(256, JobId(1), Attempt(1)));
-        assert_eq!(read_index_key(b"short"), None);
+        use crate::store::keys::KeyCodec;
+        let k = index_key(7, JobId(3), Attempt(2)).encode();
+        assert_eq!(
+            DueJobAttempt::decode(&k),
+            Some(DueJobAttempt(7, JobId(3), Attempt(2)))
+        );
+        assert!(
+            index_key(255, JobId(9), Attempt(9)).encode()
+                < index_key(256, JobId(1), Attempt(1)).encode()
+        );
+        assert_eq!(DueJobAttempt::decode(b"short"), None);
     }
 
     #[tokio::test]

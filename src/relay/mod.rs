@@ -19,7 +19,7 @@ mod upward;
 use crate::link::{self, Admission, Dialer, SessionTx, Timing};
 use crate::proto::{Action, Hello, NodeName, Role, PROTOCOL_VERSION};
 use crate::rules::LeafRecord;
-use crate::store::keys::{JobAttempt, JobClient, JobKey, Name, NameJob};
+use crate::store::keys::{DueJobAttempt, JobAttempt, JobClient, JobKey, Name, NameJob};
 use crate::store::{Outbox, Store, StoreError, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
 use serde::{Deserialize, Serialize};
@@ -100,6 +100,8 @@ pub(crate) mod trees {
     pub const DENIED: TreeDef<Name, u64> = TreeDef::new("denied");
     /// job -> unix ms: the jobs canceled here.
     pub const CANCELED: TreeDef<JobKey, u64> = TreeDef::new("canceled");
+    /// due ++ job ++ attempt -> (): attempts not yet swept, by due time.
+    pub const EXPIRY: TreeDef<DueJobAttempt, ()> = TreeDef::new("expiry");
 }
 
 /// The relay's shared state.

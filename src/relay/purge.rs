@@ -85,9 +85,9 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
         }
     }
     let idx = super::expire::table(st)?;
-    for r in idx.scan::<()>(b"") {
-        let (k, _) = r?;
-        if super::expire::read_index_key(&k).is_some_and(|(_, j, _)| wanted.contains(&j)) {
+    for r in idx.scan() {
+        let (k, ()) = r?;
+        if wanted.contains(&k.1) {
             idx.remove(&k)?;
         }
     }

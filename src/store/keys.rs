@@ -267,6 +267,25 @@ impl KeyCodec for Seq {
     }
 }
 
+/// `due ++ job ++ attempt`: an attempt indexed by when it is due (unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DueJobAttempt(pub u64, pub JobId, pub Attempt);
+
+impl KeyCodec for DueJobAttempt {
+    fn encode(&self) -> Vec<u8> {
+        let mut k = seq(self.0).to_vec();
+        k.extend_from_slice(&job_attempt(self.1, self.2));
+        k
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 20 {
+            return None;
+        }
+        let JobAttempt(j, a) = JobAttempt::decode(&b[8..])?;
+        Some(DueJobAttempt(be_u64(&b[..8])?, j, a))
+    }
+}
+
 /// Any key at all, as its raw bytes (trees whose keys are not fixed yet).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Raw(pub Vec<u8>);
@@ -321,6 +340,14 @@ mod tests {
             roundtrip(NameJob(nn("r10"), JobId(j)), name_job(&nn("r10"), JobId(j)));
         }
         roundtrip(Name(nn("relay_1")), name(&nn("relay_1")));
+        let mut due = seq(1_000).to_vec();
+        due.extend_from_slice(&job_attempt(JobId(3), Attempt(2)));
+        roundtrip(DueJobAttempt(1_000, JobId(3), Attempt(2)), due);
+        assert!(
+            DueJobAttempt(255, JobId(9), Attempt(9)).encode()
+                < DueJobAttempt(256, JobId(1), Attempt(1)).encode()
+        );
+        assert_eq!(DueJobAttempt::decode(&[0; 19]), None);
         roundtrip(
             NameName(nn("r1"), nn("c2")),
             name_name(&nn("r1"), &nn("c2")),
