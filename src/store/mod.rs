@@ -16,7 +16,7 @@ mod txn;
 
 pub use outbox::Outbox;
 pub use tree::{Tree, TreeDef};
-pub use txn::{Txn, TxnError};
+pub use txn::{AsTable, Txn, TxnError};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -52,6 +52,12 @@ impl<K, V> Clone for Tree<K, V> {
     }
 }
 
+impl<K, V> super::txn::AsTable for Tree<K, V> {
+    fn as_table(&self) -> &Table {
+        &self.table
+    }
+}
+
 impl Store {
     /// The typed tree `def`.
     pub fn tree<K, V>(&self, def: TreeDef<K, V>) -> Result<Tree<K, V>, StoreError> {
@@ -255,7 +261,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         let (a, b) = (s.tree(LEAVES).unwrap(), s.tree(NAMES).unwrap());
         let k = JobClient(JobId(1), nn("c1"));
-        s.atomically(&[a.raw(), b.raw()], |w| {
+        s.atomically(&[&a, &b], |w| {
             w.put_at(&a, &k, &1)?;
             w.put_at(&b, &Name(nn("r1")), &"x".into())?;
             assert_eq!(w.get_at(&a, &k)?, Some(1));
