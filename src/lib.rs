@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod hq;
 pub mod link;
+pub mod metrics;
 pub mod node;
 pub mod pkg;
 pub mod proto;

@@ -161,6 +161,9 @@ pub enum HqCmd {
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
         #[arg(long, default_value = "30d")]
         retention: String,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         /// Expiry of a job created without --expires (e.g. 7d, 12h).
         #[arg(long = "order-ttl", default_value = "7d")]
         order_ttl: String,
@@ -443,6 +446,9 @@ pub enum RelayCmd {
         /// The parent's HOST:PORT (HQ or another relay).
         #[arg(long)]
         parent: String,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
         /// Connections still in their TLS handshake or Hello at most
@@ -479,6 +485,9 @@ pub enum AgentCmd {
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long)]
@@ -520,6 +529,10 @@ pub enum AgentCmd {
         /// the others wait their turn, as a fleet's machines come up spread out.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         max_dialing: u32,
+        /// Serve Prometheus metrics (the swarm's agents counted together) at
+        /// http://HOST:PORT/metrics (port 0 picks one).
+        #[arg(long)]
+        metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long)]

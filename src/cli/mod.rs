@@ -187,6 +187,20 @@ async fn serve_on(
     Ok((listener, addr))
 }
 
+/// `--metrics ADDR`: serves `/metrics` there (after the "listening on"
+/// line, which stays first on stdout).
+async fn serve_metrics(
+    addr: Option<&str>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), CliError> {
+    if let Some(addr) = addr {
+        crate::metrics::serve(addr, shutdown.clone())
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Announces the bound address: first line on stdout.
 fn announce(addr: std::net::SocketAddr) {
     use std::io::Write;
@@ -294,6 +308,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             data_dir,
             listen,
             retention,
+            metrics,
             order_ttl,
             timing: t,
         } => {
@@ -315,6 +330,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
+            serve_metrics(metrics.as_deref(), &shutdown).await?;
             finish(
                 crate::hq::run_with(listener, &data_dir, t, opts, shutdown).await,
                 &data_dir,
@@ -575,6 +591,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             data_dir,
             listen,
             parent,
+            metrics,
             timing: t,
             max_handshakes,
         } => {
@@ -594,6 +611,7 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
+            serve_metrics(metrics.as_deref(), &shutdown).await?;
             let cfg = crate::relay::RelayConfig {
                 identity,
                 data_dir: data_dir.clone(),
@@ -620,6 +638,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             data_dir,
             relay,
             max_parallel,
+            metrics,
             kill_grace: grace,
             timing: t,
         } => {
@@ -629,6 +648,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             crate::node::raise_fd_limit();
             crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
+            serve_metrics(metrics.as_deref(), &shutdown).await?;
             let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
@@ -677,6 +697,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             delay,
             max_parallel,
             max_dialing,
+            metrics,
             kill_grace: grace,
             timing: t,
         } => {
@@ -694,6 +715,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             crate::node::raise_fd_limit();
             crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
+            serve_metrics(metrics.as_deref(), &shutdown).await?;
             let options = crate::agent::AgentOptions {
                 max_parallel,
                 timing,

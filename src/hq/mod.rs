@@ -5,6 +5,7 @@
 
 mod children;
 mod counters;
+mod gauges;
 mod ingest;
 mod jobs;
 mod output;
@@ -270,6 +271,7 @@ pub async fn run_with(
     let state = Arc::new(state);
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
+    gauges::register(&state);
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
     let adm = Arc::new(Admission {

@@ -2,6 +2,7 @@
 //! `Hello` check, then one task per session. A failing connection ends only
 //! its own task.
 
+use super::meter::{child_label, refusal_reason, Metered};
 use super::session::{read_first, start, Session, Timing};
 use super::LinkError;
 use crate::proto::{Hello, Msg, MsgCodec, Role, PROTOCOL_VERSION};
@@ -92,6 +93,7 @@ pub async fn serve<H, F>(
         ) else {
             // Over a cap: refuse at once rather than let the flood queue up.
             debug!(%addr, "connection refused: too many connections or handshakes");
+            crate::metrics::handshake_refused("capacity");
             drop(tcp);
             continue;
         };
@@ -112,6 +114,7 @@ pub async fn serve<H, F>(
                     Ok(Ok(1..))
                 ) {
                     debug!("connection closed or idle before its handshake");
+                    crate::metrics::handshake_refused("silent");
                     return;
                 }
                 // Stage two: one of the few busy slots, then the handshake.
@@ -121,10 +124,12 @@ pub async fn serve<H, F>(
                 let session = match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
                     Err(_) => {
                         warn!("handshake timed out; closing");
+                        crate::metrics::handshake_refused("timeout");
                         return;
                     }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "session refused");
+                    Ok(Err((reason, e))) => {
+                        warn!(error = %e, reason, "session refused");
+                        crate::metrics::handshake_refused(reason);
                         return;
                     }
                     Ok(Ok(s)) => s,
@@ -136,6 +141,9 @@ pub async fn serve<H, F>(
                     peer = %session.peer.name,
                     role = %session.peer.role
                 );
+                // Transfer connections carry blobs, not a session: not counted.
+                let _open = matches!(session.purpose, crate::proto::Purpose::Session)
+                    .then(|| crate::metrics::session_opened(session.peer.role.as_str(), "child"));
                 async move {
                     info!("session up");
                     // A revocation closes every session of the name, whatever
@@ -162,19 +170,36 @@ pub async fn serve<H, F>(
     }
 }
 
+/// A session, or why it was refused (a metric label) and the error.
 async fn admit(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     adm: &Admission,
-) -> Result<Session, LinkError> {
-    let (tls, peer) = tls::accept(&acceptor, tcp, &adm.admit, &adm.trust_domain).await?;
+) -> Result<Session, (&'static str, LinkError)> {
+    let refused = |e: LinkError| (refusal_reason(&e), e);
+    let (tls, peer) = tls::accept(&acceptor, tcp, &adm.admit, &adm.trust_domain)
+        .await
+        .map_err(|e| refused(e.into()))?;
     if adm.denied.contains(&peer.name) {
-        return Err(LinkError::Protocol(format!(
-            "{} ({}) is revoked",
-            peer.name, peer.role
-        )));
+        return Err((
+            "revoked",
+            LinkError::Protocol(format!("{} ({}) is revoked", peer.name, peer.role)),
+        ));
     }
-    let mut framed = Framed::new(tls, MsgCodec::for_session(adm.me.role, peer.role));
+    greet(tls, peer, adm).await.map_err(refused)
+}
+
+/// The `Hello` exchange on an admitted TLS stream, counted as the child's traffic.
+async fn greet(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: PeerIdentity,
+    adm: &Admission,
+) -> Result<Session, LinkError> {
+    let bytes = crate::metrics::child_bytes(&child_label(peer.role, &peer.name));
+    let mut framed = Framed::new(
+        Metered::new(tls, bytes),
+        MsgCodec::for_session(adm.me.role, peer.role),
+    );
     let first = read_first(&mut framed, adm.timing.handshake_timeout).await?;
     let hello = match first {
         Msg::Hello(h) => h,

@@ -113,6 +113,7 @@ where
             Ok(session) => {
                 info!(parent = %session.peer.name, addr = %d.addr, "connected to parent");
                 backoff.reset();
+                let _open = crate::metrics::session_opened(session.peer.role.as_str(), "parent");
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     r = handler(session) => r,

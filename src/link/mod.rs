@@ -12,6 +12,7 @@ pub mod confine;
 mod deny;
 mod dial;
 pub mod downstream;
+pub mod meter;
 mod pump;
 pub mod queue;
 mod session;

@@ -226,6 +226,10 @@ pub async fn serve(
         let mut failed: Option<String> = None;
         if let Some(ensure) = &ensure {
             let lacking = store.missing(&hashes);
+            crate::metrics::cache_lookups(
+                (hashes.len() - lacking.len()) as u64,
+                lacking.len() as u64,
+            );
             if !lacking.is_empty() {
                 match ensure(lacking).await {
                     Ok(()) => {}

@@ -11,6 +11,7 @@ mod cancel;
 mod children;
 mod deny;
 mod expire;
+mod gauges;
 mod home;
 mod moves;
 mod purge;
@@ -241,6 +242,7 @@ pub async fn run(
     let cache = cache::Cache::new(blobs, dialer.clone());
     let st = Arc::new(RelayState::open(me.name.clone(), store, cache)?);
     st.deny.replace(deny::stored(&st)?);
+    gauges::register(&st);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();
     let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));

@@ -100,6 +100,7 @@ impl Flusher {
             .spawn(move || {
                 while kicks.recv().is_ok() {
                     let target = s.requested.load(Ordering::SeqCst);
+                    let began = std::time::Instant::now();
                     let res = db.flush().map_err(|e| e.to_string()).and_then(|_| {
                         let Some(sync) = sync.as_mut() else {
                             return Ok(());
@@ -109,6 +110,7 @@ impl Flusher {
                         s.fsynced_through.store(round, Ordering::SeqCst);
                         Ok(())
                     });
+                    crate::metrics::flush_took(began.elapsed());
                     s.last_done_ms
                         .store(crate::proto::now_ms(), Ordering::SeqCst);
                     // Everyone asked so far is covered: nobody waits any more.

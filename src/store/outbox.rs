@@ -6,9 +6,78 @@
 
 use super::{keys, StoreError, Table};
 use crate::proto::Event;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
+
+/// What waits in one outbox, kept in memory for the metrics (depth and the
+/// oldest entry's age) so a scrape never walks the tree.
+#[derive(Default)]
+struct Waiting {
+    /// Highest sequence number pushed.
+    last: u64,
+    /// Highest sequence number acknowledged (everything up to it is gone).
+    acked: u64,
+    /// (last sequence number of a push, unix ms of the push), oldest first;
+    /// pushes fully acknowledged are dropped.
+    pushes: VecDeque<(u64, u64)>,
+}
+
+impl Waiting {
+    fn pushed(&mut self, last: u64, at_ms: u64) {
+        self.last = self.last.max(last);
+        self.pushes.push_back((last, at_ms));
+    }
+    fn acked(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq.min(self.last));
+        while self.pushes.front().is_some_and(|(l, _)| *l <= self.acked) {
+            self.pushes.pop_front();
+        }
+    }
+    /// (entries waiting, unix ms of the oldest push still waiting).
+    fn stats(&self) -> (u64, Option<u64>) {
+        (
+            self.last.saturating_sub(self.acked),
+            self.pushes.front().map(|(_, t)| *t),
+        )
+    }
+}
+
+/// Every outbox of this process, for the metrics.
+static OUTBOXES: Mutex<Vec<Weak<Mutex<Waiting>>>> = Mutex::new(Vec::new());
+
+/// Entries waiting in every outbox of this process, and the age of the
+/// oldest one (zero when none waits).
+pub fn waiting() -> (u64, std::time::Duration) {
+    let now = crate::proto::now_ms();
+    let mut all = OUTBOXES.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    let (mut depth, mut oldest) = (0u64, None::<u64>);
+    for w in all.iter().filter_map(|w| w.upgrade()) {
+        let (d, t) = w.lock().unwrap_or_else(|p| p.into_inner()).stats();
+        depth += d;
+        if let Some(t) = t {
+            oldest = Some(oldest.map_or(t, |o| o.min(t)));
+        }
+    }
+    let age = oldest.map_or(0, |t| now.saturating_sub(t));
+    (depth, std::time::Duration::from_millis(age))
+}
+
+fn track(w: &Arc<Mutex<Waiting>>) {
+    static COLLECTOR: std::sync::Once = std::sync::Once::new();
+    COLLECTOR.call_once(|| {
+        crate::metrics::on_scrape(|| {
+            let (depth, age) = waiting();
+            crate::metrics::set_outbox(depth, age);
+            true
+        })
+    });
+    let mut all = OUTBOXES.lock().unwrap_or_else(|p| p.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(w));
+}
 
 /// The outbox of one node.
 #[derive(Clone)]
@@ -21,6 +90,8 @@ pub struct Outbox {
     append: Arc<Mutex<()>>,
     next: Arc<AtomicU64>,
     notify: Arc<Notify>,
+    /// Depth and push times, for the metrics.
+    waiting: Arc<Mutex<Waiting>>,
 }
 
 impl Outbox {
@@ -29,6 +100,21 @@ impl Outbox {
             Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(0),
             None => 0,
         };
+        let first = match table.tree.scan_prefix(prefix).next() {
+            Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(1),
+            None => last + 1,
+        };
+        // Entries left from before a restart count as pushed now.
+        let mut waiting = Waiting {
+            last,
+            acked: first.saturating_sub(1),
+            pushes: VecDeque::new(),
+        };
+        if last >= first {
+            waiting.pushes.push_back((last, crate::proto::now_ms()));
+        }
+        let waiting = Arc::new(Mutex::new(waiting));
+        track(&waiting);
         // After everything was acknowledged and removed, numbering restarts at 1:
         // harmless, since a parent keeps no per-sequence state (events are idempotent).
         Ok(Outbox {
@@ -37,6 +123,7 @@ impl Outbox {
             append: Arc::new(Mutex::new(())),
             next: Arc::new(AtomicU64::new(last + 1)),
             notify: Arc::new(Notify::new()),
+            waiting,
         })
     }
 
@@ -61,6 +148,7 @@ impl Outbox {
         self.table.put_many(items)?;
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
+        self.pushed(first + events.len() as u64 - 1);
         self.notify.notify_waiters();
         Ok(first + events.len() as u64 - 1)
     }
@@ -83,6 +171,9 @@ impl Outbox {
         self.table.tree.apply_batch(batch)?;
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
+        if !events.is_empty() {
+            self.pushed(first + events.len() as u64 - 1);
+        }
         self.notify.notify_waiters();
         Ok((first + events.len() as u64).saturating_sub(1))
     }
@@ -120,12 +211,23 @@ impl Outbox {
         Ok(out)
     }
 
+    fn pushed(&self, last: u64) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pushed(last, crate::proto::now_ms());
+    }
+
     /// Drops every entry up to and including `seq`.
     pub fn ack(&self, seq: u64) -> Result<(), StoreError> {
         for r in self.table.tree.range(self.key(0)..=self.key(seq)) {
             let (k, _) = r?;
             self.table.tree.remove(k)?;
         }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked(seq);
         Ok(())
     }
 
@@ -152,8 +254,45 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use super::Waiting;
     use crate::proto::{Event, NodeName};
     use crate::store::Store;
+
+    #[test]
+    fn waiting_counts_depth_and_the_oldest_push() {
+        let mut w = Waiting::default();
+        assert_eq!(w.stats(), (0, None));
+        w.pushed(3, 100); // 1..=3
+        w.pushed(5, 200); // 4..=5
+        assert_eq!(w.stats(), (5, Some(100)));
+        w.acked(2); // 3 of the first push still waits
+        assert_eq!(w.stats(), (3, Some(100)));
+        w.acked(3);
+        assert_eq!(w.stats(), (2, Some(200)));
+        w.acked(9); // beyond what was pushed: everything
+        assert_eq!(w.stats(), (0, None));
+        w.pushed(6, 300);
+        assert_eq!(w.stats(), (1, Some(300)));
+    }
+
+    #[tokio::test]
+    async fn depth_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let o = s.outbox("outbox").unwrap();
+            o.push(&[ev(1), ev(2), ev(3)]).unwrap();
+            o.ack(1).unwrap();
+            assert_eq!(o.waiting.lock().unwrap().stats().0, 2);
+            drop(o);
+            s.close().await.unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let o = s.outbox("outbox").unwrap();
+        assert_eq!(o.waiting.lock().unwrap().stats().0, 2);
+        o.ack(3).unwrap();
+        assert_eq!(o.waiting.lock().unwrap().stats(), (0, None));
+    }
 
     fn ev(i: u32) -> Event {
         Event::ClientJoined {

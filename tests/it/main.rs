@@ -17,6 +17,7 @@ mod garbage;
 mod harness;
 mod jobs_cli;
 mod leftover;
+mod metrics;
 mod offline;
 mod output;
 mod packages;
