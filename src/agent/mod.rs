@@ -251,8 +251,13 @@ pub(crate) async fn run_on(
             tokio::spawn(run::execute(st.clone(), a).in_current_span());
         }
         st.store.durable().await?;
+        let identity = Arc::new(identity);
+        let asks = Arc::new(crate::link::CertAsks::default());
+        let dialing = dial_loop(dialer, shutdown, |s| {
+            session(st.clone(), identity.clone(), asks.clone(), s)
+        });
         tokio::select! {
-            _ = dial_loop(dialer, shutdown, |s| session(st.clone(), s)) => {}
+            _ = dialing => {}
             e = st.store.failed() => return Err(AgentError::Store(e)),
         }
         st.store.durable().await?;
@@ -305,11 +310,28 @@ async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId
     }
 }
 
-async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn session(
+    st: Arc<AgentState>,
+    identity: Arc<Identity>,
+    asks: Arc<crate::link::CertAsks>,
+    s: Session,
+) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
     } = s;
     let relay = peer.name;
+    // Renews this agent's certificate over this session when it is due.
+    let _renew = AbortOnDrop(tokio::spawn(
+        crate::link::keep_renewed(identity, asks.clone(), tx.clone()).in_current_span(),
+    ));
     if st.report_inventory.swap(false, Ordering::SeqCst) {
         // Once after start-up: what is installed here, as it stands.
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;
@@ -351,6 +373,7 @@ async fn session(st: Arc<AgentState>, s: Session) -> Result<(), LinkError> {
                 }
                 m @ (Msg::Cancel { .. } | Msg::Purge { .. }) => from_relay(&st, &tx, m).await?,
                 Msg::Ack { seq } => up.ack(seq)?,
+                Msg::CertReply { id, result } => asks.answer(id, result),
                 other => return Err(unexpected(&other, "from a relay")),
             }
         }

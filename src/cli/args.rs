@@ -18,14 +18,26 @@ pub struct AdminArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Checks a duration (`30s`, `5m`, `1h30m`, or seconds) and keeps its text,
+/// so that a bad one is refused while parsing (naming the flag, or the
+/// config file's key).
+pub fn duration_text(s: &str) -> Result<String, String> {
+    if s.parse::<u64>().is_ok() {
+        return Ok(s.to_string());
+    }
+    humantime::parse_duration(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e} (expected e.g. 30s, 5m, 2h)"))
+}
+
 /// Session timers of a server (defaults: heartbeat 5s, idle timeout 20s).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TimingArgs {
     /// Send a heartbeat after this long without sending (e.g. 5s).
-    #[arg(long)]
+    #[arg(long, value_parser = duration_text)]
     pub heartbeat: Option<String>,
     /// Close a session silent for this long (e.g. 20s); detects half-open links.
-    #[arg(long)]
+    #[arg(long, value_parser = duration_text)]
     pub idle_timeout: Option<String>,
 }
 
@@ -123,6 +135,57 @@ pub enum IssueRole {
     Admin,
 }
 
+/// Roles an enrollment token is for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollRole {
+    /// A client.
+    Agent,
+    /// A relay manager.
+    Relay,
+}
+
+/// How a node enrolls (`agent enroll`, `relay enroll`).
+#[derive(Args, Debug, Clone)]
+pub struct EnrollArgs {
+    /// The token from `hq token create`.
+    #[arg(long)]
+    pub token: String,
+    /// The CA's hash from `hq token create` (sha256:HEX): the parent's
+    /// chain must lead to this CA.
+    #[arg(long = "ca-hash", value_name = "sha256:HEX")]
+    pub ca_hash: String,
+    /// This node's name.
+    #[arg(long)]
+    pub name: String,
+    /// Where to write ca.crt, node.crt, node.key (0600) and sign.pub.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// For tests only: put this name in the certificate signing request
+    /// instead of --name (HQ must refuse it).
+    #[arg(long = "csr-name", hide = true)]
+    pub csr_name: Option<String>,
+}
+
+/// `hq token` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a one-time, expiring enrollment token; prints it and the CA's hash.
+    Create {
+        /// The role a node enrolling with it gets.
+        #[arg(long, value_enum)]
+        role: EnrollRole,
+        /// Valid this long (e.g. 1h, 30m).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Enrollments it allows.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        uses: u32,
+        /// Print JSON: {"token": ..., "ca_hash": ..., "expires_ms": ...}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Destination kinds.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
@@ -159,14 +222,17 @@ pub enum HqCmd {
         #[arg(long)]
         listen: String,
         /// Purge finished jobs unchanged for this long (e.g. 30d, 12h).
-        #[arg(long, default_value = "30d")]
+        #[arg(long, default_value = "30d", value_parser = duration_text)]
         retention: String,
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
         #[arg(long)]
         metrics: Option<String>,
         /// Expiry of a job created without --expires (e.g. 7d, 12h).
-        #[arg(long = "order-ttl", default_value = "7d")]
+        #[arg(long = "order-ttl", default_value = "7d", value_parser = duration_text)]
         order_ttl: String,
+        /// For tests only: validity of the certificates HQ signs (default 90d).
+        #[arg(long = "cert-validity", hide = true, value_parser = duration_text)]
+        cert_validity: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -198,6 +264,25 @@ pub enum HqCmd {
         json: bool,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print a shell completion script for hq.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages of hq, relay and agent (and their subcommands) into DIR.
+    Man {
+        /// Output directory (e.g. deploy/man).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Start a real local tree on loopback, run a job, rerun its failures, stop.
     Demo {
@@ -456,6 +541,20 @@ pub enum RelayCmd {
         #[arg(long = "max-handshakes")]
         max_handshakes: Option<usize>,
     },
+    /// Join the tree: make a key here, have HQ sign it through the parent.
+    Enroll {
+        /// The parent's HOST:PORT (HQ or a relay).
+        #[arg(long)]
+        parent: String,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Print a shell completion script for relay.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// relaytree agent.
@@ -490,10 +589,24 @@ pub enum AgentCmd {
         metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
+    },
+    /// Join the tree: make a key here, have HQ sign it through the relay.
+    Enroll {
+        /// The relay's HOST:PORT.
+        #[arg(long)]
+        relay: String,
+        #[command(flatten)]
+        enroll: EnrollArgs,
+    },
+    /// Print a shell completion script for agent.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the run log of a stopped agent or swarm: every attempt it
     /// accepted and how far it got.
@@ -520,7 +633,7 @@ pub enum AgentCmd {
         #[arg(long, default_value_t = 0.0)]
         fail_fraction: f64,
         /// For load tests: wait this long before carrying out each attempt (e.g. 50ms).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         delay: Option<String>,
         /// Commands run at the same time per agent, at most.
         #[arg(long, default_value_t = 1)]
@@ -535,7 +648,7 @@ pub enum AgentCmd {
         metrics: Option<String>,
         /// A command stopped (timeout, cancel, leftover after a crash) gets
         /// SIGTERM, then SIGKILL after this long (default 10s).
-        #[arg(long)]
+        #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,

@@ -6,7 +6,10 @@
 mod output;
 pub mod args;
 pub mod client;
+pub mod config;
 mod demo;
+mod docs;
+mod enroll;
 mod package;
 pub mod pkg_args;
 mod pkg_render;
@@ -49,9 +52,15 @@ pub fn init_tracing(default: &str, format: args::LogFormat) {
 /// Parses the command line; an argument error is printed as one line on
 /// stderr (exit 2), help and version as clap prints them (exit 0).
 pub fn parse<T: clap::Parser>() -> T {
-    match T::try_parse() {
+    let args = std::env::args_os().collect();
+    match config::try_parse_from::<T>(args, &|k| std::env::var(k).ok()) {
         Ok(t) => t,
-        Err(e) => {
+        // A bad config file or RELAYTREE_* variable: the key and the file named.
+        Err(config::Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_ERROR as i32)
+        }
+        Err(config::Failure::Clap(e)) => {
             use clap::error::ErrorKind::*;
             match e.kind() {
                 DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
@@ -309,11 +318,21 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             listen,
             retention,
             metrics,
+            cert_validity,
             order_ttl,
             timing: t,
         } => {
             let t = timing(&t)?;
             let retention = parse_duration("--retention", &retention)?;
+            let cert_validity = cert_validity
+                .map(|v| parse_duration("--cert-validity", &v))
+                .transpose()?
+                .unwrap_or(crate::hq::DEFAULT_CERT_VALIDITY);
+            if cert_validity < Duration::from_secs(3) {
+                return Err(CliError::Usage(
+                    "--cert-validity must be at least 3s".into(),
+                ));
+            }
             if retention.is_zero() {
                 return Err(CliError::Usage(
                     "--retention must be longer than 0s (finished jobs are kept that long)".into(),
@@ -326,6 +345,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             let opts = crate::hq::HqOptions {
                 order_ttl_ms: order_ttl.as_millis() as u64,
                 retention,
+                cert_validity,
             };
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
@@ -350,6 +370,18 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             }
         }
         HqCmd::Demo { dir, json } => demo::run(dir.as_deref(), json).await?,
+        HqCmd::Token {
+            cmd:
+                args::TokenCmd::Create {
+                    role,
+                    ttl,
+                    uses,
+                    json,
+                },
+            admin,
+        } => enroll::token_create(&target(&admin), role, &ttl, uses, json).await?,
+        HqCmd::Completions { shell } => docs::completions::<args::HqCli>(shell, "hq"),
+        HqCmd::Man { out } => docs::man(&out)?,
     }
     Ok(EXIT_OK)
 }
@@ -626,6 +658,10 @@ pub async fn relay_main(cli: args::RelayCli) -> Result<u8, CliError> {
             )
             .await?;
         }
+        RelayCmd::Enroll { parent, enroll } => {
+            enroll::enroll(&parent, crate::proto::Role::Relay, enroll).await?
+        }
+        RelayCmd::Completions { shell } => docs::completions::<args::RelayCli>(shell, "relay"),
     }
     Ok(EXIT_OK)
 }
@@ -655,6 +691,10 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             cfg.options.kill_grace = grace;
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
+        AgentCmd::Enroll { relay, enroll } => {
+            enroll::enroll(&relay, crate::proto::Role::Agent, enroll).await?
+        }
+        AgentCmd::Completions { shell } => docs::completions::<args::AgentCli>(shell, "agent"),
         AgentCmd::Runlog { data_dir, json } => {
             if !data_dir.join("db").exists() {
                 return Err(CliError::Usage(format!(

@@ -48,6 +48,28 @@ impl Downstream for HqState {
     fn apply(&self, child: &PeerIdentity, events: &[(u64, Event)]) -> Result<Outgoing, StoreError> {
         ingest::apply(self, &child.name, events)
     }
+    fn request<'a>(
+        &'a self,
+        child: &'a PeerIdentity,
+        tx: &'a SessionTx,
+        msg: Msg,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Msg>> + Send + 'a>> {
+        Box::pin(async move {
+            match msg {
+                Msg::CertRequest { id, mut req } => {
+                    // A relay's own renewal: named by its certificate. Signing
+                    // is quick (no round trip), so it is answered in line.
+                    if req.token.is_none() && req.name == child.name {
+                        req.role = crate::proto::Role::Relay;
+                    }
+                    let result = super::enroll::certify(self, Some(&child.name), req).await;
+                    crate::link::send_soon(tx, Msg::CertReply { id, result });
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        })
+    }
     fn applied(&self, _child: &PeerIdentity, events: &[(u64, Event)]) {
         self.bump();
         // A relay that joined anywhere below may have syncs waiting.

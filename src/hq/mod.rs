@@ -5,6 +5,7 @@
 
 mod children;
 mod counters;
+mod enroll;
 mod gauges;
 mod ingest;
 mod jobs;
@@ -82,6 +83,8 @@ pub(crate) mod trees {
     pub const INVENTORY: TreeDef<Name, crate::proto::InventoryReport> = TreeDef::new("inventory");
     /// relay -> RelaySchedule.
     pub const SCHEDULES: TreeDef<Name, crate::proto::RelaySchedule> = TreeDef::new("schedules");
+    /// name -> IssuedRecord: certificates HQ issued by enrollment or renewal.
+    pub const ISSUED: TreeDef<Name, enroll::IssuedRecord> = TreeDef::new("issued");
     /// job -> Tombstone: purged jobs.
     pub const PURGED: TreeDef<JobKey, retention::Tombstone> = TreeDef::new("purged");
 }
@@ -140,6 +143,12 @@ pub(crate) struct HqState {
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
     pub uploads: packages::Uploads,
+    /// SHA-256 of a token -> TokenRecord: enrollment tokens.
+    pub tokens: Table,
+    /// name -> IssuedRecord: names HQ signed certificates for.
+    pub issued: Tree<Name, enroll::IssuedRecord>,
+    /// The CA and what goes with every certificate HQ signs (set by `run`).
+    pub authority: std::sync::OnceLock<enroll::Authority>,
 }
 
 impl HqState {
@@ -160,6 +169,9 @@ impl HqState {
             schedules: store.tree(trees::SCHEDULES)?,
             egress: Default::default(),
             uploads: Default::default(),
+            tokens: store.table("tokens")?,
+            issued: store.tree(trees::ISSUED)?,
+            authority: std::sync::OnceLock::new(),
             jobs: store.tree(trees::JOBS)?,
             leaves: store.tree(trees::LEAVES)?,
             outputs: store.tree(trees::OUTPUTS)?,
@@ -208,6 +220,8 @@ pub mod layout {
 /// How long finished jobs are kept when `hq serve` is not told (30 days).
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
+pub use enroll::DEFAULT_CERT_VALIDITY;
+
 /// Default expiry window of a job created without `--expires`: 7 days.
 pub const DEFAULT_ORDER_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -218,6 +232,8 @@ pub struct HqOptions {
     pub order_ttl_ms: u64,
     /// Finished jobs unchanged for this long are purged (checked periodically).
     pub retention: std::time::Duration,
+    /// Validity of the certificates HQ signs (enrollments, renewals).
+    pub cert_validity: std::time::Duration,
 }
 
 impl Default for HqOptions {
@@ -225,6 +241,7 @@ impl Default for HqOptions {
         HqOptions {
             order_ttl_ms: DEFAULT_ORDER_TTL_MS,
             retention: DEFAULT_RETENTION,
+            cert_validity: DEFAULT_CERT_VALIDITY,
         }
     }
 }
@@ -269,11 +286,23 @@ pub async fn run_with(
     let mut state = HqState::open(me.name.clone(), store, signer, depot)?;
     state.order_ttl_ms = opts.order_ttl_ms;
     let state = Arc::new(state);
+    let ca = crate::tls::Ca::load(&layout::ca(data_dir))?;
+    let sign_pub_path = layout::ca(data_dir).join(crate::tls::SIGN_PUB);
+    let sign_pub = std::fs::read(&sign_pub_path).map_err(|source| TlsError::Read {
+        path: sign_pub_path,
+        source,
+    })?;
+    let _ = state.authority.set(enroll::Authority {
+        ca_hash: crate::tls::enroll::ca_hash(ca.cert_der()),
+        ca,
+        sign_pub,
+        validity: opts.cert_validity,
+    });
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     gauges::register(&state);
     let admit = [Role::Relay, Role::Admin];
-    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {
         admit: admit.to_vec(),
         me: Hello {
@@ -288,9 +317,19 @@ pub async fn run_with(
         denied: state.deny.clone(),
     });
     let st = state.clone();
-    let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
-        sessions::handle(st.clone(), s)
+    let st2 = state.clone();
+    let enrolling: link::EnrollFn = Arc::new(move |req| {
+        let st = st2.clone();
+        Box::pin(async move { enroll::certify(&st, None, req).await })
     });
+    let serving = link::serve_enrolling(
+        listener,
+        acceptor,
+        adm,
+        enrolling,
+        shutdown.clone(),
+        move |s| sessions::handle(st.clone(), s),
+    );
     let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
     let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), opts.retention)));

@@ -20,7 +20,8 @@ fn known(st: &HqState, name: &NodeName) -> Result<bool, StoreError> {
     Ok(st.seen.contains(&k)?
         || st.relays.contains(&k)?
         || st.clients.contains(&k)?
-        || st.denied.contains(&k)?)
+        || st.denied.contains(&k)?
+        || st.issued.contains(&k)?)
 }
 
 /// `hq cert revoke NAME`: durable, refused at HQ's listener at once (which

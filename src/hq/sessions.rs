@@ -144,6 +144,9 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
             AdminResponse::Purged(super::retention::purge(st, older_than_ms).await?)
         }
         AdminRequest::Tree => AdminResponse::Tree(view::tree(st)?),
+        AdminRequest::TokenCreate { role, ttl_ms, uses } => {
+            AdminResponse::Token(super::enroll::create_token(st, role, ttl_ms, uses).await?)
+        }
         AdminRequest::Revoke { name, force } => AdminResponse::Revoked {
             denied: revoke::revoke(st, name, force).await?,
         },

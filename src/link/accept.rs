@@ -5,7 +5,7 @@
 use super::meter::{child_label, refusal_reason, Metered};
 use super::session::{read_first, start, Session, Timing};
 use super::LinkError;
-use crate::proto::{Hello, Msg, MsgCodec, Role, PROTOCOL_VERSION};
+use crate::proto::{CertGrant, CertRequest, Hello, Msg, MsgCodec, Role, PROTOCOL_VERSION};
 use crate::tls::{self, PeerIdentity};
 use futures::SinkExt;
 use std::future::Future;
@@ -58,6 +58,14 @@ impl Default for Limits {
     }
 }
 
+/// Answers one enrollment request (the role decides: HQ signs, a relay
+/// passes it up).
+pub type EnrollFn = Arc<
+    dyn Fn(CertRequest) -> std::pin::Pin<Box<dyn Future<Output = Result<CertGrant, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Accepts sessions until `shutdown`; each admitted session goes to `handler`
 /// in its own task.
 pub async fn serve<H, F>(
@@ -70,6 +78,43 @@ pub async fn serve<H, F>(
     H: Fn(Session) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_with(listener, acceptor, adm, None, shutdown, handler).await
+}
+
+/// As [`serve`], and a client without a certificate (the acceptor must come
+/// from `Identity::server_config_enrolling`) may send one enrollment
+/// request, which `enroll` answers; rate-limited per listener, small
+/// frames, closed after the answer. Nothing else is allowed anonymously.
+pub async fn serve_enrolling<H, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    adm: Arc<Admission>,
+    enroll: EnrollFn,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Session) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    serve_with(listener, acceptor, adm, Some(enroll), shutdown, handler).await
+}
+
+async fn serve_with<H, F>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    adm: Arc<Admission>,
+    enroll: Option<EnrollFn>,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Session) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let bucket = Arc::new(std::sync::Mutex::new(super::certs::Bucket::new(
+        super::certs::ENROLL_RATE,
+        super::certs::ENROLL_BURST,
+        std::time::Instant::now(),
+    )));
     let handler = Arc::new(handler);
     let conns = Arc::new(Semaphore::new(adm.limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(adm.limits.max_handshakes));
@@ -99,6 +144,7 @@ pub async fn serve<H, F>(
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, adm, handler) = (acceptor.clone(), adm.clone(), handler.clone());
+        let (enroll, bucket) = (enroll.clone(), bucket.clone());
         let busy = busy.clone();
         tokio::spawn(
             async move {
@@ -121,7 +167,10 @@ pub async fn serve<H, F>(
                 let Ok(busy_permit) = busy.acquire_owned().await else {
                     return;
                 };
-                let session = match tokio::time::timeout(within, admit(acceptor, tcp, &adm)).await {
+                let admitted =
+                    tokio::time::timeout(within, admit(acceptor, tcp, &adm, enroll.is_some()))
+                        .await;
+                let session = match admitted {
                     Err(_) => {
                         warn!("handshake timed out; closing");
                         crate::metrics::handshake_refused("timeout");
@@ -132,7 +181,15 @@ pub async fn serve<H, F>(
                         crate::metrics::handshake_refused(reason);
                         return;
                     }
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(Admitted::Session(s))) => s,
+                    Ok(Ok(Admitted::Anonymous(tls))) => {
+                        drop(busy_permit);
+                        drop(hs_permit);
+                        if let Some(answer) = &enroll {
+                            super::certs::serve_anonymous(tls, answer, &bucket, within).await;
+                        }
+                        return;
+                    }
                 };
                 drop(busy_permit);
                 drop(hs_permit);
@@ -170,23 +227,41 @@ pub async fn serve<H, F>(
     }
 }
 
-/// A session, or why it was refused (a metric label) and the error.
+/// What a handshake let in.
+enum Admitted {
+    /// A verified peer's session.
+    Session(Session),
+    /// A client without a certificate, on a listener that enrolls.
+    Anonymous(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A handshake's outcome, or why it was refused (a metric label) and the error.
 async fn admit(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     adm: &Admission,
-) -> Result<Session, (&'static str, LinkError)> {
+    anonymous: bool,
+) -> Result<Admitted, (&'static str, LinkError)> {
     let refused = |e: LinkError| (refusal_reason(&e), e);
-    let (tls, peer) = tls::accept(&acceptor, tcp, &adm.admit, &adm.trust_domain)
+    let (tls, peer) = tls::accept_any(&acceptor, tcp, &adm.admit, &adm.trust_domain)
         .await
         .map_err(|e| refused(e.into()))?;
+    let Some(peer) = peer else {
+        if anonymous {
+            return Ok(Admitted::Anonymous(Box::new(tls)));
+        }
+        return Err(refused(tls::TlsError::NoPeerCertificate.into()));
+    };
     if adm.denied.contains(&peer.name) {
         return Err((
             "revoked",
             LinkError::Protocol(format!("{} ({}) is revoked", peer.name, peer.role)),
         ));
     }
-    greet(tls, peer, adm).await.map_err(refused)
+    greet(tls, peer, adm)
+        .await
+        .map(Admitted::Session)
+        .map_err(refused)
 }
 
 /// The `Hello` exchange on an admitted TLS stream, counted as the child's traffic.

@@ -55,6 +55,17 @@ pub trait Downstream: Send + Sync {
     fn apply(&self, child: &PeerIdentity, events: &[(u64, Event)]) -> Result<Outgoing, StoreError>;
     /// After a batch is durable and acknowledged.
     fn applied(&self, _child: &PeerIdentity, _events: &[(u64, Event)]) {}
+    /// Any other message from the child (a certificate request): handled
+    /// by the role (an answer goes on `tx`), or given back (the default)
+    /// and refused as not allowed.
+    fn request<'a>(
+        &'a self,
+        _child: &'a PeerIdentity,
+        _tx: &'a SessionTx,
+        msg: Msg,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Msg>> + Send + 'a>> {
+        Box::pin(async move { Err(msg) })
+    }
 }
 
 /// Serves one child session to its end.
@@ -127,10 +138,12 @@ async fn serve_loop<D: Downstream>(
                 d.applied(peer, &events);
             }
             other => {
-                return Err(unexpected(
-                    &other,
-                    &format!("from {} {}", peer.role.with_article(), peer.name),
-                ))
+                if let Err(other) = d.request(peer, tx, other).await {
+                    return Err(unexpected(
+                        &other,
+                        &format!("from {} {}", peer.role.with_article(), peer.name),
+                    ));
+                }
             }
         }
     }

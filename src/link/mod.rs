@@ -8,6 +8,7 @@
 //! subtree ([`confine`], a pure fold the roles feed with their directory).
 
 mod accept;
+pub mod certs;
 pub mod confine;
 mod deny;
 mod dial;
@@ -18,7 +19,8 @@ pub mod queue;
 mod session;
 pub mod transfer;
 
-pub use accept::{serve, Admission, Limits};
+pub use accept::{serve, serve_enrolling, Admission, EnrollFn, Limits};
+pub use certs::{keep_renewed, CertAsks};
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor, Upward};
@@ -59,6 +61,9 @@ pub enum LinkError {
     /// Local storage failed; nothing is acknowledged.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// HQ (or the parent) refused the request; the reason is inside.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A step took too long.
     #[error("{0} timed out")]
     Timeout(&'static str),

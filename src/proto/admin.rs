@@ -81,6 +81,15 @@ pub enum AdminRequest {
     },
     /// Relays, their parents and clients.
     Tree,
+    /// Make an enrollment token (`hq token create`).
+    TokenCreate {
+        /// The role a node enrolling with it gets (agent or relay).
+        role: super::ids::Role,
+        /// Valid this long, in milliseconds.
+        ttl_ms: u64,
+        /// Enrollments it allows.
+        uses: u32,
+    },
     /// Revoke a node: refused everywhere from now on.
     Revoke {
         /// The node.
@@ -170,6 +179,8 @@ pub enum AdminResponse {
     Rerun(RerunResult),
     /// The tree.
     Tree(TreeView),
+    /// An enrollment token was made.
+    Token(TokenCreated),
     /// The deny list after a revocation.
     Revoked {
         /// Every revoked name.
@@ -580,4 +591,16 @@ pub struct TreeView {
     pub relays: Vec<RelayView>,
     /// Total clients.
     pub clients: u64,
+}
+
+/// `hq token create --json`: the token (shown once; HQ keeps only its hash),
+/// the CA's hash to pin, and when the token expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The secret to give `enroll --token`.
+    pub token: String,
+    /// `sha256:HEX` of the CA certificate (DER), for `enroll --ca-hash`.
+    pub ca_hash: String,
+    /// Unix ms after which the token is refused.
+    pub expires_ms: u64,
 }

@@ -305,6 +305,33 @@ pub struct Hello {
     pub purpose: super::pkg::Purpose,
 }
 
+/// A certificate signing request on its way to HQ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRequest {
+    /// The node the certificate is for.
+    pub name: NodeName,
+    /// Its role (agent or relay).
+    pub role: Role,
+    /// PKCS#10 request, PEM, for `spiffe://<trust-domain>/<role>/<name>`.
+    pub csr_pem: String,
+    /// The enrollment token; `None` for a renewal (the requester is then the
+    /// verified peer of the session it came on).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// What HQ sends back: the certificate and what a node needs beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertGrant {
+    /// The node's certificate, PEM.
+    pub cert_pem: String,
+    /// The CA's certificate, PEM.
+    pub ca_pem: String,
+    /// HQ's public job-signing key (`sign.pub`, raw bytes).
+    #[serde(with = "serde_bytes")]
+    pub sign_pub: Vec<u8>,
+}
+
 /// Every message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -415,6 +442,22 @@ pub enum Msg {
         /// The purge.
         id: u64,
     },
+    /// A certificate wanted: an enrollment (anonymous, the only message of
+    /// its connection, `req.token` set) or a renewal (on a node's session),
+    /// passed up the tree to HQ; answered by [`Msg::CertReply`] with the same id.
+    CertRequest {
+        /// Matches the answer to the question, per connection.
+        id: u64,
+        /// What is asked.
+        req: CertRequest,
+    },
+    /// The answer to [`Msg::CertRequest`] `id`.
+    CertReply {
+        /// The request.
+        id: u64,
+        /// The certificate, or why not.
+        result: Result<CertGrant, String>,
+    },
     /// A peer explains why it is closing the session.
     Bye {
         /// Why.
@@ -427,6 +470,8 @@ impl Msg {
     pub fn kind(&self) -> &'static str {
         match self {
             Msg::Hello(_) => "hello",
+            Msg::CertRequest { .. } => "cert_request",
+            Msg::CertReply { .. } => "cert_reply",
             Msg::Heartbeat => "heartbeat",
             Msg::Assign(_) => "assign",
             Msg::AssignAck { .. } => "assign_ack",

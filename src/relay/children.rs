@@ -138,6 +138,22 @@ impl Downstream for RelayState {
         }
         Ok(())
     }
+    fn request<'a>(
+        &'a self,
+        child: &'a PeerIdentity,
+        tx: &'a SessionTx,
+        msg: Msg,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Msg>> + Send + 'a>> {
+        Box::pin(async move {
+            match msg {
+                Msg::CertRequest { id, req } => {
+                    pass_up(self, child, tx, id, req);
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        })
+    }
     fn apply(&self, child: &PeerIdentity, events: &[(u64, Event)]) -> Result<Outgoing, StoreError> {
         match child.role {
             Role::Agent => {
@@ -255,4 +271,74 @@ fn learn(
         fwd.push(ev);
     }
     Ok((fwd, forgets))
+}
+
+/// Passes a child's certificate request up and HQ's answer back down, from
+/// a task of its own. An agent renews only itself (named by its
+/// certificate); a renewal a child relay passes on must name a node of that
+/// child's subtree; an enrollment on a session is refused (it comes
+/// without a certificate).
+fn pass_up(
+    st: &RelayState,
+    child: &PeerIdentity,
+    tx: &SessionTx,
+    id: u64,
+    mut req: crate::proto::CertRequest,
+) {
+    let refused = match child.role {
+        Role::Agent if req.token.is_some() => {
+            Some("an enrolled agent does not enroll again".into())
+        }
+        Role::Agent => {
+            req.name = child.name.clone();
+            req.role = Role::Agent;
+            None
+        }
+        _ if req.token.is_none() && req.name == child.name => {
+            req.role = Role::Relay;
+            None
+        }
+        _ if req.token.is_none() => match under_child(st, &child.name, &req.name, req.role) {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "{} {} is not under relay {}",
+                req.role, req.name, child.name
+            )),
+            Err(e) => Some(e.to_string()),
+        },
+        _ => None,
+    };
+    if let Some(why) = refused {
+        warn!(name = %req.name, role = %req.role, from = %child.name, reason = %why, "certificate request refused");
+        crate::link::send_soon(
+            tx,
+            Msg::CertReply {
+                id,
+                result: Err(why),
+            },
+        );
+        return;
+    }
+    let (up, asks, me, tx) = (st.up.clone(), st.asks.clone(), st.me.clone(), tx.clone());
+    tokio::spawn(async move {
+        let result = super::upward::ask_via(&up, &asks, &me, req).await;
+        crate::link::send_soon(&tx, Msg::CertReply { id, result });
+    });
+}
+
+/// Whether `name` lives under direct child relay `child`.
+fn under_child(
+    st: &RelayState,
+    child: &NodeName,
+    name: &NodeName,
+    role: Role,
+) -> Result<bool, StoreError> {
+    Ok(match role {
+        Role::Agent => st
+            .dir_clients
+            .get(&Name(name.clone()))?
+            .is_some_and(|e| e.via == *child),
+        Role::Relay => st.dir_relays.get(&Name(name.clone()))?.as_ref() == Some(child),
+        _ => false,
+    })
 }

@@ -138,12 +138,18 @@ pub(crate) struct RelayState {
     pub write: Mutex<()>,
     /// Package blobs for this relay's subtree.
     pub cache: Arc<cache::Cache>,
+    /// The session to the parent, while it is up (certificate requests go up on it).
+    pub up: Arc<Mutex<Option<SessionTx>>>,
+    /// Certificate requests sent to the parent and not answered yet.
+    pub asks: Arc<crate::link::CertAsks>,
 }
 
 impl RelayState {
     fn open(me: NodeName, store: Store, cache: cache::Cache) -> Result<RelayState, StoreError> {
         Ok(RelayState {
             cache: Arc::new(cache),
+            up: Default::default(),
+            asks: Default::default(),
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
             dir_relays: store.tree(trees::DIR_RELAYS)?,
@@ -245,14 +251,20 @@ pub async fn run(
     gauges::register(&st);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();
-    let up = tokio::spawn(upward::run(st.clone(), dialer, shutdown.clone()));
+    let identity = Arc::new(identity);
+    let up = tokio::spawn(upward::run(
+        st.clone(),
+        dialer,
+        identity.clone(),
+        shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(expire::run(
         st.clone(),
         cfg.timing.idle_timeout,
         shutdown.clone(),
     ));
     let admit = [Role::Relay, Role::Agent];
-    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config(&admit)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {
         admit: admit.to_vec(),
         me: hello,
@@ -262,9 +274,19 @@ pub async fn run(
         denied: st.deny.clone(),
     });
     let s2 = st.clone();
-    let serving = link::serve(listener, acceptor, adm, shutdown.clone(), move |s| {
-        children::handle(s2.clone(), s)
+    let s3 = st.clone();
+    let enrolling: link::EnrollFn = Arc::new(move |req| {
+        let st = s3.clone();
+        Box::pin(async move { upward::ask_parent(&st, req).await })
     });
+    let serving = link::serve_enrolling(
+        listener,
+        acceptor,
+        adm,
+        enrolling,
+        shutdown.clone(),
+        move |s| children::handle(s2.clone(), s),
+    );
     let failed = tokio::select! {
         _ = serving => None,
         e = st.store.failed() => Some(e),

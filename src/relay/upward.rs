@@ -8,12 +8,69 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Keeps the parent session up until `shutdown`.
-pub(crate) async fn run(st: Arc<RelayState>, dialer: Dialer, shutdown: CancellationToken) {
-    dial_loop(dialer, shutdown, |s| session(st.clone(), s)).await
+pub(crate) async fn run(
+    st: Arc<RelayState>,
+    dialer: Dialer,
+    identity: Arc<crate::tls::Identity>,
+    shutdown: CancellationToken,
+) {
+    dial_loop(dialer, shutdown, |s| {
+        session(st.clone(), identity.clone(), s)
+    })
+    .await
 }
 
-async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
+/// Passes a certificate request (an enrollment from below, or a renewal)
+/// to the parent and waits for HQ's answer.
+pub(crate) async fn ask_parent(
+    st: &RelayState,
+    req: crate::proto::CertRequest,
+) -> Result<crate::proto::CertGrant, String> {
+    ask_via(&st.up, &st.asks, &st.me, req).await
+}
+
+/// [`ask_parent`] with the pieces of the state it needs (for a task of its own).
+pub(crate) async fn ask_via(
+    up: &std::sync::Mutex<Option<crate::link::SessionTx>>,
+    asks: &crate::link::CertAsks,
+    me: &crate::proto::NodeName,
+    req: crate::proto::CertRequest,
+) -> Result<crate::proto::CertGrant, String> {
+    // A relay just started (or reconnecting) gets a moment to reach its parent.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tx = loop {
+        let cur = up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match cur {
+            Some(tx) if !tx.is_closed() => break tx,
+            _ if tokio::time::Instant::now() >= until => {
+                return Err(format!("relay {me} is not connected to its parent"))
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    };
+    asks.ask(&tx, req, crate::link::certs::ANSWER_WITHIN).await
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn session(
+    st: Arc<RelayState>,
+    identity: Arc<crate::tls::Identity>,
+    s: Session,
+) -> Result<(), LinkError> {
     let Session { tx, mut rx, .. } = s;
+    *st.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+    let _renew = AbortOnDrop(tokio::spawn(crate::link::keep_renewed(
+        identity,
+        st.asks.clone(),
+        tx.clone(),
+    )));
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {
@@ -83,11 +140,18 @@ async fn session(st: Arc<RelayState>, s: Session) -> Result<(), LinkError> {
                     cancel::send(&st, job, sends);
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
+                Msg::CertReply { id, result } => st.asks.answer(id, result),
                 other => return Err(unexpected(&other, "from a parent")),
             }
         }
     }
     .await;
     drop(up);
+    {
+        let mut cur = st.up.lock().unwrap_or_else(|p| p.into_inner());
+        if cur.as_ref().is_some_and(|t| t.same_channel(&tx)) {
+            *cur = None;
+        }
+    }
     r
 }

@@ -127,6 +127,60 @@ impl Ca {
         &self.cert_der
     }
 
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Signs a certificate signing request for exactly `role`/`name`: the
+    /// CSR must be validly self-signed and carry exactly the URI SAN
+    /// `spiffe://<trust-domain>/<role>/<name>` (anything else it asks for
+    /// is ignored: HQ sets every field itself). Valid for `validity` from
+    /// now (backdated a little for clock skew). Returns the certificate, PEM.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &NodeName,
+        validity: Duration,
+    ) -> Result<String, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Csr(format!("unusable certificate signing request: {e}")))?;
+        let id = PeerIdentity {
+            role,
+            name: name.clone(),
+            trust_domain: self.trust_domain.clone(),
+        };
+        let want = id.spiffe_id();
+        let uris: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|s| match s {
+                SanType::URI(u) => u.as_str().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if uris != [want.clone()] {
+            return Err(TlsError::Csr(format!(
+                "the certificate signing request names {}, not {want}",
+                if uris.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    uris.join(", ")
+                }
+            )));
+        }
+        let now = SystemTime::now();
+        let back = BACKDATE.min(validity / 10);
+        let params = node_params(
+            &id,
+            now.checked_sub(back).unwrap_or(now),
+            now.checked_add(validity).unwrap_or(now),
+        )?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+
     /// Whether `dir` already holds an identity (a node key or certificate):
     /// `hq cert issue` refuses to replace one unless told to.
     pub fn holds_identity(dir: &Path) -> bool {
@@ -162,20 +216,7 @@ impl Ca {
             trust_domain: self.trust_domain.clone(),
         };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{role} {name}"));
-        params.subject_alt_names = vec![uri_san(&id.spiffe_id())?];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
+        let params = node_params(&id, not_before, not_after)?;
         let cert = params.signed_by(&key, &self.issuer)?;
 
         files::create_dir(out)?;
@@ -187,6 +228,29 @@ impl Ca {
         files::write_file(&out.join("node.crt"), cert.pem().as_bytes(), PUBLIC_MODE)?;
         files::write_file(&out.join("ca.crt"), self.cert_pem.as_bytes(), PUBLIC_MODE)
     }
+}
+
+/// A node certificate's fields: its SPIFFE id, usable as TLS client and server.
+fn node_params(
+    id: &PeerIdentity,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{} {}", id.role, id.name));
+    params.subject_alt_names = vec![uri_san(&id.spiffe_id())?];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    Ok(params)
 }
 
 fn uri_san(uri: &str) -> Result<SanType, TlsError> {

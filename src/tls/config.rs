@@ -27,6 +27,22 @@ impl Identity {
     /// to the CA; a client whose SPIFFE role is not in `admit` (or whose
     /// trust domain differs) is refused during the handshake.
     pub fn server_config(&self, admit: &[Role]) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with(admit, false)
+    }
+
+    /// As [`Identity::server_config`], but a client may also come without a
+    /// certificate (TLS still verifies any certificate it does present): the
+    /// listener then lets that anonymous session carry one enrollment request
+    /// and nothing else (`link::serve_enrolling`).
+    pub fn server_config_enrolling(&self, admit: &[Role]) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with(admit, true)
+    }
+
+    fn server_config_with(
+        &self,
+        admit: &[Role],
+        anonymous: bool,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = provider();
         let inner =
             WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider.clone())
@@ -36,13 +52,13 @@ impl Identity {
             inner,
             admit: admit.to_vec(),
             trust_domain: self.me.trust_domain.clone(),
+            anonymous,
         });
         let mut cfg = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_err)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(config_err)?;
+            .with_cert_resolver(Arc::new(super::slot::Resolver(self.slot.clone())));
         cfg.session_storage = Arc::new(NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
         Ok(Arc::new(cfg))
@@ -79,9 +95,33 @@ impl Identity {
             .map_err(config_err)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(config_err)?;
+            .with_client_cert_resolver(Arc::new(super::slot::Resolver(self.slot.clone())));
         cfg.resumption = Resumption::disabled();
         Ok(Arc::new(cfg))
     }
+}
+
+/// The client side of an enrollment: no client certificate; the server's
+/// chain must lead to the CA whose certificate hashes to `pin`, and its role
+/// be one of `roles`. What the verifier saw (the CA) lands in `seen`.
+pub(crate) fn enroll_client_config(
+    pin: [u8; 32],
+    roles: &[Role],
+    seen: Arc<std::sync::Mutex<Option<super::verify::PinnedSeen>>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(super::verify::PinnedCa {
+        pin,
+        algs: provider.signature_verification_algorithms,
+        roles: roles.to_vec(),
+        seen,
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.resumption = Resumption::disabled();
+    Ok(Arc::new(cfg))
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
@@ -20,11 +20,14 @@ use super::{PeerIdentity, TlsError};
 /// A node's own identity loaded from a directory holding ca.crt, node.crt, node.key.
 pub struct Identity {
     pub(crate) roots: Arc<RootCertStore>,
-    pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
     pub(crate) me: PeerIdentity,
     /// HQ's public job-signing key (`dir/sign.pub`), when the directory has one.
     pub(crate) job_key: Option<super::VerifyKey>,
+    /// The directory it was loaded from (a renewal writes node.crt there).
+    pub(crate) dir: std::path::PathBuf,
+    /// What every TLS config built from this identity presents, now.
+    pub(crate) slot: Arc<super::slot::CertSlot>,
 }
 
 impl fmt::Debug for Identity {
@@ -76,7 +79,7 @@ impl Identity {
 
         let mut roots = RootCertStore::empty();
         roots
-            .add(ca_der)
+            .add(ca_der.clone())
             .map_err(|e| files::bad(&ca_path, format!("not a usable CA certificate: {e}")))?;
         let provider = provider();
         let parsed = ParsedCertificate::try_from(leaf)
@@ -108,9 +111,11 @@ impl Identity {
             None
         };
 
+        let slot = Arc::new(super::slot::CertSlot::new(chain.clone(), &key, ca_der)?);
         Ok(Identity {
+            dir: dir.to_path_buf(),
+            slot,
             roots: Arc::new(roots),
-            chain,
             key,
             me,
             job_key,
@@ -120,6 +125,12 @@ impl Identity {
     /// HQ's public job-signing key, if this identity carries one.
     pub fn job_key(&self) -> Option<&super::VerifyKey> {
         self.job_key.as_ref()
+    }
+
+    /// The certificate slot shared by every TLS config built from this
+    /// identity (a renewal replaces what it holds).
+    pub fn slot(&self) -> Arc<super::slot::CertSlot> {
+        self.slot.clone()
     }
 
     /// Who this node is, as its certificate says.

@@ -8,9 +8,11 @@
 
 mod ca;
 mod config;
+pub mod enroll;
 mod files;
 mod identity;
 mod sign;
+mod slot;
 mod verify;
 
 #[cfg(test)]
@@ -23,6 +25,7 @@ use crate::proto::{NodeName, Role};
 pub use ca::Ca;
 pub use identity::Identity;
 pub use sign::{SigningKey, VerifyKey, SIGN_KEY, SIGN_PUB};
+pub use slot::CertSlot;
 pub use verify::identity_from_cert;
 
 /// The server name a dialer sends. The server verifier ignores it: a
@@ -148,6 +151,23 @@ pub enum TlsError {
         /// Ours.
         expected: String,
     },
+    /// An enrolling node's pinned CA hash matches no certificate the server sent.
+    #[error("wrong CA hash: the server's chain holds no CA with {pinned} (it offered {offered})")]
+    WrongCa {
+        /// The pin given with --ca-hash.
+        pinned: String,
+        /// Hashes of what the server sent beyond its own certificate.
+        offered: String,
+    },
+    /// A `--ca-hash` that is not `sha256:` and 64 hex digits.
+    #[error(
+        "invalid CA hash {0:?}: expected sha256: followed by 64 hex digits (from hq token create)"
+    )]
+    BadCaHash(String),
+    /// A certificate signing request, or the certificate given for one, is
+    /// not what was asked.
+    #[error("{0}")]
+    Csr(String),
     /// The peer completed a handshake without a certificate.
     #[error("peer presented no certificate")]
     NoPeerCertificate,
@@ -179,19 +199,40 @@ pub async fn accept(
     ),
     TlsError,
 > {
+    let (stream, peer) = accept_any(acceptor, tcp, admit, trust_domain).await?;
+    Ok((stream, peer.ok_or(TlsError::NoPeerCertificate)?))
+}
+
+/// As [`accept`], but a client without a certificate is let through as
+/// `None` (only a config from [`Identity::server_config_enrolling`] lets
+/// one finish the handshake).
+pub async fn accept_any(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    admit: &[Role],
+    trust_domain: &str,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        Option<PeerIdentity>,
+    ),
+    TlsError,
+> {
     let stream = acceptor
         .accept(tcp)
         .await
         .map_err(verify::handshake_error)?;
-    let leaf = stream
+    let Some(leaf) = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or(TlsError::NoPeerCertificate)?;
+    else {
+        return Ok((stream, None));
+    };
     let peer = identity_from_cert(leaf)?;
     verify::check_admitted(&peer, admit, trust_domain)?;
-    Ok((stream, peer))
+    Ok((stream, Some(peer)))
 }
 
 /// Client side, after TCP connect: runs the handshake (the verifier in

@@ -231,6 +231,8 @@ pub(crate) struct AdmitRoles {
     pub(crate) inner: Arc<dyn ClientCertVerifier>,
     pub(crate) admit: Vec<Role>,
     pub(crate) trust_domain: String,
+    /// A client may come without a certificate (an enrollment).
+    pub(crate) anonymous: bool,
 }
 
 impl fmt::Debug for AdmitRoles {
@@ -248,7 +250,7 @@ impl ClientCertVerifier for AdmitRoles {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        !self.anonymous
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -331,6 +333,90 @@ impl ServerCertVerifier for ExpectRole {
         let peer = identity_from_cert(end_entity).map_err(refuse)?;
         check_expected(&peer, &self.roles, self.name.as_ref(), &self.trust_domain)
             .map_err(refuse)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// What [`PinnedCa`] found in the server's chain.
+#[derive(Clone, Debug)]
+pub(crate) struct PinnedSeen {
+    /// Its trust domain.
+    pub trust_domain: String,
+}
+
+/// Client side of an enrollment: the node has no CA yet, only its hash. The
+/// server sends its chain followed by the CA certificate; one certificate
+/// of the chain must hash to the pin and be a CA of ours, and the leaf must
+/// verify under it and carry one of the expected roles.
+pub(crate) struct PinnedCa {
+    pub(crate) pin: [u8; 32],
+    pub(crate) algs: WebPkiSupportedAlgorithms,
+    pub(crate) roles: Vec<Role>,
+    pub(crate) seen: Arc<std::sync::Mutex<Option<PinnedSeen>>>,
+}
+
+impl fmt::Debug for PinnedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedCa")
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let offered: Vec<String> = intermediates
+            .iter()
+            .map(|c| super::enroll::ca_hash(c))
+            .collect();
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| super::enroll::sha256(c) == self.pin)
+        else {
+            return Err(refuse(TlsError::WrongCa {
+                pinned: super::enroll::hash_text(&self.pin),
+                offered: offered.join(", "),
+            }));
+        };
+        let trust_domain = ca_trust_domain(ca).map_err(refuse)?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| refuse(TlsError::BadCertificate(format!("pinned ca: {e}"))))?;
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(&parsed, &roots, &[], now, self.algs.all)?;
+        let peer = identity_from_cert(end_entity).map_err(refuse)?;
+        check_expected(&peer, &self.roles, None, &trust_domain).map_err(refuse)?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(PinnedSeen { trust_domain });
         Ok(ServerCertVerified::assertion())
     }
 

@@ -9,6 +9,7 @@ mod crashloop;
 mod crashloop_hq;
 mod demo;
 mod disk;
+mod enroll;
 mod expiry;
 mod fanout;
 mod faults;
