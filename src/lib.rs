@@ -13,3 +13,4 @@ pub mod relay;
 pub mod rules;
 pub mod store;
 pub mod tls;
+pub mod web;

@@ -30,6 +30,36 @@ pub fn duration_text(s: &str) -> Result<String, String> {
         .map_err(|e| format!("{e} (expected e.g. 30s, 5m, 2h)"))
 }
 
+/// The dashboard of `hq serve`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct HttpArgs {
+    /// Serve the dashboard (and /metrics) on HOST:PORT (port 0 picks one);
+    /// prints "http on HOST:PORT". Off loopback it is served with TLS.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Serve the dashboard as plain HTTP even off loopback.
+    #[arg(long = "http-insecure", requires = "http")]
+    pub http_insecure: bool,
+    /// How long a dashboard session lasts (the cookie's Max-Age).
+    #[arg(long = "http-session", default_value = "12h", requires = "http")]
+    pub http_session: String,
+    /// The base URL login links name (e.g. https://hq.example:8443) when the
+    /// bound address is not what browsers reach (0.0.0.0, a proxy).
+    #[arg(long = "http-url", requires = "http")]
+    pub http_url: Option<String>,
+}
+
+/// `hq web` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum WebCmd {
+    /// Print a one-time dashboard login URL (it expires in 5 minutes).
+    Login {
+        /// Print JSON: {"url": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// Session timers of a server (defaults: heartbeat 5s, idle timeout 20s).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TimingArgs {
@@ -235,6 +265,8 @@ pub enum HqCmd {
         cert_validity: Option<String>,
         #[command(flatten)]
         timing: TimingArgs,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Jobs.
     Job {
@@ -254,6 +286,13 @@ pub enum HqCmd {
     Client {
         #[command(subcommand)]
         cmd: ClientCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The dashboard.
+    Web {
+        #[command(subcommand)]
+        cmd: WebCmd,
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -16,6 +16,7 @@ mod pkg_render;
 pub mod render;
 pub mod setup;
 mod watch;
+mod web;
 
 use crate::link::Timing;
 use crate::proto::{Action, AdminRequest, AdminResponse, JobId, NodeName, RunSpec};
@@ -321,6 +322,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             cert_validity,
             order_ttl,
             timing: t,
+            http,
         } => {
             let t = timing(&t)?;
             let retention = parse_duration("--retention", &retention)?;
@@ -351,8 +353,26 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             let shutdown = crate::node::shutdown_on_signal();
             let (listener, addr) = serve_on(&listen, &data_dir).await?;
             serve_metrics(metrics.as_deref(), &shutdown).await?;
+            if http.http.is_some() {
+                // The dashboard's listener serves /metrics too.
+                crate::metrics::install().map_err(|e| CliError::Other(e.to_string()))?;
+            }
+            let web = web::bind(&http, &data_dir).await?;
+            let stop_web = shutdown.clone();
             finish(
-                crate::hq::run_with(listener, &data_dir, t, opts, shutdown).await,
+                crate::hq::run_with_console(
+                    listener,
+                    &data_dir,
+                    t,
+                    opts,
+                    shutdown,
+                    move |console| {
+                        if let Some((l, web_opts)) = web {
+                            tokio::spawn(crate::web::serve(l, console, web_opts, stop_web));
+                        }
+                    },
+                )
+                .await,
                 &data_dir,
                 Some(addr),
             )
@@ -361,6 +381,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Job { cmd, admin } => return job(cmd, &target(&admin)).await,
         HqCmd::Package { cmd, admin } => package::package(cmd, &target(&admin)).await?,
         HqCmd::Client { cmd, admin } => package::client(cmd, &target(&admin)).await?,
+        HqCmd::Web { cmd, admin } => web::command(cmd, &target(&admin)).await?,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {

@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod children;
+mod console;
 mod counters;
 mod enroll;
 mod gauges;
@@ -23,6 +24,7 @@ use crate::rules::LeafRecord;
 use crate::store::keys::{JobClient, JobKey, Name};
 use crate::store::{Store, StoreError, Table, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
+pub use console::{ClientRow, Console};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -149,6 +151,8 @@ pub(crate) struct HqState {
     pub issued: Tree<Name, enroll::IssuedRecord>,
     /// The CA and what goes with every certificate HQ signs (set by `run`).
     pub authority: std::sync::OnceLock<enroll::Authority>,
+    /// One-time dashboard login tokens, and where the dashboard listens.
+    pub door: console::Door,
 }
 
 impl HqState {
@@ -172,6 +176,7 @@ impl HqState {
             tokens: store.table("tokens")?,
             issued: store.tree(trees::ISSUED)?,
             authority: std::sync::OnceLock::new(),
+            door: Default::default(),
             jobs: store.tree(trees::JOBS)?,
             leaves: store.tree(trees::LEAVES)?,
             outputs: store.tree(trees::OUTPUTS)?,
@@ -270,6 +275,19 @@ pub async fn run_with(
     opts: HqOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HqError> {
+    run_with_console(listener, data_dir, timing, opts, shutdown, |_| {}).await
+}
+
+/// As [`run_with`]; `start` is handed a [`Console`] once HQ's state is open
+/// (the dashboard starts there), before HQ accepts sessions.
+pub async fn run_with_console(
+    listener: TcpListener,
+    data_dir: &Path,
+    timing: Timing,
+    opts: HqOptions,
+    shutdown: CancellationToken,
+    start: impl FnOnce(Console),
+) -> Result<(), HqError> {
     let identity = Identity::load(&layout::hq(data_dir))?;
     let me = identity.me().clone();
     if me.role != Role::Hq {
@@ -301,6 +319,7 @@ pub async fn run_with(
     sessions::mark_all_disconnected(&state)?;
     sessions::load_deny_list(&state)?;
     gauges::register(&state);
+    start(Console::new(state.clone()));
     let admit = [Role::Relay, Role::Admin];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {

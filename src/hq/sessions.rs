@@ -93,7 +93,11 @@ async fn admin_loop(st: &HqState, s: Session, session: u64) -> Result<(), LinkEr
     }
 }
 
-async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminResponse, HqError> {
+pub(crate) async fn answer(
+    st: &HqState,
+    req: AdminRequest,
+    session: u64,
+) -> Result<AdminResponse, HqError> {
     Ok(match req {
         AdminRequest::CreateJob {
             dest,
@@ -147,6 +151,9 @@ async fn answer(st: &HqState, req: AdminRequest, session: u64) -> Result<AdminRe
         AdminRequest::TokenCreate { role, ttl_ms, uses } => {
             AdminResponse::Token(super::enroll::create_token(st, role, ttl_ms, uses).await?)
         }
+        AdminRequest::WebLogin => AdminResponse::WebLogin {
+            url: st.door.issue(crate::proto::now_ms())?,
+        },
         AdminRequest::Revoke { name, force } => AdminResponse::Revoked {
             denied: revoke::revoke(st, name, force).await?,
         },

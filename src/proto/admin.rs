@@ -160,6 +160,8 @@ pub enum AdminRequest {
         /// The client.
         name: NodeName,
     },
+    /// A one-time dashboard login URL (`hq web login`).
+    WebLogin,
 }
 
 /// HQ's answer.
@@ -223,6 +225,11 @@ pub enum AdminResponse {
     Progress(JobProgress),
     /// One leaf's output.
     Output(LeafOutputView),
+    /// A one-time dashboard login URL.
+    WebLogin {
+        /// Open it in a browser once; it expires soon and works only once.
+        url: String,
+    },
 }
 
 /// A job's counts, for a progress line.

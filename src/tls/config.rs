@@ -64,6 +64,19 @@ impl Identity {
         Ok(Arc::new(cfg))
     }
 
+    /// Server side for browsers (the dashboard): the same certificate, no
+    /// client certificate asked (a browser session is authenticated by its
+    /// login cookie instead), HTTP/1.1 only.
+    pub fn browser_server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(config_err)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(super::slot::Resolver(self.slot.clone())));
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// Client side: TLS 1.3 only, presents our certificate; verifies the
     /// server's chain to the CA and that its SPIFFE role is `expect_role`
     /// (and its name `expect_name` when given), never a hostname.

@@ -275,12 +275,18 @@ impl Env {
 
     /// Starts HQ on `listen` (e.g. `127.0.0.1:0`).
     pub fn start_hq_on(&mut self, listen: &str) -> String {
+        self.start_hq_with(listen, &[])
+    }
+
+    /// Starts HQ on `listen` with more `hq serve` flags.
+    pub fn start_hq_with(&mut self, listen: &str, extra: &[&str]) -> String {
         let hq_dir = self.hq_dir.clone();
         let server = spawn_server("hq", listen, &self.logs(), || {
             let mut cmd = Command::new(HQ);
             cmd.args(["serve", "--data-dir"])
                 .arg(&hq_dir)
-                .args(["--listen", listen]);
+                .args(["--listen", listen])
+                .args(extra);
             cmd
         });
         let addr = server.addr.clone();

@@ -28,3 +28,4 @@ mod retention;
 mod roles;
 mod security;
 mod transfer;
+mod web;
