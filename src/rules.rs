@@ -543,6 +543,8 @@ mod tests {
             expires_at_ms: None,
             scope,
             orders: vec![],
+            placement: None,
+            hq_now_ms: None,
         }
     }
 

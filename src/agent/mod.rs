@@ -216,6 +216,7 @@ pub(crate) async fn run_on(
             name: me.name.clone(),
             role: Role::Agent,
             purpose: Purpose::Session,
+            hq_now_ms: None,
         },
         timing: options.timing,
         gate: options.dial_gate.clone(),
@@ -250,6 +251,10 @@ pub(crate) async fn run_on(
         for a in to_run {
             tokio::spawn(run::execute(st.clone(), a).in_current_span());
         }
+        // A fresh data directory records its registration before it first
+        // dials (by its own clock until HQ's is known): its relay cannot
+        // target it with an order issued before then.
+        registration(&st, None).await?;
         st.store.durable().await?;
         let identity = Arc::new(identity);
         let asks = Arc::new(crate::link::CertAsks::default());
@@ -310,6 +315,50 @@ async fn cancel_ack(st: Arc<AgentState>, tx: SessionTx, job: crate::proto::JobId
     }
 }
 
+/// Table of this agent's times by HQ's clock: agent name -> first
+/// registration (unix ms); agent name ++ "/offset" -> last offset measured.
+const REGISTERED: &str = "registered";
+
+/// HQ's clock minus this agent's for a session: measured from the relay's
+/// `Hello` (and kept), else the last one kept (a relay that has not reached
+/// its parent yet knows none). `None` when never measured.
+fn hq_offset(
+    st: &AgentState,
+    measured: Option<i64>,
+) -> Result<Option<i64>, crate::store::StoreError> {
+    let t = st.store.table(REGISTERED)?;
+    let k = [st.me.as_str().as_bytes(), b"/offset"].concat();
+    match measured {
+        Some(o) => {
+            t.put(&k, &o)?;
+            Ok(Some(o))
+        }
+        None => t.get::<i64>(&k),
+    }
+}
+
+/// When this agent's data directory first registered (first started), by
+/// HQ's clock (see [`verify::registration`]): read, and recorded durably
+/// when new or moved to HQ's time.
+async fn registration(
+    st: &AgentState,
+    offset: Option<i64>,
+) -> Result<u64, crate::store::StoreError> {
+    let t = st.store.table(REGISTERED)?;
+    let k = crate::store::keys::name(&st.me);
+    let (rec, changed) = verify::registration(t.get(&k)?, offset, now_ms());
+    if changed {
+        t.put(&k, &rec)?;
+        st.store.durable().await?;
+        tracing::info!(
+            registered_at_ms = rec.at_ms,
+            by_hq = rec.by_hq,
+            "registration recorded"
+        );
+    }
+    Ok(rec.at_ms)
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -325,13 +374,24 @@ async fn session(
     s: Session,
 ) -> Result<(), LinkError> {
     let Session {
-        peer, tx, mut rx, ..
+        peer,
+        tx,
+        mut rx,
+        hq_offset_ms,
+        ..
     } = s;
     let relay = peer.name;
     // Renews this agent's certificate over this session when it is due.
     let _renew = AbortOnDrop(tokio::spawn(
         crate::link::keep_renewed(identity, asks.clone(), tx.clone()).in_current_span(),
     ));
+    // Orders are judged by HQ's clock: ours plus the offset measured from
+    // the relay's Hello (or kept from an earlier one); ours if never measured.
+    let mut offset = hq_offset(&st, hq_offset_ms)?;
+    if offset.is_none() {
+        tracing::warn!(%relay, "hq's time never measured; judging orders by the local clock");
+    }
+    let mut registered_at_ms = registration(&st, offset).await?;
     if st.report_inventory.swap(false, Ordering::SeqCst) {
         // Once after start-up: what is installed here, as it stands.
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &relay)?;
@@ -342,7 +402,20 @@ async fn session(
         loop {
             match rx.recv().await? {
                 Msg::Assign(a) => {
-                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, now_ms());
+                    if let Some(stamp) = a.hq_now_ms {
+                        // The relay's HQ time at delivery: the freshest
+                        // offset (its Hello may have had none yet).
+                        let measured = crate::link::clock::offset(stamp, now_ms());
+                        if offset.is_none() {
+                            registered_at_ms = registration(&st, Some(measured)).await?;
+                        }
+                        offset = hq_offset(&st, Some(measured))?;
+                    }
+                    let t = verify::HqTime {
+                        now_ms: crate::link::clock::shift(now_ms(), offset.unwrap_or(0)),
+                        registered_at_ms,
+                    };
+                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, t);
                     if let Err(why) = verdict {
                         tracing::warn!(job = %a.job, attempt = %a.attempt, %relay, reason = %why, "assignment refused");
                         if runlog::refuse(&st, &a, &relay, &why)? {
@@ -422,6 +495,7 @@ pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> A
                 name: me.clone(),
                 role: Role::Agent,
                 purpose: Purpose::Transfer,
+                hq_now_ms: None,
             },
             timing: Timing::default(),
             gate: None,

@@ -108,6 +108,7 @@ impl AdminClient {
                 name: id.me().name.clone(),
                 role: Role::Admin,
                 purpose: Default::default(),
+                hq_now_ms: None,
             },
             timing: Timing::default(),
             gate: None,

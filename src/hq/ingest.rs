@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use tracing::{debug, warn};
 
 /// Applies one batch from child `from` (not yet durable). Returns the
-/// `Forget`s to send once it is durable.
+/// `Forget`s and `Placement`s to send once it is durable.
 pub(crate) fn apply(
     st: &HqState,
     from: &NodeName,
@@ -37,6 +37,8 @@ pub(crate) fn apply(
         c.kept
     };
     let now = crate::proto::now_ms();
+    // Relays that joined under another parent: their clients' chains changed.
+    let mut reparented: Vec<NodeName> = Vec::new();
     // Coalesce: the latest record per leaf within this batch, and the state
     // each leaf had before it (for the per-job counters).
     let mut pending: HashMap<JobClient, LeafRecord> = HashMap::new();
@@ -132,8 +134,18 @@ pub(crate) fn apply(
                         since_ms: if *at_ms == 0 { now } else { *at_ms },
                     },
                 )?;
+                // Signed where it lives now: what binds orders to it.
+                forgets.extend(super::placement::place(st, client, relay)?);
             }
             Event::RelayJoined { relay, parent } => {
+                let k = keys::name(relay);
+                if st
+                    .relays
+                    .get::<RelayRecord>(&k)?
+                    .is_some_and(|old| old.parent != *parent)
+                {
+                    reparented.push(relay.clone());
+                }
                 st.relays.put(
                     &Name(relay.clone()),
                     &RelayRecord {
@@ -160,6 +172,9 @@ pub(crate) fn apply(
                 )?;
             }
         }
+    }
+    if !reparented.is_empty() {
+        forgets.extend(super::placement::replace_under(st, &reparented)?);
     }
     for (k, new) in &pending {
         let from = before.get(k).and_then(|b| b.as_ref());

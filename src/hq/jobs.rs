@@ -70,7 +70,8 @@ fn known_relays(st: &HqState) -> Vec<String> {
 
 /// Encodes and signs an order.
 fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
-    let body = rmp_serde::to_vec_named(order)
+    let body = order
+        .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
     Ok(SignedOrder {
         sig: st.signer.sign(&body),
@@ -195,6 +196,8 @@ pub(crate) async fn create(
             expires_at_ms,
             scope: Scope::Targets(vec![]),
             orders: vec![order_of(JobId(0))?],
+            placement: None,
+            hq_now_ms: None,
         })?;
         let job = JobId(st.store.next_id("job")?);
         let order = order_of(job)?;
@@ -220,6 +223,8 @@ pub(crate) async fn create(
                     expires_at_ms,
                     scope: Scope::AllLowerOf(list),
                     orders: vec![order.clone()],
+                    placement: None,
+                    hq_now_ms: None,
                 };
                 (top, a)
             })
@@ -345,6 +350,8 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                     expires_at_ms: rec.expires_at_ms,
                     scope: Scope::Targets(list),
                     orders: orders.remove(&top).unwrap_or_default(),
+                    placement: None,
+                    hq_now_ms: None,
                 };
                 (top, a)
             })

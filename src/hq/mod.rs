@@ -12,6 +12,7 @@ mod ingest;
 mod jobs;
 mod output;
 mod packages;
+mod placement;
 mod retention;
 mod revoke;
 mod sessions;
@@ -329,11 +330,13 @@ pub async fn run_with_console(
             name: me.name.clone(),
             role: Role::Hq,
             purpose: Default::default(),
+            hq_now_ms: None,
         },
         trust_domain: me.trust_domain.clone(),
         timing,
         limits: Default::default(),
         denied: state.deny.clone(),
+        clock: crate::link::HqClock::hq(),
     });
     let st = state.clone();
     let st2 = state.clone();

@@ -31,6 +31,8 @@ pub struct Admission {
     pub limits: Limits,
     /// Revoked nodes, refused after the TLS handshake.
     pub denied: super::DenyList,
+    /// HQ's clock as this node knows it, stamped into every `Hello` sent.
+    pub clock: super::HqClock,
 }
 
 /// Caps that keep a flood of connections from exhausting a server.
@@ -288,7 +290,9 @@ async fn greet(
         }
     };
     check_hello(&hello, &peer)?;
-    framed.send(&Msg::Hello(adm.me.clone())).await?;
+    let mut me = adm.me.clone();
+    me.hq_now_ms = adm.clock.now();
+    framed.send(&Msg::Hello(me)).await?;
     Ok(start(framed, peer, adm.timing, hello.purpose))
 }
 

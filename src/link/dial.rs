@@ -54,12 +54,18 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
         let (tls, peer) = tls::connect(&d.connector, tcp).await?;
         let mut framed = Framed::new(tls, MsgCodec::for_session(d.me.role, peer.role));
         framed.send(&Msg::Hello(d.me.clone())).await?;
-        match read_first(&mut framed, within).await? {
-            Msg::Hello(h) => check_hello(&h, &peer)?,
+        let hq_offset_ms = match read_first(&mut framed, within).await? {
+            Msg::Hello(h) => {
+                check_hello(&h, &peer)?;
+                h.hq_now_ms
+                    .map(|t| super::clock::offset(t, crate::proto::now_ms()))
+            }
             Msg::Bye { reason } => return Err(LinkError::Bye(reason)),
             other => return Err(super::unexpected(&other, "before hello")),
-        }
-        Ok(start(framed, peer, d.timing, d.me.purpose))
+        };
+        let mut s = start(framed, peer, d.timing, d.me.purpose);
+        s.hq_offset_ms = hq_offset_ms;
+        Ok(s)
     })
     .await
     .map_err(|_| LinkError::Timeout("connect"))?

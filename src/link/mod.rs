@@ -9,6 +9,7 @@
 
 mod accept;
 pub mod certs;
+pub mod clock;
 pub mod confine;
 mod deny;
 mod dial;
@@ -21,6 +22,7 @@ pub mod transfer;
 
 pub use accept::{serve, serve_enrolling, Admission, EnrollFn, Limits};
 pub use certs::{keep_renewed, CertAsks};
+pub use clock::HqClock;
 pub use deny::DenyList;
 pub use dial::{dial_loop, dial_once, Backoff, Dialer};
 pub use pump::{pump_outbox, AckCursor, Upward};

@@ -25,6 +25,8 @@ pub enum QueueKey {
     Cancel(JobId),
     /// A `Purge` by its id.
     Purge(u64),
+    /// HQ's placement of an agent (a newer one replaces the queued one).
+    Placement(NodeName),
 }
 
 impl QueueKey {
@@ -35,6 +37,7 @@ impl QueueKey {
             Msg::Forget { client, .. } => Some(QueueKey::Forget(client.clone())),
             Msg::Cancel { job } => Some(QueueKey::Cancel(*job)),
             Msg::Purge { id, .. } => Some(QueueKey::Purge(*id)),
+            Msg::Placement(p) => p.placement().ok().map(|p| QueueKey::Placement(p.client)),
             _ => None,
         }
     }
@@ -46,6 +49,7 @@ impl QueueKey {
             Msg::ForgetAck { client } => Some(QueueKey::Forget(client.clone())),
             Msg::CancelAck { job } => Some(QueueKey::Cancel(*job)),
             Msg::PurgeAck { id } => Some(QueueKey::Purge(*id)),
+            Msg::PlacementAck { client } => Some(QueueKey::Placement(client.clone())),
             _ => None,
         }
     }
@@ -71,6 +75,10 @@ impl QueueKey {
             QueueKey::Purge(id) => {
                 k.push(4);
                 k.extend_from_slice(&id.to_be_bytes());
+            }
+            QueueKey::Placement(client) => {
+                k.push(5);
+                k.extend_from_slice(client.as_str().as_bytes());
             }
         }
         k

@@ -129,6 +129,9 @@ pub struct Session {
     pub rx: SessionRx,
     /// What the connection is for, as its `Hello` said.
     pub purpose: crate::proto::Purpose,
+    /// HQ's clock minus ours, as the parent's `Hello` showed it on arrival
+    /// (dialing side only, when the parent knew HQ's time).
+    pub hq_offset_ms: Option<i64>,
 }
 
 impl Session {
@@ -216,5 +219,6 @@ where
             closed,
         },
         purpose,
+        hq_offset_ms: None,
     }
 }

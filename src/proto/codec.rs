@@ -149,6 +149,7 @@ mod tests {
             name: NodeName::new("r1").unwrap(),
             role: Role::Relay,
             purpose: Default::default(),
+            hq_now_ms: None,
         }));
         roundtrip(Msg::Assign(Assignment {
             job: JobId(3),
@@ -162,6 +163,8 @@ mod tests {
             expires_at_ms: None,
             scope: Scope::Targets(vec![NodeName::new("c1").unwrap()]),
             orders: vec![],
+            placement: None,
+            hq_now_ms: None,
         }));
         roundtrip(Msg::Ack { seq: 9 });
     }

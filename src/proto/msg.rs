@@ -68,6 +68,15 @@ pub struct Assignment {
     /// one for an original attempt, one per home relay for a rerun.
     #[serde(default)]
     pub orders: Vec<SignedOrder>,
+    /// HQ's signed placement of the receiving agent (set by its home relay
+    /// on the last hop only): what binds an original order to this agent.
+    #[serde(default)]
+    pub placement: Option<SignedPlacement>,
+    /// The home relay's estimate of HQ's clock as it sends this to its
+    /// agent, unix ms (last hop only): the agent judges the order's times by
+    /// it, as by the `Hello`'s.
+    #[serde(default)]
+    pub hq_now_ms: Option<u64>,
 }
 
 /// What HQ orders for one attempt; signed by HQ so that no relay can alter,
@@ -107,6 +116,61 @@ pub struct SignedOrder {
     /// Unsigned copy of `Order::relay`, so relays can pick without decoding.
     #[serde(default)]
     pub relay: Option<NodeName>,
+}
+
+impl Order {
+    /// The exact bytes HQ signs (named MessagePack).
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+}
+
+/// Where HQ placed an agent: its home relay, then each parent up to the relay
+/// directly under HQ. Signed by HQ when it applies the agent's join, so that
+/// an agent runs an original order only when one of the order's destinations
+/// lies on its chain. A relay cannot make one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The agent.
+    pub client: NodeName,
+    /// Its home relay first, then each parent; HQ is not in it.
+    pub chain: Vec<NodeName>,
+    /// When HQ signed it, unix ms by HQ's clock; a newer one replaces an older.
+    pub issued_at_ms: u64,
+}
+
+impl Placement {
+    /// The exact bytes HQ signs (named MessagePack).
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+
+    /// The relay after `relay` on the way down to the agent (the child of
+    /// `relay` that the agent lives under), or `None` when `relay` is the
+    /// agent's home or not on the chain at all.
+    pub fn hop_below(&self, relay: &NodeName) -> Option<&NodeName> {
+        let i = self.chain.iter().position(|r| r == relay)?;
+        i.checked_sub(1).and_then(|j| self.chain.get(j))
+    }
+}
+
+/// A [`Placement`] as HQ encoded and signed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPlacement {
+    /// The placement, MessagePack-encoded: the exact bytes signed.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// HQ's Ed25519 signature of `body`.
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+impl SignedPlacement {
+    /// The placement, decoded but NOT verified (relays route by it; agents
+    /// verify `sig` first).
+    pub fn placement(&self) -> Result<Placement, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(&self.body)
+    }
 }
 
 /// A leaf's state; moves forward only.
@@ -303,6 +367,11 @@ pub struct Hello {
     /// What the connection is for (a session unless said otherwise).
     #[serde(default)]
     pub purpose: super::pkg::Purpose,
+    /// A parent's estimate of HQ's clock as it sends this, unix ms: HQ's own
+    /// clock, or a relay's plus the offset it measured from its parent's
+    /// `Hello`. Children judge order times by it, not by their own clock.
+    #[serde(default)]
+    pub hq_now_ms: Option<u64>,
 }
 
 /// A certificate signing request on its way to HQ.
@@ -458,6 +527,15 @@ pub enum Msg {
         /// The certificate, or why not.
         result: Result<CertGrant, String>,
     },
+    /// Parent to child relay: HQ's placement of an agent, to keep when the
+    /// agent's home is the receiver, else to pass on towards it. Queued
+    /// until [`Msg::PlacementAck`].
+    Placement(SignedPlacement),
+    /// Child to parent: the placement of `client` is durably kept or queued.
+    PlacementAck {
+        /// The agent.
+        client: NodeName,
+    },
     /// A peer explains why it is closing the session.
     Bye {
         /// Why.
@@ -491,6 +569,8 @@ impl Msg {
             Msg::CancelAck { .. } => "cancel_ack",
             Msg::Purge { .. } => "purge",
             Msg::PurgeAck { .. } => "purge_ack",
+            Msg::Placement(_) => "placement",
+            Msg::PlacementAck { .. } => "placement_ack",
             Msg::Bye { .. } => "bye",
         }
     }

@@ -191,6 +191,9 @@ fn agent_assignment(a: &Assignment, orders: &AgentOrders<'_>, client: &NodeName)
         expires_at_ms: a.expires_at_ms,
         scope: Scope::Targets(vec![client.clone()]),
         orders: orders.for_client(client),
+        // Set on the last hop by `placement::attach`.
+        placement: None,
+        hq_now_ms: None,
     }
 }
 
@@ -270,7 +273,12 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
             continue;
         }
         if let Some(tx) = st.child(&client) {
-            crate::link::send_soon(&tx, Msg::Assign(m));
+            match super::placement::attach(st, &client, m) {
+                Ok(Some(cut)) => crate::link::send_soon(&tx, Msg::Assign(cut)),
+                Ok(None) => {}
+                // Still pending: sent again when the agent reconnects.
+                Err(e) => warn!(%client, error = %e, "cannot read the agent's placement"),
+            }
         }
     }
     for (child, fwd) in d.relays {
@@ -331,6 +339,8 @@ mod tests {
             expires_at_ms: None,
             scope,
             orders: vec![],
+            placement: None,
+            hq_now_ms: None,
         }
     }
 

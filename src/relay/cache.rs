@@ -307,6 +307,7 @@ pub(crate) fn for_tests(dir: &std::path::Path) -> Cache {
             name: crate::proto::NodeName::new("r1").unwrap(),
             role: crate::proto::Role::Relay,
             purpose: Default::default(),
+            hq_now_ms: None,
         },
         timing: Default::default(),
         gate: None,

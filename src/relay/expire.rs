@@ -311,6 +311,8 @@ mod tests {
             expires_at_ms,
             scope: Scope::AllLowerOf(vec![st.me.clone()]),
             orders: vec![],
+            placement: None,
+            hq_now_ms: None,
         };
         crate::relay::assign::apply(st, &a).unwrap();
     }

@@ -39,7 +39,8 @@ pub(crate) fn from_agent(
     apply_home(st, client, &ups)
 }
 
-/// The pending leaves of `client`, as assignments to send it.
+/// The pending leaves of `client`, as assignments to send it (with its
+/// placement; those that need one are held while there is none).
 pub(crate) fn pending_for(
     st: &RelayState,
     client: &NodeName,
@@ -60,7 +61,7 @@ pub(crate) fn pending_for(
         if ar.expires_at_ms.is_some_and(|e| e <= now) {
             continue;
         }
-        out.push(for_agent(
+        let a = for_agent(
             &Assignment {
                 job,
                 attempt: leaf.attempt,
@@ -68,10 +69,13 @@ pub(crate) fn pending_for(
                 expires_at_ms: ar.expires_at_ms,
                 scope: crate::proto::Scope::Targets(vec![]),
                 orders: ar.orders,
+                placement: None,
+                hq_now_ms: None,
             },
             &st.me,
             client,
-        ));
+        );
+        out.extend(super::placement::attach(st, client, a)?);
     }
     Ok(out)
 }

@@ -14,6 +14,7 @@ mod expire;
 mod gauges;
 mod home;
 mod moves;
+mod placement;
 mod purge;
 mod upward;
 
@@ -142,6 +143,11 @@ pub(crate) struct RelayState {
     pub up: Arc<Mutex<Option<SessionTx>>>,
     /// Certificate requests sent to the parent and not answered yet.
     pub asks: Arc<crate::link::CertAsks>,
+    /// client -> SignedPlacement: HQ's latest placement of each home client,
+    /// attached to every assignment sent to it.
+    pub placements: Table,
+    /// HQ's clock as measured from the parent's `Hello`, passed on to children.
+    pub clock: crate::link::HqClock,
 }
 
 impl RelayState {
@@ -150,6 +156,8 @@ impl RelayState {
             cache: Arc::new(cache),
             up: Default::default(),
             asks: Default::default(),
+            placements: store.table("placements")?,
+            clock: Default::default(),
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
             dir_relays: store.tree(trees::DIR_RELAYS)?,
@@ -210,6 +218,9 @@ pub(crate) fn close_here(
     (rec, ev)
 }
 
+/// Table keeping the offset to HQ's clock last measured (key `offset`).
+pub(crate) const HQ_CLOCK: &str = "hq_clock";
+
 /// Runs a relay on a bound listener until `shutdown`.
 pub async fn run(
     listener: TcpListener,
@@ -231,6 +242,7 @@ pub async fn run(
         name: me.name.clone(),
         role: Role::Relay,
         purpose: Default::default(),
+        hq_now_ms: None,
     };
     // Upward: the parent is HQ or another relay.
     let connector = tokio_rustls::TlsConnector::from(
@@ -247,6 +259,11 @@ pub async fn run(
         .map_err(|e| RelayError::Config(format!("cannot open the package cache: {e}")))?;
     let cache = cache::Cache::new(blobs, dialer.clone());
     let st = Arc::new(RelayState::open(me.name.clone(), store, cache)?);
+    // HQ's clock as last measured: children get it even before the parent
+    // answers again.
+    if let Some(o) = st.store.table(HQ_CLOCK)?.get::<i64>(b"offset")? {
+        st.clock.set_offset(o);
+    }
     st.deny.replace(deny::stored(&st)?);
     gauges::register(&st);
     // Everything below stops on `shutdown`, or when the disk fails.
@@ -272,6 +289,7 @@ pub async fn run(
         timing: cfg.timing,
         limits: cfg.limits,
         denied: st.deny.clone(),
+        clock: st.clock.clone(),
     });
     let s2 = st.clone();
     let s3 = st.clone();

@@ -149,6 +149,8 @@ mod tests {
                 expires_at_ms: Some(1_000),
                 scope: Scope::AllLowerOf(vec![n("r1")]),
                 orders: vec![],
+                placement: None,
+                hq_now_ms: None,
             };
             crate::relay::assign::apply(&st, &a).unwrap();
         }

@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, cancel, deny, moves, purge, RelayState};
+use super::{assign, cache, cancel, deny, home, moves, placement, purge, RelayState};
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -64,7 +64,18 @@ async fn session(
     identity: Arc<crate::tls::Identity>,
     s: Session,
 ) -> Result<(), LinkError> {
-    let Session { tx, mut rx, .. } = s;
+    let Session {
+        tx,
+        mut rx,
+        hq_offset_ms,
+        ..
+    } = s;
+    if let Some(o) = hq_offset_ms {
+        // Passed on in every Hello to this relay's children, and kept for
+        // after a restart (durable with the next flush).
+        st.clock.set_offset(o);
+        st.store.table(super::HQ_CLOCK)?.put(b"offset", &o)?;
+    }
     *st.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
     let _renew = AbortOnDrop(tokio::spawn(crate::link::keep_renewed(
         identity,
@@ -132,6 +143,27 @@ async fn session(
                     );
                     crate::link::send(&tx, Msg::PurgeAck { id }).await?;
                     crate::link::queue::send_now(&st.children, done.fwd);
+                }
+                Msg::Placement(sp) => {
+                    let got = placement::receive(&st, sp)?;
+                    st.store.durable().await?;
+                    let Some(client) = got.client else { continue };
+                    crate::link::send(
+                        &tx,
+                        Msg::PlacementAck {
+                            client: client.clone(),
+                        },
+                    )
+                    .await?;
+                    crate::link::queue::send_now(&st.children, got.fwd);
+                    if got.kept {
+                        // Assignments held for want of it go out now.
+                        if let Some(agent) = st.child(&client) {
+                            for a in home::pending_for(&st, &client)? {
+                                crate::link::send_soon(&agent, Msg::Assign(a));
+                            }
+                        }
+                    }
                 }
                 Msg::Cancel { job } => {
                     let sends = cancel::apply(&st, job)?;

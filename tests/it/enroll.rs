@@ -455,6 +455,7 @@ fn anonymous_peers_get_one_enrollment_request_only() {
             name: NodeName::new("a1").unwrap(),
             role: Role::Agent,
             purpose: Default::default(),
+            hq_now_ms: None,
         }))
         .await
         .unwrap();

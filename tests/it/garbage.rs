@@ -83,6 +83,7 @@ pub fn hello_of(id: &relaytree::tls::Identity) -> Msg {
         name: id.me().name.clone(),
         role: id.me().role,
         purpose: Default::default(),
+        hq_now_ms: None,
     })
 }
 

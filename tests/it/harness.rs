@@ -609,6 +609,7 @@ pub async fn dial_as(
             name: id.me().name.clone(),
             role: id.me().role,
             purpose,
+            hq_now_ms: None,
         },
         timing: relaytree::link::Timing::default(),
         gate: None,

@@ -20,6 +20,7 @@ mod jobs_cli;
 mod leftover;
 mod metrics;
 mod offline;
+mod orders;
 mod output;
 mod packages;
 mod proxy;

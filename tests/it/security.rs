@@ -7,7 +7,7 @@ use crate::harness::*;
 use relaytree::link::{self, Admission, Session, Timing};
 use relaytree::proto::{
     Action, Assignment, Attempt, Event, Hello, JobId, LeafState, LeafUpdate, Msg, NodeName, Order,
-    Role, RunSpec, Scope, SignedOrder, PROTOCOL_VERSION,
+    Placement, Role, RunSpec, Scope, SignedOrder, SignedPlacement, PROTOCOL_VERSION,
 };
 use relaytree::tls::{Identity, SigningKey};
 use std::process::Command;
@@ -42,7 +42,7 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
         attempt: Attempt(attempt),
         action,
         expires_at_ms: None,
-        issued_at_ms: 0,
+        issued_at_ms: relaytree::proto::now_ms(),
         dest: if rerun_of.is_none() {
             vec![n("evil")]
         } else {
@@ -53,7 +53,29 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
     }
 }
 
-fn assign(job: u64, attempt: u32, action: Action, orders: Vec<SignedOrder>) -> Msg {
+/// HQ's placement of c1 under `evil` (signed with HQ's key, as HQ does when
+/// c1 joins there).
+fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
+    let body = Placement {
+        client: n("c1"),
+        chain: vec![n("evil")],
+        issued_at_ms: 0,
+    }
+    .encode()
+    .unwrap();
+    SignedPlacement {
+        sig: key.sign(&body),
+        body,
+    }
+}
+
+fn assign(
+    home: &SignedPlacement,
+    job: u64,
+    attempt: u32,
+    action: Action,
+    orders: Vec<SignedOrder>,
+) -> Msg {
     Msg::Assign(Assignment {
         job: JobId(job),
         attempt: Attempt(attempt),
@@ -61,6 +83,8 @@ fn assign(job: u64, attempt: u32, action: Action, orders: Vec<SignedOrder>) -> M
         expires_at_ms: None,
         scope: Scope::Targets(vec![n("c1")]),
         orders,
+        placement: Some(home.clone()),
+        hq_now_ms: None,
     })
 }
 
@@ -113,11 +137,13 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
                 name: n("evil"),
                 role: Role::Relay,
                 purpose: Default::default(),
+                hq_now_ms: None,
             },
             trust_domain: evil_id.me().trust_domain.clone(),
             timing: Timing::default(),
             limits: Default::default(),
             denied: Default::default(),
+            clock: Default::default(),
         });
         let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
         let token = stop.clone();
@@ -151,10 +177,11 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
             .unwrap();
         assert_eq!(s.peer.name, n("c1"));
         let script = env.job_script("true");
+        let home = placed_under_evil(&hq_key);
         let good = sign(&hq_key, &order(1, 1, sh(&script), None));
 
         // A genuine order runs.
-        s.tx.send(assign(1, 1, sh(&script), vec![good.clone()]))
+        s.tx.send(assign(&home, 1, 1, sh(&script), vec![good.clone()]))
             .await
             .unwrap();
         let u = final_update(&mut s, 1).await;
@@ -163,7 +190,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
         // Altered command, signed order for another one.
         let touch = sh(&format!("touch '{}'", pwned.display()));
         let signed_true = sign(&hq_key, &order(2, 1, sh("true"), None));
-        s.tx.send(assign(2, 1, touch.clone(), vec![signed_true]))
+        s.tx.send(assign(&home, 2, 1, touch.clone(), vec![signed_true]))
             .await
             .unwrap();
         let u = final_update(&mut s, 2).await;
@@ -178,7 +205,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
             &hq_key,
             &order(3, 2, touch.clone(), Some(("evil", &["c2"]))),
         );
-        s.tx.send(assign(3, 2, touch.clone(), vec![rerun]))
+        s.tx.send(assign(&home, 3, 2, touch.clone(), vec![rerun]))
             .await
             .unwrap();
         let u = final_update(&mut s, 3).await;
@@ -188,7 +215,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
         );
 
         // An old attempt's order replayed as a new attempt.
-        s.tx.send(assign(1, 2, sh(&script), vec![good.clone()]))
+        s.tx.send(assign(&home, 1, 2, sh(&script), vec![good.clone()]))
             .await
             .unwrap();
         let u = final_update(&mut s, 1).await;
@@ -200,7 +227,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
 
         // A signature by another key.
         let forged = sign(&other_key, &order(4, 1, touch.clone(), None));
-        s.tx.send(assign(4, 1, touch.clone(), vec![forged]))
+        s.tx.send(assign(&home, 4, 1, touch.clone(), vec![forged]))
             .await
             .unwrap();
         let u = final_update(&mut s, 4).await;
@@ -210,7 +237,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
         );
 
         // No order at all.
-        s.tx.send(assign(5, 1, touch.clone(), vec![]))
+        s.tx.send(assign(&home, 5, 1, touch.clone(), vec![]))
             .await
             .unwrap();
         let u = final_update(&mut s, 5).await;
@@ -221,11 +248,11 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
 
         // The genuine attempt replayed verbatim is acknowledged, not rerun:
         // a later genuine job finishing proves the replay was processed.
-        s.tx.send(assign(1, 1, sh(&script), vec![good]))
+        s.tx.send(assign(&home, 1, 1, sh(&script), vec![good]))
             .await
             .unwrap();
         let ping = sign(&hq_key, &order(6, 1, Action::Ping, None));
-        s.tx.send(assign(6, 1, Action::Ping, vec![ping]))
+        s.tx.send(assign(&home, 6, 1, Action::Ping, vec![ping]))
             .await
             .unwrap();
         let u = final_update(&mut s, 6).await;
@@ -321,6 +348,7 @@ fn a_hello_naming_another_node_is_refused() {
                 name: n("c2"),
                 role: Role::Agent,
                 purpose: Default::default(),
+                hq_now_ms: None,
             },
             timing: Timing::default(),
             gate: None,

@@ -24,6 +24,7 @@ fn hello(name: &str, role: Role, purpose: Purpose) -> Hello {
         name: NodeName::new(name).unwrap(),
         role,
         purpose,
+        hq_now_ms: None,
     }
 }
 
@@ -85,6 +86,7 @@ fn fetch_from_misbehaving_parent(how: Misdeed) -> (TransferError, usize) {
             timing: Timing::default(),
             limits: Default::default(),
             denied: Default::default(),
+            clock: Default::default(),
         });
         let acceptor =
             tokio_rustls::TlsAcceptor::from(parent.server_config(&[Role::Relay]).unwrap());
