@@ -138,12 +138,8 @@ pub(crate) fn apply(
                 forgets.extend(super::placement::place(st, client, relay)?);
             }
             Event::RelayJoined { relay, parent } => {
-                let k = keys::name(relay);
-                if st
-                    .relays
-                    .get::<RelayRecord>(&k)?
-                    .is_some_and(|old| old.parent != *parent)
-                {
+                let k = Name(relay.clone());
+                if st.relays.get(&k)?.is_some_and(|old| old.parent != *parent) {
                     reparented.push(relay.clone());
                 }
                 st.relays.put(

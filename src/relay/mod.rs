@@ -104,6 +104,8 @@ pub(crate) mod trees {
     pub const CANCELED: TreeDef<JobKey, u64> = TreeDef::new("canceled");
     /// due ++ job ++ attempt -> (): attempts not yet swept, by due time.
     pub const EXPIRY: TreeDef<DueJobAttempt, ()> = TreeDef::new("expiry");
+    /// client -> SignedPlacement: HQ's latest placement of each home client.
+    pub const PLACEMENTS: TreeDef<Name, crate::proto::SignedPlacement> = TreeDef::new("placements");
 }
 
 /// The relay's shared state.
@@ -145,7 +147,7 @@ pub(crate) struct RelayState {
     pub asks: Arc<crate::link::CertAsks>,
     /// client -> SignedPlacement: HQ's latest placement of each home client,
     /// attached to every assignment sent to it.
-    pub placements: Table,
+    pub placements: Tree<Name, crate::proto::SignedPlacement>,
     /// HQ's clock as measured from the parent's `Hello`, passed on to children.
     pub clock: crate::link::HqClock,
 }
@@ -156,7 +158,7 @@ impl RelayState {
             cache: Arc::new(cache),
             up: Default::default(),
             asks: Default::default(),
-            placements: store.table("placements")?,
+            placements: store.tree(trees::PLACEMENTS)?,
             clock: Default::default(),
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
