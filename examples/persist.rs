@@ -75,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         output: None,
                         at_ms: 0,
                         out: None,
+                        audit: None,
                     };
                     outbox.push(&[Event::Leaf(u)])?;
                     let mut rec =

@@ -31,6 +31,9 @@ pub struct LeafRecord {
     /// their own; relays do not keep them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<crate::proto::LeafOutput>,
+    /// An audit's differences or a snapshot's upload (audit and snapshot jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::proto::audit::AuditOutcome>,
 }
 
 impl LeafRecord {
@@ -45,6 +48,7 @@ impl LeafRecord {
             output: None,
             at_ms,
             out: None,
+            audit: None,
         }
     }
 }
@@ -73,6 +77,7 @@ pub fn merge(cur: Option<&LeafRecord>, u: &LeafUpdate) -> Option<LeafRecord> {
         output: u.output.clone(),
         at_ms: u.at_ms,
         out: u.out.clone(),
+        audit: u.audit.clone(),
     })
 }
 
@@ -316,6 +321,7 @@ pub fn plan_assignment(
                     output: None,
                     at_ms: now,
                     out: None,
+                    audit: None,
                 }))
             }
         }
@@ -381,6 +387,7 @@ mod tests {
             output: None,
             at_ms: 0,
             out: None,
+            audit: None,
         }
     }
     fn rec(attempt: u32, state: LeafState) -> LeafRecord {
@@ -504,6 +511,7 @@ mod tests {
             output: None,
             at_ms: 0,
             out: None,
+            audit: None,
         })
     }
 

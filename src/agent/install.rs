@@ -125,7 +125,7 @@ fn describe_stage(e: &PkgError) -> String {
 }
 
 /// The agent's chunk store, opened on first use.
-async fn chunk_store(st: &AgentState) -> Result<Arc<ChunkStore>, PackageError> {
+pub(crate) async fn chunk_store(st: &AgentState) -> Result<Arc<ChunkStore>, PackageError> {
     let dir = st.pkg.chunks();
     st.chunks
         .get_or_try_init(|| async {

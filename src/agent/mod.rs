@@ -6,6 +6,7 @@
 //!
 //! Never imports `hq` or `relay`.
 
+mod audit;
 pub mod exec;
 mod install;
 mod inventory;
@@ -67,6 +68,9 @@ pub struct AgentOptions {
     /// A command stopped (timeout, cancel, leftover at start-up) gets
     /// SIGTERM, then SIGKILL after this long.
     pub kill_grace: Duration,
+    /// Audit and snapshot paths are taken under this directory (`--root`,
+    /// default `/`); none may leave it.
+    pub root: PathBuf,
 }
 
 impl Default for AgentOptions {
@@ -80,6 +84,7 @@ impl Default for AgentOptions {
             delay: Duration::ZERO,
             dial_gate: None,
             kill_grace: exec::DEFAULT_KILL_GRACE,
+            root: PathBuf::from("/"),
         }
     }
 }

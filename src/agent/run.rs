@@ -160,7 +160,11 @@ pub(crate) fn finish_now(
             settle(st, &mut rec, u)?;
             Ok(None)
         }
-        Action::Run(_) | Action::Install(_) | Action::Remove(_) => Ok(Some(rec)),
+        Action::Run(_)
+        | Action::Install(_)
+        | Action::Remove(_)
+        | Action::Audit(_)
+        | Action::Snapshot(_) => Ok(Some(rec)),
     }
 }
 
@@ -201,6 +205,32 @@ async fn execute_inner(
                 return Ok(());
             };
             let r = install::remove(st, &mut rec, &spec, &cancel).await;
+            lock_live(st).remove(&(rec.job, rec.attempt));
+            return r;
+        }
+        // Read-only: no `running` step, so a compliant client sends one
+        // small update.
+        Action::Audit(spec) => {
+            let spec = spec.clone();
+            let _slot = st.slots.acquire().await;
+            return super::audit::run_audit(st, &mut rec, &spec).await;
+        }
+        Action::Snapshot(spec) => {
+            let spec = spec.clone();
+            let _slot = st.slots.acquire().await;
+            let store = match install::chunk_store(st).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let mut u = runlog::update(st, &rec, LeafState::Failed);
+                    u.reason = Some(format!("cannot open the chunk store: {e}"));
+                    settle(st, &mut rec, u)?;
+                    return st.store.durable().await;
+                }
+            };
+            if start(st, &mut rec).await?.is_none() {
+                return Ok(());
+            }
+            let r = super::audit::run_snapshot(st, &mut rec, &spec, store).await;
             lock_live(st).remove(&(rec.job, rec.attempt));
             return r;
         }

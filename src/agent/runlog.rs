@@ -176,6 +176,7 @@ pub(crate) fn update(st: &AgentState, rec: &RunRecord, state: LeafState) -> Leaf
         output: None,
         at_ms: now_ms(),
         out: None,
+        audit: None,
     }
 }
 

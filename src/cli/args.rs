@@ -223,6 +223,86 @@ pub enum Dest {
     AllLowerClients,
 }
 
+/// `hq snapshot` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Record a client's objects and upload its files' content into HQ's depot.
+    Create {
+        /// The master client.
+        #[arg(long)]
+        client: String,
+        /// The snapshot's name.
+        #[arg(long)]
+        name: String,
+        /// Files to record (absolute globs under the agent's root; repeatable).
+        #[arg(long = "files", value_name = "GLOB")]
+        files: Vec<String>,
+        /// Leave relaytree packages out.
+        #[arg(long)]
+        no_packages: bool,
+        /// Record Debian packages too.
+        #[arg(long)]
+        dpkg: bool,
+        /// Give up waiting after this long (the snapshot goes on; see job status).
+        #[arg(long, default_value = "60s")]
+        wait: String,
+        /// Leaves not delivered within this long expire (default 5m).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hq audit` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Audit clients against a live master (snapshotted first) or a snapshot;
+    /// prints the audit's id (a job).
+    #[command(group(ArgGroup::new("master_or_snapshot").required(true).args(["master", "snapshot"])))]
+    Create {
+        /// A live master client.
+        #[arg(long)]
+        master: Option<String>,
+        /// A snapshot taken earlier.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Destination kind.
+        #[arg(long, value_enum)]
+        dest: Dest,
+        /// Relay whose lower clients are audited (repeatable).
+        #[arg(long = "relay", required = true)]
+        relays: Vec<String>,
+        /// Files to compare (absolute globs; default: the snapshot's).
+        #[arg(long = "files", value_name = "GLOB")]
+        files: Vec<String>,
+        /// Leave relaytree packages out.
+        #[arg(long)]
+        no_packages: bool,
+        /// Compare Debian packages too.
+        #[arg(long)]
+        dpkg: bool,
+        /// Leaves not delivered within this long expire (e.g. 1h).
+        #[arg(long)]
+        expires: Option<String>,
+        /// How long a live master's snapshot may take.
+        #[arg(long, default_value = "60s")]
+        wait: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals, per relay, then the differing clients with their differences.
+    Status {
+        /// The audit.
+        audit: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `hq` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum HqCmd {
@@ -293,6 +373,20 @@ pub enum HqCmd {
     Web {
         #[command(subcommand)]
         cmd: WebCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Snapshots of a master: its objects and its files' content, in HQ's depot.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Audits of clients against a master or a snapshot.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -630,6 +724,9 @@ pub enum AgentCmd {
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
+        /// Audit and snapshot paths are taken under this directory.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -689,6 +786,10 @@ pub enum AgentCmd {
         /// SIGTERM, then SIGKILL after this long (default 10s).
         #[arg(long, value_parser = duration_text)]
         kill_grace: Option<String>,
+        /// Audit and snapshot paths are taken under this directory (every
+        /// agent of the swarm).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
         #[command(flatten)]
         timing: TimingArgs,
     },

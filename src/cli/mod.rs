@@ -5,6 +5,7 @@
 #[macro_use]
 mod output;
 pub mod args;
+mod audit;
 pub mod client;
 pub mod config;
 mod demo;
@@ -382,6 +383,8 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Package { cmd, admin } => package::package(cmd, &target(&admin)).await?,
         HqCmd::Client { cmd, admin } => package::client(cmd, &target(&admin)).await?,
         HqCmd::Web { cmd, admin } => web::command(cmd, &target(&admin)).await?,
+        HqCmd::Snapshot { cmd, admin } => return audit::snapshot(cmd, &target(&admin)).await,
+        HqCmd::Audit { cmd, admin } => return audit::audit(cmd, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {
@@ -697,10 +700,12 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             max_parallel,
             metrics,
             kill_grace: grace,
+            root,
             timing: t,
         } => {
             let t = timing(&t)?;
             let grace = kill_grace(grace)?;
+            let root = audit::check_root(root)?;
             check_identity(&identity, crate::proto::Role::Agent)?;
             crate::node::raise_fd_limit();
             crate::node::start_watchdog(data_dir.clone(), None);
@@ -710,6 +715,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
             cfg.options.kill_grace = grace;
+            cfg.options.root = root;
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
         AgentCmd::Enroll { relay, enroll } => {
@@ -760,10 +766,12 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             max_dialing,
             metrics,
             kill_grace: grace,
+            root,
             timing: t,
         } => {
             let timing = timing(&t)?;
             let kill_grace = kill_grace(grace)?;
+            let root = audit::check_root(root)?;
             if !(0.0..=1.0).contains(&fail_fraction) {
                 return Err(CliError::Usage(format!(
                     "--fail-fraction {fail_fraction} is not between 0 and 1"
@@ -786,6 +794,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                     max_dialing as usize,
                 ))),
                 kill_grace,
+                root,
                 ..Default::default()
             };
             let cfg = crate::agent::SwarmConfig {

@@ -67,6 +67,7 @@ pub(crate) fn apply(
                     if let Some(o) = super::output::split(&mut new) {
                         outputs.insert(k.clone(), o);
                     }
+                    super::audit::ingest(st, u)?;
                     pending.insert(k, new);
                 }
             }
@@ -209,6 +210,7 @@ mod tests {
             output: None,
             at_ms: 5,
             out: None,
+            audit: None,
         })
     }
 

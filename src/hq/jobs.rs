@@ -248,6 +248,81 @@ pub(crate) async fn create(
     Ok(job)
 }
 
+/// A job for one named client, routed to its home relay with an order
+/// signed for that home naming the client (as a rerun's are): a snapshot's
+/// master. The caller checked the client; written like `create` (job, leaf
+/// and queue in one atomic change, durable, then sent).
+pub(crate) async fn create_for_client(
+    st: &HqState,
+    client: &NodeName,
+    home: &NodeName,
+    action: Action,
+    expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
+    let (job, queued) = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let top = top_child(st, home)?;
+        let now = now_ms();
+        let expires_at_ms = expires_ms.map(|e| now + e);
+        let assignment = |job: JobId| -> Result<Assignment, HqError> {
+            let order = sign(
+                st,
+                &Order {
+                    job,
+                    attempt: Attempt(1),
+                    action: action.clone(),
+                    expires_at_ms,
+                    issued_at_ms: now,
+                    dest: vec![],
+                    relay: Some(home.clone()),
+                    targets: Some(vec![client.clone()]),
+                },
+            )?;
+            Ok(Assignment {
+                job,
+                attempt: Attempt(1),
+                action: action.clone(),
+                expires_at_ms,
+                scope: Scope::Targets(vec![client.clone()]),
+                orders: vec![order],
+                placement: None,
+                hq_now_ms: None,
+            })
+        };
+        check_size(&assignment(JobId(0))?)?;
+        let job = JobId(st.store.next_id("job")?);
+        let a = assignment(job)?;
+        let rec = JobRecord {
+            job,
+            action: action.clone(),
+            dest: vec![home.clone()],
+            created_at_ms: now,
+            expires_ms,
+            expires_at_ms,
+            attempt: Attempt(1),
+            awaiting: vec![],
+            canceled_at_ms: None,
+            sent_to: vec![top.clone()],
+        };
+        let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
+        st.store
+            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+                w.put_at(&st.leaves, &JobClient(job, client.clone()), &leaf)?;
+                w.put_at(&st.jobs, &JobKey(job), &rec)?;
+                st.down.put_in(w, &top, &Msg::Assign(a.clone()))?;
+                Ok(())
+            })?;
+        st.counters.moved(job, None, (LeafState::Pending, home));
+        (job, vec![(top, a)])
+    };
+    st.store.durable().await?;
+    info!(%job, %client, %home, "job for one client created");
+    send_now(st, queued);
+    st.bump();
+    Ok(job)
+}
+
 /// Signs one order per home relay and chunk of at most [`ORDER_CHUNK`]
 /// targets (sorted, so a chunk covers a span of names), grouped by the relay
 /// under HQ they travel through.

@@ -3,6 +3,7 @@
 //!
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
+mod audit;
 mod children;
 mod console;
 mod counters;
@@ -154,6 +155,8 @@ pub(crate) struct HqState {
     pub authority: std::sync::OnceLock<enroll::Authority>,
     /// One-time dashboard login tokens, and where the dashboard listens.
     pub door: console::Door,
+    /// Snapshot name -> `audit::SnapshotRecord`.
+    pub snapshots: Table,
 }
 
 impl HqState {
@@ -178,6 +181,7 @@ impl HqState {
             issued: store.tree(trees::ISSUED)?,
             authority: std::sync::OnceLock::new(),
             door: Default::default(),
+            snapshots: store.table("snapshots")?,
             jobs: store.tree(trees::JOBS)?,
             leaves: store.tree(trees::LEAVES)?,
             outputs: store.tree(trees::OUTPUTS)?,

@@ -278,6 +278,7 @@ mod tests {
             output: None,
             at_ms,
             out: None,
+            audit: None,
         };
         let fin = vec![
             (n("c1"), leaf(LeafState::Succeeded, 50)),

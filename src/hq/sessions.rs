@@ -4,7 +4,7 @@
 //! session goes on. A revocation closes every session of the name, whatever
 //! it is for (the accept loop in `link` watches the deny list).
 
-use super::{jobs, packages, revoke, syncs, view, HqError, HqState};
+use super::{audit, jobs, packages, revoke, syncs, view, HqError, HqState};
 use crate::link::{LinkError, Session};
 use crate::proto::{AdminRequest, AdminResponse, Msg, Role};
 use crate::store::keys::Name;
@@ -25,6 +25,7 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
             crate::link::transfer::serve(
                 s,
                 st.depot.clone(),
+                None,
                 None,
                 st.egress.clone(),
                 crate::link::transfer::SEND_PATIENCE,
@@ -200,6 +201,49 @@ pub(crate) async fn answer(
         AdminRequest::ClientShow { name } => {
             st.store.durable().await?;
             AdminResponse::Client(syncs::client(st, &name)?)
+        }
+        AdminRequest::SnapshotCreate {
+            client,
+            name,
+            select,
+            expires_ms,
+            wait_ms,
+        } => AdminResponse::Snapshot(
+            audit::create_snapshot(
+                st,
+                &client,
+                &name,
+                select,
+                expires_ms,
+                Duration::from_millis(wait_ms),
+            )
+            .await?,
+        ),
+        AdminRequest::AuditCreate {
+            master,
+            dest,
+            files,
+            no_packages,
+            dpkg,
+            expires_ms,
+            wait_ms,
+        } => {
+            let (audit, snapshot) = audit::create_audit(
+                st,
+                master,
+                dest,
+                files,
+                no_packages,
+                dpkg,
+                expires_ms,
+                Duration::from_millis(wait_ms),
+            )
+            .await?;
+            AdminResponse::AuditCreated { audit, snapshot }
+        }
+        AdminRequest::AuditStatus { audit: job } => {
+            st.store.durable().await?;
+            AdminResponse::AuditStatus(audit::status(st, job)?)
         }
         AdminRequest::Wait { job, timeout_ms } => {
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);

@@ -30,6 +30,8 @@ pub(crate) fn describe(a: &Action) -> String {
             .join(" "),
         Action::Install(i) => format!("install {}@{}", i.name, i.version),
         Action::Remove(r) => format!("remove {}", r.name),
+        Action::Audit(a) => format!("audit against {}", a.master),
+        Action::Snapshot(s) => format!("snapshot {}", s.name),
     }
 }
 

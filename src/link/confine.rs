@@ -420,6 +420,7 @@ mod tests {
             output: None,
             at_ms: 1,
             out: None,
+            audit: None,
         })
     }
 

@@ -120,6 +120,7 @@ mod tests {
                     started_at_ms: u64::MAX,
                     duration_ms: u64::MAX,
                 }),
+                audit: None,
             })
         };
         let events: Vec<Event> = (0..100).map(big).collect();

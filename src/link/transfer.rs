@@ -8,8 +8,17 @@
 //! A cut connection loses nothing stored: the caller asks again for what it
 //! still lacks.
 //!
+//! Uploads go the other way on the same kind of connection, hop by hop up
+//! to HQ's depot (a snapshot's file content): the child asks which blobs
+//! the depot lacks (`PutQuery` → `PutLacking`; a relay asks its own parent,
+//! so the answer is HQ's), sends only those (`Blob` pieces, `BlobsDone`),
+//! and the parent stores each (verified against its address), passes them
+//! up itself (a relay) and answers `PutAck` only once they are at HQ. A cut
+//! upload keeps what was whole; the next asks again and sends the rest.
+//!
 //! Knows nothing of jobs, manifests or where the parent gets its blobs: a
-//! serving role passes an `ensure` hook that fills its store on demand.
+//! serving role passes an `ensure` hook that fills its store on demand, and
+//! an [`Up`] hook (a relay) to pass uploads on.
 
 use super::{dial_once, send, Dialer, LinkError, Session};
 use crate::pkg::{ChunkHash, ChunkStore, PkgError};
@@ -148,6 +157,207 @@ pub async fn fetch(
     Ok(())
 }
 
+/// Asks the parent behind `dialer` which of `hashes` HQ's depot lacks.
+async fn ask_lacking(
+    tx: &super::SessionTx,
+    rx: &mut super::SessionRx,
+    hashes: Vec<ChunkHash>,
+) -> Result<Vec<ChunkHash>, TransferError> {
+    let asked: HashSet<ChunkHash> = hashes.iter().copied().collect();
+    send(tx, Msg::PutQuery { hashes }).await?;
+    match rx.recv().await? {
+        Msg::PutLacking { hashes } if hashes.iter().all(|h| asked.contains(h)) => Ok(hashes),
+        Msg::PutLacking { .. } => Err(TransferError::Protocol(
+            "the parent says it lacks blobs that were not asked about".into(),
+        )),
+        Msg::Bye { reason } => Err(LinkError::Bye(reason).into()),
+        other => Err(super::unexpected(&other, "in an upload").into()),
+    }
+}
+
+/// Which of `hashes` HQ's depot lacks, asked of the parent behind `dialer`
+/// (a relay passing on its child's question).
+pub async fn lacking(
+    dialer: &Dialer,
+    hashes: Vec<ChunkHash>,
+) -> Result<Vec<ChunkHash>, TransferError> {
+    let Session { tx, mut rx, .. } = dial_once(dialer).await?;
+    let mut out = Vec::new();
+    for batch in hashes.chunks(4 * BATCH) {
+        out.extend(ask_lacking(&tx, &mut rx, batch.to_vec()).await?);
+    }
+    Ok(out)
+}
+
+/// Uploads `hashes` from `store` towards HQ's depot through the parent
+/// behind `dialer`, sending only the blobs the depot lacks. Returns when the
+/// parent acknowledged every one as stored at HQ. Adds the blob bytes sent
+/// to `sent`, also when the upload breaks halfway.
+pub async fn push(
+    dialer: &Dialer,
+    store: &Arc<ChunkStore>,
+    hashes: &[ChunkHash],
+    sent: &mut u64,
+) -> Result<(), TransferError> {
+    let want: Vec<ChunkHash> = {
+        let mut seen = HashSet::new();
+        hashes
+            .iter()
+            .filter(|h| seen.insert(**h))
+            .copied()
+            .collect()
+    };
+    if want.is_empty() {
+        return Ok(());
+    }
+    let Session { tx, mut rx, .. } = dial_once(dialer).await?;
+    for batch in want.chunks(BATCH) {
+        let lacking = ask_lacking(&tx, &mut rx, batch.to_vec()).await?;
+        if lacking.is_empty() {
+            continue;
+        }
+        for hash in &lacking {
+            let st = store.clone();
+            let h = *hash;
+            let bytes = tokio::task::spawn_blocking(move || st.get(&h))
+                .await
+                .map_err(|e| TransferError::Protocol(format!("store task: {e}")))??;
+            let total = bytes.len() as u64;
+            if bytes.is_empty() {
+                send(
+                    &tx,
+                    Msg::Blob {
+                        hash: h,
+                        offset: 0,
+                        total: 0,
+                        data: Vec::new(),
+                    },
+                )
+                .await?;
+            }
+            for (i, piece) in bytes.chunks(BLOB_PIECE).enumerate() {
+                send(
+                    &tx,
+                    Msg::Blob {
+                        hash: h,
+                        offset: (i * BLOB_PIECE) as u64,
+                        total,
+                        data: piece.to_vec(),
+                    },
+                )
+                .await?;
+                *sent += piece.len() as u64;
+            }
+        }
+        send(&tx, Msg::BlobsDone).await?;
+        match rx.recv().await? {
+            Msg::PutAck { hashes } => {
+                let acked: HashSet<ChunkHash> = hashes.into_iter().collect();
+                if let Some(h) = lacking.iter().find(|h| !acked.contains(h)) {
+                    return Err(TransferError::Protocol(format!(
+                        "the parent did not store blob {h}"
+                    )));
+                }
+            }
+            Msg::Bye { reason } => return Err(LinkError::Bye(reason).into()),
+            other => return Err(super::unexpected(&other, "in an upload").into()),
+        }
+    }
+    drop(tx);
+    Ok(())
+}
+
+/// Asks which of these blobs HQ's depot lacks.
+pub type AskLacking = Arc<
+    dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<Vec<ChunkHash>, TransferError>>
+        + Send
+        + Sync,
+>;
+/// Sends blobs on up; resolves once they are at HQ.
+pub type Forward =
+    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), TransferError>> + Send + Sync>;
+
+/// Passes uploads on towards HQ (a relay's side of [`serve`]).
+#[derive(Clone)]
+pub struct Up {
+    /// Which of these blobs HQ's depot lacks.
+    pub lacking: AskLacking,
+    /// Sends these blobs (already in the serving store) on up; resolves once
+    /// they are at HQ.
+    pub forward: Forward,
+}
+
+impl Up {
+    /// Passes uploads on through the parent behind `dialer` (a transfer
+    /// dialer), keeping a copy in `store`.
+    pub fn through(dialer: Dialer, store: Arc<ChunkStore>) -> Up {
+        let d2 = dialer.clone();
+        Up {
+            lacking: Arc::new(move |h| {
+                let d = dialer.clone();
+                Box::pin(async move { lacking(&d, h).await })
+            }),
+            forward: Arc::new(move |h| {
+                let d = d2.clone();
+                let s = store.clone();
+                Box::pin(async move {
+                    let mut n = 0;
+                    push(&d, &s, &h, &mut n).await
+                })
+            }),
+        }
+    }
+}
+
+/// The upload a serving side is receiving: what it may take, and what it took.
+#[derive(Default)]
+struct Incoming {
+    /// The blobs the last `PutLacking` named.
+    allowed: HashSet<ChunkHash>,
+    /// The blob being received.
+    partial: Option<(ChunkHash, u64, Vec<u8>)>,
+    /// Whole blobs stored since the last `BlobsDone`.
+    stored: Vec<ChunkHash>,
+}
+
+impl Incoming {
+    /// Takes one piece; returns a whole blob once its last piece came.
+    fn piece(
+        &mut self,
+        hash: ChunkHash,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    ) -> Result<Option<(ChunkHash, Vec<u8>)>, LinkError> {
+        if !self.allowed.contains(&hash) {
+            return Err(LinkError::Protocol(format!(
+                "upload of blob {hash} that was not asked for"
+            )));
+        }
+        if total > MAX_BLOB {
+            return Err(LinkError::Protocol(format!(
+                "blob {hash} of {total} bytes is over the {MAX_BLOB}-byte limit"
+            )));
+        }
+        let (h, t, buf) = self
+            .partial
+            .get_or_insert_with(|| (hash, total, Vec::new()));
+        if *h != hash || *t != total || offset != buf.len() as u64 {
+            return Err(LinkError::Protocol(format!(
+                "upload of blob {hash}: piece at {offset} does not follow"
+            )));
+        }
+        if buf.len() as u64 + data.len() as u64 > total {
+            return Err(LinkError::Protocol(format!("blob {hash} overruns {total}")));
+        }
+        buf.extend_from_slice(&data);
+        if buf.len() as u64 == total {
+            return Ok(self.partial.take().map(|(h, _, b)| (h, b)));
+        }
+        Ok(None)
+    }
+}
+
 /// Why the serving side could not fill its store.
 #[derive(Clone, Debug)]
 pub struct EnsureError {
@@ -198,20 +408,74 @@ impl Egress {
     }
 }
 
-/// Serves one transfer connection from `store` until the child closes it.
+/// Serves one transfer connection from `store` until the child closes it:
+/// blobs down (`GetBlobs`) and uploads up (`PutQuery`, passed on by `up`;
+/// without it this is HQ and `store` the depot).
 pub async fn serve(
     s: Session,
     store: Arc<ChunkStore>,
     ensure: Option<Ensure>,
+    up: Option<Up>,
     egress: Arc<Egress>,
     within: std::time::Duration,
 ) -> Result<(), LinkError> {
     let Session {
         peer, tx, mut rx, ..
     } = s;
+    let mut incoming = Incoming::default();
     loop {
         let hashes = match rx.recv().await {
             Ok(Msg::GetBlobs { hashes }) => hashes,
+            Ok(Msg::PutQuery { hashes }) => {
+                if hashes.len() > 4 * BATCH {
+                    return Err(LinkError::Protocol(format!(
+                        "{} blobs asked about at once (at most {})",
+                        hashes.len(),
+                        4 * BATCH
+                    )));
+                }
+                let lacking = match &up {
+                    Some(up) => (up.lacking)(hashes).await.map_err(|e| {
+                        LinkError::Protocol(format!("cannot ask the parent now: {e}"))
+                    })?,
+                    None => store.missing(&hashes),
+                };
+                incoming.allowed = lacking.iter().copied().collect();
+                send_within(&tx, Msg::PutLacking { hashes: lacking }, within).await?;
+                continue;
+            }
+            Ok(Msg::Blob {
+                hash,
+                offset,
+                total,
+                data,
+            }) => {
+                if let Some((h, bytes)) = incoming.piece(hash, offset, total, data)? {
+                    let st = store.clone();
+                    tokio::task::spawn_blocking(move || st.put(&h, &bytes))
+                        .await
+                        .map_err(|e| LinkError::Protocol(format!("store task: {e}")))?
+                        .map_err(|e| LinkError::Protocol(format!("upload of blob {h}: {e}")))?;
+                    incoming.stored.push(h);
+                }
+                continue;
+            }
+            Ok(Msg::BlobsDone) => {
+                if let Some((h, _, _)) = &incoming.partial {
+                    return Err(LinkError::Protocol(format!(
+                        "upload of blob {h} ended early"
+                    )));
+                }
+                let stored = std::mem::take(&mut incoming.stored);
+                if let Some(up) = &up {
+                    (up.forward)(stored.clone()).await.map_err(|e| {
+                        LinkError::Protocol(format!("cannot pass the upload on now: {e}"))
+                    })?;
+                }
+                debug!(peer = %peer.name, blobs = stored.len(), "upload stored");
+                send_within(&tx, Msg::PutAck { hashes: stored }, within).await?;
+                continue;
+            }
             Ok(other) => return Err(super::unexpected(&other, "in a transfer")),
             Err(LinkError::Closed) => return Ok(()),
             Err(e) => return Err(e),

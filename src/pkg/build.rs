@@ -195,6 +195,45 @@ fn file_entry(
     })
 }
 
+/// Cuts one file into chunks stored in `store` (as a package's files are):
+/// returns its length, its chunks in order and the blake3 of its whole
+/// content (what an audit compares). Used by snapshots.
+pub fn chunk_file(path: &Path, store: &ChunkStore) -> Result<(u64, Vec<ChunkRef>, ChunkHash)> {
+    let file = File::open(path).map_err(|e| PkgError::io(path, e))?;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    let cdc = StreamCDC::new(
+        file,
+        CHUNK_MIN as usize,
+        CHUNK_AVG as usize,
+        CHUNK_MAX as usize,
+    );
+    for piece in cdc {
+        let piece = piece.map_err(|e| PkgError::io(path, e.into()))?;
+        whole.update(&piece.data);
+        let hash = ChunkHash::of(&piece.data);
+        let len = piece.data.len() as u32; // <= CHUNK_MAX
+        store.put(&hash, &piece.data)?;
+        size += u64::from(len);
+        chunks.push(ChunkRef { hash, len });
+    }
+    Ok((
+        size,
+        chunks,
+        ChunkHash::from_bytes(*whole.finalize().as_bytes()),
+    ))
+}
+
+/// The blake3 of a file's whole content, read in pieces (what an audit
+/// compares; the same as [`chunk_file`]'s).
+pub fn hash_file(path: &Path) -> Result<ChunkHash> {
+    let mut f = File::open(path).map_err(|e| PkgError::io(path, e))?;
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| PkgError::io(path, e))?;
+    Ok(ChunkHash::from_bytes(*h.finalize().as_bytes()))
+}
+
 fn unsupported(path: &Path, ft: fs::FileType) -> PkgError {
     let what = if ft.is_fifo() {
         "fifo"

@@ -28,7 +28,7 @@ mod stage;
 use std::io;
 use std::path::PathBuf;
 
-pub use build::{add_path, BuildStats, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+pub use build::{add_path, chunk_file, hash_file, BuildStats, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 pub use chunks::{ChunkStore, VerifyReport};
 pub use hash::ChunkHash;
 pub use manifest::{ChunkRef, Entry, EntryKind, Manifest};

@@ -162,6 +162,58 @@ pub enum AdminRequest {
     },
     /// A one-time dashboard login URL (`hq web login`).
     WebLogin,
+    /// `hq snapshot create`: a snapshot job to `client` (at its home relay);
+    /// answers once it is final or after `wait_ms`.
+    SnapshotCreate {
+        /// The master.
+        client: NodeName,
+        /// The snapshot's name.
+        name: String,
+        /// What to record.
+        select: super::audit::Selection,
+        /// Leaves not delivered within this many milliseconds expire.
+        #[serde(default)]
+        expires_ms: Option<u64>,
+        /// Answer after this long even if the snapshot is not final.
+        wait_ms: u64,
+    },
+    /// `hq audit create`: an audit job against a snapshot (taken first from a
+    /// live master).
+    AuditCreate {
+        /// `Client` for a live master, else the snapshot's name.
+        master: AuditMaster,
+        /// Relays whose lower clients are audited.
+        dest: Vec<NodeName>,
+        /// File globs (`None`: the snapshot's).
+        #[serde(default)]
+        files: Option<Vec<String>>,
+        /// Leave relaytree packages out.
+        #[serde(default)]
+        no_packages: bool,
+        /// Compare Debian packages too.
+        #[serde(default)]
+        dpkg: bool,
+        /// Leaves not delivered within this many milliseconds expire.
+        #[serde(default)]
+        expires_ms: Option<u64>,
+        /// How long a live master's snapshot may take.
+        wait_ms: u64,
+    },
+    /// `hq audit status`.
+    AuditStatus {
+        /// The audit (its job).
+        audit: JobId,
+    },
+}
+
+/// What an audit compares with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMaster {
+    /// A live client: snapshot it first.
+    Client(NodeName),
+    /// A snapshot taken earlier.
+    Snapshot(String),
 }
 
 /// HQ's answer.
@@ -230,6 +282,102 @@ pub enum AdminResponse {
         /// Open it in a browser once; it expires soon and works only once.
         url: String,
     },
+    /// A snapshot was taken (or is still being taken: see `done`).
+    Snapshot(SnapshotView),
+    /// An audit was launched.
+    AuditCreated {
+        /// The audit's id (its job).
+        audit: JobId,
+        /// The snapshot it compares with.
+        snapshot: String,
+    },
+    /// An audit's results.
+    AuditStatus(AuditStatusView),
+}
+
+/// `hq snapshot create --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The master.
+    pub client: NodeName,
+    /// The snapshot job.
+    pub job: JobId,
+    /// Recorded at HQ (every chunk in the depot).
+    pub done: bool,
+    /// Objects recorded.
+    pub objects: u64,
+    /// Files recorded (content in the depot).
+    pub files: u64,
+}
+
+/// An audit's totals per target state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditTotals {
+    /// Same as the master in every object compared.
+    pub compliant: u64,
+    /// Differs in at least one.
+    pub non_compliant: u64,
+    /// Could not be audited (refused path, unreadable file, expired...).
+    pub error: u64,
+    /// No result yet.
+    pub pending: u64,
+}
+
+/// One audit's totals at one home relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRelayTotals {
+    /// The relay.
+    pub relay: NodeName,
+    /// Its targets' totals.
+    pub totals: AuditTotals,
+}
+
+/// One difference as `--json` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DifferenceView {
+    /// `package:NAME`, `file:/PATH` or `dpkg:NAME`.
+    pub object: String,
+    /// `missing`, `extra`, `version`, `content` or `mode`.
+    pub kind: String,
+    /// The master's value.
+    pub master: Option<String>,
+    /// The target's value.
+    pub target: Option<String>,
+}
+
+/// One target of an audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditClient {
+    /// The client.
+    pub client: NodeName,
+    /// Its home relay.
+    pub relay: NodeName,
+    /// `compliant`, `non_compliant`, `error` or `pending`.
+    pub state: String,
+    /// Its differences (non-compliant only).
+    pub differences: Vec<DifferenceView>,
+    /// Why it is in error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `hq audit status --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatusView {
+    /// The audit's id (its job).
+    pub audit: JobId,
+    /// `CLIENT` or `snapshot:NAME`.
+    pub master: String,
+    /// Every target has a result.
+    pub done: bool,
+    /// Targets per state.
+    pub totals: AuditTotals,
+    /// Per home relay.
+    pub relays: Vec<AuditRelayTotals>,
+    /// Every target.
+    pub clients: Vec<AuditClient>,
 }
 
 /// A job's counts, for a progress line.

@@ -4,6 +4,7 @@
 //! of sockets beyond the codec.
 
 pub mod admin;
+pub mod audit;
 pub mod codec;
 pub mod ids;
 pub mod msg;

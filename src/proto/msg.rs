@@ -22,6 +22,11 @@ pub enum Action {
     Install(super::pkg::InstallSpec),
     /// Remove an installed package.
     Remove(super::pkg::RemoveSpec),
+    /// Compare the client with a master's objects; report only differences.
+    Audit(super::audit::AuditSpec),
+    /// Collect the client's objects and upload its files' content to HQ's
+    /// depot (the master of an audit).
+    Snapshot(super::audit::SnapshotSpec),
 }
 
 /// A command to run on each leaf.
@@ -268,6 +273,10 @@ pub struct LeafUpdate {
     /// (absent from older agents, and from states other than final).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<LeafOutput>,
+    /// An audit leaf's differences or a snapshot leaf's upload, with its
+    /// final state (absent otherwise, and for a compliant client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<super::audit::AuditOutcome>,
 }
 
 /// What a command left: the tails of stdout and stderr, kept apart and
@@ -486,6 +495,25 @@ pub enum Msg {
     },
     /// Parent to child on a transfer connection: every blob asked for was sent.
     BlobsDone,
+    /// Child to parent on a transfer connection (an upload): which of these
+    /// blobs does HQ's depot lack? Answered by [`Msg::PutLacking`]; then the
+    /// child sends those as `Blob` pieces and `BlobsDone`, and the parent
+    /// answers [`Msg::PutAck`] once they are stored at HQ.
+    PutQuery {
+        /// Their addresses.
+        hashes: Vec<crate::pkg::ChunkHash>,
+    },
+    /// Parent to child on a transfer connection: the blobs HQ's depot lacks.
+    PutLacking {
+        /// Their addresses.
+        hashes: Vec<crate::pkg::ChunkHash>,
+    },
+    /// Parent to child on a transfer connection: these uploaded blobs are
+    /// stored in HQ's depot.
+    PutAck {
+        /// Their addresses.
+        hashes: Vec<crate::pkg::ChunkHash>,
+    },
     /// Parent to child: job `job` is canceled. Start none of its leaves;
     /// stop running commands (SIGTERM, a grace, SIGKILL); every leaf not yet
     /// final becomes `canceled`. Queued until [`Msg::CancelAck`].
@@ -565,6 +593,9 @@ impl Msg {
             Msg::Blob { .. } => "blob",
             Msg::BlobMissing { .. } => "blob_missing",
             Msg::BlobsDone => "blobs_done",
+            Msg::PutQuery { .. } => "put_query",
+            Msg::PutLacking { .. } => "put_lacking",
+            Msg::PutAck { .. } => "put_ack",
             Msg::Cancel { .. } => "cancel",
             Msg::CancelAck { .. } => "cancel_ack",
             Msg::Purge { .. } => "purge",

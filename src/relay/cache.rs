@@ -125,6 +125,12 @@ impl Cache {
         })
     }
 
+    /// The hook transfer connections use to pass uploads (snapshots) on to
+    /// the parent, keeping a copy here.
+    pub(crate) fn up_hook(&self) -> transfer::Up {
+        transfer::Up::through(self.dialer.clone(), self.store.clone())
+    }
+
     /// Brings one package in (manifest, then chunks). With `complete`, every
     /// blob is fetched again and replaces what is here. Returns bytes fetched.
     async fn bring(&self, p: &PackageRef, complete: bool) -> Result<u64, String> {

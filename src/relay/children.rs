@@ -31,6 +31,7 @@ pub(crate) async fn handle(st: Arc<RelayState>, s: Session) {
                 s,
                 st.cache.store.clone(),
                 hook,
+                Some(st.cache.up_hook()),
                 st.cache.egress.clone(),
                 crate::link::transfer::SEND_PATIENCE,
             )
@@ -132,6 +133,7 @@ impl Downstream for RelayState {
                 output: None,
                 at_ms: now_ms(),
                 out: None,
+                audit: None,
             };
             // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
             apply_home(self, &child.name, std::slice::from_ref(&u))?;

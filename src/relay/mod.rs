@@ -216,6 +216,7 @@ pub(crate) fn close_here(
         output: None,
         at_ms: now,
         out: None,
+        audit: None,
     });
     (rec, ev)
 }

@@ -49,3 +49,9 @@ fn packages_script_runs_at_small_n() {
     );
     assert!(out.contains("packages v2 (1% changed)"), "{out}");
 }
+
+#[test]
+fn audit_script_runs_at_small_n() {
+    let out = bench("audit.sh", &["30", "2", "1"]);
+    assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
+}

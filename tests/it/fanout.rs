@@ -155,6 +155,7 @@ fn leaf(job: &str, attempt: Attempt, client: &str, home: &str, state: LeafState)
         output: None,
         at_ms: relaytree::proto::now_ms(),
         out: None,
+        audit: None,
     })
 }
 

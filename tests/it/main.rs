@@ -1,5 +1,6 @@
 //! Integration tests: the real `hq`, `relay` and `agent` binaries on loopback.
 
+mod audit;
 mod bench_scripts;
 mod cancel;
 mod cli_errors;

@@ -582,6 +582,7 @@ fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
         output: None,
         at_ms: relaytree::proto::now_ms(),
         out: None,
+        audit: None,
     })
 }
 
