@@ -9,7 +9,7 @@
 //! run on each agent.
 
 use super::jobs::JobRecord;
-use super::{ClientRecord, HqError, HqState};
+use super::{HqError, HqState};
 use crate::proto::audit::{
     self, AuditOutcome, AuditSpec, Object, ObjectId, Selection, SnapshotFile, SnapshotSpec,
 };
@@ -18,7 +18,8 @@ use crate::proto::{
     DifferenceView, JobId, LeafState, LeafUpdate, NodeName, SnapshotView,
 };
 use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError};
+use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -75,7 +76,7 @@ fn check_globs(files: &[String]) -> Result<(), HqError> {
 
 fn home_of(st: &HqState, client: &NodeName) -> Result<NodeName, HqError> {
     st.clients
-        .get::<ClientRecord>(&keys::name(client))?
+        .get(&Name(client.clone()))?
         .map(|c| c.relay)
         .ok_or_else(|| HqError::Refused(format!("unknown client {client}")))
 }
@@ -89,7 +90,7 @@ pub(crate) fn ingest(st: &HqState, u: &LeafUpdate) -> Result<(), StoreError> {
     if u.state != LeafState::Succeeded {
         return Ok(());
     }
-    let Some(job) = st.jobs.get::<JobRecord>(&keys::job(u.job))? else {
+    let Some(job) = st.jobs.get(&JobKey(u.job))? else {
         return Ok(());
     };
     let Action::Snapshot(spec) = &job.action else {
@@ -159,9 +160,7 @@ fn view_of(
 
 /// Why a finished snapshot job recorded nothing.
 fn failure(st: &HqState, job: JobId, client: &NodeName) -> Result<String, HqError> {
-    let leaf = st
-        .leaves
-        .get::<LeafRecord>(&keys::job_client(job, client))?;
+    let leaf = st.leaves.get(&JobClient(job, client.clone()))?;
     Ok(match leaf {
         Some(l) => format!(
             "{}{}",
@@ -245,7 +244,7 @@ pub(crate) async fn create_audit(
         return Err(HqError::Refused("no destination relay given".into()));
     }
     for d in &dest {
-        if !st.relays.contains(&keys::name(d))? {
+        if !st.relays.contains(&Name(d.clone()))? {
             return Err(HqError::Refused(format!("unknown relay {d}")));
         }
     }
@@ -357,7 +356,7 @@ fn add(t: &mut AuditTotals, state: &str) {
 pub(crate) fn status(st: &HqState, audit: JobId) -> Result<AuditStatusView, HqError> {
     let rec: JobRecord = st
         .jobs
-        .get(&keys::job(audit))?
+        .get(&JobKey(audit))?
         .ok_or_else(|| HqError::Refused(format!("unknown audit {audit}")))?;
     let Action::Audit(spec) = &rec.action else {
         return Err(HqError::Refused(format!(

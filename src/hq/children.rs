@@ -5,14 +5,14 @@
 //!
 //! Does not decide what an event does; `ingest` does.
 
-use super::{ingest, jobs::JobRecord, syncs, ClientRecord, HqState, RelayRecord};
+use super::{ingest, syncs, HqState, RelayRecord};
 use crate::link::confine::Facts;
 use crate::link::downstream::{Downstream, Outgoing};
 use crate::link::queue::DownQueue;
 use crate::link::SessionTx;
 use crate::proto::{now_ms, Attempt, Event, JobId, Msg, NodeName};
-use crate::rules::LeafRecord;
-use crate::store::{keys, Store, StoreError};
+use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::{Store, StoreError};
 use crate::tls::PeerIdentity;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -86,7 +86,7 @@ impl Downstream for HqState {
 
 fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), StoreError> {
     st.relays.put(
-        &keys::name(relay),
+        &Name(relay.clone()),
         &RelayRecord {
             parent: st.me.clone(),
             connected,
@@ -113,11 +113,7 @@ impl<'a> SubtreeFacts<'a> {
     }
 
     fn record(&self, r: &NodeName) -> Option<RelayRecord> {
-        self.st
-            .relays
-            .get::<RelayRecord>(&keys::name(r))
-            .ok()
-            .flatten()
+        self.st.relays.get(&Name(r.clone())).ok().flatten()
     }
 
     /// The relay directly under HQ through which `r` is reached, if any.
@@ -171,7 +167,7 @@ impl Facts for SubtreeFacts<'_> {
     fn job_attempt(&self, job: JobId) -> Option<Attempt> {
         self.st
             .jobs
-            .get::<JobRecord>(&keys::job(job))
+            .get(&JobKey(job))
             .ok()
             .flatten()
             .map(|j| j.attempt)
@@ -179,7 +175,7 @@ impl Facts for SubtreeFacts<'_> {
     fn leaf(&self, job: JobId, client: &NodeName) -> Option<(Attempt, NodeName)> {
         self.st
             .leaves
-            .get::<LeafRecord>(&keys::job_client(job, client))
+            .get(&JobClient(job, client.clone()))
             .ok()
             .flatten()
             .map(|l| (l.attempt, l.relay))
@@ -187,7 +183,7 @@ impl Facts for SubtreeFacts<'_> {
     fn client_home(&self, client: &NodeName) -> Option<NodeName> {
         self.st
             .clients
-            .get::<ClientRecord>(&keys::name(client))
+            .get(&Name(client.clone()))
             .ok()
             .flatten()
             .map(|c| c.relay)
@@ -195,7 +191,7 @@ impl Facts for SubtreeFacts<'_> {
     fn client_since(&self, client: &NodeName) -> u64 {
         self.st
             .clients
-            .get::<ClientRecord>(&keys::name(client))
+            .get(&Name(client.clone()))
             .ok()
             .flatten()
             .map_or(0, |c| c.since_ms)

@@ -5,8 +5,9 @@
 //! Owns no HTTP, no cookies and no sessions (those are `web`'s); hands out
 //! nothing but answers built from HQ's own state, never the state itself.
 
-use super::{ClientRecord, HqError, HqState};
+use super::{HqError, HqState};
 use crate::proto::{AdminRequest, AdminResponse, NodeName};
+use crate::store::keys::Name;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -88,18 +89,13 @@ impl Console {
     /// Every known client and its home relay.
     pub fn clients(&self) -> Result<Vec<ClientRow>, HqError> {
         let mut out = Vec::new();
-        for r in self.st.clients.scan::<ClientRecord>(b"") {
-            let (k, c) = r?;
-            if let Some(client) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| NodeName::new(s).ok())
-            {
-                out.push(ClientRow {
-                    client,
-                    relay: c.relay,
-                    since_ms: c.since_ms,
-                });
-            }
+        for r in self.st.clients.scan() {
+            let (Name(client), c) = r?;
+            out.push(ClientRow {
+                client,
+                relay: c.relay,
+                since_ms: c.since_ms,
+            });
         }
         Ok(out)
     }

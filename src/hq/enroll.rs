@@ -6,9 +6,9 @@
 //!
 //! Never sees a private key: nodes make theirs and send CSRs.
 
-use super::{ClientRecord, HqError, HqState, RelayRecord};
+use super::{HqError, HqState};
 use crate::proto::{now_ms, CertGrant, CertRequest, NodeName, Role, TokenCreated};
-use crate::store::keys;
+use crate::store::keys::Name;
 use crate::tls::Ca;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -150,7 +150,7 @@ pub(crate) async fn certify(
 
 /// Whether `name` may not be given to a new node: revoked, or in use.
 fn name_taken(st: &HqState, name: &NodeName) -> Result<Option<String>, String> {
-    let k = keys::name(name);
+    let k = Name(name.clone());
     let err = |e: crate::store::StoreError| e.to_string();
     if st.denied.contains(&k).map_err(err)? {
         return Ok(Some(format!("name {name} is revoked")));
@@ -197,7 +197,7 @@ async fn enroll(
         st.tokens.put(&tk, &rec).map_err(|e| e.to_string())?;
         st.issued
             .put(
-                &keys::name(&req.name),
+                &Name(req.name.clone()),
                 &IssuedRecord {
                     role: req.role,
                     not_after_ms: not_after,
@@ -236,11 +236,7 @@ fn in_subtree(st: &HqState, via: &NodeName, name: &NodeName, role: Role) -> Resu
     let err = |e: crate::store::StoreError| e.to_string();
     let mut at = match role {
         Role::Relay => name.clone(),
-        Role::Agent => match st
-            .clients
-            .get::<ClientRecord>(&keys::name(name))
-            .map_err(err)?
-        {
+        Role::Agent => match st.clients.get(&Name(name.clone())).map_err(err)? {
             Some(c) => c.relay,
             None => return Ok(false),
         },
@@ -250,11 +246,7 @@ fn in_subtree(st: &HqState, via: &NodeName, name: &NodeName, role: Role) -> Resu
         if at == *via {
             return Ok(true);
         }
-        match st
-            .relays
-            .get::<RelayRecord>(&keys::name(&at))
-            .map_err(err)?
-        {
+        match st.relays.get(&Name(at.clone())).map_err(err)? {
             Some(r) if r.parent != st.me => at = r.parent,
             _ => return Ok(false),
         }
@@ -271,7 +263,7 @@ async fn renew(
     let Some(via) = via else {
         return Err("a renewal comes on a session, not anonymously".into());
     };
-    let k = keys::name(&req.name);
+    let k = Name(req.name.clone());
     let (cert_pem, not_after) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         if st.denied.contains(&k).map_err(|e| e.to_string())? {
@@ -288,7 +280,7 @@ async fn renew(
             .sign_csr(&req.csr_pem, req.role, &req.name, auth.validity)
             .map_err(|e| e.to_string())?;
         let not_after = not_after_of(&cert_pem);
-        let prev: Option<IssuedRecord> = st.issued.get(&k).map_err(|e| e.to_string())?;
+        let prev = st.issued.get(&k).map_err(|e| e.to_string())?;
         st.issued
             .put(
                 &k,

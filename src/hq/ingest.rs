@@ -12,9 +12,10 @@ use super::output::OutputRecord;
 use super::{ClientRecord, HqState, RelayRecord};
 use crate::link::confine;
 use crate::link::downstream::Outgoing;
-use crate::proto::{Event, JobId, LeafState, Msg, NodeName};
+use crate::proto::{Event, LeafState, Msg, NodeName};
 use crate::rules::{self, LeafRecord};
-use crate::store::{keys, StoreError};
+use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::StoreError;
 use std::collections::HashMap;
 use tracing::{debug, warn};
 
@@ -40,17 +41,17 @@ pub(crate) fn apply(
     let mut reparented: Vec<NodeName> = Vec::new();
     // Coalesce: the latest record per leaf within this batch, and the state
     // each leaf had before it (for the per-job counters).
-    let mut pending: HashMap<Vec<u8>, LeafRecord> = HashMap::new();
-    let mut before: HashMap<Vec<u8>, Option<(LeafState, NodeName)>> = HashMap::new();
+    let mut pending: HashMap<JobClient, LeafRecord> = HashMap::new();
+    let mut before: HashMap<JobClient, Option<(LeafState, NodeName)>> = HashMap::new();
     // Outputs arrive with final results; the latest per leaf in this batch.
-    let mut outputs: HashMap<Vec<u8>, OutputRecord> = HashMap::new();
-    let lookup = |k: &Vec<u8>,
-                  pending: &HashMap<Vec<u8>, LeafRecord>,
-                  before: &mut HashMap<Vec<u8>, Option<(LeafState, NodeName)>>| {
+    let mut outputs: HashMap<JobClient, OutputRecord> = HashMap::new();
+    let lookup = |k: &JobClient,
+                  pending: &HashMap<JobClient, LeafRecord>,
+                  before: &mut HashMap<JobClient, Option<(LeafState, NodeName)>>| {
         match pending.get(k) {
             Some(r) => Ok(Some(r.clone())),
             None => {
-                let r = st.leaves.get::<LeafRecord>(k)?;
+                let r = st.leaves.get(k)?;
                 before.insert(k.clone(), r.as_ref().map(|l| (l.state, l.relay.clone())));
                 Ok::<_, StoreError>(r)
             }
@@ -59,7 +60,7 @@ pub(crate) fn apply(
     for (_, ev) in &kept {
         match ev {
             Event::Leaf(u) => {
-                let k = keys::job_client(u.job, &u.client);
+                let k = JobClient(u.job, u.client.clone());
                 let cur = lookup(&k, &pending, &mut before)?;
                 if let Some(mut new) = rules::merge(cur.as_ref(), u) {
                     // Output lives in its own table: status never reads it.
@@ -83,15 +84,15 @@ pub(crate) fn apply(
                         debug!(%client, job = %job, "revoked client left out of a target set");
                         continue;
                     }
-                    let k = keys::job_client(*job, client);
+                    let k = JobClient(*job, client.clone());
                     let cur = lookup(&k, &pending, &mut before)?;
                     if let Some(new) = rules::target(cur.as_ref(), home, *attempt, now) {
                         pending.insert(k, new);
                     }
                 }
                 if *last {
-                    let jk = keys::job(*job);
-                    if let Some(mut j) = st.jobs.get::<super::jobs::JobRecord>(&jk)? {
+                    let jk = JobKey(*job);
+                    if let Some(mut j) = st.jobs.get(&jk)? {
                         if j.awaiting.contains(reporter) {
                             j.awaiting.retain(|r| r != reporter);
                             st.jobs.put(&jk, &j)?;
@@ -107,8 +108,8 @@ pub(crate) fn apply(
                 if st.deny.contains(client) {
                     continue;
                 }
-                let k = keys::name(client);
-                if let Some(old) = st.clients.get::<ClientRecord>(&k)? {
+                let k = Name(client.clone());
+                if let Some(old) = st.clients.get(&k)? {
                     if old.relay != *relay {
                         warn!(%client, from = %old.relay, to = %relay, "client moved");
                         // The old branch forgets it, unless a relay below HQ
@@ -138,16 +139,12 @@ pub(crate) fn apply(
                 forgets.extend(super::placement::place(st, client, relay)?);
             }
             Event::RelayJoined { relay, parent } => {
-                let k = keys::name(relay);
-                if st
-                    .relays
-                    .get::<RelayRecord>(&k)?
-                    .is_some_and(|old| old.parent != *parent)
-                {
+                let k = Name(relay.clone());
+                if st.relays.get(&k)?.is_some_and(|old| old.parent != *parent) {
                     reparented.push(relay.clone());
                 }
                 st.relays.put(
-                    &keys::name(relay),
+                    &Name(relay.clone()),
                     &RelayRecord {
                         parent: parent.clone(),
                         connected: true,
@@ -163,7 +160,7 @@ pub(crate) fn apply(
                 at_ms,
             } => {
                 st.relays.put(
-                    &keys::name(relay),
+                    &Name(relay.clone()),
                     &RelayRecord {
                         parent: parent.clone(),
                         connected: false,
@@ -177,11 +174,9 @@ pub(crate) fn apply(
         forgets.extend(super::placement::replace_under(st, &reparented)?);
     }
     for (k, new) in &pending {
-        if let Some(job) = keys::read_u64(k).map(JobId) {
-            let from = before.get(k).and_then(|b| b.as_ref());
-            st.counters
-                .moved(job, from.map(|(s, r)| (*s, r)), (new.state, &new.relay));
-        }
+        let from = before.get(k).and_then(|b| b.as_ref());
+        st.counters
+            .moved(k.0, from.map(|(s, r)| (*s, r)), (new.state, &new.relay));
     }
     debug!(from = %from, events = events.len(), leaves = pending.len(), outputs = outputs.len(), "applied batch");
     // Outputs before the leaves whose results they belong to (a crash keeps
@@ -219,11 +214,8 @@ mod tests {
         })
     }
 
-    fn snapshot(st: &HqState) -> Vec<(Vec<u8>, LeafRecord)> {
-        st.leaves
-            .scan::<LeafRecord>(b"")
-            .map(|r| r.unwrap())
-            .collect()
+    fn snapshot(st: &HqState) -> Vec<(JobClient, LeafRecord)> {
+        st.leaves.scan().map(|r| r.unwrap()).collect()
     }
 
     #[tokio::test]
@@ -236,7 +228,7 @@ mod tests {
         // same shape as `JobRecord`).
         st.relays
             .put(
-                &keys::name(&n("r1")),
+                &Name(n("r1")),
                 &RelayRecord {
                     parent: n("hq"),
                     connected: true,
@@ -255,9 +247,11 @@ mod tests {
             attempt: Attempt,
             awaiting: Vec<NodeName>,
         }
+        // A record of an older layout, written untyped.
         st.jobs
+            .raw()
             .put(
-                &keys::job(JobId(1)),
+                &crate::store::keys::job(JobId(1)),
                 &Job {
                     job: JobId(1),
                     action: crate::proto::Action::Ping,

@@ -3,13 +3,13 @@
 //! records in one atomic change, make it durable, then send it. Never sends
 //! before the write is durable; never writes a part of a change alone.
 
-use super::{ClientRecord, HqError, HqState, RelayRecord};
+use super::{HqError, HqState};
 use crate::proto::{
     now_ms, Action, Assignment, Attempt, CancelResult, JobId, LeafState, Msg, NodeName, Order,
     RerunResult, Scope, SignedOrder,
 };
 use crate::rules::{self, LeafRecord};
-use crate::store::keys;
+use crate::store::keys::{JobClient, JobKey, JobPrefix, Name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
@@ -41,7 +41,7 @@ pub(crate) struct JobRecord {
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
     st.relays
-        .get::<RelayRecord>(&keys::name(r))
+        .get(&Name(r.clone()))
         .ok()
         .flatten()
         .map(|x| x.parent)
@@ -62,9 +62,9 @@ pub(crate) fn top_child(st: &HqState, relay: &NodeName) -> Result<NodeName, HqEr
 
 fn known_relays(st: &HqState) -> Vec<String> {
     st.relays
-        .scan::<RelayRecord>(b"")
+        .scan()
         .filter_map(|r| r.ok())
-        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .map(|(k, _)| k.0.to_string())
         .collect()
 }
 
@@ -118,17 +118,13 @@ fn check_size(a: &Assignment) -> Result<(), HqError> {
 /// The relays directly under HQ, for jobs recorded before `sent_to` was kept.
 fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
     let mut out = Vec::new();
-    for r in st.relays.scan::<RelayRecord>(b"") {
+    for r in st.relays.scan() {
         let (k, rec) = r?;
         if rec.parent != st.me {
             continue;
         }
-        if let Some(n) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            out.push(n);
-        }
+        let Name(n) = k;
+        out.push(n);
     }
     Ok(out)
 }
@@ -163,7 +159,7 @@ pub(crate) async fn create(
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         for d in &dest {
-            if !st.relays.contains(&keys::name(d))? {
+            if !st.relays.contains(&Name(d.clone()))? {
                 return Err(HqError::Refused(format!(
                     "unknown relay {d} (known: {})",
                     known_relays(st).join(", ")
@@ -236,7 +232,7 @@ pub(crate) async fn create(
         // The job and its queue in one atomic write: after a crash, both or
         // neither.
         st.store.atomically(&[&st.jobs, st.down.table()], |w| {
-            w.put(&st.jobs, &keys::job(job), &rec)?;
+            w.put_at(&st.jobs, &JobKey(job), &rec)?;
             for (top, a) in &queued {
                 st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
             }
@@ -312,8 +308,8 @@ pub(crate) async fn create_for_client(
         let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
         st.store
             .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
-                w.put(&st.leaves, &keys::job_client(job, client), &leaf)?;
-                w.put(&st.jobs, &keys::job(job), &rec)?;
+                w.put_at(&st.leaves, &JobClient(job, client.clone()), &leaf)?;
+                w.put_at(&st.jobs, &JobKey(job), &rec)?;
                 st.down.put_in(w, &top, &Msg::Assign(a.clone()))?;
                 Ok(())
             })?;
@@ -367,7 +363,7 @@ fn rerun_orders(
 pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<RerunResult, HqError> {
     let (result, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        let jk = keys::job(job);
+        let jk = JobKey(job);
         let mut rec: JobRecord = st
             .jobs
             .get(&jk)?
@@ -382,7 +378,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
         for (client, old_home) in rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)), expired)
         {
             // The client's home now: it may have moved since the leaf ran.
-            match st.clients.get::<ClientRecord>(&keys::name(&client))? {
+            match st.clients.get(&Name(client.clone()))? {
                 Some(c) => targets.push((client, c.relay)),
                 None => {
                     warn!(%job, %client, home = %old_home, "client no longer in the directory; not rerun")
@@ -413,7 +409,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                 .or_default()
                 .push(client.clone());
             fresh.push((
-                keys::job_client(job, client),
+                JobClient(job, client.clone()),
                 LeafRecord::pending(home.clone(), attempt, now),
             ));
         }
@@ -455,9 +451,9 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
         st.store
             .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
                 for (k, v) in &fresh {
-                    w.put(&st.leaves, k, v)?;
+                    w.put_at(&st.leaves, k, v)?;
                 }
-                w.put(&st.jobs, &jk, &rec)?;
+                w.put_at(&st.jobs, &jk, &rec)?;
                 for (top, a) in &queued {
                     st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
                 }
@@ -496,7 +492,7 @@ pub(crate) const CANCEL_REASON: &str = "canceled by the operator";
 pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqError> {
     let (result, sends) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        let jk = keys::job(job);
+        let jk = JobKey(job);
         let mut rec: JobRecord = st
             .jobs
             .get(&jk)?
@@ -531,9 +527,9 @@ pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqE
         st.store
             .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
                 for (c, _, l) in &closed {
-                    w.put(&st.leaves, &keys::job_client(job, c), l)?;
+                    w.put_at(&st.leaves, &JobClient(job, c.clone()), l)?;
                 }
-                w.put(&st.jobs, &jk, &rec)?;
+                w.put_at(&st.jobs, &jk, &rec)?;
                 for r in &relays {
                     st.down.put_in(w, r, &msg)?;
                 }
@@ -571,16 +567,10 @@ pub(crate) fn load_leaves(
     st: &HqState,
     job: JobId,
 ) -> Result<Vec<(NodeName, LeafRecord)>, HqError> {
-    let prefix = keys::job(job);
     let mut out = Vec::new();
-    for r in st.leaves.scan::<LeafRecord>(&prefix) {
-        let (k, rec) = r?;
-        let name = std::str::from_utf8(&k[8..])
-            .ok()
-            .and_then(|s| NodeName::new(s).ok());
-        if let Some(n) = name {
-            out.push((n, rec));
-        }
+    for r in st.leaves.scan_prefix(&JobPrefix(job)) {
+        let (JobClient(_, n), rec) = r?;
+        out.push((n, rec));
     }
     Ok(out)
 }
@@ -588,6 +578,7 @@ pub(crate) fn load_leaves(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hq::{ClientRecord, RelayRecord};
     use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
@@ -603,7 +594,7 @@ mod tests {
         for (r, p) in [("r1", "hq"), ("r2", "hq"), ("r3", "r2")] {
             st.relays
                 .put(
-                    &keys::name(&n(r)),
+                    &Name(n(r)),
                     &RelayRecord {
                         parent: n(p),
                         connected: false,
@@ -618,7 +609,7 @@ mod tests {
     fn home(st: &HqState, client: &NodeName, relay: &str) {
         st.clients
             .put(
-                &keys::name(client),
+                &Name(client.clone()),
                 &ClientRecord {
                     relay: n(relay),
                     since_ms: 0,
@@ -632,7 +623,7 @@ mod tests {
             state,
             ..LeafRecord::pending(n(relay), Attempt(1), 0)
         };
-        st.leaves.put(&keys::job_client(job, client), &l).unwrap();
+        st.leaves.put(&JobClient(job, client.clone()), &l).unwrap();
     }
 
     fn queued(st: &HqState, child: &str) -> Vec<Assignment> {
@@ -664,7 +655,7 @@ mod tests {
         let job = create(&st, vec![n("r1"), n("r3")], Action::Ping, None)
             .await
             .unwrap();
-        let rec: JobRecord = st.jobs.get(&keys::job(job)).unwrap().unwrap();
+        let rec: JobRecord = st.jobs.get(&JobKey(job)).unwrap().unwrap();
         let exp = rec.expires_at_ms.expect("a default expiry");
         assert!(exp >= before + super::super::DEFAULT_ORDER_TTL_MS);
         assert_eq!(rec.sent_to, vec![n("r1"), n("r2")]);
@@ -674,7 +665,7 @@ mod tests {
         let job2 = create(&st, vec![n("r1")], Action::Ping, Some(1_000))
             .await
             .unwrap();
-        let rec2: JobRecord = st.jobs.get(&keys::job(job2)).unwrap().unwrap();
+        let rec2: JobRecord = st.jobs.get(&JobKey(job2)).unwrap().unwrap();
         assert!(rec2.expires_at_ms.unwrap() <= now_ms() + 1_000);
         // Too large for an agent frame: refused, and no job is made.
         let huge = Action::Run(crate::proto::RunSpec {
@@ -720,7 +711,7 @@ mod tests {
         let o: Order = rmp_serde::from_slice(&so.body).unwrap();
         assert_eq!(o.relay, Some(n("r3")));
         assert_eq!(o.targets, Some(vec![c1.clone()]));
-        let l: LeafRecord = st.leaves.get(&keys::job_client(job, &c1)).unwrap().unwrap();
+        let l: LeafRecord = st.leaves.get(&JobClient(job, c1.clone())).unwrap().unwrap();
         assert_eq!(
             (l.relay, l.attempt, l.state),
             (n("r3"), Attempt(2), LeafState::Pending)
@@ -785,7 +776,7 @@ mod tests {
         }
         let r = cancel(&st, job).await.unwrap();
         assert_eq!(r.canceled, 2);
-        let rec: JobRecord = st.jobs.get(&keys::job(job)).unwrap().unwrap();
+        let rec: JobRecord = st.jobs.get(&JobKey(job)).unwrap().unwrap();
         assert!(rec.canceled_at_ms.is_some() && rec.awaiting.is_empty());
         let got: Vec<(String, LeafState)> = load_leaves(&st, job)
             .unwrap()

@@ -22,7 +22,9 @@ mod view;
 
 use crate::link::{self, Admission, SessionTx, Timing};
 use crate::proto::{Hello, NodeName, Role, PROTOCOL_VERSION};
-use crate::store::{Store, StoreError, Table};
+use crate::rules::LeafRecord;
+use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::{Store, StoreError, Table, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
 pub use console::{ClientRow, Console};
 use serde::{Deserialize, Serialize};
@@ -63,28 +65,56 @@ pub(crate) struct ClientRecord {
     pub since_ms: u64,
 }
 
+/// HQ's trees, each declared once: name on disk, key, value.
+pub(crate) mod trees {
+    use super::*;
+
+    /// job -> JobRecord.
+    pub const JOBS: TreeDef<JobKey, jobs::JobRecord> = TreeDef::new("jobs");
+    /// job ++ client -> LeafRecord.
+    pub const LEAVES: TreeDef<JobClient, LeafRecord> = TreeDef::new("leaves");
+    /// job ++ client -> OutputRecord: a leaf's latest output.
+    pub const OUTPUTS: TreeDef<JobClient, output::OutputRecord> = TreeDef::new("outputs");
+    /// relay -> RelayRecord.
+    pub const RELAYS: TreeDef<Name, RelayRecord> = TreeDef::new("relays");
+    /// client -> ClientRecord.
+    pub const CLIENTS: TreeDef<Name, ClientRecord> = TreeDef::new("clients");
+    /// name -> Role: every node that ever had a session with HQ.
+    pub const SEEN: TreeDef<Name, Role> = TreeDef::new("seen");
+    /// name -> unix ms: revoked nodes.
+    pub const DENIED: TreeDef<Name, u64> = TreeDef::new("denied");
+    /// client -> InventoryReport.
+    pub const INVENTORY: TreeDef<Name, crate::proto::InventoryReport> = TreeDef::new("inventory");
+    /// relay -> RelaySchedule.
+    pub const SCHEDULES: TreeDef<Name, crate::proto::RelaySchedule> = TreeDef::new("schedules");
+    /// name -> IssuedRecord: certificates HQ issued by enrollment or renewal.
+    pub const ISSUED: TreeDef<Name, enroll::IssuedRecord> = TreeDef::new("issued");
+    /// job -> Tombstone: purged jobs.
+    pub const PURGED: TreeDef<JobKey, retention::Tombstone> = TreeDef::new("purged");
+}
+
 /// HQ's shared state.
 pub(crate) struct HqState {
     /// HQ's own name.
     pub me: NodeName,
     pub store: Store,
     /// JobId -> JobRecord.
-    pub jobs: Table,
+    pub jobs: Tree<JobKey, jobs::JobRecord>,
     /// job ++ client -> LeafRecord.
-    pub leaves: Table,
+    pub leaves: Tree<JobClient, LeafRecord>,
     /// job ++ client -> output::OutputRecord: a leaf's latest stdout,
     /// stderr and timings, apart from `leaves` so that status stays cheap.
-    pub outputs: Table,
+    pub outputs: Tree<JobClient, output::OutputRecord>,
     /// relay -> RelayRecord.
-    pub relays: Table,
+    pub relays: Tree<Name, RelayRecord>,
     /// client -> ClientRecord.
-    pub clients: Table,
+    pub clients: Tree<Name, ClientRecord>,
     /// Messages queued for children until acknowledged (cancels, purges, ...).
     pub down: crate::link::queue::DownQueue,
     /// name -> Role: every node that ever had a session with HQ (admins too).
-    pub seen: Table,
+    pub seen: Tree<Name, Role>,
     /// name -> unix ms: revoked nodes.
-    pub denied: Table,
+    pub denied: Tree<Name, u64>,
     /// The same, in memory, as the listener checks it.
     pub deny: crate::link::DenyList,
     /// Sessions of directly connected relays.
@@ -108,11 +138,11 @@ pub(crate) struct HqState {
     /// relay ++ 0 ++ name ++ 0 ++ version -> CacheReport: relay caches as reported.
     pub caches: Table,
     /// client -> InventoryReport.
-    pub inventory: Table,
+    pub inventory: Tree<Name, crate::proto::InventoryReport>,
     /// sync id -> SyncOrder not yet answered by its relay.
     pub syncs: Table,
     /// relay -> RelaySchedule.
-    pub schedules: Table,
+    pub schedules: Tree<Name, crate::proto::RelaySchedule>,
     /// Blob bytes sent to each relay.
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
@@ -120,7 +150,7 @@ pub(crate) struct HqState {
     /// SHA-256 of a token -> TokenRecord: enrollment tokens.
     pub tokens: Table,
     /// name -> IssuedRecord: names HQ signed certificates for.
-    pub issued: Table,
+    pub issued: Tree<Name, enroll::IssuedRecord>,
     /// The CA and what goes with every certificate HQ signs (set by `run`).
     pub authority: std::sync::OnceLock<enroll::Authority>,
     /// One-time dashboard login tokens, and where the dashboard listens.
@@ -142,24 +172,24 @@ impl HqState {
             depot: Arc::new(depot),
             packages: store.table("packages")?,
             caches: store.table("caches")?,
-            inventory: store.table("inventory")?,
+            inventory: store.tree(trees::INVENTORY)?,
             syncs: store.table("syncs")?,
-            schedules: store.table("schedules")?,
+            schedules: store.tree(trees::SCHEDULES)?,
             egress: Default::default(),
             uploads: Default::default(),
             tokens: store.table("tokens")?,
-            issued: store.table("issued")?,
+            issued: store.tree(trees::ISSUED)?,
             authority: std::sync::OnceLock::new(),
             door: Default::default(),
             snapshots: store.table("snapshots")?,
-            jobs: store.table("jobs")?,
-            leaves: store.table("leaves")?,
-            outputs: store.table("outputs")?,
-            relays: store.table("relays")?,
-            clients: store.table("clients")?,
+            jobs: store.tree(trees::JOBS)?,
+            leaves: store.tree(trees::LEAVES)?,
+            outputs: store.tree(trees::OUTPUTS)?,
+            relays: store.tree(trees::RELAYS)?,
+            clients: store.tree(trees::CLIENTS)?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
-            seen: store.table("seen")?,
-            denied: store.table("denied")?,
+            seen: store.tree(trees::SEEN)?,
+            denied: store.tree(trees::DENIED)?,
             deny: Default::default(),
             store,
             children: Mutex::new(HashMap::new()),

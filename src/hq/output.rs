@@ -6,7 +6,7 @@
 use super::{HqError, HqState};
 use crate::proto::{Attempt, JobId, LeafOutputView, LeafState, NodeName};
 use crate::rules::LeafRecord;
-use crate::store::keys;
+use crate::store::keys::{JobClient, JobKey};
 use serde::{Deserialize, Serialize};
 
 /// What HQ keeps of a leaf's latest finished attempt.
@@ -55,15 +55,11 @@ pub(crate) fn split(rec: &mut LeafRecord) -> Option<OutputRecord> {
 
 /// `hq job output JOB CLIENT`.
 pub(crate) fn view(st: &HqState, job: JobId, client: &NodeName) -> Result<LeafOutputView, HqError> {
-    if st
-        .jobs
-        .get::<super::jobs::JobRecord>(&keys::job(job))?
-        .is_none()
-    {
+    if st.jobs.get(&JobKey(job))?.is_none() {
         return Err(super::retention::missing(st, job));
     }
-    let k = keys::job_client(job, client);
-    let Some(leaf) = st.leaves.get::<LeafRecord>(&k)? else {
+    let k = JobClient(job, client.clone());
+    let Some(leaf) = st.leaves.get(&k)? else {
         return Err(HqError::Refused(format!(
             "job {job} has no leaf on client {client} (`hq job status {job}` lists its leaves)"
         )));

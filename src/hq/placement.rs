@@ -8,10 +8,11 @@
 //! never sends: what it queues is returned for the session to send once
 //! durable.
 
-use super::{HqState, RelayRecord};
+use super::HqState;
 use crate::proto::{now_ms, Msg, NodeName, Placement, SignedPlacement};
 use crate::rules;
-use crate::store::{keys, StoreError};
+use crate::store::keys::Name;
+use crate::store::StoreError;
 use tracing::{info, warn};
 
 /// The chain of an agent whose home is `home`: `home`, then each parent up to
@@ -44,7 +45,7 @@ pub(crate) fn place(
 ) -> Result<Option<(NodeName, Msg)>, StoreError> {
     let parent_of = |r: &NodeName| {
         st.relays
-            .get::<RelayRecord>(&keys::name(r))
+            .get(&Name(r.clone()))
             .ok()
             .flatten()
             .map(|x| x.parent)
@@ -85,20 +86,14 @@ pub(crate) fn replace_under(
 ) -> Result<Vec<(NodeName, Msg)>, StoreError> {
     let parent_of = |r: &NodeName| {
         st.relays
-            .get::<RelayRecord>(&keys::name(r))
+            .get(&Name(r.clone()))
             .ok()
             .flatten()
             .map(|x| x.parent)
     };
     let mut out = Vec::new();
-    for r in st.clients.scan::<super::ClientRecord>(b"") {
-        let (k, rec) = r?;
-        let Some(client) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        else {
-            continue;
-        };
+    for r in st.clients.scan() {
+        let (Name(client), rec) = r?;
         let under = relays.contains(&rec.relay)
             || rules::ancestors(&rec.relay, parent_of)
                 .iter()

@@ -8,11 +8,12 @@
 //! Must never remove a job that is not done.
 
 use super::jobs::{load_leaves, JobRecord};
-use super::{HqError, HqState, RelayRecord};
+use super::{HqError, HqState};
 use crate::link::queue::{self, QueueKey};
 use crate::proto::{now_ms, Attempt, JobId, Msg, NodeName, PurgeResult};
 use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError, Table};
+use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::{StoreError, Tree};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, UNIX_EPOCH};
 use tracing::{info, warn};
@@ -30,8 +31,8 @@ pub(crate) struct Tombstone {
 }
 
 /// The tombstones: job -> Tombstone.
-fn tombstones(st: &HqState) -> Result<Table, StoreError> {
-    st.store.table("purged")
+fn tombstones(st: &HqState) -> Result<Tree<JobKey, Tombstone>, StoreError> {
+    st.store.tree(super::trees::PURGED)
 }
 
 /// A job as the purge decision sees it.
@@ -72,7 +73,7 @@ fn candidate(rec: &JobRecord, leaves: &[(NodeName, LeafRecord)]) -> Candidate {
 
 /// The error for a job HQ does not hold: purged (with when), or unknown.
 pub(crate) fn missing(st: &HqState, job: JobId) -> HqError {
-    match tombstones(st).and_then(|t| t.get::<Tombstone>(&keys::job(job))) {
+    match tombstones(st).and_then(|t| t.get(&JobKey(job))) {
         Ok(Some(t)) => HqError::Refused(format!(
             "job {job} was purged at {} (finished, past the retention)",
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(t.purged_at_ms))
@@ -89,7 +90,7 @@ pub(crate) async fn purge(st: &HqState, older_than_ms: u64) -> Result<PurgeResul
     // A first pass without the write lock: only jobs created long enough
     // ago can qualify, and only their leaves are read.
     let mut cands = Vec::new();
-    for r in st.jobs.scan::<JobRecord>(b"") {
+    for r in st.jobs.scan() {
         let (_, rec) = r?;
         if now.saturating_sub(rec.created_at_ms) < older_than_ms {
             continue;
@@ -135,7 +136,7 @@ fn remove(
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut recs = Vec::new();
     for &job in jobs {
-        let Some(rec) = st.jobs.get::<JobRecord>(&keys::job(job))? else {
+        let Some(rec) = st.jobs.get(&JobKey(job))? else {
             continue;
         };
         let leaves = load_leaves(st, job)?;
@@ -150,15 +151,11 @@ fn remove(
     let gone: Vec<JobId> = recs.iter().map(|(r, _)| r.job).collect();
     // Relays directly under HQ: each passes the purge on to its subtree.
     let mut tops = Vec::new();
-    for r in st.relays.scan::<RelayRecord>(b"") {
+    for r in st.relays.scan() {
         let (k, rec) = r?;
         if rec.parent == st.me {
-            if let Some(n) = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| NodeName::new(s).ok())
-            {
-                tops.push(n);
-            }
+            let Name(n) = k;
+            tops.push(n);
         }
     }
     // Tombstones and the purges first: after a crash a job is either still
@@ -166,7 +163,7 @@ fn remove(
     let tomb = tombstones(st)?;
     for (rec, _) in &recs {
         tomb.put(
-            &keys::job(rec.job),
+            &JobKey(rec.job),
             &Tombstone {
                 purged_at_ms: now,
                 created_at_ms: rec.created_at_ms,
@@ -193,13 +190,13 @@ fn remove(
             }
         }
         for (client, _) in leaves {
-            st.leaves.remove(&keys::job_client(job, client))?;
-            st.outputs.remove(&keys::job_client(job, client))?;
+            st.leaves.remove(&JobClient(job, client.clone()))?;
+            st.outputs.remove(&JobClient(job, client.clone()))?;
         }
         leaves_removed += leaves.len() as u64;
         st.counters.forget(job);
         // The job record last: while it is there, the job is still whole enough to purge again.
-        st.jobs.remove(&keys::job(job))?;
+        st.jobs.remove(&JobKey(job))?;
     }
     Ok((gone, leaves_removed, msgs))
 }

@@ -5,17 +5,18 @@
 //! Never closes a session itself: the accept loop in `link` does.
 
 use super::sessions::load_deny_list;
-use super::{ClientRecord, HqError, HqState};
+use super::{HqError, HqState};
 use crate::proto::{now_ms, JobId, LeafState, Msg, NodeName};
 use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError};
+use crate::store::keys::{JobClient, Name};
+use crate::store::StoreError;
 use tracing::warn;
 
 /// Whether HQ knows `name`: a relay or client it recorded, a node that had a
 /// session with it (admins included), or a name already revoked. Anything
 /// else is most likely a typo, which would block that name for good.
 fn known(st: &HqState, name: &NodeName) -> Result<bool, StoreError> {
-    let k = keys::name(name);
+    let k = Name(name.clone());
     Ok(st.seen.contains(&k)?
         || st.relays.contains(&k)?
         || st.clients.contains(&k)?
@@ -42,13 +43,9 @@ pub(crate) async fn revoke(
     }
     {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        st.denied.put(&keys::name(&name), &now_ms())?;
-        if st
-            .clients
-            .get::<ClientRecord>(&keys::name(&name))?
-            .is_some()
-        {
-            st.clients.remove(&keys::name(&name))?;
+        st.denied.put(&Name(name.clone()), &now_ms())?;
+        if st.clients.get(&Name(name.clone()))?.is_some() {
+            st.clients.remove(&Name(name.clone()))?;
             cancel_open_leaves(st, &name)?;
         }
     }
@@ -80,13 +77,13 @@ fn cancel_open_leaves(st: &HqState, client: &NodeName) -> Result<(), StoreError>
     let now = now_ms();
     let jobs: Vec<JobId> = st
         .jobs
-        .scan::<serde::de::IgnoredAny>(b"")
+        .scan()
         .filter_map(|r| r.ok())
-        .filter_map(|(k, _)| keys::read_u64(&k).map(JobId))
+        .map(|(k, _)| k.0)
         .collect();
     for job in jobs {
-        let k = keys::job_client(job, client);
-        let Some(leaf) = st.leaves.get::<LeafRecord>(&k)? else {
+        let k = JobClient(job, client.clone());
+        let Some(leaf) = st.leaves.get(&k)? else {
             continue;
         };
         if leaf.state.is_final() {

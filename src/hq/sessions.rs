@@ -4,10 +4,11 @@
 //! session goes on. A revocation closes every session of the name, whatever
 //! it is for (the accept loop in `link` watches the deny list).
 
-use super::{audit, jobs, packages, revoke, syncs, view, HqError, HqState, RelayRecord};
+use super::{audit, jobs, packages, revoke, syncs, view, HqError, HqState};
 use crate::link::{LinkError, Session};
-use crate::proto::{AdminRequest, AdminResponse, Msg, NodeName, Role};
-use crate::store::{keys, StoreError};
+use crate::proto::{AdminRequest, AdminResponse, Msg, Role};
+use crate::store::keys::Name;
+use crate::store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -16,7 +17,7 @@ use tracing::{info, warn};
 pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
     let peer = s.peer.clone();
     // Known from now on, so that it can be revoked by name.
-    if let Err(e) = st.seen.put(&keys::name(&peer.name), &peer.role) {
+    if let Err(e) = st.seen.put(&Name(peer.name.clone()), &peer.role) {
         warn!(error = %e, "cannot record the node");
     }
     let r = match peer.role {
@@ -44,14 +45,10 @@ pub(crate) async fn handle(st: Arc<HqState>, s: Session) {
 /// Loads the deny list into the listener's view of it.
 pub(crate) fn load_deny_list(st: &HqState) -> Result<(), StoreError> {
     let mut names = Vec::new();
-    for r in st.denied.scan::<u64>(b"") {
+    for r in st.denied.scan() {
         let (k, _) = r?;
-        if let Some(n) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            names.push(n);
-        }
+        let Name(n) = k;
+        names.push(n);
     }
     st.deny.replace(names);
     Ok(())
@@ -59,7 +56,7 @@ pub(crate) fn load_deny_list(st: &HqState) -> Result<(), StoreError> {
 
 /// At start-up no relay is connected, whatever the store said at the crash.
 pub(crate) fn mark_all_disconnected(st: &HqState) -> Result<(), StoreError> {
-    for r in st.relays.scan::<RelayRecord>(b"") {
+    for r in st.relays.scan() {
         let (k, mut rec) = r?;
         if rec.connected && rec.parent == st.me {
             rec.connected = false;

@@ -12,7 +12,8 @@ use crate::proto::{
     now_ms, CacheReport, CacheState, ClientView, InventoryReport, Msg, NodeName, PackageInfo,
     PackageRef, PackageStatusView, RelayCache, RelayPackage, RelaySchedule, SyncOrder,
 };
-use crate::store::{keys, StoreError};
+use crate::store::keys::{self, Name};
+use crate::store::StoreError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -29,11 +30,7 @@ pub(crate) async fn sync(
         return Err(refused("name at least one relay (--relay R)"));
     }
     for r in &relays {
-        if st
-            .relays
-            .get::<super::RelayRecord>(&keys::name(r))?
-            .is_none()
-        {
+        if st.relays.get(&Name(r.clone()))?.is_none() {
             return Err(refused(format!(
                 "relay {r} is not known to hq (see `hq tree`)"
             )));
@@ -160,8 +157,8 @@ pub(crate) fn ingest_cache(st: &HqState, c: &CacheReport) -> Result<(), StoreErr
 
 /// A client reported its inventory (inside an events batch).
 pub(crate) fn ingest_inventory(st: &HqState, i: &InventoryReport) -> Result<(), StoreError> {
-    let k = keys::name(&i.client);
-    if let Some(old) = st.inventory.get::<InventoryReport>(&k)? {
+    let k = Name(i.client.clone());
+    if let Some(old) = st.inventory.get(&k)? {
         if old.at_ms > i.at_ms {
             return Ok(());
         }
@@ -171,12 +168,12 @@ pub(crate) fn ingest_inventory(st: &HqState, i: &InventoryReport) -> Result<(), 
 
 /// One client.
 pub(crate) fn client(st: &HqState, name: &NodeName) -> Result<ClientView, HqError> {
-    let Some(c) = st.clients.get::<super::ClientRecord>(&keys::name(name))? else {
+    let Some(c) = st.clients.get(&Name(name.clone()))? else {
         return Err(refused(format!(
             "no client {name} has registered with any relay (a client's name is the one in its certificate)"
         )));
     };
-    let inv = st.inventory.get::<InventoryReport>(&keys::name(name))?;
+    let inv = st.inventory.get(&Name(name.clone()))?;
     Ok(ClientView {
         name: name.clone(),
         relay: c.relay,
@@ -189,7 +186,7 @@ pub(crate) fn client(st: &HqState, name: &NodeName) -> Result<ClientView, HqErro
 fn schedule_of(st: &HqState, relay: &NodeName) -> Result<RelaySchedule, HqError> {
     Ok(st
         .schedules
-        .get::<RelaySchedule>(&keys::name(relay))?
+        .get(&Name(relay.clone()))?
         .unwrap_or(RelaySchedule {
             relay: relay.clone(),
             spec: None,
@@ -206,11 +203,7 @@ pub(crate) async fn set_schedule(
     spec: Option<String>,
     stagger_ms: u64,
 ) -> Result<RelaySchedule, HqError> {
-    if st
-        .relays
-        .get::<super::RelayRecord>(&keys::name(&relay))?
-        .is_none()
-    {
+    if st.relays.get(&Name(relay.clone()))?.is_none() {
         return Err(refused(format!(
             "relay {relay} is not known to hq (see `hq tree`)"
         )));
@@ -228,7 +221,7 @@ pub(crate) async fn set_schedule(
             s.next_ms = next_for_relay(&parsed, relay.as_str(), stagger_ms, now_ms());
         }
     }
-    st.schedules.put(&keys::name(&relay), &s)?;
+    st.schedules.put(&Name(relay.clone()), &s)?;
     st.store.durable().await?;
     Ok(s)
 }
@@ -259,7 +252,7 @@ async fn due_syncs(st: &HqState) -> Result<(), HqError> {
     let now = now_ms();
     let due: Vec<RelaySchedule> = st
         .schedules
-        .scan::<RelaySchedule>(b"")
+        .scan()
         .filter_map(|r| r.ok().map(|(_, s)| s))
         .filter(|s| s.next_ms.is_some_and(|n| n <= now))
         .collect();
@@ -277,7 +270,7 @@ async fn due_syncs(st: &HqState) -> Result<(), HqError> {
         }
         s.last_ms = Some(now);
         s.next_ms = next_for_relay(&parsed, s.relay.as_str(), s.stagger_ms, now);
-        st.schedules.put(&keys::name(&s.relay), &s)?;
+        st.schedules.put(&Name(s.relay.clone()), &s)?;
     }
     st.store.durable().await?;
     Ok(())
@@ -288,9 +281,9 @@ pub(crate) fn status(st: &HqState, only: Option<&NodeName>) -> Result<PackageSta
     let newest = newest(st)?;
     let mut relays: Vec<NodeName> = st
         .relays
-        .scan::<super::RelayRecord>(b"")
+        .scan()
         .filter_map(|r| r.ok())
-        .filter_map(|(k, _)| NodeName::new(String::from_utf8_lossy(&k).into_owned()).ok())
+        .map(|(k, _)| k.0)
         .collect();
     if let Some(o) = only {
         if !relays.contains(o) {
@@ -387,7 +380,7 @@ mod tests {
         let r1 = n("r1");
         st.relays
             .put(
-                &keys::name(&r1),
+                &Name(r1.clone()),
                 &super::super::RelayRecord {
                     parent: n("hq"),
                     connected: false,
@@ -427,7 +420,7 @@ mod tests {
         // Make it due.
         let mut due = s.clone();
         due.next_ms = Some(now_ms() - 1);
-        st.schedules.put(&keys::name(&r1), &due).unwrap();
+        st.schedules.put(&Name(r1.clone()), &due).unwrap();
 
         st.uploads.adding.fetch_add(1, Ordering::SeqCst);
         assert!(

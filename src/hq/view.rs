@@ -3,13 +3,13 @@
 
 use super::counters::JobCounts;
 use super::jobs::{load_leaves, JobRecord};
-use super::{ClientRecord, HqError, HqState, RelayRecord};
+use super::{HqError, HqState, RelayRecord};
 use crate::proto::{
     Action, ClientStatus, JobId, JobProgress, JobStatus, JobSummary, LeafState, NodeName,
     RelayTotals, RelayView, Totals, TreeView,
 };
 use crate::rules::LeafRecord;
-use crate::store::keys;
+use crate::store::keys::{JobKey, JobPrefix, Name};
 use std::collections::BTreeMap;
 
 /// A one-line description of an action.
@@ -37,7 +37,7 @@ pub(crate) fn describe(a: &Action) -> String {
 
 fn job_record(st: &HqState, job: JobId) -> Result<JobRecord, HqError> {
     st.jobs
-        .get(&keys::job(job))?
+        .get(&JobKey(job))?
         .ok_or_else(|| super::retention::missing(st, job))
 }
 
@@ -68,7 +68,7 @@ pub(crate) fn counts(st: &HqState, job: JobId) -> Result<JobCounts, HqError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     st.counters.get_or_count(job, || {
         let mut t = JobCounts::default();
-        for r in st.leaves.scan::<LeafRecord>(&keys::job(job)) {
+        for r in st.leaves.scan_prefix(&JobPrefix(job)) {
             let l = r?.1;
             t.add(l.state, &l.relay);
         }
@@ -190,7 +190,7 @@ fn client_status(client: NodeName, l: LeafRecord) -> ClientStatus {
 /// Every job in brief.
 pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
     let mut out = Vec::new();
-    for r in st.jobs.scan::<JobRecord>(b"") {
+    for r in st.jobs.scan() {
         let (_, rec) = r?;
         let totals = totals(st, rec.job)?;
         let done = is_done(&rec, &totals);
@@ -227,20 +227,16 @@ pub(crate) fn relay_state(connected: bool, path_down: bool, quiet_ms: u64) -> &'
 pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
     let mut per_relay: BTreeMap<NodeName, u64> = BTreeMap::new();
     let mut total = 0;
-    for r in st.clients.scan::<ClientRecord>(b"") {
+    for r in st.clients.scan() {
         let (_, c) = r?;
         *per_relay.entry(c.relay).or_default() += 1;
         total += 1;
     }
     let mut recs: BTreeMap<NodeName, RelayRecord> = BTreeMap::new();
-    for r in st.relays.scan::<RelayRecord>(b"") {
+    for r in st.relays.scan() {
         let (k, rec) = r?;
-        if let Some(name) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            recs.insert(name, rec);
-        }
+        let Name(name) = k;
+        recs.insert(name, rec);
     }
     let now = crate::proto::now_ms();
     let mut relays = Vec::new();

@@ -7,8 +7,9 @@ use super::{AttemptRecord, DirEntry, RelayState};
 #[cfg(test)]
 use crate::proto::Event;
 use crate::proto::{now_ms, Assignment, LeafState, Msg, NodeName, Scope, SignedOrder};
-use crate::rules::{self, AssignView, LeafRecord, Placement};
-use crate::store::{keys, StoreError};
+use crate::rules::{self, AssignView, Placement};
+use crate::store::keys::{JobAttempt, JobClient, Name, NameJob};
+use crate::store::StoreError;
 use std::collections::{BTreeMap, HashMap};
 use tracing::{info, warn};
 
@@ -23,14 +24,9 @@ pub(crate) struct Deliveries {
 /// Every client in the subtree, with its directory entry.
 fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError> {
     let mut out = Vec::new();
-    for r in st.dir_clients.scan::<DirEntry>(b"") {
-        let (k, e) = r?;
-        if let Some(n) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            out.push((n, e));
-        }
+    for r in st.dir_clients.scan() {
+        let (Name(n), e) = r?;
+        out.push((n, e));
     }
     Ok(out)
 }
@@ -40,7 +36,7 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
 /// re-sent assignment creates nothing new.
 pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-    let ak = keys::job_attempt(a.job, a.attempt);
+    let ak = JobAttempt(a.job, a.attempt);
     if st.attempts.contains(&ak)? {
         return Ok(Deliveries {
             agents: vec![],
@@ -62,7 +58,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         Scope::AllLowerOf(list) => AssignView::Relays(
             list.iter()
                 .map(|r| {
-                    let hop = st.dir_relays.get::<NodeName>(&keys::name(r)).ok().flatten();
+                    let hop = st.dir_relays.get(&Name(r.clone())).ok().flatten();
                     (r.clone(), hop)
                 })
                 .collect(),
@@ -70,7 +66,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         Scope::Targets(list) => AssignView::Clients(
             list.iter()
                 .map(|c| {
-                    let e = st.dir_clients.get::<DirEntry>(&keys::name(c))?;
+                    let e = st.dir_clients.get(&Name(c.clone()))?;
                     Ok((c.clone(), e.map(place)))
                 })
                 .collect::<Result<_, StoreError>>()?,
@@ -78,7 +74,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     };
     let mut leaves = BTreeMap::new();
     for c in view.home_clients(&st.me) {
-        if let Some(rec) = st.leaves.get::<LeafRecord>(&keys::job_client(a.job, c))? {
+        if let Some(rec) = st.leaves.get(&JobClient(a.job, c.clone()))? {
             leaves.insert(c.clone(), rec);
         }
     }
@@ -94,12 +90,12 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     }
     for (client, _) in &plan.create {
         st.client_leaves
-            .put(&keys::name_job(client, a.job), &a.attempt.0)?;
+            .put(&NameJob(client.clone(), a.job), &a.attempt.0)?;
     }
     st.leaves.put_many(
         plan.create
             .iter()
-            .map(|(c, rec)| (keys::job_client(a.job, c), rec)),
+            .map(|(c, rec)| (JobClient(a.job, c.clone()), rec)),
     )?;
     if !plan.lost.is_empty() {
         st.outbox.push(&plan.lost)?;
@@ -217,9 +213,9 @@ fn fits_agent_frame(m: &Assignment) -> bool {
 /// rather than being re-sent for ever (durable at the next flush).
 fn fail_undeliverable(st: &RelayState, a: &Assignment, client: &NodeName, reason: String) {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-    let k = keys::job_client(a.job, client);
+    let k = JobClient(a.job, client.clone());
     let r = (|| -> Result<(), StoreError> {
-        let Some(leaf) = st.leaves.get::<LeafRecord>(&k)? else {
+        let Some(leaf) = st.leaves.get(&k)? else {
             return Ok(());
         };
         if leaf.attempt != a.attempt || leaf.state.is_final() {
@@ -296,6 +292,7 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
 mod tests {
     use super::*;
     use crate::proto::{Action, Attempt, JobId};
+    use crate::rules::LeafRecord;
     use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
@@ -327,10 +324,10 @@ mod tests {
             ("c3", &below),
             ("c4", &deeper),
         ] {
-            st.dir_clients.put(&keys::name(&n(c)), e).unwrap();
+            st.dir_clients.put(&Name(n(c)), e).unwrap();
         }
-        st.dir_relays.put(&keys::name(&n("r2")), &n("r2")).unwrap();
-        st.dir_relays.put(&keys::name(&n("r4")), &n("r2")).unwrap();
+        st.dir_relays.put(&Name(n("r2")), &n("r2")).unwrap();
+        st.dir_relays.put(&Name(n("r4")), &n("r2")).unwrap();
         st
     }
 
@@ -514,7 +511,7 @@ mod tests {
         deliver(&st, &a, d);
         let l: LeafRecord = st
             .leaves
-            .get(&keys::job_client(JobId(7), &n("c1")))
+            .get(&JobClient(JobId(7), n("c1")))
             .unwrap()
             .unwrap();
         assert_eq!(l.state, LeafState::Failed);

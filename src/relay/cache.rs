@@ -11,7 +11,7 @@ use crate::link::transfer::{self, Ensure, EnsureError, TransferError};
 use crate::link::{Backoff, Dialer};
 use crate::pkg::{ChunkHash, ChunkStore};
 use crate::proto::{now_ms, CacheReport, CacheState, Event, Msg, PackageRef, SyncOrder};
-use crate::store::keys;
+use crate::store::keys::Name;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
@@ -287,11 +287,7 @@ pub(crate) fn route_sync(st: &Arc<RelayState>, order: SyncOrder) {
         }
         return;
     }
-    let via = st
-        .dir_relays
-        .get::<crate::proto::NodeName>(&keys::name(&order.relay))
-        .ok()
-        .flatten();
+    let via = st.dir_relays.get(&Name(order.relay.clone())).ok().flatten();
     match via.and_then(|v| st.child(&v)) {
         Some(tx) => crate::link::send_soon(&tx, Msg::Sync(order)),
         None => {

@@ -11,7 +11,8 @@
 use super::{close_here, RelayState};
 use crate::proto::{now_ms, JobId, LeafState, Msg, NodeName};
 use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError, Table};
+use crate::store::keys::{JobClient, JobKey, JobPrefix, NameJob};
+use crate::store::{StoreError, Tree};
 use tracing::info;
 
 /// Why a relay cancels a home leaf.
@@ -27,21 +28,21 @@ pub(crate) struct CancelSends {
 }
 
 /// job -> unix ms: the jobs canceled here.
-fn tombstones(st: &RelayState) -> Result<Table, StoreError> {
-    st.store.table("canceled")
+fn tombstones(st: &RelayState) -> Result<Tree<JobKey, u64>, StoreError> {
+    st.store.tree(super::trees::CANCELED)
 }
 
 /// Whether `job` was canceled here: its assignments are ignored.
 pub(crate) fn is_canceled(st: &RelayState, job: JobId) -> Result<bool, StoreError> {
-    tombstones(st)?.contains(&keys::job(job))
+    tombstones(st)?.contains(&JobKey(job))
 }
 
 /// The relays directly under this one.
 fn child_relays(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
     let mut out = Vec::new();
-    for r in st.dir_relays.scan::<NodeName>(b"") {
+    for r in st.dir_relays.scan() {
         let (k, via) = r?;
-        if k == keys::name(&via) {
+        if k.0 == via {
             out.push(via);
         }
     }
@@ -53,19 +54,12 @@ pub(crate) fn apply(st: &RelayState, job: JobId) -> Result<CancelSends, StoreErr
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let now = now_ms();
     let mut open: Vec<(NodeName, LeafRecord)> = Vec::new();
-    let prefix = keys::job(job);
-    for r in st.leaves.scan::<LeafRecord>(&prefix) {
-        let (k, l) = r?;
+    for r in st.leaves.scan_prefix(&JobPrefix(job)) {
+        let (JobClient(_, c), l) = r?;
         if l.state.is_final() {
             continue;
         }
-        if let Some(c) = k
-            .get(prefix.len()..)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            open.push((c, l));
-        }
+        open.push((c, l));
     }
     let mut sends = CancelSends {
         agents: open
@@ -79,7 +73,7 @@ pub(crate) fn apply(st: &RelayState, job: JobId) -> Result<CancelSends, StoreErr
         .iter()
         .map(|(c, l)| {
             let (rec, ev) = close_here(st, job, c, l, LeafState::Canceled, REASON.into(), now);
-            ((keys::job_client(job, c), rec), ev)
+            ((JobClient(job, c.clone()), rec), ev)
         })
         .unzip();
     st.outbox.push(&events)?;
@@ -91,11 +85,11 @@ pub(crate) fn apply(st: &RelayState, job: JobId) -> Result<CancelSends, StoreErr
         .put_many(records.iter().map(|(k, v)| (k.clone(), v)))?;
     for (c, _) in &open {
         // Nothing left to deliver: keep the per-client index small.
-        st.client_leaves.remove(&keys::name_job(c, job))?;
+        st.client_leaves.remove(&NameJob(c.clone(), job))?;
     }
     let t = tombstones(st)?;
-    if !t.contains(&keys::job(job))? {
-        t.put(&keys::job(job), &now)?;
+    if !t.contains(&JobKey(job))? {
+        t.put(&JobKey(job), &now)?;
         info!(%job, leaves = open.len(), agents = sends.agents.len(), relays = sends.relays.len(), "job canceled");
     }
     sends.agents.sort();
@@ -119,6 +113,7 @@ mod tests {
     use super::*;
     use crate::proto::{Attempt, Event};
     use crate::relay::DirEntry;
+    use crate::store::keys::Name;
     use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
@@ -134,11 +129,11 @@ mod tests {
             crate::relay::cache::for_tests(dir.path()),
         )
         .unwrap();
-        st.dir_relays.put(&keys::name(&n("r2")), &n("r2")).unwrap();
-        st.dir_relays.put(&keys::name(&n("r4")), &n("r2")).unwrap();
+        st.dir_relays.put(&Name(n("r2")), &n("r2")).unwrap();
+        st.dir_relays.put(&Name(n("r4")), &n("r2")).unwrap();
         st.dir_clients
             .put(
-                &keys::name(&n("c9")),
+                &Name(n("c9")),
                 &DirEntry {
                     home: n("r2"),
                     via: n("r2"),
@@ -158,12 +153,12 @@ mod tests {
                 state: s,
                 ..LeafRecord::pending(n("r1"), Attempt(1), 0)
             };
-            st.leaves.put(&keys::job_client(job, &n(c)), &l).unwrap();
+            st.leaves.put(&JobClient(job, n(c)), &l).unwrap();
         }
         // Another job's leaf is left alone.
         st.leaves
             .put(
-                &keys::job_client(JobId(6), &n("c1")),
+                &JobClient(JobId(6), n("c1")),
                 &LeafRecord::pending(n("r1"), Attempt(1), 0),
             )
             .unwrap();
@@ -172,13 +167,7 @@ mod tests {
         assert_eq!(sends.agents, vec![n("c2"), n("c3")]);
         assert_eq!(sends.relays, vec![n("r2")]);
         assert!(is_canceled(&st, job).unwrap());
-        let state = |j: JobId, c: &str| {
-            st.leaves
-                .get::<LeafRecord>(&keys::job_client(j, &n(c)))
-                .unwrap()
-                .unwrap()
-                .state
-        };
+        let state = |j: JobId, c: &str| st.leaves.get(&JobClient(j, n(c))).unwrap().unwrap().state;
         for (c, want) in [
             ("c1", LeafState::Canceled),
             ("c2", LeafState::Canceled),

@@ -15,7 +15,8 @@ use crate::link::downstream::{Downstream, Outgoing};
 use crate::link::queue::DownQueue;
 use crate::link::{LinkError, Session, SessionTx};
 use crate::proto::{now_ms, Attempt, Event, JobId, LeafState, LeafUpdate, Msg, NodeName, Role};
-use crate::store::{keys, Store, StoreError};
+use crate::store::keys::Name;
+use crate::store::{Store, StoreError};
 use crate::tls::PeerIdentity;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,7 @@ impl Downstream for RelayState {
             home: self.me.clone(),
             via: self.me.clone(),
         };
-        let old = self.dir_clients.get::<DirEntry>(&keys::name(client))?;
+        let old = self.dir_clients.get(&Name(client.clone()))?;
         if old.as_ref() == Some(&home) {
             return Ok(Vec::new());
         }
@@ -78,8 +79,8 @@ impl Downstream for RelayState {
         // The event before the entry: after a crash, writes survive as a
         // prefix, and an entry without its event would never be reported.
         self.outbox.push(&events)?;
-        self.dir_since.put(&keys::name(client), &now)?;
-        self.dir_clients.put(&keys::name(client), &home)?;
+        self.dir_since.put(&Name(client.clone()), &now)?;
+        self.dir_clients.put(&Name(client.clone()), &home)?;
         info!(%client, "client registered");
         Ok(forget.into_iter().collect())
     }
@@ -87,8 +88,9 @@ impl Downstream for RelayState {
         if child.role != Role::Relay {
             return Ok(());
         }
-        self.dir_relays.put(&keys::name(&child.name), &child.name)?;
-        self.relays_left.remove(&keys::name(&child.name))?;
+        self.dir_relays
+            .put(&Name(child.name.clone()), &child.name)?;
+        self.relays_left.remove(&Name(child.name.clone()))?;
         self.outbox.push(&[Event::RelayJoined {
             relay: child.name.clone(),
             parent: self.me.clone(),
@@ -99,7 +101,7 @@ impl Downstream for RelayState {
         if child.role != Role::Relay {
             return Ok(());
         }
-        self.relays_left.put(&keys::name(&child.name), &now_ms())?;
+        self.relays_left.put(&Name(child.name.clone()), &now_ms())?;
         self.outbox.push(&[Event::RelayLeft {
             relay: child.name.clone(),
             parent: self.me.clone(),
@@ -178,18 +180,18 @@ struct SubtreeFacts<'a> {
 impl Facts for SubtreeFacts<'_> {
     fn relay_in(&self, relay: &NodeName) -> bool {
         relay == self.child
-            || matches!(self.st.dir_relays.get::<NodeName>(&keys::name(relay)), Ok(Some(via)) if via == *self.child)
+            || matches!(self.st.dir_relays.get(&Name(relay.clone())), Ok(Some(via)) if via == *self.child)
     }
     fn client_in(&self, client: &NodeName) -> bool {
-        matches!(self.st.dir_clients.get::<DirEntry>(&keys::name(client)), Ok(Some(e)) if e.via == *self.child)
+        matches!(self.st.dir_clients.get(&Name(client.clone())), Ok(Some(e)) if e.via == *self.child)
     }
     fn relay_live_elsewhere(&self, relay: &NodeName) -> bool {
-        let Ok(Some(via)) = self.st.dir_relays.get::<NodeName>(&keys::name(relay)) else {
+        let Ok(Some(via)) = self.st.dir_relays.get(&Name(relay.clone())) else {
             return false;
         };
         via != *self.child
             && self.st.child(&via).is_some()
-            && !matches!(self.st.relays_left.contains(&keys::name(relay)), Ok(true))
+            && !matches!(self.st.relays_left.contains(&Name(relay.clone())), Ok(true))
     }
     fn job_attempt(&self, _job: JobId) -> Option<Attempt> {
         Some(Attempt(u32::MAX))
@@ -200,7 +202,7 @@ impl Facts for SubtreeFacts<'_> {
     fn client_home(&self, client: &NodeName) -> Option<NodeName> {
         self.st
             .dir_clients
-            .get::<DirEntry>(&keys::name(client))
+            .get(&Name(client.clone()))
             .ok()
             .flatten()
             .map(|e| e.home)
@@ -208,7 +210,7 @@ impl Facts for SubtreeFacts<'_> {
     fn client_since(&self, client: &NodeName) -> u64 {
         self.st
             .dir_since
-            .get::<u64>(&keys::name(client))
+            .get(&Name(client.clone()))
             .ok()
             .flatten()
             .unwrap_or(0)
@@ -245,14 +247,14 @@ fn learn(
                 relay,
                 at_ms,
             } => {
-                let old = st.dir_clients.get::<DirEntry>(&keys::name(client))?;
+                let old = st.dir_clients.get(&Name(client.clone()))?;
                 let (cancels, forget) = moves::moved(st, client, old.as_ref(), child, relay)?;
                 fwd.extend(cancels);
                 forgets.extend(forget);
                 let since = if *at_ms == 0 { now_ms() } else { *at_ms };
-                st.dir_since.put(&keys::name(client), &since)?;
+                st.dir_since.put(&Name(client.clone()), &since)?;
                 st.dir_clients.put(
-                    &keys::name(client),
+                    &Name(client.clone()),
                     &DirEntry {
                         home: relay.clone(),
                         via: child.clone(),
@@ -260,11 +262,11 @@ fn learn(
                 )?;
             }
             Event::RelayJoined { relay, .. } => {
-                st.dir_relays.put(&keys::name(relay), child)?;
-                st.relays_left.remove(&keys::name(relay))?;
+                st.dir_relays.put(&Name(relay.clone()), child)?;
+                st.relays_left.remove(&Name(relay.clone()))?;
             }
             Event::RelayLeft { relay, .. } => {
-                st.relays_left.put(&keys::name(relay), &now_ms())?;
+                st.relays_left.put(&Name(relay.clone()), &now_ms())?;
             }
             Event::Leaf(_) | Event::Inventory(_) | Event::Targets { .. } | Event::Cache(_) => {}
         }
@@ -336,9 +338,9 @@ fn under_child(
     Ok(match role {
         Role::Agent => st
             .dir_clients
-            .get::<DirEntry>(&keys::name(name))?
+            .get(&Name(name.clone()))?
             .is_some_and(|e| e.via == *child),
-        Role::Relay => st.dir_relays.get::<NodeName>(&keys::name(name))?.as_ref() == Some(child),
+        Role::Relay => st.dir_relays.get(&Name(name.clone()))?.as_ref() == Some(child),
         _ => false,
     })
 }

@@ -7,19 +7,15 @@
 use super::RelayState;
 use crate::link::send_soon;
 use crate::proto::{now_ms, Msg, NodeName};
-use crate::store::{keys, StoreError};
+use crate::store::keys::Name;
+use crate::store::StoreError;
 
 /// The stored list.
 pub(crate) fn stored(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
     let mut out = Vec::new();
-    for r in st.denied.scan::<u64>(b"") {
-        let (k, _) = r?;
-        if let Some(n) = std::str::from_utf8(&k)
-            .ok()
-            .and_then(|s| NodeName::new(s).ok())
-        {
-            out.push(n);
-        }
+    for r in st.denied.scan() {
+        let (Name(n), _) = r?;
+        out.push(n);
     }
     Ok(out)
 }
@@ -28,13 +24,13 @@ pub(crate) fn stored(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
 pub(crate) fn store(st: &RelayState, names: &[NodeName]) -> Result<(), StoreError> {
     for old in stored(st)? {
         if !names.contains(&old) {
-            st.denied.remove(&keys::name(&old))?;
+            st.denied.remove(&Name(old.clone()))?;
         }
     }
     let now = now_ms();
     for n in names {
-        if !st.denied.contains(&keys::name(n))? {
-            st.denied.put(&keys::name(n), &now)?;
+        if !st.denied.contains(&Name(n.clone()))? {
+            st.denied.put(&Name(n.clone()), &now)?;
         }
         super::moves::revoked(st, n)?;
     }
@@ -60,5 +56,5 @@ pub(crate) fn apply(st: &RelayState, names: Vec<NodeName>) {
 
 /// Whether `name` is a relay directly below this one.
 pub(crate) fn is_child_relay(st: &RelayState, name: &NodeName) -> bool {
-    matches!(st.dir_relays.get::<NodeName>(&keys::name(name)), Ok(Some(via)) if via == *name)
+    matches!(st.dir_relays.get(&Name(name.clone())), Ok(Some(via)) if via == *name)
 }

@@ -14,10 +14,10 @@
 //! Owns the `expiry` tree. Must not deliver, route or change anything but
 //! home leaves of due attempts.
 
-use super::{AttemptRecord, RelayState};
+use super::RelayState;
 use crate::proto::{now_ms, Attempt, JobId, LeafState, NodeName};
-use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError, Table};
+use crate::store::keys::{DueJobAttempt, JobAttempt, JobPrefix, NameJob};
+use crate::store::{StoreError, Tree};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -31,25 +31,13 @@ const PERIOD: Duration = Duration::from_millis(250);
 const PER_TICK: usize = 1024;
 
 /// The index of attempts by due time.
-pub(crate) fn table(st: &RelayState) -> Result<Table, StoreError> {
-    st.store.table("expiry")
+pub(crate) fn table(st: &RelayState) -> Result<Tree<DueJobAttempt, ()>, StoreError> {
+    st.store.tree(super::trees::EXPIRY)
 }
 
 /// Index key: due ++ job ++ attempt (big-endian: byte order is time order).
-pub(crate) fn index_key(due_ms: u64, job: JobId, attempt: Attempt) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..8].copy_from_slice(&due_ms.to_be_bytes());
-    k[8..16].copy_from_slice(&job.0.to_be_bytes());
-    k[16..].copy_from_slice(&attempt.0.to_be_bytes());
-    k
-}
-
-/// The fields of an index key.
-pub(crate) fn read_index_key(k: &[u8]) -> Option<(u64, JobId, Attempt)> {
-    let due = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let job = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
-    let attempt = u32::from_be_bytes(k.get(16..20)?.try_into().ok()?);
-    Some((due, JobId(job), Attempt(attempt)))
+pub(crate) fn index_key(due_ms: u64, job: JobId, attempt: Attempt) -> DueJobAttempt {
+    DueJobAttempt(due_ms, job, attempt)
 }
 
 /// Indexes a new attempt (before its record is written: an attempt on disk
@@ -74,17 +62,8 @@ pub(crate) fn rebuild(st: &RelayState) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let mut n = 0;
-    for r in st.attempts.scan::<AttemptRecord>(b"") {
-        let (k, rec) = r?;
-        let (Some(job), Some(attempt)) = (
-            keys::read_u64(&k).map(JobId),
-            k.get(8..12)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .map(Attempt),
-        ) else {
-            continue;
-        };
+    for r in st.attempts.scan() {
+        let (JobAttempt(job, attempt), rec) = r?;
         if let (false, Some(e)) = (rec.swept, rec.expires_at_ms) {
             t.put(&index_key(e, job, attempt), &())?;
             n += 1;
@@ -215,14 +194,15 @@ pub(crate) fn sweep(
     let mut out = Swept::default();
     // Keys below (now + 1) ++ 0...: every entry due at `now`, and nothing
     // past it is read. `scanned` counts what the store iterator yielded.
-    let due: Vec<Vec<u8>> = idx
-        .range::<()>(b"", &now.saturating_add(1).to_be_bytes())
+    let due: Vec<DueJobAttempt> = idx
+        .range(
+            &index_key(0, JobId(0), Attempt(0)),
+            &index_key(now.saturating_add(1), JobId(0), Attempt(0)),
+        )
         .take(PER_TICK)
         .inspect(|_| out.scanned += 1)
         .filter_map(|r| match r {
-            Ok((k, ())) => read_index_key(&k)
-                .is_some_and(|(d, _, _)| d <= now)
-                .then_some(Ok(k)),
+            Ok((k, ())) => (k.0 <= now).then_some(Ok(k)),
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<_, _>>()?;
@@ -234,13 +214,10 @@ pub(crate) fn sweep(
         .cloned()
         .collect();
     for k in due {
-        let Some((_, job, attempt)) = read_index_key(&k) else {
-            idx.remove(&k)?;
-            continue;
-        };
+        let DueJobAttempt(_, job, attempt) = k;
         let _span = info_span!("expire", %job, %attempt).entered();
-        let ak = keys::job_attempt(job, attempt);
-        let Some(mut rec) = st.attempts.get::<AttemptRecord>(&ak)? else {
+        let ak = JobAttempt(job, attempt);
+        let Some(mut rec) = st.attempts.get(&ak)? else {
             // Purged since.
             idx.remove(&k)?;
             continue;
@@ -248,18 +225,12 @@ pub(crate) fn sweep(
         let mut events = Vec::new();
         let mut writes = Vec::new();
         let mut open = false;
-        for r in st.leaves.scan::<LeafRecord>(&keys::job(job)) {
+        for r in st.leaves.scan_prefix(&JobPrefix(job)) {
             let (lk, leaf) = r?;
             if leaf.attempt != attempt {
                 continue;
             }
-            let Some(client) = lk
-                .get(8..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| NodeName::new(s).ok())
-            else {
-                continue;
-            };
+            let client = lk.1.clone();
             let since = if leaf.state.is_final() || leaf.state == LeafState::Pending {
                 None
             } else if connected.contains(&client) {
@@ -287,7 +258,7 @@ pub(crate) fn sweep(
         st.outbox.push(&events)?;
         for (lk, client, new) in &writes {
             st.leaves.put(lk, new)?;
-            st.client_leaves.remove(&keys::name_job(client, job))?;
+            st.client_leaves.remove(&NameJob(client.clone(), job))?;
         }
         if open {
             // The new entry before the old one goes: a crash leaves two, never none.
@@ -304,9 +275,12 @@ pub(crate) fn sweep(
 
 #[cfg(test)]
 mod tests {
+    use super::super::AttemptRecord;
     use super::*;
     use crate::proto::{Action, Assignment, Scope};
     use crate::relay::DirEntry;
+    use crate::rules::LeafRecord;
+    use crate::store::keys::{JobClient, Name};
     use crate::store::Store;
 
     fn relay(dir: &std::path::Path, clients: &[&str]) -> RelayState {
@@ -323,7 +297,7 @@ mod tests {
         };
         for c in clients {
             st.dir_clients
-                .put(&keys::name(&NodeName::new(*c).unwrap()), &home)
+                .put(&Name(NodeName::new(*c).unwrap()), &home)
                 .unwrap();
         }
         st
@@ -344,14 +318,14 @@ mod tests {
     }
 
     fn set(st: &RelayState, job: u64, client: &str, state: LeafState) {
-        let k = keys::job_client(JobId(job), &NodeName::new(client).unwrap());
+        let k = JobClient(JobId(job), NodeName::new(client).unwrap());
         let mut l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         l.state = state;
         st.leaves.put(&k, &l).unwrap();
     }
 
     fn state(st: &RelayState, job: u64, client: &str) -> (LeafState, Option<String>) {
-        let k = keys::job_client(JobId(job), &NodeName::new(client).unwrap());
+        let k = JobClient(JobId(job), NodeName::new(client).unwrap());
         let l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         (l.state, l.reason)
     }
@@ -407,10 +381,17 @@ mod tests {
 
     #[test]
     fn index_keys_sort_by_due_time_and_read_back() {
-        let k = index_key(7, JobId(3), Attempt(2));
-        assert_eq!(read_index_key(&k), Some((7, JobId(3), Attempt(2))));
-        assert!(index_key(255, JobId(9), Attempt(9)) < index_key(256, JobId(1), Attempt(1)));
-        assert_eq!(read_index_key(b"short"), None);
+        use crate::store::keys::KeyCodec;
+        let k = index_key(7, JobId(3), Attempt(2)).encode();
+        assert_eq!(
+            DueJobAttempt::decode(&k),
+            Some(DueJobAttempt(7, JobId(3), Attempt(2)))
+        );
+        assert!(
+            index_key(255, JobId(9), Attempt(9)).encode()
+                < index_key(256, JobId(1), Attempt(1)).encode()
+        );
+        assert_eq!(DueJobAttempt::decode(b"short"), None);
     }
 
     #[tokio::test]
@@ -448,7 +429,7 @@ mod tests {
         assert_eq!(state(&st, 1, "c3").0, LeafState::Succeeded);
         let rec: AttemptRecord = st
             .attempts
-            .get(&keys::job_attempt(JobId(1), Attempt(1)))
+            .get(&JobAttempt(JobId(1), Attempt(1)))
             .unwrap()
             .unwrap();
         assert!(rec.swept);

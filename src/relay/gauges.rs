@@ -34,7 +34,8 @@ pub(crate) fn home_leaves(
     st: &RelayState,
 ) -> Result<Vec<(&'static str, u64)>, crate::store::StoreError> {
     let mut out = LeafState::ALL.map(|s| (s.as_str(), 0u64));
-    for r in st.leaves.scan::<StateOnly>(b"") {
+    // Only the state decoded, through the untyped view: this walks every leaf.
+    for r in st.leaves.raw().scan::<StateOnly>(b"") {
         let s = r?.1.state;
         if let Some(i) = LeafState::ALL.iter().position(|x| *x == s) {
             out[i].1 += 1;
@@ -56,13 +57,13 @@ mod tests {
         let cache = super::super::cache::for_tests(dir.path());
         let st = RelayState::open(me.clone(), Store::open(dir.path()).unwrap(), cache).unwrap();
         let states = [LeafState::Succeeded, LeafState::Failed, LeafState::Pending];
-        let recs: Vec<(Vec<u8>, LeafRecord)> = (0..n)
+        let recs: Vec<(keys::JobClient, LeafRecord)> = (0..n)
             .map(|i| {
                 let client = NodeName::new(format!("c{i}")).unwrap();
                 let mut l = LeafRecord::pending(me.clone(), Attempt(1), 0);
                 l.state = states[i % 3];
                 l.output = Some("x".repeat(200));
-                (keys::job_client(JobId(1 + (i % 7) as u64), &client), l)
+                (keys::JobClient(JobId(1 + (i % 7) as u64), client), l)
             })
             .collect();
         st.leaves

@@ -4,10 +4,11 @@
 //! Never speaks for a child relay's clients.
 
 use super::assign::for_agent;
-use super::{AttemptRecord, RelayState};
-use crate::proto::{now_ms, Assignment, Event, JobId, LeafState, LeafUpdate, NodeName};
-use crate::rules::{self, LeafRecord};
-use crate::store::{keys, StoreError};
+use super::RelayState;
+use crate::proto::{now_ms, Assignment, Event, LeafState, LeafUpdate, NodeName};
+use crate::rules;
+use crate::store::keys::{JobAttempt, JobClient, NameJob, NamePrefix};
+use crate::store::StoreError;
 use tracing::warn;
 
 /// An agent's own results and inventory (not yet durable); anything else it
@@ -46,28 +47,15 @@ pub(crate) fn pending_for(
 ) -> Result<Vec<Assignment>, StoreError> {
     let now = now_ms();
     let mut out = Vec::new();
-    for r in st.client_leaves.scan::<u32>(&keys::name_prefix(client)) {
-        let (k, attempt) = r?;
-        let Some(job) = k
-            .get(client.as_str().len() + 1..)
-            .and_then(keys::read_u64)
-            .map(JobId)
-        else {
-            continue;
-        };
-        let Some(leaf) = st
-            .leaves
-            .get::<LeafRecord>(&keys::job_client(job, client))?
-        else {
+    for r in st.client_leaves.scan_prefix(&NamePrefix(client.clone())) {
+        let (NameJob(_, job), attempt) = r?;
+        let Some(leaf) = st.leaves.get(&JobClient(job, client.clone()))? else {
             continue;
         };
         if leaf.state != LeafState::Pending || leaf.attempt.0 != attempt {
             continue;
         }
-        let Some(ar) = st
-            .attempts
-            .get::<AttemptRecord>(&keys::job_attempt(job, leaf.attempt))?
-        else {
+        let Some(ar) = st.attempts.get(&JobAttempt(job, leaf.attempt))? else {
             continue;
         };
         if ar.expires_at_ms.is_some_and(|e| e <= now) {
@@ -108,8 +96,8 @@ pub(crate) fn apply_home(
             warn!(%client, claimed = %u.client, "agent reported another client's leaf; dropped");
             continue;
         }
-        let k = keys::job_client(u.job, client);
-        let Some(cur) = st.leaves.get::<LeafRecord>(&k)? else {
+        let k = JobClient(u.job, client.clone());
+        let Some(cur) = st.leaves.get(&k)? else {
             // Delivered by the relay this client lived under before it moved:
             // pass the result on (HQ merges it), keep nothing here.
             let mut u = u.clone();
@@ -139,7 +127,7 @@ pub(crate) fn apply_home(
         st.leaves.put(&k, &new)?;
         if new.state.is_final() {
             // Nothing left to deliver: keep the per-client index small.
-            st.client_leaves.remove(&keys::name_job(client, job))?;
+            st.client_leaves.remove(&NameJob(client.clone(), job))?;
         }
     }
     Ok(())

@@ -20,7 +20,9 @@ mod upward;
 
 use crate::link::{self, Admission, Dialer, SessionTx, Timing};
 use crate::proto::{Action, Hello, NodeName, Role, PROTOCOL_VERSION};
-use crate::store::{Outbox, Store, StoreError, Table};
+use crate::rules::LeafRecord;
+use crate::store::keys::{DueJobAttempt, JobAttempt, JobClient, JobKey, Name, NameJob};
+use crate::store::{Outbox, Store, StoreError, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -78,29 +80,57 @@ pub(crate) struct AttemptRecord {
     pub orders: Vec<crate::proto::SignedOrder>,
 }
 
+/// The relay's trees, each declared once: name on disk, key, value.
+pub(crate) mod trees {
+    use super::*;
+
+    /// client -> DirEntry, for every client in the subtree.
+    pub const DIR_CLIENTS: TreeDef<Name, DirEntry> = TreeDef::new("dir_clients");
+    /// client -> unix ms: when its current home says it joined there.
+    pub const DIR_SINCE: TreeDef<Name, u64> = TreeDef::new("dir_since");
+    /// relay -> via (direct child), for every relay in the subtree.
+    pub const DIR_RELAYS: TreeDef<Name, NodeName> = TreeDef::new("dir_relays");
+    /// job ++ attempt -> AttemptRecord.
+    pub const ATTEMPTS: TreeDef<JobAttempt, AttemptRecord> = TreeDef::new("attempts");
+    /// job ++ client -> LeafRecord, home clients only.
+    pub const LEAVES: TreeDef<JobClient, LeafRecord> = TreeDef::new("leaves");
+    /// client ++ 0 ++ job -> attempt, index of home leaves by client.
+    pub const CLIENT_LEAVES: TreeDef<NameJob, u32> = TreeDef::new("client_leaves");
+    /// relay -> unix ms: relays below that left, until they join again.
+    pub const RELAYS_LEFT: TreeDef<Name, u64> = TreeDef::new("relays_left");
+    /// name -> unix ms: revoked nodes, as HQ last sent them.
+    pub const DENIED: TreeDef<Name, u64> = TreeDef::new("denied");
+    /// job -> unix ms: the jobs canceled here.
+    pub const CANCELED: TreeDef<JobKey, u64> = TreeDef::new("canceled");
+    /// due ++ job ++ attempt -> (): attempts not yet swept, by due time.
+    pub const EXPIRY: TreeDef<DueJobAttempt, ()> = TreeDef::new("expiry");
+    /// client -> SignedPlacement: HQ's latest placement of each home client.
+    pub const PLACEMENTS: TreeDef<Name, crate::proto::SignedPlacement> = TreeDef::new("placements");
+}
+
 /// The relay's shared state.
 pub(crate) struct RelayState {
     pub me: NodeName,
     pub store: Store,
     /// client -> DirEntry, for every client in the subtree.
-    pub dir_clients: Table,
+    pub dir_clients: Tree<Name, DirEntry>,
     /// client -> unix ms: when its current home says it joined there.
-    pub dir_since: Table,
+    pub dir_since: Tree<Name, u64>,
     /// relay -> via (direct child), for every relay in the subtree.
-    pub dir_relays: Table,
+    pub dir_relays: Tree<Name, NodeName>,
     /// job ++ attempt -> AttemptRecord.
-    pub attempts: Table,
+    pub attempts: Tree<JobAttempt, AttemptRecord>,
     /// job ++ client -> LeafRecord, home clients only.
-    pub leaves: Table,
+    pub leaves: Tree<JobClient, LeafRecord>,
     /// client ++ 0 ++ job -> attempt, index of home leaves by client.
-    pub client_leaves: Table,
+    pub client_leaves: Tree<NameJob, u32>,
     /// Messages queued for children until acknowledged (cancels, purges, ...).
     pub down: crate::link::queue::DownQueue,
     /// relay -> unix ms: relays below whose session to their parent ended
     /// (a `RelayLeft` went up), until they join again.
-    pub relays_left: Table,
+    pub relays_left: Tree<Name, u64>,
     /// name -> unix ms: revoked nodes, as HQ last sent them.
-    pub denied: Table,
+    pub denied: Tree<Name, u64>,
     /// The same, in memory, as the listener checks it.
     pub deny: crate::link::DenyList,
     /// Events for the parent.
@@ -117,7 +147,7 @@ pub(crate) struct RelayState {
     pub asks: Arc<crate::link::CertAsks>,
     /// client -> SignedPlacement: HQ's latest placement of each home client,
     /// attached to every assignment sent to it.
-    pub placements: Table,
+    pub placements: Tree<Name, crate::proto::SignedPlacement>,
     /// HQ's clock as measured from the parent's `Hello`, passed on to children.
     pub clock: crate::link::HqClock,
 }
@@ -128,18 +158,18 @@ impl RelayState {
             cache: Arc::new(cache),
             up: Default::default(),
             asks: Default::default(),
-            placements: store.table("placements")?,
+            placements: store.tree(trees::PLACEMENTS)?,
             clock: Default::default(),
             me,
-            dir_clients: store.table("dir_clients")?,
-            dir_relays: store.table("dir_relays")?,
-            dir_since: store.table("dir_since")?,
-            attempts: store.table("attempts")?,
-            leaves: store.table("leaves")?,
-            client_leaves: store.table("client_leaves")?,
+            dir_clients: store.tree(trees::DIR_CLIENTS)?,
+            dir_relays: store.tree(trees::DIR_RELAYS)?,
+            dir_since: store.tree(trees::DIR_SINCE)?,
+            attempts: store.tree(trees::ATTEMPTS)?,
+            leaves: store.tree(trees::LEAVES)?,
+            client_leaves: store.tree(trees::CLIENT_LEAVES)?,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
-            relays_left: store.table("relays_left")?,
-            denied: store.table("denied")?,
+            relays_left: store.tree(trees::RELAYS_LEFT)?,
+            denied: store.tree(trees::DENIED)?,
             deny: Default::default(),
             outbox: store.outbox("outbox")?,
             store,

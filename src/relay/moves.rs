@@ -6,8 +6,8 @@
 
 use super::{DirEntry, RelayState};
 use crate::proto::{now_ms, Event, JobId, LeafState, Msg, NodeName};
-use crate::rules::LeafRecord;
-use crate::store::{keys, StoreError};
+use crate::store::keys::{JobClient, Name, NameJob, NamePrefix};
+use crate::store::StoreError;
 use tracing::info;
 
 /// A `Forget` queued for a child: (child, message), to send once durable.
@@ -59,8 +59,8 @@ pub(crate) fn forget(
     client: &NodeName,
     moved_to: &NodeName,
 ) -> Result<(Vec<Event>, Option<ForgetTo>), StoreError> {
-    let k = keys::name(client);
-    let old = st.dir_clients.get::<DirEntry>(&k)?;
+    let k = Name(client.clone());
+    let old = st.dir_clients.get(&k)?;
     st.dir_clients.remove(&k)?;
     match old {
         None => Ok((vec![], None)),
@@ -76,8 +76,8 @@ pub(crate) fn forget(
 /// home leaves not yet delivered here are canceled (its own relay does this
 /// when it is a child's: every relay gets the deny list).
 pub(crate) fn revoked(st: &RelayState, client: &NodeName) -> Result<(), StoreError> {
-    let k = keys::name(client);
-    let Some(old) = st.dir_clients.get::<DirEntry>(&k)? else {
+    let k = Name(client.clone());
+    let Some(old) = st.dir_clients.get(&k)? else {
         return Ok(());
     };
     st.dir_clients.remove(&k)?;
@@ -99,16 +99,15 @@ fn cancel_undelivered(
     let now = now_ms();
     let mut events = Vec::new();
     let mut writes = Vec::new();
-    let prefix = keys::name_prefix(client);
     let jobs: Vec<JobId> = st
         .client_leaves
-        .scan::<u32>(&prefix)
+        .scan_prefix(&NamePrefix(client.clone()))
         .filter_map(|r| r.ok())
-        .filter_map(|(k, _)| k.get(prefix.len()..).and_then(keys::read_u64).map(JobId))
+        .map(|(NameJob(_, job), _)| job)
         .collect();
     for job in jobs {
-        let lk = keys::job_client(job, client);
-        let Some(leaf) = st.leaves.get::<LeafRecord>(&lk)? else {
+        let lk = JobClient(job, client.clone());
+        let Some(leaf) = st.leaves.get(&lk)? else {
             continue;
         };
         if leaf.state != LeafState::Pending {

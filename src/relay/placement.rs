@@ -9,7 +9,8 @@
 
 use super::RelayState;
 use crate::proto::{Assignment, Msg, NodeName, Placement, SignedPlacement};
-use crate::store::{keys, StoreError};
+use crate::store::keys::Name;
+use crate::store::StoreError;
 use tracing::{debug, info, warn};
 
 /// What a relay does with a placement from its parent.
@@ -65,8 +66,8 @@ pub(crate) fn receive(st: &RelayState, sp: SignedPlacement) -> Result<Received, 
     };
     match route(&st.me, &p) {
         Route::Keep => {
-            let k = keys::name(&client);
-            let older = match st.placements.get::<SignedPlacement>(&k)? {
+            let k = Name(client.clone());
+            let older = match st.placements.get(&k)? {
                 Some(old) => old
                     .placement()
                     .map_or(true, |o| o.issued_at_ms < p.issued_at_ms),
@@ -100,7 +101,7 @@ pub(crate) fn attach(
     client: &NodeName,
     mut a: Assignment,
 ) -> Result<Option<Assignment>, StoreError> {
-    a.placement = st.placements.get::<SignedPlacement>(&keys::name(client))?;
+    a.placement = st.placements.get(&Name(client.clone()))?;
     a.hq_now_ms = st.clock.now();
     let by_name = a.orders.iter().any(|o| o.relay.as_ref() == Some(&st.me));
     if a.placement.is_none() && !by_name {
@@ -170,11 +171,7 @@ mod tests {
         assert_eq!(got.fwd.len(), 1);
         assert_eq!(got.fwd[0].0, n("r2"));
         assert_eq!(st.down.queued(&n("r2")).unwrap().len(), 1);
-        assert!(st
-            .placements
-            .get::<SignedPlacement>(&keys::name(&n("c3")))
-            .unwrap()
-            .is_none());
+        assert!(st.placements.get(&Name(n("c3"))).unwrap().is_none());
     }
 
     fn n(s: &str) -> NodeName {

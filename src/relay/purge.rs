@@ -7,10 +7,11 @@
 //! Must not touch anything not keyed by a purged job, and decides nothing
 //! about which jobs go (HQ does).
 
-use super::{DirEntry, RelayState};
+use super::RelayState;
 use crate::link::queue::QueueKey;
 use crate::proto::{Attempt, JobId, Msg, NodeName};
-use crate::store::{keys, StoreError};
+use crate::store::keys::{JobAttempt, JobClient, JobPrefix, Name, NameJob};
+use crate::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a purge removed here, and what goes on.
@@ -30,39 +31,28 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
     let wanted: BTreeSet<JobId> = jobs.iter().copied().collect();
     // Direct child relays: every relay of the subtree is reached through one.
     let mut relays = BTreeSet::new();
-    for r in st.dir_relays.scan::<NodeName>(b"") {
+    for r in st.dir_relays.scan() {
         relays.insert(r?.1);
     }
     relays.remove(&st.me);
     // What each purged job left here.
-    let mut leaves: Vec<(Vec<u8>, NodeName, JobId)> = Vec::new();
-    let mut attempts: Vec<(Vec<u8>, JobId, Attempt)> = Vec::new();
+    let mut leaves: Vec<(JobClient, NodeName, JobId)> = Vec::new();
+    let mut attempts: Vec<(JobAttempt, JobId, Attempt)> = Vec::new();
     let mut agents: BTreeMap<NodeName, Vec<JobId>> = BTreeMap::new();
     for &job in &wanted {
-        for r in st.leaves.scan::<serde::de::IgnoredAny>(&keys::job(job)) {
+        for r in st.leaves.scan_prefix(&JobPrefix(job)) {
             let (k, _) = r?;
-            let Some(client) = k
-                .get(8..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| NodeName::new(s).ok())
-            else {
-                continue;
-            };
-            let home = st.dir_clients.get::<DirEntry>(&keys::name(&client))?;
+            let client = k.1.clone();
+            let home = st.dir_clients.get(&Name(client.clone()))?;
             if home.is_some_and(|e| e.via == st.me) {
                 agents.entry(client.clone()).or_default().push(job);
             }
             leaves.push((k, client, job));
         }
-        for r in st.attempts.scan::<serde::de::IgnoredAny>(&keys::job(job)) {
+        for r in st.attempts.scan_prefix(&JobPrefix(job)) {
             let (k, _) = r?;
-            if let Some(a) = k
-                .get(8..12)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-            {
-                attempts.push((k, job, Attempt(a)));
-            }
+            let a = k.1;
+            attempts.push((k, job, a));
         }
     }
     // The purge goes on first: once anything is removed, nothing here could
@@ -95,14 +85,14 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
         }
     }
     let idx = super::expire::table(st)?;
-    for r in idx.scan::<serde::de::IgnoredAny>(b"") {
-        let (k, _) = r?;
-        if super::expire::read_index_key(&k).is_some_and(|(_, j, _)| wanted.contains(&j)) {
+    for r in idx.scan() {
+        let (k, ()) = r?;
+        if wanted.contains(&k.1) {
             idx.remove(&k)?;
         }
     }
     for (k, client, job) in &leaves {
-        st.client_leaves.remove(&keys::name_job(client, *job))?;
+        st.client_leaves.remove(&NameJob(client.clone(), *job))?;
         st.leaves.remove(k)?;
     }
     // The attempts last: a relay that still has one still knows the job.
@@ -118,6 +108,7 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
 
 #[cfg(test)]
 mod tests {
+    use super::super::DirEntry;
     use super::*;
     use crate::proto::{Action, Assignment, Scope};
     use crate::store::Store;
@@ -139,17 +130,17 @@ mod tests {
             home: n("r1"),
             via: n("r1"),
         };
-        st.dir_clients.put(&keys::name(&n("c1")), &home).unwrap();
+        st.dir_clients.put(&Name(n("c1")), &home).unwrap();
         st.dir_clients
             .put(
-                &keys::name(&n("c3")),
+                &Name(n("c3")),
                 &DirEntry {
                     home: n("r2"),
                     via: n("r2"),
                 },
             )
             .unwrap();
-        st.dir_relays.put(&keys::name(&n("r2")), &n("r2")).unwrap();
+        st.dir_relays.put(&Name(n("r2")), &n("r2")).unwrap();
         for job in [1, 2] {
             let a = Assignment {
                 job: JobId(job),
@@ -189,7 +180,7 @@ mod tests {
         assert_eq!(crate::relay::expire::table(&st).unwrap().len(), 1);
         assert!(st
             .leaves
-            .get::<serde::de::IgnoredAny>(&keys::job_client(JobId(2), &n("c1")))
+            .get(&JobClient(JobId(2), n("c1")))
             .unwrap()
             .is_some());
         // Again: nothing more goes, the child relay is told again (same id).

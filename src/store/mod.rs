@@ -11,10 +11,12 @@ mod flush;
 pub use flush::longest_stall;
 pub mod keys;
 mod outbox;
+mod tree;
 mod txn;
 
 pub use outbox::Outbox;
-pub use txn::{Txn, TxnError};
+pub use tree::{Tree, TreeDef};
+pub use txn::{AsTable, Txn, TxnError};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -39,9 +39,21 @@ impl From<rmp_serde::encode::Error> for TxnError {
     }
 }
 
+/// Anything an atomic change can name: a [`Table`] or a typed tree.
+pub trait AsTable {
+    /// The untyped table underneath.
+    fn as_table(&self) -> &Table;
+}
+
+impl AsTable for Table {
+    fn as_table(&self) -> &Table {
+        self
+    }
+}
+
 /// The writes of one atomic change, over the tables named when it began.
 pub struct Txn<'a> {
-    tables: &'a [&'a Table],
+    tables: &'a [&'a dyn AsTable],
     views: &'a [TransactionalTree],
 }
 
@@ -49,7 +61,7 @@ impl Txn<'_> {
     fn view(&self, table: &Table) -> Result<&TransactionalTree, TxnError> {
         self.tables
             .iter()
-            .position(|t| t.name == table.name)
+            .position(|t| t.as_table().name == table.name)
             .and_then(|i| self.views.get(i))
             .ok_or_else(|| {
                 TxnError::from(StoreError::Corrupt {
@@ -90,10 +102,10 @@ impl Store {
     /// must be named). `f` may run more than once: no I/O inside.
     pub fn atomically<A>(
         &self,
-        tables: &[&Table],
+        tables: &[&dyn AsTable],
         f: impl Fn(&Txn<'_>) -> Result<A, TxnError>,
     ) -> Result<A, StoreError> {
-        let trees: Vec<&sled::Tree> = tables.iter().map(|t| &t.tree).collect();
+        let trees: Vec<&sled::Tree> = tables.iter().map(|t| &t.as_table().tree).collect();
         let r = trees
             .as_slice()
             .transaction(|views: &Vec<TransactionalTree>| {
