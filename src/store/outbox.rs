@@ -287,7 +287,20 @@ mod tests {
             drop(o);
             s.close().await.unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        // sled's own threads may hold the file lock a moment after close:
+        // open again as soon as it is released (within a deadline).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let o = s.outbox("outbox").unwrap();
         assert_eq!(o.waiting.lock().unwrap().stats().0, 2);
         o.ack(3).unwrap();
