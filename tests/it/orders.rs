@@ -238,6 +238,20 @@ fn a_replayed_or_misdirected_order_runs_nothing() {
     );
 }
 
+/// Debian's libfaketime, as the `faketime` wrapper preloads it.
+fn libfaketime() -> &'static str {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .unwrap_or_else(|| {
+        panic!("libfaketime.so.1 not found: apt-get install faketime (.ci/run does)")
+    })
+}
+
 /// Seconds `faketime -f SKEW` moves the clock of a program it starts; a
 /// missing faketime is a failure (apt-get install faketime; .ci/run does).
 fn faketime_shift(skew: &str) -> i64 {
@@ -270,8 +284,12 @@ fn agents_with_skewed_clocks_judge_orders_by_hqs_time() {
     let mut agents = Vec::new();
     for (name, skew) in [("ahead", "+2h"), ("behind", "-2h")] {
         let id = env.issue("agent", name);
-        let mut c = Command::new("faketime");
-        c.args(["-f", skew, AGENT, "serve", "--identity"])
+        // libfaketime preloaded into the agent itself (not the `faketime`
+        // wrapper, which would fork it and leave it running when killed).
+        let mut c = Command::new(AGENT);
+        c.args(["serve", "--identity"])
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME", skew)
             .arg(&id)
             .arg("--data-dir")
             .arg(env.root().join("data").join(name))
