@@ -148,15 +148,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Fetches every blob of `hashes` the store lacks, retrying a broken link
-/// until `deadline`.
-async fn fetch_all(
+/// until `deadline`; `what` names a blob in errors ("manifest", "chunk").
+pub(crate) async fn fetch_all(
     st: &AgentState,
     store: &Arc<ChunkStore>,
     hashes: &[ChunkHash],
-    manifest: ChunkHash,
+    what: &(dyn Fn(&ChunkHash) -> &'static str + Sync),
     deadline: Instant,
 ) -> Result<u64, PackageError> {
-    let what = |h: &ChunkHash| if *h == manifest { "manifest" } else { "chunk" };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut received = 0u64;
     loop {
@@ -198,7 +197,9 @@ async fn fetch_all(
 async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manifest, PackageError> {
     let store = chunk_store(st).await?;
     let deadline = Instant::now() + FETCH_PATIENCE;
-    let mut bytes = fetch_all(st, &store, &[spec.manifest], spec.manifest, deadline).await?;
+    let manifest = spec.manifest;
+    let what = move |h: &ChunkHash| if *h == manifest { "manifest" } else { "chunk" };
+    let mut bytes = fetch_all(st, &store, &[spec.manifest], &what, deadline).await?;
     let (s, h) = (store.clone(), spec.manifest);
     let manifest = blocking(move || s.get_manifest(&h))
         .await?
@@ -236,7 +237,7 @@ async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manif
             });
         }
     }
-    bytes += fetch_all(st, &store, &chunks, spec.manifest, deadline).await?;
+    bytes += fetch_all(st, &store, &chunks, &what, deadline).await?;
     info!(
         chunks = chunks.len(),
         fetched_bytes = bytes,

@@ -123,6 +123,11 @@ async fn session(
                         };
                         tokio::spawn(cache::prefetch(st.clone(), p));
                     }
+                    if let crate::proto::Action::Audit(spec) = &a.action {
+                        if let Some(r) = spec.objects_ref {
+                            tokio::spawn(cache::prefetch_objects(st.clone(), r));
+                        }
+                    }
                     assign::deliver(&st, &a, d);
                 }
                 Msg::Sync(order) => cache::route_sync(&st, order),
