@@ -27,7 +27,7 @@ fn sh(script: &str) -> Action {
     })
 }
 
-fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
+pub(crate) fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     let body = rmp_serde::to_vec_named(o).unwrap();
     SignedOrder {
         sig: key.sign(&body),
@@ -36,7 +36,12 @@ fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     }
 }
 
-fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str])>) -> Order {
+pub(crate) fn order(
+    job: u64,
+    attempt: u32,
+    action: Action,
+    rerun_of: Option<(&str, &[&str])>,
+) -> Order {
     Order {
         job: JobId(job),
         attempt: Attempt(attempt),
@@ -55,7 +60,7 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
 
 /// HQ's placement of c1 under `evil` (signed with HQ's key, as HQ does when
 /// c1 joins there).
-fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
+pub(crate) fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     let body = Placement {
         client: n("c1"),
         chain: vec![n("evil")],
@@ -69,7 +74,7 @@ fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     }
 }
 
-fn assign(
+pub(crate) fn assign(
     home: &SignedPlacement,
     job: u64,
     attempt: u32,
@@ -90,7 +95,7 @@ fn assign(
 
 /// Reads the agent's messages until `job` reaches a final state; acks every
 /// batch like a relay would. Returns the final update.
-async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
+pub(crate) async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let msg = tokio::time::timeout_at(deadline, s.rx.recv())
@@ -111,6 +116,40 @@ async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
     }
 }
 
+/// Listens on loopback as relay `evil` (its real certificate), admitting
+/// agents; every session, of either purpose, comes out of the channel.
+pub(crate) async fn listen_as_evil(
+    evil_id: &Identity,
+    stop: tokio_util::sync::CancellationToken,
+) -> (String, tokio::sync::mpsc::Receiver<Session>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let acceptor = tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
+    let adm = Arc::new(Admission {
+        admit: vec![Role::Agent],
+        me: Hello {
+            version: PROTOCOL_VERSION,
+            name: n("evil"),
+            role: Role::Relay,
+            purpose: Default::default(),
+            hq_now_ms: None,
+        },
+        trust_domain: evil_id.me().trust_domain.clone(),
+        timing: Timing::default(),
+        limits: Default::default(),
+        denied: Default::default(),
+        clock: Default::default(),
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
+    tokio::spawn(link::serve(listener, acceptor, adm, stop, move |s| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(s).await;
+        }
+    }));
+    (addr, rx)
+}
+
 /// A tampering relay: a real relay certificate, speaking the protocol from
 /// the test. It alters a command, widens a rerun, replays attempts and forges
 /// a signature; the agent runs none of them and reports each refusal.
@@ -125,36 +164,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
 
-    let (addr, mut sessions) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
-        let adm = Arc::new(Admission {
-            admit: vec![Role::Agent],
-            me: Hello {
-                version: PROTOCOL_VERSION,
-                name: n("evil"),
-                role: Role::Relay,
-                purpose: Default::default(),
-                hq_now_ms: None,
-            },
-            trust_domain: evil_id.me().trust_domain.clone(),
-            timing: Timing::default(),
-            limits: Default::default(),
-            denied: Default::default(),
-            clock: Default::default(),
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
-        let token = stop.clone();
-        tokio::spawn(link::serve(listener, acceptor, adm, token, move |s| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(s).await;
-            }
-        }));
-        (addr, rx)
-    });
+    let (addr, mut sessions) = rt.block_on(listen_as_evil(&evil_id, stop.clone()));
 
     let mut agent = Proc::spawn(
         "c1",
