@@ -6,10 +6,11 @@
 //! object list crossing each hop once, and refused by the agent when a
 //! relay serves another than the one HQ signed.
 
+use crate::forged::listen_as_relay;
 use crate::harness::*;
 use crate::metrics::{metrics_addr, scrape, SENT};
 use crate::packages::noise;
-use crate::security::{assign, final_update, listen_as_evil, order, placed_under_evil, sign};
+use crate::security::{assign, final_update, order, placed_under_evil, sign};
 use relaytree::link::Session;
 use relaytree::pkg::{ChunkHash, ChunkStore};
 use relaytree::proto::audit::{
@@ -560,7 +561,8 @@ fn an_object_list_other_than_the_signed_one_is_refused_and_the_real_one_fetched_
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let (addr, mut sessions) = rt.block_on(listen_as_evil(&evil_id, stop.clone()));
+    let (addr, mut sessions) =
+        rt.block_on(listen_as_relay(&evil_id, Default::default(), stop.clone()));
     let mut agent = Proc::spawn(
         "c1",
         {
