@@ -275,6 +275,7 @@ async fn packages(
         "1.0".into(),
         Some("./setup.sh".into()),
         None,
+        false,
     )
     .await?;
     show.step(

@@ -502,6 +502,7 @@ mod tests {
             exit_code: None,
             reason: None,
             output: None,
+            job: None,
         };
         let v = vec![
             leaf("a", LeafState::Succeeded),
@@ -552,6 +553,7 @@ mod tests {
             expires_at_ms: None,
             last_change_ms: 0,
             matched: 0,
+            jobs: vec![],
         };
         s.clients.push(ClientStatus {
             client: n("c1"),
@@ -561,6 +563,7 @@ mod tests {
             exit_code: Some(1),
             reason: None,
             output: Some("<b>oops</b>".into()),
+            job: None,
         });
         let page = job(&s, &Outputs::new(), "tok", &Actions { pause: false }).into_string();
         assert!(!page.contains("<script>alert"));
