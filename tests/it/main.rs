@@ -29,5 +29,6 @@ mod rerun;
 mod retention;
 mod roles;
 mod security;
+mod sync;
 mod transfer;
 mod web;
