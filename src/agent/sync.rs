@@ -51,7 +51,13 @@ pub fn write_file(root: &Path, seen: &str, from: &Path, mode: u32) -> Result<(),
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.relaytree-sync.tmp"));
+    // Unique per writer: the agents of a swarm may share one root.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{name}.relaytree-sync.{}.{n}.tmp",
+        std::process::id()
+    ));
     let res = (|| {
         let mut src = std::fs::File::open(from)?;
         let mut out = std::fs::OpenOptions::new()
