@@ -243,9 +243,7 @@ async fn apply(
 
 /// Audits the synced objects again: the leaf's update.
 async fn check(st: &AgentState, rec: &RunRecord, spec: &SyncSpec) -> LeafUpdate {
-    let pkgs: Result<Vec<(String, String)>, String> = inventory::list(&st.inventory, &st.me)
-        .map(|v| v.into_iter().map(|e| (e.name, e.version)).collect())
-        .map_err(|e| e.to_string());
+    let pkgs = super::audit::inventory_pairs(st).map_err(|e| e.to_string());
     let root = st.options.root.clone();
     let select = selection_for(&spec.expect);
     let now = tokio::task::spawn_blocking(move || {

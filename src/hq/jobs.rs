@@ -152,6 +152,11 @@ pub(crate) async fn create(
             return Err(HqError::Refused("empty command".into()));
         }
         Action::Install(i) => super::packages::check_install(st, i)?,
+        Action::Sync(_) | Action::Batch(_) => {
+            return Err(HqError::Refused(
+                "sync and batch jobs are made by `hq sync`, not `job create`".into(),
+            ));
+        }
         _ => {}
     }
     // Every order ends: the operator's window, or HQ's default.
