@@ -246,6 +246,16 @@ fn dashboard_refuses_without_a_session() {
         "a refused action changed nothing"
     );
     assert_eq!(env.run_counts(&job)["c2"], 1);
+    // The sync button is checked alike: nothing is launched.
+    let jobs_before = env.admin(&["job", "list", "--json"]).ok().json();
+    for (extra, body) in [("", ""), ("", "csrf=forged")] {
+        let (code, _, text) = post(&web, &format!("/jobs/{job}/sync"), &cookie, extra, body);
+        assert_eq!(code, 403, "sync {extra:?} {body:?}: {text}");
+    }
+    assert_eq!(
+        env.admin(&["job", "list", "--json"]).ok().json(),
+        jobs_before
+    );
 
     // Malformed and oversized requests get 4xx; the server lives on.
     let (code, _, _) = get(&web, "/jobs/not-a-number", Some(&cookie));
