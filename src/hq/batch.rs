@@ -196,8 +196,10 @@ pub(crate) async fn rerun(
         targets: 0,
     };
     for j in &b.jobs {
-        if st.jobs.get(&JobKey(*j))?.is_none() {
-            continue;
+        // A child purged, or canceled on its own: nothing to rerun there.
+        match st.jobs.get(&JobKey(*j))? {
+            Some(c) if c.canceled_at_ms.is_none() => {}
+            _ => continue,
         }
         let r = jobs::rerun_one(st, *j, expired).await?;
         out.targets += r.targets;

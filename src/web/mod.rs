@@ -405,7 +405,8 @@ async fn job_data(
         .take(OUTPUTS_SHOWN)
     {
         let req = AdminRequest::Output {
-            job,
+            // A batch's leaf: its output is its child job's.
+            job: l.job.unwrap_or(job),
             client: l.client.clone(),
         };
         if let Ok(AdminResponse::Output(o)) = app.console.request(req).await {
