@@ -14,6 +14,7 @@ mod leftover;
 mod run;
 mod runlog;
 mod swarm;
+mod sync;
 mod verify;
 
 pub use inventory::InventoryView;

@@ -255,6 +255,34 @@ pub enum SnapshotCmd {
     },
 }
 
+/// `hq sync`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct SyncArgs {
+    /// The audit (finished).
+    pub audit: String,
+    /// Only this target (repeatable; default: every target).
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
+    /// Only this object: package:NAME, file:/PATH or dpkg:NAME (repeatable).
+    #[arg(long = "object", value_name = "OBJECT")]
+    pub objects: Vec<String>,
+    /// Also remove what a target has and the master lacks.
+    #[arg(long)]
+    pub remove_extra: bool,
+    /// Install bundles too (left out by default).
+    #[arg(long)]
+    pub include_bundles: bool,
+    /// The depot package that provides a Debian package (repeatable).
+    #[arg(long = "match", value_name = "dpkg:NAME=PKG@VER")]
+    pub matches: Vec<String>,
+    /// Print the plan; launch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `hq audit` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
@@ -387,6 +415,14 @@ pub enum HqCmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Bring an audit's targets in line with its master: one package and one
+    /// job per unique collection of changes, launched as one batch job.
+    Sync {
+        #[command(flatten)]
+        args: SyncArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },

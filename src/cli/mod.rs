@@ -16,6 +16,7 @@ pub mod pkg_args;
 mod pkg_render;
 pub mod render;
 pub mod setup;
+mod sync;
 mod watch;
 mod web;
 
@@ -385,6 +386,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Web { cmd, admin } => web::command(cmd, &target(&admin)).await?,
         HqCmd::Snapshot { cmd, admin } => return audit::snapshot(cmd, &target(&admin)).await,
         HqCmd::Audit { cmd, admin } => return audit::audit(cmd, &target(&admin)).await,
+        HqCmd::Sync { args, admin } => return sync::sync(args, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {

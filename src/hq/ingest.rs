@@ -69,6 +69,12 @@ pub(crate) fn apply(
                     }
                     super::audit::ingest(st, u)?;
                     pending.insert(k, new);
+                    // A sync that took: the audit's leaf loses what it synced.
+                    if let Some((ak, al)) =
+                        super::sync::ingest(st, u, |ak| lookup(ak, &pending, &mut before))?
+                    {
+                        pending.insert(ak, al);
+                    }
                 }
             }
             Event::Targets {

@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod audit;
+mod batch;
 mod children;
 mod console;
 mod counters;
@@ -17,6 +18,7 @@ mod placement;
 mod retention;
 mod revoke;
 mod sessions;
+mod sync;
 mod syncs;
 mod view;
 

@@ -404,6 +404,7 @@ mod tests {
                     added_ms: 1,
                     new_bytes: 0,
                     entries: vec![],
+                    bundle: false,
                 },
             )
             .unwrap();

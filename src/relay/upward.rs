@@ -115,7 +115,15 @@ async fn session(
                         },
                     )
                     .await?;
-                    if let crate::proto::Action::Install(i) = &a.action {
+                    let packages: Vec<&crate::proto::InstallSpec> = match &a.action {
+                        crate::proto::Action::Install(i) => vec![i],
+                        // A sync: its packages and its collection's files.
+                        crate::proto::Action::Sync(s) => {
+                            s.installs.iter().chain([&s.package]).collect()
+                        }
+                        _ => vec![],
+                    };
+                    for i in packages {
                         let p = crate::proto::PackageRef {
                             name: i.name.clone(),
                             version: i.version.clone(),

@@ -55,3 +55,12 @@ fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
 }
+
+#[test]
+fn sync_script_runs_at_small_n() {
+    let out = bench("sync.sh", &["12", "2", "16"]);
+    assert!(
+        out.contains("sync N=12 R=2 collections=3: 3 packages, 3 jobs, 1 batch"),
+        "{out}"
+    );
+}

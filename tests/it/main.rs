@@ -30,5 +30,6 @@ mod rerun;
 mod retention;
 mod roles;
 mod security;
+mod sync;
 mod transfer;
 mod web;
