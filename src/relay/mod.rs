@@ -51,8 +51,9 @@ pub struct RelayConfig {
     pub identity: PathBuf,
     /// Where the database lives.
     pub data_dir: PathBuf,
-    /// The parent's HOST:PORT (HQ or another relay).
-    pub parent: String,
+    /// The parent's HOST:PORT (HQ or another relay), or several in order of
+    /// preference (failover).
+    pub parent: Vec<String>,
     /// Session timers.
     pub timing: Timing,
     /// Caps on connections to this relay's listener.
@@ -252,12 +253,16 @@ pub async fn run(
         identity.client_config_any(&[Role::Hq, Role::Relay], None)?,
     );
     let dialer = Dialer {
-        addr: cfg.parent.clone(),
+        addr: link::Addrs::new(cfg.parent.clone()),
         connector,
         me: hello.clone(),
         timing: cfg.timing,
         gate: None,
     };
+    // Parents of two installations: refused before anything is served.
+    link::check_parents(&dialer)
+        .await
+        .map_err(|e| RelayError::Config(e.to_string()))?;
     let blobs = crate::pkg::ChunkStore::open(cfg.data_dir.join("cache"))
         .map_err(|e| RelayError::Config(format!("cannot open the package cache: {e}")))?;
     let cache = cache::Cache::new(blobs, dialer.clone());

@@ -602,7 +602,7 @@ pub async fn dial_as(
 ) -> relaytree::link::Session {
     let id = relaytree::tls::Identity::load(dir).unwrap();
     let d = relaytree::link::Dialer {
-        addr: addr.to_string(),
+        addr: addr.into(),
         connector: tokio_rustls::TlsConnector::from(id.client_config(server, None).unwrap()),
         me: relaytree::proto::Hello {
             version: relaytree::proto::PROTOCOL_VERSION,
