@@ -25,7 +25,7 @@ pub use certs::{keep_renewed, CertAsks};
 pub use clock::HqClock;
 pub use deny::DenyList;
 pub use dial::{check_parents, dial_loop, dial_once, Addrs, Backoff, Dialer};
-pub use pump::{pump_outbox, AckCursor, Upward};
+pub use pump::{pump_outbox, AckCursor, Upward, BATCH, OUT_OF_OUTBOX};
 pub use session::{send, send_soon, Closer, Session, SessionRx, SessionTx, Timing};
 
 use crate::proto::{CodecError, Msg};

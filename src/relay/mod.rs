@@ -5,6 +5,7 @@
 //!
 //! Never imports `hq` or `agent`.
 
+mod announce;
 mod assign;
 mod cache;
 mod cancel;
@@ -91,6 +92,9 @@ pub(crate) mod trees {
     pub const DIR_SINCE: TreeDef<Name, u64> = TreeDef::new("dir_since");
     /// relay -> via (direct child), for every relay in the subtree.
     pub const DIR_RELAYS: TreeDef<Name, NodeName> = TreeDef::new("dir_relays");
+    /// relay -> its parent, for every relay in the subtree, as its join
+    /// said (announced to a new parent after a failover).
+    pub const DIR_PARENTS: TreeDef<Name, NodeName> = TreeDef::new("dir_parents");
     /// job ++ attempt -> AttemptRecord.
     pub const ATTEMPTS: TreeDef<JobAttempt, AttemptRecord> = TreeDef::new("attempts");
     /// job ++ client -> LeafRecord, home clients only.
@@ -119,6 +123,8 @@ pub(crate) struct RelayState {
     pub dir_since: Tree<Name, u64>,
     /// relay -> via (direct child), for every relay in the subtree.
     pub dir_relays: Tree<Name, NodeName>,
+    /// relay -> its parent, for every relay in the subtree.
+    pub dir_parents: Tree<Name, NodeName>,
     /// job ++ attempt -> AttemptRecord.
     pub attempts: Tree<JobAttempt, AttemptRecord>,
     /// job ++ client -> LeafRecord, home clients only.
@@ -164,6 +170,7 @@ impl RelayState {
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
             dir_relays: store.tree(trees::DIR_RELAYS)?,
+            dir_parents: store.tree(trees::DIR_PARENTS)?,
             dir_since: store.tree(trees::DIR_SINCE)?,
             attempts: store.tree(trees::ATTEMPTS)?,
             leaves: store.tree(trees::LEAVES)?,

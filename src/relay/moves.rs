@@ -53,6 +53,14 @@ fn queue_forget(
     Ok((via.clone(), m))
 }
 
+/// A `Forget` from the parent naming `moved_to` as the client's new home is
+/// stale when that home is this relay or lies below it: the parent's
+/// branch (or an old parent's, after a failover) saw this subtree arrive
+/// elsewhere, not the client leave it.
+pub(crate) fn moved_here(st: &RelayState, moved_to: &NodeName) -> Result<bool, StoreError> {
+    Ok(*moved_to == st.me || st.dir_relays.contains(&Name(moved_to.clone()))?)
+}
+
 /// A `Forget` from the parent: drop `client` from this subtree.
 pub(crate) fn forget(
     st: &RelayState,

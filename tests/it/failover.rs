@@ -130,3 +130,50 @@ fn parents_of_two_installations_are_refused_at_start() {
     // Nothing of it reached HQ.
     assert_eq!(env.tree()["relays"].as_array().map(|a| a.len()), Some(0));
 }
+
+#[test]
+fn a_nested_relay_moves_to_its_next_parent_with_its_clients() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &hq);
+    let r3 = env.start_relay_with("r3", &r1, &["--parent", &r2]);
+    env.start_agent("c1", &r3);
+    env.start_agent("c2", &r3);
+    env.wait_clients(2);
+    assert_eq!(tree_rows(&env)["r3"].0, "r1", "the first is preferred");
+
+    // r1 dies while r3's clients run a job.
+    let job = env.create_job(&["r3"], &[], &env.job_script("sleep 3"));
+    wait_started(&env, &job, &["c1", "c2"]);
+    env.kill_relay("r1");
+
+    // Their results reach HQ through r2.
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
+    assert_eq!(
+        env.run_counts(&job),
+        each(&["c1", "c2"], 1),
+        "ran once each"
+    );
+    wait_until("hq to see r3 under r2", DEADLINE, || {
+        tree_rows(&env)["r3"].0 == "r2"
+    });
+
+    // r2 learned r3's subtree: all-lower-clients of r2 now holds them, and
+    // a job to r3 is routed through r2.
+    let under_r2 = env.create_job(&["r2"], &[], &env.job_script("true"));
+    let (code, st) = env.wait_job(&under_r2);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(env.run_counts(&under_r2), each(&["c1", "c2"], 1), "{st}");
+    let to_r3 = env.create_ping(&["r3"]);
+    let (code, st) = env.wait_job(&to_r3);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
+    assert_eq!(
+        env.run_counts(&job),
+        each(&["c1", "c2"], 1),
+        "nothing ran again"
+    );
+}
