@@ -55,3 +55,14 @@ fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
 }
+
+#[test]
+fn failover_script_runs_at_small_n() {
+    let out = bench("failover.sh", &["6", "1"]);
+    assert!(
+        out.contains(
+            "failover N=6: kill -9 of the parent -> every ping result through the other: median"
+        ),
+        "{out}"
+    );
+}
