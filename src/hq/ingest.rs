@@ -182,6 +182,7 @@ pub(crate) fn apply(
     }
     if !reparented.is_empty() {
         forgets.extend(super::placement::replace_under(st, &reparented)?);
+        forgets.extend(super::reroute::after_move(st, &reparented)?);
     }
     for (k, new) in &pending {
         let from = before.get(k).and_then(|b| b.as_ref());

@@ -14,6 +14,7 @@ mod jobs;
 mod output;
 mod packages;
 mod placement;
+mod reroute;
 mod retention;
 mod revoke;
 mod sessions;

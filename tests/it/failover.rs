@@ -177,3 +177,32 @@ fn a_nested_relay_moves_to_its_next_parent_with_its_clients() {
         "nothing ran again"
     );
 }
+
+#[test]
+fn a_job_queued_behind_a_dead_parent_follows_the_relay_that_moved() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &hq);
+    env.start_relay_with("r3", &r1, &["--parent", &r2]);
+    let r3 = env.relays["r3"].addr.clone();
+    env.start_agent("c1", &r3);
+    env.wait_clients(1);
+    // r3 stops, then r1 dies: a job for r3 can only be queued for r1.
+    env.kill_relay("r3");
+    wait_until("hq to see r3 gone", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["relay"] == "r3" && r["connected"] == false)
+    });
+    env.kill_relay("r1");
+    let job = env.create_job(&["r3"], &[], &env.job_script("true"));
+    // r3 comes back, finds r1 dead, joins r2: the job follows it there.
+    env.start_relay_on_with("r3", &r1, &r3, &["--parent", &r2]);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(states(&st), all(&["c1"], "succeeded"));
+    assert_eq!(env.run_counts(&job), each(&["c1"], 1));
+}
