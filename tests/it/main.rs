@@ -15,6 +15,7 @@ mod expiry;
 mod failover;
 mod fanout;
 mod faults;
+mod forged;
 mod fuzz_regress;
 mod garbage;
 mod harness;
