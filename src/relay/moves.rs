@@ -139,3 +139,29 @@ fn cancel_undelivered(
         .put_many(writes.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(Vec::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_forget_naming_this_subtree_as_the_new_home_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RelayState::open(
+            n("r3"),
+            Store::open(dir.path()).unwrap(),
+            crate::relay::cache::for_tests(dir.path()),
+        )
+        .unwrap();
+        st.dir_relays.put(&Name(n("r4")), &n("r4")).unwrap();
+        st.dir_relays.put(&Name(n("r5")), &n("r4")).unwrap();
+        for (to, here) in [("r3", true), ("r4", true), ("r5", true), ("r9", false)] {
+            assert_eq!(moved_here(&st, &n(to)).unwrap(), here, "{to}");
+        }
+    }
+}
