@@ -124,6 +124,8 @@ Examples:
   relay serve --identity ids/r1 --data-dir r1 --listen 0.0.0.0:7001 --parent hq.example:7000
   relay serve --identity ids/r2 --data-dir r2 --listen 0.0.0.0:7002 --parent r1.example:7001 \\
       --heartbeat 30s --idle-timeout 120s --log-format json
+  relay serve --identity ids/r3 --data-dir r3 --listen 0.0.0.0:7003 \
+      --parent r1.example:7001 --parent r2.example:7002      fails over from r1 to r2
 
 Environment:
   RELAYTREE_LOG_FORMAT  text or json (--log-format)
@@ -132,6 +134,7 @@ Environment:
 const AGENT_HELP: &str = "\
 Examples:
   agent serve --identity ids/c1 --data-dir c1 --relay r1.example:7001
+  agent serve --identity ids/c1 --data-dir c1 --relay r1.example:7001 --relay r2.example:7002
   agent runlog --data-dir c1             what it accepted and how far each got
   agent swarm --identities swarm-ids --relay 127.0.0.1:7002 --data-dir swarm
 
@@ -697,9 +700,11 @@ pub enum RelayCmd {
         /// HOST:PORT to listen on for agents and child relays (port 0 picks one).
         #[arg(long)]
         listen: String,
-        /// The parent's HOST:PORT (HQ or another relay).
-        #[arg(long)]
-        parent: String,
+        /// The parent's HOST:PORT (HQ or another relay). Repeat it to fail
+        /// over: the first is preferred; when the parent is lost the relay
+        /// moves to the next, and stays there while it serves.
+        #[arg(long, required = true)]
+        parent: Vec<String>,
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
         #[arg(long)]
         metrics: Option<String>,
@@ -747,9 +752,11 @@ pub enum AgentCmd {
         /// Where the agent keeps its run log.
         #[arg(long = "data-dir")]
         data_dir: PathBuf,
-        /// The relay's HOST:PORT.
-        #[arg(long)]
-        relay: String,
+        /// The relay's HOST:PORT. Repeat it to fail over: the first is
+        /// preferred; when the relay is lost the agent moves to the next,
+        /// and stays there while it serves.
+        #[arg(long, required = true)]
+        relay: Vec<String>,
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,

@@ -121,7 +121,7 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
         let cfg = RelayConfig {
             identity: dir.join("id"),
             data_dir: dir.clone(),
-            parent,
+            parent: vec![parent],
             timing,
             limits: Default::default(),
         };
@@ -143,7 +143,11 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
             &dir.join("id"),
             None,
         )?;
-        let mut cfg = AgentConfig::new(dir.join("id"), dir.clone(), relay_addrs[relay].clone());
+        let mut cfg = AgentConfig::new(
+            dir.join("id"),
+            dir.clone(),
+            relay_addrs[relay].clone().into(),
+        );
         // Each agent sees its own "machine" for the audit act.
         cfg.options.root = make_root(&dir, name)?;
         let s = stop.clone();

@@ -713,7 +713,11 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
             serve_metrics(metrics.as_deref(), &shutdown).await?;
-            let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
+            let mut cfg = crate::agent::AgentConfig::new(
+                identity,
+                data_dir.clone(),
+                crate::link::Addrs::new(relay),
+            );
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
             cfg.options.kill_grace = grace;

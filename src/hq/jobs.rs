@@ -69,7 +69,7 @@ fn known_relays(st: &HqState) -> Vec<String> {
 }
 
 /// Encodes and signs an order.
-fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
+pub(crate) fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
     let body = order
         .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;

@@ -15,6 +15,7 @@ mod jobs;
 mod output;
 mod packages;
 mod placement;
+mod reroute;
 mod retention;
 mod revoke;
 mod sessions;

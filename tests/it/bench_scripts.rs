@@ -64,3 +64,14 @@ fn sync_script_runs_at_small_n() {
         "{out}"
     );
 }
+
+#[test]
+fn failover_script_runs_at_small_n() {
+    let out = bench("failover.sh", &["6", "1"]);
+    assert!(
+        out.contains(
+            "failover N=6: kill -9 of the parent -> every ping result through the other: median"
+        ),
+        "{out}"
+    );
+}

@@ -337,19 +337,31 @@ impl Env {
 
     /// Starts relay `name` under `parent` with `extra` arguments to `relay serve`.
     pub fn start_relay_with(&mut self, name: &str, parent: &str, extra: &[&str]) -> String {
+        self.start_relay_on_with(name, parent, "127.0.0.1:0", extra)
+    }
+
+    /// Starts relay `name` on `listen` (e.g. the address it had before a
+    /// kill) under `parent` with `extra` arguments to `relay serve`.
+    pub fn start_relay_on_with(
+        &mut self,
+        name: &str,
+        parent: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> String {
         let id = self.id_dir(name);
         if !id.exists() {
             self.issue("relay", name);
         }
         let data = self.relay_data(name);
         let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        let server = spawn_server(name, "127.0.0.1:0", &self.logs(), || {
+        let server = spawn_server(name, listen, &self.logs(), || {
             let mut cmd = Command::new(RELAY);
             cmd.args(["serve", "--identity"])
                 .arg(&id)
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen", "127.0.0.1:0", "--parent", parent])
+                .args(["--listen", listen, "--parent", parent])
                 .args(&extra);
             cmd
         });
@@ -610,7 +622,7 @@ pub async fn dial_as(
 ) -> relaytree::link::Session {
     let id = relaytree::tls::Identity::load(dir).unwrap();
     let d = relaytree::link::Dialer {
-        addr: addr.to_string(),
+        addr: addr.into(),
         connector: tokio_rustls::TlsConnector::from(id.client_config(server, None).unwrap()),
         me: relaytree::proto::Hello {
             version: relaytree::proto::PROTOCOL_VERSION,

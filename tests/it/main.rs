@@ -12,6 +12,7 @@ mod demo;
 mod disk;
 mod enroll;
 mod expiry;
+mod failover;
 mod fanout;
 mod faults;
 mod forged;
