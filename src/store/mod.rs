@@ -193,6 +193,16 @@ impl Store {
         })
     }
 
+    /// Whether this node should run singleton duty `name` (retention,
+    /// schedules): always on sled (one HQ per store); on PostgreSQL, for
+    /// exactly one of the HQs sharing the database at a time.
+    pub fn holds_duty(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Sled { .. } => true,
+            Backend::Pg(p) => p.holds_duty(name),
+        }
+    }
+
     /// Whether this store is in PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         matches!(self.backend, Backend::Pg(_))

@@ -28,6 +28,18 @@
 //! sled. A connection lost while nothing waits is re-opened at the next
 //! request (at most once a second), so a database restarted under an idle
 //! HQ costs nothing.
+//!
+//! Layout (`migrations/`, applied in order at start under an advisory
+//! lock, recorded in `schema_version`; a newer schema is refused). One
+//! table `entries(tree, key, value)` holds every tree: the bytes the sled
+//! backend stores, so key codecs, MessagePack values and bytewise key
+//! order (bytea compares like sled) are the same, and a new tree needs no
+//! migration. Limits: values are opaque to SQL (no queries into them; a
+//! change of their shape is a migration in Rust), and every tree shares one
+//! index. `next_id` counters are sequences (unique across HQs, with gaps).
+//! The CA's hash is kept in `cluster`. Package blobs are not here: they
+//! stay in the depot directory under HQ's data directory (a filesystem
+//! path; HQs sharing a database need it on a shared filesystem).
 
 mod worker;
 
@@ -78,6 +90,11 @@ enum Req {
     NextId {
         name: String,
         reply: Reply<u64>,
+    },
+    /// Take (or keep) the session-level advisory lock `key`.
+    Duty {
+        key: i64,
+        reply: Reply<bool>,
     },
     Savepoint {
         reply: Reply<()>,
@@ -216,6 +233,23 @@ impl Pg {
             name: name.to_string(),
             reply,
         })
+    }
+
+    /// Whether this HQ holds singleton duty `name` (retention, schedules):
+    /// a session-level advisory lock, taken when free and kept while the
+    /// connection lives; released by PostgreSQL when this HQ's connection
+    /// ends (its process died), so another HQ takes the duty over at its
+    /// next look. `false` when the database cannot be asked.
+    pub(super) fn holds_duty(&self, name: &str) -> bool {
+        // A fixed key per duty name (FNV-1a), in the "relaytree" namespace.
+        let key = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) as i64;
+        self.ask(|reply| Req::Duty { key, reply })
+            .unwrap_or_else(|e| {
+                tracing::warn!(duty = name, error = %e, "cannot take a duty");
+                false
+            })
     }
 
     /// Runs `f` inside a savepoint of the open transaction: its writes land

@@ -192,3 +192,23 @@ async fn a_restarted_database_is_reconnected_and_keeps_what_was_committed() {
     s.durable().await.unwrap();
     assert_eq!(rows(&pg, "t"), 2);
 }
+
+#[tokio::test]
+async fn one_store_at_a_time_holds_a_duty_and_it_passes_on_when_that_one_ends() {
+    let Some(pg) = server() else { return };
+    let url = pg.url("postgres");
+    let a = Store::connect(&url, CA).unwrap();
+    let b = Store::connect(&url, CA).unwrap();
+    assert!(a.holds_duty("retention"));
+    assert!(a.holds_duty("retention"), "kept");
+    assert!(!b.holds_duty("retention"));
+    assert!(b.holds_duty("schedules"), "each duty on its own");
+    assert!(!a.holds_duty("schedules"));
+    a.close().await.unwrap();
+    // a's connection ends with its store thread: the lock goes with it.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !b.holds_duty("retention") {
+        assert!(std::time::Instant::now() < end, "duty never passed on");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

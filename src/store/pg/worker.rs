@@ -183,6 +183,8 @@ struct Stmts {
 struct Conn {
     client: Client,
     st: Stmts,
+    /// Advisory locks (duties) this session holds.
+    duties: std::collections::BTreeSet<i64>,
 }
 
 impl Conn {
@@ -256,7 +258,11 @@ impl Conn {
                 .await
                 .map_err(d)?,
         };
-        Ok(Conn { client, st })
+        Ok(Conn {
+            client,
+            st,
+            duties: Default::default(),
+        })
     }
 }
 
@@ -573,6 +579,28 @@ impl Worker {
                     })
                 });
                 let _ = reply.send(r.await);
+            }
+            Req::Duty { key, reply } => {
+                if self.conn.as_ref().is_some_and(|c| c.duties.contains(&key)) {
+                    let _ = reply.send(Ok(true));
+                    return;
+                }
+                let r = self
+                    .read(|c| {
+                        Box::pin(async move {
+                            let got: bool = c
+                                .client
+                                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                                .await?
+                                .get(0);
+                            Ok(got)
+                        })
+                    })
+                    .await;
+                if let (Ok(true), Some(c)) = (&r, self.conn.as_mut()) {
+                    c.duties.insert(key);
+                }
+                let _ = reply.send(r);
             }
             Req::Savepoint { reply } => {
                 let r = async {
