@@ -345,6 +345,10 @@ pub enum HqCmd {
         /// Trust domain written into every certificate.
         #[arg(long, default_value = "relaytree.local")]
         trust_domain: String,
+        /// Also prepare the PostgreSQL database postgres://USER@HOST:PORT/DB
+        /// for `hq serve --store`: create its tables and record this CA there.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
         /// Print JSON: {"data_dir", "ca", "hq", "admin", "trust_domain"}.
         #[arg(long)]
         json: bool,
@@ -359,6 +363,12 @@ pub enum HqCmd {
         /// HQ's data directory.
         #[arg(long = "data-dir")]
         data_dir: PathBuf,
+        /// Keep HQ's state in PostgreSQL at postgres://USER@HOST:PORT/DB
+        /// instead of sled under the data directory (which still holds the
+        /// CA, HQ's identity and the package depot). Several HQs from one
+        /// `hq init` may share the database.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
         /// HOST:PORT to listen on (port 0 picks one).
         #[arg(long)]
         listen: String,

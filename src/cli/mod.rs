@@ -185,6 +185,13 @@ async fn finish<E: crate::node::NodeFailure>(
     }
 }
 
+/// `--store URL`: HQ's state in PostgreSQL, tied to this data directory's CA.
+fn connect_store(url: &str, data_dir: &std::path::Path) -> Result<crate::store::Store, CliError> {
+    let ca = crate::tls::Ca::load(&crate::hq::layout::ca(data_dir))?;
+    let hash = crate::tls::enroll::ca_hash(ca.cert_der());
+    crate::store::Store::connect(url, &hash).map_err(|e| CliError::Other(e.to_string()))
+}
+
 /// Binds `listen`, announces the address (stdout and `listen.addr`) and
 /// starts the storage watchdog: what every server does before it runs.
 async fn serve_on(
@@ -226,9 +233,16 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Init {
             data_dir,
             trust_domain,
+            store,
             json,
         } => {
             setup::init(&data_dir, &trust_domain)?;
+            if let Some(url) = &store {
+                connect_store(url, &data_dir)?
+                    .close()
+                    .await
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+            }
             if json {
                 let l = |p: std::path::PathBuf| p.display().to_string();
                 print_json(&serde_json::json!({
@@ -318,6 +332,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         }
         HqCmd::Serve {
             data_dir,
+            store,
             listen,
             retention,
             metrics,
@@ -346,10 +361,16 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             if order_ttl.is_zero() {
                 return Err(CliError::Usage("--order-ttl must be more than 0".into()));
             }
+            // Before the listener: a store that cannot be used is one clear
+            // line, and nothing announced.
+            let store = store
+                .map(|url| connect_store(&url, &data_dir))
+                .transpose()?;
             let opts = crate::hq::HqOptions {
                 order_ttl_ms: order_ttl.as_millis() as u64,
                 retention,
                 cert_validity,
+                store,
             };
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();

@@ -41,6 +41,20 @@ fn ping_and_rerun_scripts_run_at_small_n() {
 }
 
 #[test]
+fn ping_pg_script_runs_at_small_n() {
+    if relaytree::store::pg::testdb::server_bin().is_none() {
+        eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
+        return;
+    }
+    let out = bench("ping_pg.sh", &["20", "2", "1"]);
+    assert!(out.contains("ping N=20 R=2 HQ on sled: median"), "{out}");
+    assert!(
+        out.contains("ping N=20 R=2 HQ on PostgreSQL: median"),
+        "{out}"
+    );
+}
+
+#[test]
 fn packages_script_runs_at_small_n() {
     let out = bench("packages.sh", &["6", "2", "1"]);
     assert!(
