@@ -315,7 +315,7 @@ pub fn collect(
     Ok((objects, files))
 }
 
-fn inventory_pairs(st: &AgentState) -> Result<Vec<(String, String)>, AuditError> {
+pub(crate) fn inventory_pairs(st: &AgentState) -> Result<Vec<(String, String)>, AuditError> {
     Ok(inventory::list(&st.inventory, &st.me)?
         .into_iter()
         .map(|e| (e.name, e.version))

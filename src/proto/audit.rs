@@ -291,6 +291,9 @@ pub enum AuditOutcome {
     Differences(Vec<Difference>),
     /// A master's snapshot.
     Snapshot(SnapshotUpload),
+    /// A sync leaf applied its changes and audited them again with no
+    /// difference left (HQ then clears them from the audit's leaf).
+    Synced,
 }
 
 /// The most an audit order's spec or a leaf's [`AuditOutcome`] may take,

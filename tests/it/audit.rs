@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Starts agent `name` with `--root root`.
-fn start_rooted(env: &mut Env, name: &str, relay_addr: &str, root: &Path) {
+pub(crate) fn start_rooted(env: &mut Env, name: &str, relay_addr: &str, root: &Path) {
     let id = env.id_dir(name);
     if !id.exists() {
         env.issue("agent", name);
@@ -45,7 +45,7 @@ fn start_rooted(env: &mut Env, name: &str, relay_addr: &str, root: &Path) {
 }
 
 /// A client's root: /etc/app/{a,b,c}.conf and a dpkg database.
-fn make_root(base: &Path, name: &str, dpkg: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn make_root(base: &Path, name: &str, dpkg: &[(&str, &str)]) -> PathBuf {
     let r = base.join("roots").join(name);
     std::fs::create_dir_all(r.join("etc/app")).unwrap();
     std::fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
@@ -64,11 +64,11 @@ fn make_root(base: &Path, name: &str, dpkg: &[(&str, &str)]) -> PathBuf {
     r
 }
 
-fn audit_status(env: &Env, audit: &str) -> Value {
+pub(crate) fn audit_status(env: &Env, audit: &str) -> Value {
     env.admin(&["audit", "status", audit, "--json"]).ok().json()
 }
 
-fn by_client(v: &Value) -> BTreeMap<String, Value> {
+pub(crate) fn by_client(v: &Value) -> BTreeMap<String, Value> {
     v["clients"]
         .as_array()
         .unwrap()
@@ -77,7 +77,7 @@ fn by_client(v: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn kinds(c: &Value) -> Vec<(String, String)> {
+pub(crate) fn kinds(c: &Value) -> Vec<(String, String)> {
     c["differences"]
         .as_array()
         .unwrap()
@@ -91,7 +91,7 @@ fn kinds(c: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn wait_done(env: &Env, audit: &str) -> Value {
+pub(crate) fn wait_done(env: &Env, audit: &str) -> Value {
     let out = env.admin(&["job", "wait", audit, "--timeout", "30s"]);
     assert!(out.code == 0 || out.code == 1, "job wait: {out:?}");
     audit_status(env, audit)

@@ -318,7 +318,7 @@ fn a_hello_naming_another_node_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(async {
         let d = link::Dialer {
-            addr: r1.clone(),
+            addr: r1.clone().into(),
             connector: tokio_rustls::TlsConnector::from(
                 c1.client_config(Role::Relay, None).unwrap(),
             ),
