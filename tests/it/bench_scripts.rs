@@ -68,6 +68,24 @@ fn packages_script_runs_at_small_n() {
 fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
+    assert!(
+        out.contains("audit N=30 R=2: bytes hq sent each relay per run"),
+        "{out}"
+    );
+    // A compliant client's figure, in bytes (under 200: the goal).
+    let up: f64 = out
+        .lines()
+        .find(|l| l.contains("bytes each agent sent its relay per run"))
+        .and_then(|l| {
+            l.split("median ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no bytes-up figure: {out}"));
+    assert!(up > 0.0 && up < 200.0, "{out}");
 }
 
 #[test]

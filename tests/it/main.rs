@@ -6,6 +6,7 @@
 pub const POSTGRES: bool = false;
 
 mod audit;
+mod audit_wire;
 mod bench_scripts;
 mod cancel;
 mod cli_errors;
