@@ -9,9 +9,11 @@ pub mod codec;
 pub mod ids;
 pub mod msg;
 pub mod pkg;
+pub mod rollout;
 
 pub use admin::*;
 pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAME};
 pub use ids::{Attempt, InvalidName, JobId, NodeName, Role};
 pub use msg::*;
 pub use pkg::*;
+pub use rollout::{Limit, Policy, PolicyRequest, Window};
