@@ -410,6 +410,76 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
+/// `--batch`, `--canary`, `--max-failures`, `--at`, `--window` checked and
+/// made a request (each wrong one: a one-line usage error naming it).
+pub(crate) fn policy_request(
+    r: &args::RolloutArgs,
+    now_ms: u64,
+) -> Result<crate::proto::PolicyRequest, CliError> {
+    use crate::proto::{Limit, Window};
+    let batch = r
+        .batch
+        .as_deref()
+        .map(|s| Limit::parse("--batch", s, 1))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let max_failures = r
+        .max_failures
+        .as_deref()
+        .map(|s| Limit::parse("--max-failures", s, 0))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    if r.canary == Some(0) {
+        return Err(CliError::Usage("--canary: must be at least 1".into()));
+    }
+    let start_at_ms = match r.at.as_deref() {
+        None => None,
+        Some(s) => {
+            let at = crate::pkg::schedule::parse_rfc3339_ms(s)
+                .map_err(|e| CliError::Usage(format!("--at: {e}")))?;
+            if at + 60_000 < now_ms {
+                return Err(CliError::Usage(format!(
+                    "--at: {s} is more than a minute in the past"
+                )));
+            }
+            Some(at)
+        }
+    };
+    let window = r
+        .window
+        .as_deref()
+        .map(Window::parse)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    Ok(crate::proto::PolicyRequest {
+        batch,
+        canary: r.canary,
+        max_failures,
+        start_at_ms,
+        window,
+    })
+}
+
+/// `hq job pause` (`pause`) or `hq job resume`.
+async fn control(t: &Target, job: &str, pause: bool, json: bool) -> Result<(), CliError> {
+    let job = parse_job(job)?;
+    let mut c = AdminClient::connect(t).await?;
+    let req = if pause {
+        AdminRequest::Pause { job }
+    } else {
+        AdminRequest::Resume { job }
+    };
+    match c.request(req).await? {
+        AdminResponse::Control(r) if json => print_json(&r)?,
+        AdminResponse::Control(r) => match &r.reason {
+            Some(why) => outln!("job {}: {} ({why})", r.job, r.state),
+            None => outln!("job {}: {}", r.job, r.state),
+        },
+        other => return Err(unexpected(other)),
+    }
+    Ok(())
+}
+
 async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
     match cmd {
         JobCmd::Create {
@@ -420,9 +490,11 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             ping,
             install,
             remove,
+            rollout,
             json,
             command,
         } => {
+            let policy = policy_request(&rollout, crate::proto::now_ms())?;
             let dest = relays
                 .iter()
                 .map(|r| {
@@ -467,6 +539,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     dest,
                     action,
                     expires_ms,
+                    policy,
                 })
                 .await?
             {
@@ -615,6 +688,8 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 other => return Err(unexpected(other)),
             }
         }
+        JobCmd::Pause { job, json } => control(t, &job, true, json).await?,
+        JobCmd::Resume { job, json } => control(t, &job, false, json).await?,
         JobCmd::Cancel { job, json } => {
             let job = parse_job(&job)?;
             let mut c = AdminClient::connect(t).await?;

@@ -37,6 +37,9 @@ pub(crate) struct JobRecord {
     /// goes to each); empty for jobs recorded before it was kept.
     #[serde(default)]
     pub sent_to: Vec<NodeName>,
+    /// Its rollout: policy, pause, canaries (the default: none).
+    #[serde(default)]
+    pub rollout: super::rollout::JobRollout,
 }
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
@@ -116,7 +119,7 @@ fn check_size(a: &Assignment) -> Result<(), HqError> {
 }
 
 /// The relays directly under HQ, for jobs recorded before `sent_to` was kept.
-fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
+pub(crate) fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
     let mut out = Vec::new();
     for r in st.relays.scan() {
         let (k, rec) = r?;
@@ -137,12 +140,23 @@ fn merge_sent_to(rec: &mut JobRecord, tops: impl IntoIterator<Item = NodeName>) 
     }
 }
 
-/// `hq job create`.
+/// `hq job create` without a rollout policy.
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
     action: Action,
     expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    create_with(st, dest, action, expires_ms, &Default::default()).await
+}
+
+/// `hq job create`: `policy` travels with every assignment of the job.
+pub(crate) async fn create_with(
+    st: &HqState,
+    dest: Vec<NodeName>,
+    action: Action,
+    expires_ms: Option<u64>,
+    policy: &crate::proto::PolicyRequest,
 ) -> Result<JobId, HqError> {
     if dest.is_empty() {
         return Err(HqError::Refused("no destination relay given".into()));
@@ -167,6 +181,7 @@ pub(crate) async fn create(
             }
         }
         let dest_n = rules::normalize_dest(&dest, |r| parent_of(st, r));
+        let policy = super::rollout::make_policy(st, policy, &dest_n, now_ms())?;
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         for d in &dest_n {
             by_top.entry(top_child(st, d)?).or_default().push(d.clone());
@@ -198,6 +213,7 @@ pub(crate) async fn create(
             orders: vec![order_of(JobId(0))?],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         })?;
         let job = JobId(st.store.next_id("job")?);
         let order = order_of(job)?;
@@ -212,6 +228,10 @@ pub(crate) async fn create(
             awaiting: dest_n,
             canceled_at_ms: None,
             sent_to: by_top.keys().cloned().collect(),
+            rollout: super::rollout::JobRollout {
+                policy: policy.clone(),
+                ..Default::default()
+            },
         };
         let queued: Vec<(NodeName, Assignment)> = by_top
             .into_iter()
@@ -225,6 +245,7 @@ pub(crate) async fn create(
                     orders: vec![order.clone()],
                     placement: None,
                     hq_now_ms: None,
+                    policy: Some(policy.clone()).filter(|p| p.is_gated()),
                 };
                 (top, a)
             })
@@ -288,6 +309,7 @@ pub(crate) async fn create_for_client(
                 orders: vec![order],
                 placement: None,
                 hq_now_ms: None,
+                policy: None,
             })
         };
         check_size(&assignment(JobId(0))?)?;
@@ -304,6 +326,7 @@ pub(crate) async fn create_for_client(
             awaiting: vec![],
             canceled_at_ms: None,
             sent_to: vec![top.clone()],
+            rollout: Default::default(),
         };
         let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
         st.store
@@ -427,6 +450,7 @@ pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<Rer
                     orders: orders.remove(&top).unwrap_or_default(),
                     placement: None,
                     hq_now_ms: None,
+                    policy: Some(rec.rollout.policy.clone()).filter(|p| p.is_gated()),
                 };
                 (top, a)
             })
@@ -499,6 +523,11 @@ pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqE
             .ok_or_else(|| super::retention::missing(st, job))?;
         let now = now_ms();
         let first = rec.canceled_at_ms.is_none();
+        if first && super::view::is_done(&rec, &super::view::counts_held(st, job)?.totals) {
+            return Err(HqError::Refused(format!(
+                "job {job} is done; there is nothing to cancel"
+            )));
+        }
         rec.canceled_at_ms.get_or_insert(now);
         rec.awaiting.clear();
         let leaves = load_leaves(st, job)?;

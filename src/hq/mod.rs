@@ -16,6 +16,7 @@ mod packages;
 mod placement;
 mod retention;
 mod revoke;
+mod rollout;
 mod sessions;
 mod syncs;
 mod view;

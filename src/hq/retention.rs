@@ -268,6 +268,7 @@ mod tests {
             awaiting,
             canceled_at_ms: None,
             sent_to: vec![],
+            rollout: Default::default(),
         };
         let leaf = |state, at_ms| LeafRecord {
             relay: n("r1"),

@@ -104,9 +104,16 @@ pub(crate) async fn answer(
             dest,
             action,
             expires_ms,
+            policy,
         } => AdminResponse::Created {
-            job: jobs::create(st, dest, action, expires_ms).await?,
+            job: jobs::create_with(st, dest, action, expires_ms, &policy).await?,
         },
+        AdminRequest::Pause { job } => {
+            AdminResponse::Control(super::rollout::set_paused(st, job, true).await?)
+        }
+        AdminRequest::Resume { job } => {
+            AdminResponse::Control(super::rollout::set_paused(st, job, false).await?)
+        }
         AdminRequest::Status {
             job,
             states,

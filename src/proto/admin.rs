@@ -19,6 +19,20 @@ pub enum AdminRequest {
         action: Action,
         /// Leaves not delivered within this many milliseconds expire.
         expires_ms: Option<u64>,
+        /// How it rolls out (`--batch`, `--canary`, `--max-failures`,
+        /// `--at`, `--window`); the default starts every leaf at once.
+        #[serde(default)]
+        policy: super::rollout::PolicyRequest,
+    },
+    /// Pause a job: no new leaf starts anywhere until it is resumed.
+    Pause {
+        /// The job.
+        job: JobId,
+    },
+    /// Resume a paused job (failures are counted afresh from here).
+    Resume {
+        /// The job.
+        job: JobId,
     },
     /// One job in full.
     Status {
@@ -271,6 +285,8 @@ pub enum AdminResponse {
     Client(ClientView),
     /// A job was canceled.
     Canceled(CancelResult),
+    /// A job was paused or resumed.
+    Control(ControlResult),
     /// Jobs were purged.
     Purged(PurgeResult),
     /// A job's counts.
@@ -646,6 +662,18 @@ pub struct ClientStatus {
     pub output: Option<String>,
 }
 
+/// `hq job pause|resume --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResult {
+    /// The job.
+    pub job: JobId,
+    /// Its state now: `paused` or `active`.
+    pub state: String,
+    /// Why it is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A job in full.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -656,9 +684,17 @@ pub struct JobStatus {
     /// Every leaf of the latest attempt is final and every destination relay
     /// has reported its targets, or the job was canceled.
     pub done: bool,
-    /// `active`, `canceled` or `done` (a canceled job is done as well).
+    /// `active`, `paused`, `canceled` or `done` (a canceled job is done as
+    /// well).
     #[serde(default)]
     pub state: String,
+    /// Why the job is paused (by the operator, the failure threshold, a
+    /// canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// Its rollout policy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<super::rollout::Policy>,
     /// Leaves by their latest result.
     pub totals: Totals,
     /// Per home relay.

@@ -542,6 +542,8 @@ mod tests {
             attempt: Attempt(1),
             done: false,
             state: "active".into(),
+            pause_reason: None,
+            policy: None,
             totals: Totals::default(),
             relays: vec![],
             clients: vec![],

@@ -28,6 +28,7 @@ mod proxy;
 mod rerun;
 mod retention;
 mod roles;
+mod rollout;
 mod security;
 mod transfer;
 mod web;
