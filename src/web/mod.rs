@@ -429,7 +429,7 @@ async fn home(State(app): State<Arc<App>>, h: HeaderMap) -> Response {
 }
 
 fn actions() -> pages::Actions {
-    pages::Actions { pause: false }
+    pages::Actions { pause: true }
 }
 
 async fn job_page(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<String>) -> Response {
@@ -454,6 +454,8 @@ fn action_request(action: &str, job: JobId) -> Option<AdminRequest> {
             expired: false,
         }),
         "cancel" => Some(AdminRequest::Cancel { job }),
+        "pause" => Some(AdminRequest::Pause { job }),
+        "resume" => Some(AdminRequest::Resume { job }),
         _ => None,
     }
 }
@@ -464,6 +466,7 @@ fn action_message(r: &AdminResponse) -> String {
         AdminResponse::Rerun(r) if r.targets == 0 => "nothing failed: no rerun".into(),
         AdminResponse::Rerun(r) => format!("attempt {}: {} leaves rerun", r.attempt.0, r.targets),
         AdminResponse::Canceled(c) => format!("{} leaves canceled", c.canceled),
+        AdminResponse::Control(c) => format!("job {}: {}", c.job, c.state),
         other => format!("{other:?}"),
     }
 }
@@ -681,6 +684,14 @@ mod tests {
         assert!(matches!(
             action_request("cancel", j),
             Some(AdminRequest::Cancel { .. })
+        ));
+        assert!(matches!(
+            action_request("pause", j),
+            Some(AdminRequest::Pause { .. })
+        ));
+        assert!(matches!(
+            action_request("resume", j),
+            Some(AdminRequest::Resume { .. })
         ));
         assert!(action_request("purge", j).is_none());
         assert!(action_request("", j).is_none());

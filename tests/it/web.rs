@@ -521,6 +521,46 @@ async fn browse(c: &fantoccini::Client, env: &Env, web: &str, url: &str, job: &s
         "{summary}"
     );
 
+    // Pause and resume: a job held outside its window stays active; the
+    // buttons turn it paused and back, by live updates, no reload.
+    let now_min = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60)
+        % 1440;
+    let hm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let outside = format!("{}-{}", hm(now_min + 120), hm(now_min + 180));
+    let held = env.create_job(&["r1"], &["--window", &outside], "true");
+    c.goto(&format!("http://{web}/jobs/{held}")).await.unwrap();
+    eventually("the held job's stream", || async {
+        (text(c, "#live").await? == "live").then_some(())
+    })
+    .await;
+    c.execute("window.__sameDocument = 43", vec![])
+        .await
+        .unwrap();
+    c.find(Css("#pause")).await.unwrap().click().await.unwrap();
+    let summary = eventually("the job to show paused", || async {
+        let t = text(c, "#summary").await?;
+        t.contains("paused by the operator").then_some(t)
+    })
+    .await;
+    assert!(summary.contains("paused"), "{summary}");
+    assert_eq!(env.status(&held)["state"], "paused");
+    c.find(Css("#resume")).await.unwrap().click().await.unwrap();
+    eventually("the job to show active again", || async {
+        let t = text(c, "#summary").await?;
+        (t.contains("active") && !t.contains("paused")).then_some(t)
+    })
+    .await;
+    assert_eq!(env.status(&held)["state"], "active");
+    let same: Value = c
+        .execute("return window.__sameDocument", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!(43), "the page was reloaded");
+
     // Without the cookie the browser sees nothing again.
     c.delete_all_cookies().await.unwrap();
     c.goto(&format!("http://{web}/jobs/{job}")).await.unwrap();
