@@ -491,10 +491,20 @@ pub struct RolloutArgs {
     /// Start leaves only inside this daily window (UTC), e.g. 22:00-04:00.
     #[arg(long, value_name = "HH:MM-HH:MM")]
     pub window: Option<String>,
+    /// A recurring job: a new job at each time of SPEC (as `hq package
+    /// schedule`: 'daily 02:30', 'weekly tue', 'monthly 2nd tue +4d 02:30').
+    /// Prints the schedule's id and next run.
+    #[arg(long, value_name = "SPEC")]
+    pub repeat: Option<String>,
+    /// Hold the job (paused) until relay NAME's package sync has finished.
+    #[arg(long, value_name = "NAME")]
+    pub after_sync: Option<String>,
 }
 
 /// `hq job` subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of `Create` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum JobCmd {
     /// Create a job; prints its id. What it does: a command after --, --ping,
     /// --install N[@V] or --remove N (exactly one).

@@ -451,12 +451,23 @@ pub(crate) fn policy_request(
         .map(Window::parse)
         .transpose()
         .map_err(CliError::Usage)?;
+    if let Some(spec) = &r.repeat {
+        spec.parse::<crate::pkg::schedule::Schedule>()
+            .map_err(|e| CliError::Usage(format!("--repeat: {e}")))?;
+    }
+    let after_sync = r
+        .after_sync
+        .as_deref()
+        .map(|n| NodeName::new(n).map_err(|e| CliError::Usage(format!("--after-sync: {e}"))))
+        .transpose()?;
     Ok(crate::proto::PolicyRequest {
         batch,
         canary: r.canary,
         max_failures,
         start_at_ms,
         window,
+        repeat: r.repeat.clone(),
+        after_sync,
     })
 }
 
@@ -547,6 +558,13 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     print_json(&serde_json::json!({ "job": job }))?
                 }
                 AdminResponse::Created { job } => outln!("{job}"),
+                AdminResponse::Repeating(r) if json => print_json(&r)?,
+                AdminResponse::Repeating(r) => outln!(
+                    "schedule {} ({}): next run {}",
+                    r.schedule,
+                    r.spec,
+                    r.next_ms.map(render::at).unwrap_or_else(|| "never".into())
+                ),
                 other => return Err(unexpected(other)),
             }
         }
@@ -557,7 +575,12 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::List).await? {
                 AdminResponse::List(l) if json => print_json(&l)?,
-                AdminResponse::List(l) => out!("{}", render::list(&l)),
+                AdminResponse::List(l) => {
+                    out!("{}", render::list(&l));
+                    if let AdminResponse::Repeats(r) = c.request(AdminRequest::Repeats).await? {
+                        out!("{}", render::repeats(&r));
+                    }
+                }
                 other => return Err(unexpected(other)),
             }
         }

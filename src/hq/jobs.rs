@@ -40,6 +40,9 @@ pub(crate) struct JobRecord {
     /// Its rollout: policy, pause, canaries (the default: none).
     #[serde(default)]
     pub rollout: super::rollout::JobRollout,
+    /// The recurring job it is an occurrence of.
+    #[serde(default)]
+    pub repeat: Option<u64>,
 }
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
@@ -150,6 +153,36 @@ pub(crate) async fn create(
     create_with(st, dest, action, expires_ms, &Default::default()).await
 }
 
+/// What `create` refuses before anything is written: no destination, an
+/// empty command, a package not in the depot, an unknown relay (for
+/// schedules, checked again at each occurrence).
+pub(crate) fn check_create(
+    st: &HqState,
+    dest: &[NodeName],
+    action: &Action,
+    policy: &crate::proto::PolicyRequest,
+) -> Result<(), HqError> {
+    if dest.is_empty() {
+        return Err(HqError::Refused("no destination relay given".into()));
+    }
+    match action {
+        Action::Run(r) if r.argv.is_empty() => {
+            return Err(HqError::Refused("empty command".into()));
+        }
+        Action::Install(i) => super::packages::check_install(st, i)?,
+        _ => {}
+    }
+    for d in dest.iter().chain(policy.after_sync.iter()) {
+        if !st.relays.contains(&Name(d.clone()))? {
+            return Err(HqError::Refused(format!(
+                "unknown relay {d} (known: {})",
+                known_relays(st).join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `hq job create`: `policy` travels with every assignment of the job.
 pub(crate) async fn create_with(
     st: &HqState,
@@ -158,30 +191,42 @@ pub(crate) async fn create_with(
     expires_ms: Option<u64>,
     policy: &crate::proto::PolicyRequest,
 ) -> Result<JobId, HqError> {
-    if dest.is_empty() {
-        return Err(HqError::Refused("no destination relay given".into()));
-    }
-    match &action {
-        Action::Run(r) if r.argv.is_empty() => {
-            return Err(HqError::Refused("empty command".into()));
-        }
-        Action::Install(i) => super::packages::check_install(st, i)?,
-        _ => {}
-    }
+    create_inner(st, dest, action, expires_ms, policy, None).await
+}
+
+/// One occurrence of a recurring job, due at `rec.next_ms`: the job and
+/// the schedule moved to its next due time in one atomic change.
+pub(crate) async fn create_occurrence(
+    st: &HqState,
+    rec: &super::repeat::RepeatRecord,
+    now: u64,
+) -> Result<JobId, HqError> {
+    create_inner(
+        st,
+        rec.dest.clone(),
+        rec.action.clone(),
+        rec.expires_ms,
+        &rec.policy,
+        Some((rec, now)),
+    )
+    .await
+}
+
+async fn create_inner(
+    st: &HqState,
+    dest: Vec<NodeName>,
+    action: Action,
+    expires_ms: Option<u64>,
+    policy_req: &crate::proto::PolicyRequest,
+    occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
+) -> Result<JobId, HqError> {
+    check_create(st, &dest, &action, policy_req)?;
     // Every order ends: the operator's window, or HQ's default.
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        for d in &dest {
-            if !st.relays.contains(&Name(d.clone()))? {
-                return Err(HqError::Refused(format!(
-                    "unknown relay {d} (known: {})",
-                    known_relays(st).join(", ")
-                )));
-            }
-        }
         let dest_n = rules::normalize_dest(&dest, |r| parent_of(st, r));
-        let policy = super::rollout::make_policy(st, policy, &dest_n, now_ms())?;
+        let policy = super::rollout::make_policy(st, policy_req, &dest_n, now_ms())?;
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         for d in &dest_n {
             by_top.entry(top_child(st, d)?).or_default().push(d.clone());
@@ -230,9 +275,29 @@ pub(crate) async fn create_with(
             sent_to: by_top.keys().cloned().collect(),
             rollout: super::rollout::JobRollout {
                 policy: policy.clone(),
+                // Held until the relay's sync finished: created paused.
+                paused: policy_req
+                    .after_sync
+                    .as_ref()
+                    .map(super::repeat::waiting_reason),
                 ..Default::default()
             },
+            repeat: occurrence.map(|(r, _)| r.id),
         };
+        let hold = match &policy_req.after_sync {
+            Some(relay) => Some((
+                relay.clone(),
+                Msg::Pause {
+                    job,
+                    seq: st.store.next_id("control")?,
+                    reason: super::repeat::waiting_reason(relay),
+                },
+            )),
+            None => None,
+        };
+        let hold_msg = hold.as_ref().map(|(_, m)| m.clone());
+        let next = occurrence
+            .map(|(r, now)| super::repeat::advanced(r, r.next_ms.unwrap_or(now), now, job));
         let queued: Vec<(NodeName, Assignment)> = by_top
             .into_iter()
             .map(|(top, list)| {
@@ -250,21 +315,48 @@ pub(crate) async fn create_with(
                 (top, a)
             })
             .collect();
-        // The job and its queue in one atomic write: after a crash, both or
-        // neither.
-        st.store.atomically(&[&st.jobs, st.down.table()], |w| {
-            w.put_at(&st.jobs, &JobKey(job), &rec)?;
-            for (top, a) in &queued {
-                st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+        // The job and its queue (and its hold, and its schedule's next due
+        // time) in one atomic write: after a crash, all or nothing.
+        st.store.atomically(
+            &[&st.jobs, st.down.table(), &st.repeats, &st.after_sync],
+            |w| {
+                w.put_at(&st.jobs, &JobKey(job), &rec)?;
+                for (top, a) in &queued {
+                    if let Some(m) = &hold_msg {
+                        st.down.put_in(w, top, m)?;
+                    }
+                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                }
+                if let Some(n) = &next {
+                    w.put_at(&st.repeats, &crate::store::keys::Seq(n.id), n)?;
+                }
+                if let Some((relay, _)) = &hold {
+                    w.put_at(&st.after_sync, &JobKey(job), relay)?;
+                }
+                Ok(())
+            },
+        )?;
+        // The hold goes first: a relay learns the job is paused before it
+        // gets the job.
+        let mut sends: Vec<(NodeName, Msg)> = Vec::new();
+        for (top, a) in queued {
+            if let Some(m) = &hold_msg {
+                sends.push((top.clone(), m.clone()));
             }
-            Ok(())
-        })?;
-        queued
+            sends.push((top, Msg::Assign(a)));
+        }
+        sends
     };
     st.store.durable().await?;
-    let job = queued.first().map(|(_, a)| a.job).unwrap_or_default();
+    let job = queued
+        .iter()
+        .find_map(|(_, m)| match m {
+            Msg::Assign(a) => Some(a.job),
+            _ => None,
+        })
+        .unwrap_or_default();
     info!(%job, relays = ?dest, "job created");
-    send_now(st, queued);
+    crate::link::queue::send_now(&st.children, queued);
     st.bump();
     Ok(job)
 }
@@ -327,6 +419,7 @@ pub(crate) async fn create_for_client(
             canceled_at_ms: None,
             sent_to: vec![top.clone()],
             rollout: Default::default(),
+            repeat: None,
         };
         let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
         st.store

@@ -269,6 +269,7 @@ mod tests {
             canceled_at_ms: None,
             sent_to: vec![],
             rollout: Default::default(),
+            repeat: None,
         };
         let leaf = |state, at_ms| LeafRecord {
             relay: n("r1"),

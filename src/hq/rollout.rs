@@ -132,8 +132,8 @@ pub(crate) fn state_of(rec: &JobRecord, done: bool) -> &'static str {
     )
 }
 
-/// Queues a control for every relay under HQ that got the job (in `w`).
-fn control_msg(job: JobId, seq: u64, paused: &Option<String>) -> Msg {
+/// The control message for a job's pause state.
+pub(crate) fn control_msg(job: JobId, seq: u64, paused: &Option<String>) -> Msg {
     match paused {
         Some(reason) => Msg::Pause {
             job,
@@ -227,6 +227,26 @@ pub(crate) async fn set_paused(
     crate::link::queue::send_now(&st.children, sends);
     st.bump();
     Ok(result)
+}
+
+/// Resumes `job` if it is still paused for `reason` (a hold HQ put on it,
+/// such as waiting for a sync); an operator's pause since stays.
+pub(crate) async fn release_hold(st: &HqState, job: JobId, reason: &str) -> Result<(), HqError> {
+    let sends = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut rec) = st.jobs.get(&JobKey(job))? else {
+            return Ok(());
+        };
+        if rec.rollout.paused.as_deref() != Some(reason) || rec.canceled_at_ms.is_some() {
+            return Ok(());
+        }
+        rec.rollout.paused = None;
+        write_control(st, &rec)?
+    };
+    st.store.durable().await?;
+    crate::link::queue::send_now(&st.children, sends);
+    st.bump();
+    Ok(())
 }
 
 /// After a batch of results (HQ's write lock held, not yet durable): the

@@ -105,9 +105,18 @@ pub(crate) async fn answer(
             action,
             expires_ms,
             policy,
+        } if policy.repeat.is_some() => AdminResponse::Repeating(
+            super::repeat::create(st, dest, action, expires_ms, policy).await?,
+        ),
+        AdminRequest::CreateJob {
+            dest,
+            action,
+            expires_ms,
+            policy,
         } => AdminResponse::Created {
             job: jobs::create_with(st, dest, action, expires_ms, &policy).await?,
         },
+        AdminRequest::Repeats => AdminResponse::Repeats(super::repeat::list(st)?),
         AdminRequest::Pause { job } => {
             AdminResponse::Control(super::rollout::set_paused(st, job, true).await?)
         }

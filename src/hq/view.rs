@@ -208,6 +208,7 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
             attempt: rec.attempt,
             done,
             state: super::rollout::state_of(&rec, done).into(),
+            repeat: super::repeat::link(st, rec.repeat),
             action: describe(&rec.action),
             dest: rec.dest.clone(),
             totals,

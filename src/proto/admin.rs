@@ -34,6 +34,8 @@ pub enum AdminRequest {
         /// The job.
         job: JobId,
     },
+    /// Every recurring job's schedule.
+    Repeats,
     /// One job in full.
     Status {
         /// The job.
@@ -287,6 +289,10 @@ pub enum AdminResponse {
     Canceled(CancelResult),
     /// A job was paused or resumed.
     Control(ControlResult),
+    /// A recurring job was scheduled.
+    Repeating(RepeatView),
+    /// Every recurring job.
+    Repeats(Vec<RepeatView>),
     /// Jobs were purged.
     Purged(PurgeResult),
     /// A job's counts.
@@ -662,6 +668,30 @@ pub struct ClientStatus {
     pub output: Option<String>,
 }
 
+/// A recurring job: `hq job create --repeat ... --json`, and `hq job list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatView {
+    /// Its id.
+    pub schedule: u64,
+    /// The schedule, canonical (`monthly 2nd tue +4d 02:30`).
+    pub spec: String,
+    /// The next run, unix ms (none: never again).
+    pub next_ms: Option<u64>,
+    /// Its latest occurrences, oldest first.
+    pub jobs: Vec<JobId>,
+}
+
+/// The schedule a job is an occurrence of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatLink {
+    /// The schedule's id.
+    pub schedule: u64,
+    /// Its text.
+    pub spec: String,
+    /// Its next run, unix ms.
+    pub next_ms: Option<u64>,
+}
+
 /// `hq job pause|resume --json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlResult {
@@ -732,6 +762,9 @@ pub struct JobSummary {
     /// As in [`JobStatus::state`].
     #[serde(default)]
     pub state: String,
+    /// The recurring job it is an occurrence of, with its next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<RepeatLink>,
     /// What it does.
     pub action: String,
     /// Destination relays.

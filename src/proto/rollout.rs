@@ -140,7 +140,9 @@ impl Policy {
     }
 }
 
-/// `--canary N` asks HQ for N canaries; they are picked when the job is made.
+/// What the operator asks for: `--canary N` asks HQ for N canaries (they
+/// are picked when the job is made); `--repeat` and `--after-sync` are HQ's
+/// alone.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRequest {
     /// As [`Policy::batch`].
@@ -158,6 +160,13 @@ pub struct PolicyRequest {
     /// As [`Policy::window`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// Make it a recurring job on this schedule (`hq package schedule`'s
+    /// grammar): each occurrence is a new job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<String>,
+    /// Hold the job (paused) until this relay's package sync finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_sync: Option<NodeName>,
 }
 
 #[cfg(test)]

@@ -55,3 +55,16 @@ fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
 }
+
+#[test]
+fn rollout_script_runs_at_small_n() {
+    let out = bench("rollout.sh", &["200", "2"]);
+    assert!(
+        out.contains("rollout --batch 10% N=200 R=2: done in"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rollout --max-failures 1% with 5% failing N=200 R=2:"),
+        "{out}"
+    );
+}

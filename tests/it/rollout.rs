@@ -457,3 +457,133 @@ fn rfc3339(secs: u64) -> String {
         rem % 60
     )
 }
+
+/// `--repeat 'daily HH:MM'` for the coming minute: the occurrence fires
+/// once, as a job linked to its schedule that really runs; after an HQ
+/// restart the same due time makes no second job; `job list` shows the
+/// schedule and its next run (tomorrow).
+#[test]
+fn a_recurring_job_fires_once_per_due_time_across_restarts() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("a1", &r1);
+    env.wait_clients(1);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let due_s = (now_s / 60 + 1) * 60;
+    let m = (due_s / 60) % 1440;
+    let spec = format!("daily {:02}:{:02}", m / 60, m % 60);
+    let times = times_file(&env, "repeat.times");
+    let out = env
+        .admin(&[
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "r1",
+            "--repeat",
+            &spec,
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            &timed(&times, "true"),
+        ])
+        .ok()
+        .json();
+    let schedule = out["schedule"].as_u64().expect("a schedule id");
+    assert_eq!(out["next_ms"], due_s * 1000, "{out}");
+    let occurrences = |env: &Env| -> Vec<serde_json::Value> {
+        let list = env.admin(&["job", "list", "--json"]).ok().json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["repeat"]["schedule"].as_u64() == Some(schedule))
+            .cloned()
+            .collect()
+    };
+    let job = wait_for("the occurrence", Duration::from_secs(120), || {
+        occurrences(&env).first().map(job_id)
+    });
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    let sp = spans(&times);
+    assert_eq!(sp.len(), 1, "{sp:?}");
+    assert!(
+        sp["a1"].start >= due_s * 1000,
+        "ran before it was due: {sp:?}"
+    );
+    // HQ restarts: the due time is behind it; no second occurrence.
+    let addr = env.kill_hq();
+    env.start_hq_on(&addr);
+    let ping = env.create_ping(&["r1"]);
+    let (code, _) = env.wait_job(&ping);
+    assert_eq!(code, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let occ = occurrences(&env);
+    assert_eq!(occ.len(), 1, "{occ:?}");
+    assert_eq!(
+        occ[0]["repeat"]["next_ms"],
+        (due_s + 86_400) * 1000,
+        "{occ:?}"
+    );
+    assert_eq!(spans(&times).len(), 1);
+    let text = env.admin(&["job", "list"]).ok().stdout;
+    assert!(
+        text.contains(&spec) && text.contains("recurring jobs"),
+        "{text}"
+    );
+}
+
+/// `--after-sync r2` while r2 is down with a sync ordered: the job waits,
+/// paused with the reason; r2 returns, answers its sync, and the job runs.
+#[test]
+fn a_job_after_sync_waits_for_the_relays_sync() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_relay("r2", &hq);
+    env.start_agent("a1", &r1);
+    env.wait_clients(1);
+    wait_until("r2 known", DEADLINE, || {
+        env.tree()["relays"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    });
+    let r2_addr = env.kill_relay("r2");
+    let dir = env.root().join("pkg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("data.txt"), "some content\n").unwrap();
+    env.admin(&[
+        "package",
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        "tool",
+        "--version",
+        "1",
+    ])
+    .ok();
+    env.admin(&["package", "sync", "--relay", "r2"]).ok();
+    let times = times_file(&env, "aftersync.times");
+    let job = env.create_job(&["r1"], &["--after-sync", "r2"], &timed(&times, "true"));
+    let st = env.status(&job);
+    assert_eq!(st["state"], "paused", "{st}");
+    assert!(
+        st["pause_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("r2"),
+        "{st}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(spans(&times).is_empty(), "ran before r2's sync");
+    env.start_relay_on("r2", &hq, &r2_addr);
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(spans(&times).len(), 1);
+}
