@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// What an admin asks of HQ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One request per admin frame: the size of `CreateJob` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AdminRequest {
     /// Create a job for all lower clients of `dest`.
     CreateJob {
@@ -136,6 +138,10 @@ pub enum AdminRequest {
     PackageAdd {
         /// The manifest's address.
         manifest: ChunkHash,
+        /// A bundle (service-pack-like): left out of syncs unless
+        /// `--include-bundles`.
+        #[serde(default)]
+        bundle: bool,
     },
     /// Every package version in the depot.
     PackageList,
@@ -220,6 +226,9 @@ pub enum AdminRequest {
         /// The audit (its job).
         audit: JobId,
     },
+    /// `hq sync`: plan the changes that bring an audit's targets in line and
+    /// launch them as one batch.
+    Sync(super::sync::SyncRequest),
 }
 
 /// What an audit compares with.
@@ -315,6 +324,8 @@ pub enum AdminResponse {
     },
     /// An audit's results.
     AuditStatus(AuditStatusView),
+    /// A sync's plan (and its batch, unless a dry run).
+    Sync(super::sync::SyncView),
 }
 
 /// `hq snapshot create --json`.
@@ -507,6 +518,9 @@ pub struct PackageInfo {
     /// Entries (paths and kinds), for `package show`.
     #[serde(default)]
     pub entries: Vec<String>,
+    /// A bundle (`package add --bundle`): left out of syncs unless asked.
+    #[serde(default)]
+    pub bundle: bool,
 }
 
 /// A relay's sync schedule.
@@ -636,6 +650,12 @@ impl Totals {
     pub fn open(&self) -> u64 {
         self.pending + self.delivered + self.running
     }
+    /// Adds another set of counts (a batch's children).
+    pub fn merge(&mut self, other: &Totals) {
+        for s in LeafState::ALL {
+            *self.slot(s) += other.get(s);
+        }
+    }
 }
 
 /// One relay's share of a job.
@@ -666,6 +686,9 @@ pub struct ClientStatus {
     /// Tail of the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The child job this leaf belongs to (a batch's status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
 }
 
 /// A recurring job: `hq job create --repeat ... --json`, and `hq job list`.
@@ -748,6 +771,9 @@ pub struct JobStatus {
     /// limit per state).
     #[serde(default)]
     pub matched: u64,
+    /// A batch's child jobs, each in brief (empty for other jobs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobSummary>,
 }
 
 /// A job in brief.
