@@ -22,8 +22,12 @@ mod cancel;
 mod crashloop_hq;
 #[path = "../it/enroll.rs"]
 mod enroll;
+#[path = "../it/forged.rs"]
+mod forged;
 #[path = "../it/jobs_cli.rs"]
 mod jobs_cli;
+#[path = "../it/metrics.rs"]
+mod metrics;
 #[path = "../it/offline.rs"]
 mod offline;
 #[path = "../it/output.rs"]
@@ -36,4 +40,6 @@ mod proxy;
 mod rerun;
 #[path = "../it/retention.rs"]
 mod retention;
+#[path = "../it/security.rs"]
+mod security;
 mod store_pg;
