@@ -10,6 +10,7 @@ pub mod node;
 pub mod pkg;
 pub mod proto;
 pub mod relay;
+pub mod rollout;
 pub mod rules;
 pub mod store;
 pub mod tls;

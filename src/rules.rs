@@ -553,6 +553,7 @@ mod tests {
             orders: vec![],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         }
     }
 

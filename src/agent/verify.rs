@@ -236,6 +236,7 @@ mod tests {
             orders,
             placement: None,
             hq_now_ms: None,
+            policy: None,
         }
     }
     fn with(p: &SignedPlacement, a: Assignment) -> Assignment {

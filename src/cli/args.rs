@@ -521,8 +521,39 @@ pub enum CertCmd {
     },
 }
 
+/// A job's rollout policy on the command line (enforced at every relay).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutArgs {
+    /// At most N (or P% of its targets) leaves in flight at each relay at once.
+    #[arg(long, value_name = "N|P%")]
+    pub batch: Option<String>,
+    /// N leaves first (HQ picks them, spread over relays); the rest start
+    /// once they all succeed; a failed canary pauses the job.
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u64>,
+    /// Past N failures (or P% of the targets) the job pauses everywhere.
+    #[arg(long, value_name = "N|P%")]
+    pub max_failures: Option<String>,
+    /// Start no leaf before this time (RFC 3339, e.g. 2026-12-01T02:30:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Start leaves only inside this daily window (UTC), e.g. 22:00-04:00.
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub window: Option<String>,
+    /// A recurring job: a new job at each time of SPEC (as `hq package
+    /// schedule`: 'daily 02:30', 'weekly tue', 'monthly 2nd tue +4d 02:30').
+    /// Prints the schedule's id and next run.
+    #[arg(long, value_name = "SPEC")]
+    pub repeat: Option<String>,
+    /// Hold the job (paused) until relay NAME's package sync has finished.
+    #[arg(long, value_name = "NAME")]
+    pub after_sync: Option<String>,
+}
+
 /// `hq job` subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of `Create` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum JobCmd {
     /// Create a job; prints its id. What it does: a command after --, --ping,
     /// --install N[@V] or --remove N (exactly one).
@@ -552,6 +583,9 @@ pub enum JobCmd {
         /// Remove this installed package.
         #[arg(long, value_name = "N", value_parser = super::pkg_args::parse_pkg_name)]
         remove: Option<String>,
+        /// How it rolls out.
+        #[command(flatten)]
+        rollout: RolloutArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -641,6 +675,24 @@ Examples:
         /// Also rerun the leaves that expired (`--failed --expired`).
         #[arg(long)]
         expired: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a job: no new leaf starts anywhere (running ones finish);
+    /// paused leaves stay pending until `resume`.
+    Pause {
+        /// The job.
+        job: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a paused job (also lets the rest start after a failed canary);
+    /// failures are counted afresh from here.
+    Resume {
+        /// The job.
+        job: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

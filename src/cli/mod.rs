@@ -433,6 +433,87 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
+/// `--batch`, `--canary`, `--max-failures`, `--at`, `--window` checked and
+/// made a request (each wrong one: a one-line usage error naming it).
+pub(crate) fn policy_request(
+    r: &args::RolloutArgs,
+    now_ms: u64,
+) -> Result<crate::proto::PolicyRequest, CliError> {
+    use crate::proto::{Limit, Window};
+    let batch = r
+        .batch
+        .as_deref()
+        .map(|s| Limit::parse("--batch", s, 1))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let max_failures = r
+        .max_failures
+        .as_deref()
+        .map(|s| Limit::parse("--max-failures", s, 0))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    if r.canary == Some(0) {
+        return Err(CliError::Usage("--canary: must be at least 1".into()));
+    }
+    let start_at_ms = match r.at.as_deref() {
+        None => None,
+        Some(s) => {
+            let at = crate::pkg::schedule::parse_rfc3339_ms(s)
+                .map_err(|e| CliError::Usage(format!("--at: {e}")))?;
+            if at + 60_000 < now_ms {
+                return Err(CliError::Usage(format!(
+                    "--at: {s} is more than a minute in the past"
+                )));
+            }
+            Some(at)
+        }
+    };
+    let window = r
+        .window
+        .as_deref()
+        .map(Window::parse)
+        .transpose()
+        .map_err(CliError::Usage)?;
+    if let Some(spec) = &r.repeat {
+        spec.parse::<crate::pkg::schedule::Schedule>()
+            .map_err(|e| CliError::Usage(format!("--repeat: {e}")))?;
+    }
+    let after_sync = r
+        .after_sync
+        .as_deref()
+        .map(|n| NodeName::new(n).map_err(|e| CliError::Usage(format!("--after-sync: {e}"))))
+        .transpose()?;
+    Ok(crate::proto::PolicyRequest {
+        batch,
+        canary: r.canary,
+        max_failures,
+        start_at_ms,
+        window,
+        repeat: r.repeat.clone(),
+        after_sync,
+    })
+}
+
+/// `hq job pause` (`pause`) or `hq job resume`.
+async fn control(t: &Target, job: &str, pause: bool, json: bool) -> Result<(), CliError> {
+    let job = parse_job(job)?;
+    let mut c = AdminClient::connect(t).await?;
+    let req = if pause {
+        AdminRequest::Pause { job }
+    } else {
+        AdminRequest::Resume { job }
+    };
+    match c.request(req).await? {
+        AdminResponse::Control(r) if json => print_json(&r)?,
+        AdminResponse::Control(r) => match &r.reason {
+            Some(why) => outln!("job {}: {} ({why})", r.job, r.state),
+            None => outln!("job {}: {}", r.job, r.state),
+        },
+        other => return Err(unexpected(other)),
+    }
+    Ok(())
+}
+
 async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
     match cmd {
         JobCmd::Create {
@@ -443,9 +524,11 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             ping,
             install,
             remove,
+            rollout,
             json,
             command,
         } => {
+            let policy = policy_request(&rollout, crate::proto::now_ms())?;
             let dest = relays
                 .iter()
                 .map(|r| {
@@ -490,6 +573,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     dest,
                     action,
                     expires_ms,
+                    policy,
                 })
                 .await?
             {
@@ -497,6 +581,13 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     print_json(&serde_json::json!({ "job": job }))?
                 }
                 AdminResponse::Created { job } => outln!("{job}"),
+                AdminResponse::Repeating(r) if json => print_json(&r)?,
+                AdminResponse::Repeating(r) => outln!(
+                    "schedule {} ({}): next run {}",
+                    r.schedule,
+                    r.spec,
+                    r.next_ms.map(render::at).unwrap_or_else(|| "never".into())
+                ),
                 other => return Err(unexpected(other)),
             }
         }
@@ -507,7 +598,12 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             let mut c = AdminClient::connect(t).await?;
             match c.request(AdminRequest::List).await? {
                 AdminResponse::List(l) if json => print_json(&l)?,
-                AdminResponse::List(l) => out!("{}", render::list(&l)),
+                AdminResponse::List(l) => {
+                    out!("{}", render::list(&l));
+                    if let AdminResponse::Repeats(r) = c.request(AdminRequest::Repeats).await? {
+                        out!("{}", render::repeats(&r));
+                    }
+                }
                 other => return Err(unexpected(other)),
             }
         }
@@ -638,6 +734,8 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 other => return Err(unexpected(other)),
             }
         }
+        JobCmd::Pause { job, json } => control(t, &job, true, json).await?,
+        JobCmd::Resume { job, json } => control(t, &job, false, json).await?,
         JobCmd::Cancel { job, json } => {
             let job = parse_job(&job)?;
             let mut c = AdminClient::connect(t).await?;

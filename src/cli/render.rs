@@ -66,6 +66,7 @@ fn human_state(done: bool, state: &str) -> &'static str {
     match (state, done) {
         ("canceled", _) => "canceled",
         (_, true) => "done",
+        ("paused", _) => "paused",
         _ => "in progress",
     }
 }
@@ -143,6 +144,9 @@ pub fn status(s: &JobStatus, l: &Listing) -> String {
         count(s.totals.total(), "leaf", "leaves"),
         totals_line(&s.totals)
     );
+    if let Some(why) = &s.pause_reason {
+        out += &format!("paused: {why} (hq job resume {} to go on)\n", s.job);
+    }
     if !s.awaiting.is_empty() {
         out += &format!(
             "awaiting target sets from: {}\n",
@@ -261,7 +265,9 @@ pub fn list(jobs: &[JobSummary]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".into();
     }
-    let mut t = table(&["job", "attempt", "state", "leaves", "action", "dest"]);
+    let mut t = table(&[
+        "job", "attempt", "state", "leaves", "action", "dest", "schedule",
+    ]);
     for j in jobs {
         t.add_row(vec![
             j.job.to_string(),
@@ -274,9 +280,36 @@ pub fn list(jobs: &[JobSummary]) -> String {
                 .map(|d| d.as_str())
                 .collect::<Vec<_>>()
                 .join(","),
+            j.repeat
+                .as_ref()
+                .map(|r| format!("#{} {}", r.schedule, r.spec))
+                .unwrap_or_default(),
         ]);
     }
     format!("{t}\n")
+}
+
+/// Recurring jobs: each schedule, its next run and its latest jobs.
+pub fn repeats(list: &[crate::proto::RepeatView]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut t = table(&["schedule", "spec", "next run", "latest jobs"]);
+    for r in list {
+        t.add_row(vec![
+            r.schedule.to_string(),
+            r.spec.clone(),
+            r.next_ms.map(at).unwrap_or_else(|| "never".into()),
+            r.jobs
+                .iter()
+                .rev()
+                .take(5)
+                .map(|j| j.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    format!("recurring jobs\n{t}\n")
 }
 
 /// The tree.

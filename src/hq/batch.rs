@@ -50,6 +50,8 @@ pub(crate) async fn create(
             awaiting: vec![],
             canceled_at_ms: None,
             sent_to: vec![],
+            rollout: Default::default(),
+            repeat: None,
         };
         st.jobs.put(&JobKey(job), &rec)?;
         job
@@ -122,7 +124,14 @@ pub(crate) fn status(
         job: rec.job,
         attempt,
         done,
-        state: view::job_state(rec.canceled_at_ms.is_some(), done).into(),
+        state: view::job_state(
+            rec.canceled_at_ms.is_some(),
+            done,
+            rec.rollout.paused.is_some(),
+        )
+        .into(),
+        pause_reason: None,
+        policy: None,
         totals,
         relays: relays(per_relay),
         clients,

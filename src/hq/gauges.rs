@@ -76,6 +76,7 @@ mod tests {
             attempt: Attempt(1),
             done,
             state: state.into(),
+            repeat: None,
             action: "true".into(),
             dest: vec![],
             totals,

@@ -202,6 +202,15 @@ pub(crate) fn apply(
         .put_many(outputs.iter().map(|(k, v)| (k.clone(), v)))?;
     st.leaves
         .put_many(pending.iter().map(|(k, v)| (k.clone(), v)))?;
+    // The circuit breaker and the canaries of the jobs where a leaf ended.
+    let mut ended: Vec<crate::proto::JobId> = pending
+        .iter()
+        .filter(|(_, l)| l.state.is_final())
+        .map(|(k, _)| k.0)
+        .collect();
+    ended.sort();
+    ended.dedup();
+    forgets.extend(super::rollout::check(st, &ended)?);
     Ok(forgets)
 }
 

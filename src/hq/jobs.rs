@@ -37,6 +37,12 @@ pub(crate) struct JobRecord {
     /// goes to each); empty for jobs recorded before it was kept.
     #[serde(default)]
     pub sent_to: Vec<NodeName>,
+    /// Its rollout: policy, pause, canaries (the default: none).
+    #[serde(default)]
+    pub rollout: super::rollout::JobRollout,
+    /// The recurring job it is an occurrence of.
+    #[serde(default)]
+    pub repeat: Option<u64>,
 }
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
@@ -116,7 +122,7 @@ fn check_size(a: &Assignment) -> Result<(), HqError> {
 }
 
 /// The relays directly under HQ, for jobs recorded before `sent_to` was kept.
-fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
+pub(crate) fn top_relays(st: &HqState) -> Result<Vec<NodeName>, HqError> {
     let mut out = Vec::new();
     for r in st.relays.scan() {
         let (k, rec) = r?;
@@ -137,17 +143,29 @@ fn merge_sent_to(rec: &mut JobRecord, tops: impl IntoIterator<Item = NodeName>) 
     }
 }
 
-/// `hq job create`.
+/// `hq job create` without a rollout policy.
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
+    create_with(st, dest, action, expires_ms, &Default::default()).await
+}
+
+/// What `create` refuses before anything is written: no destination, an
+/// empty command, a package not in the depot, an unknown relay (for
+/// schedules, checked again at each occurrence).
+pub(crate) fn check_create(
+    st: &HqState,
+    dest: &[NodeName],
+    action: &Action,
+    policy: &crate::proto::PolicyRequest,
+) -> Result<(), HqError> {
     if dest.is_empty() {
         return Err(HqError::Refused("no destination relay given".into()));
     }
-    match &action {
+    match action {
         Action::Run(r) if r.argv.is_empty() => {
             return Err(HqError::Refused("empty command".into()));
         }
@@ -159,19 +177,61 @@ pub(crate) async fn create(
         }
         _ => {}
     }
+    for d in dest.iter().chain(policy.after_sync.iter()) {
+        if !st.relays.contains(&Name(d.clone()))? {
+            return Err(HqError::Refused(format!(
+                "unknown relay {d} (known: {})",
+                known_relays(st).join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `hq job create`: `policy` travels with every assignment of the job.
+pub(crate) async fn create_with(
+    st: &HqState,
+    dest: Vec<NodeName>,
+    action: Action,
+    expires_ms: Option<u64>,
+    policy: &crate::proto::PolicyRequest,
+) -> Result<JobId, HqError> {
+    create_inner(st, dest, action, expires_ms, policy, None).await
+}
+
+/// One occurrence of a recurring job, due at `rec.next_ms`: the job and
+/// the schedule moved to its next due time in one atomic change.
+pub(crate) async fn create_occurrence(
+    st: &HqState,
+    rec: &super::repeat::RepeatRecord,
+    now: u64,
+) -> Result<JobId, HqError> {
+    create_inner(
+        st,
+        rec.dest.clone(),
+        rec.action.clone(),
+        rec.expires_ms,
+        &rec.policy,
+        Some((rec, now)),
+    )
+    .await
+}
+
+async fn create_inner(
+    st: &HqState,
+    dest: Vec<NodeName>,
+    action: Action,
+    expires_ms: Option<u64>,
+    policy_req: &crate::proto::PolicyRequest,
+    occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
+) -> Result<JobId, HqError> {
+    check_create(st, &dest, &action, policy_req)?;
     // Every order ends: the operator's window, or HQ's default.
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        for d in &dest {
-            if !st.relays.contains(&Name(d.clone()))? {
-                return Err(HqError::Refused(format!(
-                    "unknown relay {d} (known: {})",
-                    known_relays(st).join(", ")
-                )));
-            }
-        }
         let dest_n = rules::normalize_dest(&dest, |r| parent_of(st, r));
+        let policy = super::rollout::make_policy(st, policy_req, &dest_n, now_ms())?;
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         for d in &dest_n {
             by_top.entry(top_child(st, d)?).or_default().push(d.clone());
@@ -203,6 +263,7 @@ pub(crate) async fn create(
             orders: vec![order_of(JobId(0))?],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         })?;
         let job = JobId(st.store.next_id("job")?);
         let order = order_of(job)?;
@@ -217,7 +278,31 @@ pub(crate) async fn create(
             awaiting: dest_n,
             canceled_at_ms: None,
             sent_to: by_top.keys().cloned().collect(),
+            rollout: super::rollout::JobRollout {
+                policy: policy.clone(),
+                // Held until the relay's sync finished: created paused.
+                paused: policy_req
+                    .after_sync
+                    .as_ref()
+                    .map(super::repeat::waiting_reason),
+                ..Default::default()
+            },
+            repeat: occurrence.map(|(r, _)| r.id),
         };
+        let hold = match &policy_req.after_sync {
+            Some(relay) => Some((
+                relay.clone(),
+                Msg::Pause {
+                    job,
+                    seq: st.store.next_id("control")?,
+                    reason: super::repeat::waiting_reason(relay),
+                },
+            )),
+            None => None,
+        };
+        let hold_msg = hold.as_ref().map(|(_, m)| m.clone());
+        let next = occurrence
+            .map(|(r, now)| super::repeat::advanced(r, r.next_ms.unwrap_or(now), now, job));
         let queued: Vec<(NodeName, Assignment)> = by_top
             .into_iter()
             .map(|(top, list)| {
@@ -230,25 +315,53 @@ pub(crate) async fn create(
                     orders: vec![order.clone()],
                     placement: None,
                     hq_now_ms: None,
+                    policy: Some(policy.clone()).filter(|p| p.is_gated()),
                 };
                 (top, a)
             })
             .collect();
-        // The job and its queue in one atomic write: after a crash, both or
-        // neither.
-        st.store.atomically(&[&st.jobs, st.down.table()], |w| {
-            w.put_at(&st.jobs, &JobKey(job), &rec)?;
-            for (top, a) in &queued {
-                st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+        // The job and its queue (and its hold, and its schedule's next due
+        // time) in one atomic write: after a crash, all or nothing.
+        st.store.atomically(
+            &[&st.jobs, st.down.table(), &st.repeats, &st.after_sync],
+            |w| {
+                w.put_at(&st.jobs, &JobKey(job), &rec)?;
+                for (top, a) in &queued {
+                    if let Some(m) = &hold_msg {
+                        st.down.put_in(w, top, m)?;
+                    }
+                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                }
+                if let Some(n) = &next {
+                    w.put_at(&st.repeats, &crate::store::keys::Seq(n.id), n)?;
+                }
+                if let Some((relay, _)) = &hold {
+                    w.put_at(&st.after_sync, &JobKey(job), relay)?;
+                }
+                Ok(())
+            },
+        )?;
+        // The hold goes first: a relay learns the job is paused before it
+        // gets the job.
+        let mut sends: Vec<(NodeName, Msg)> = Vec::new();
+        for (top, a) in queued {
+            if let Some(m) = &hold_msg {
+                sends.push((top.clone(), m.clone()));
             }
-            Ok(())
-        })?;
-        queued
+            sends.push((top, Msg::Assign(a)));
+        }
+        sends
     };
     st.store.durable().await?;
-    let job = queued.first().map(|(_, a)| a.job).unwrap_or_default();
+    let job = queued
+        .iter()
+        .find_map(|(_, m)| match m {
+            Msg::Assign(a) => Some(a.job),
+            _ => None,
+        })
+        .unwrap_or_default();
     info!(%job, relays = ?dest, "job created");
-    send_now(st, queued);
+    crate::link::queue::send_now(&st.children, queued);
     st.bump();
     Ok(job)
 }
@@ -310,6 +423,8 @@ pub(crate) async fn create_for_clients(
             awaiting: vec![],
             canceled_at_ms: None,
             sent_to: by_top.keys().cloned().collect(),
+            rollout: Default::default(),
+            repeat: None,
         };
         let assignments = |rec: &JobRecord| -> Result<Vec<(NodeName, Assignment)>, HqError> {
             let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone())?;
@@ -325,6 +440,7 @@ pub(crate) async fn create_for_clients(
                         orders: orders.remove(top).unwrap_or_default(),
                         placement: None,
                         hq_now_ms: None,
+                        policy: None,
                     };
                     (top.clone(), a)
                 })
@@ -489,6 +605,7 @@ pub(crate) async fn rerun_one(
                     orders: orders.remove(&top).unwrap_or_default(),
                     placement: None,
                     hq_now_ms: None,
+                    policy: Some(rec.rollout.policy.clone()).filter(|p| p.is_gated()),
                 };
                 (top, a)
             })
@@ -572,6 +689,11 @@ pub(crate) async fn cancel_one(st: &HqState, job: JobId) -> Result<CancelResult,
             .ok_or_else(|| super::retention::missing(st, job))?;
         let now = now_ms();
         let first = rec.canceled_at_ms.is_none();
+        if first && super::view::is_done(&rec, &super::view::counts_held(st, job)?.totals) {
+            return Err(HqError::Refused(format!(
+                "job {job} is done; there is nothing to cancel"
+            )));
+        }
         rec.canceled_at_ms.get_or_insert(now);
         rec.awaiting.clear();
         let leaves = load_leaves(st, job)?;

@@ -15,9 +15,11 @@ mod jobs;
 mod output;
 mod packages;
 mod placement;
+mod repeat;
 mod reroute;
 mod retention;
 mod revoke;
+mod rollout;
 mod sessions;
 mod sync;
 mod syncs;
@@ -26,7 +28,7 @@ mod view;
 use crate::link::{self, Admission, SessionTx, Timing};
 use crate::proto::{Hello, NodeName, Role, PROTOCOL_VERSION};
 use crate::rules::LeafRecord;
-use crate::store::keys::{JobClient, JobKey, Name};
+use crate::store::keys::{JobClient, JobKey, Name, Seq};
 use crate::store::{Store, StoreError, Table, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
 pub use console::{ClientRow, Console};
@@ -94,6 +96,10 @@ pub(crate) mod trees {
     pub const ISSUED: TreeDef<Name, enroll::IssuedRecord> = TreeDef::new("issued");
     /// job -> Tombstone: purged jobs.
     pub const PURGED: TreeDef<JobKey, retention::Tombstone> = TreeDef::new("purged");
+    /// schedule id -> RepeatRecord: recurring jobs.
+    pub const REPEATS: TreeDef<Seq, repeat::RepeatRecord> = TreeDef::new("repeats");
+    /// job -> relay: jobs held until that relay's package sync finished.
+    pub const AFTER_SYNC: TreeDef<JobKey, NodeName> = TreeDef::new("after_sync");
 }
 
 /// HQ's shared state.
@@ -146,6 +152,10 @@ pub(crate) struct HqState {
     pub syncs: Table,
     /// relay -> RelaySchedule.
     pub schedules: Tree<Name, crate::proto::RelaySchedule>,
+    /// schedule id -> RepeatRecord: recurring jobs.
+    pub repeats: Tree<Seq, repeat::RepeatRecord>,
+    /// job -> relay: jobs held until that relay's package sync finished.
+    pub after_sync: Tree<JobKey, NodeName>,
     /// Blob bytes sent to each relay.
     pub egress: Arc<crate::link::transfer::Egress>,
     /// Uploads in progress (pieces of blobs), and package adds under way.
@@ -178,6 +188,8 @@ impl HqState {
             inventory: store.tree(trees::INVENTORY)?,
             syncs: store.table("syncs")?,
             schedules: store.tree(trees::SCHEDULES)?,
+            repeats: store.tree(trees::REPEATS)?,
+            after_sync: store.tree(trees::AFTER_SYNC)?,
             egress: Default::default(),
             uploads: Default::default(),
             tokens: store.table("tokens")?,
@@ -369,6 +381,7 @@ pub async fn run_with_console(
     let schedules = tokio::spawn(syncs::run_schedules(state.clone()));
     let _stop_schedules = AbortOnDrop(schedules);
     let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), opts.retention)));
+    let _stop_repeats = AbortOnDrop(tokio::spawn(repeat::run(state.clone())));
     tokio::select! {
         _ = serving => {}
         e = state.store.failed() => {

@@ -99,6 +99,7 @@ pub(crate) fn after_move(st: &HqState, moved: &[NodeName]) -> Result<Outgoing, S
                         orders,
                         placement: None,
                         hq_now_ms: None,
+                        policy: Some(rec.rollout.policy.clone()).filter(|p| p.is_gated()),
                     }
                 }
             };

@@ -272,6 +272,8 @@ mod tests {
             awaiting,
             canceled_at_ms: None,
             sent_to: vec![],
+            rollout: Default::default(),
+            repeat: None,
         };
         let leaf = |state, at_ms| LeafRecord {
             relay: n("r1"),

@@ -104,9 +104,25 @@ pub(crate) async fn answer(
             dest,
             action,
             expires_ms,
+            policy,
+        } if policy.repeat.is_some() => AdminResponse::Repeating(
+            super::repeat::create(st, dest, action, expires_ms, policy).await?,
+        ),
+        AdminRequest::CreateJob {
+            dest,
+            action,
+            expires_ms,
+            policy,
         } => AdminResponse::Created {
-            job: jobs::create(st, dest, action, expires_ms).await?,
+            job: jobs::create_with(st, dest, action, expires_ms, &policy).await?,
         },
+        AdminRequest::Repeats => AdminResponse::Repeats(super::repeat::list(st)?),
+        AdminRequest::Pause { job } => {
+            AdminResponse::Control(super::rollout::set_paused(st, job, true).await?)
+        }
+        AdminRequest::Resume { job } => {
+            AdminResponse::Control(super::rollout::set_paused(st, job, false).await?)
+        }
         AdminRequest::Status {
             job,
             states,

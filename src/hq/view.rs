@@ -46,16 +46,18 @@ fn job_record(st: &HqState, job: JobId) -> Result<JobRecord, HqError> {
 
 /// A canceled job is done; otherwise done when every destination reported
 /// its targets and no leaf is open.
-fn is_done(rec: &JobRecord, totals: &Totals) -> bool {
+pub(crate) fn is_done(rec: &JobRecord, totals: &Totals) -> bool {
     rec.canceled_at_ms.is_some() || (rec.awaiting.is_empty() && totals.open() == 0)
 }
 
-/// The job's state for `job status --json`: `active`, `canceled` or `done`.
-pub(crate) fn job_state(canceled: bool, done: bool) -> &'static str {
-    match (canceled, done) {
-        (true, _) => "canceled",
-        (false, true) => "done",
-        (false, false) => "active",
+/// The job's state for `job status --json`: `active`, `paused` (while
+/// paused and not over), `canceled` or `done`.
+pub(crate) fn job_state(canceled: bool, done: bool, paused: bool) -> &'static str {
+    match (canceled, done, paused) {
+        (true, _, _) => "canceled",
+        (false, true, _) => "done",
+        (false, false, true) => "paused",
+        (false, false, false) => "active",
     }
 }
 
@@ -69,6 +71,11 @@ pub(crate) fn totals(st: &HqState, job: JobId) -> Result<Totals, HqError> {
 /// in-memory counters (counted from the store the first time).
 pub(crate) fn counts(st: &HqState, job: JobId) -> Result<JobCounts, HqError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    counts_held(st, job)
+}
+
+/// [`counts`] for a caller that holds HQ's write lock.
+pub(crate) fn counts_held(st: &HqState, job: JobId) -> Result<JobCounts, HqError> {
     st.counters.get_or_count(job, || {
         let mut t = JobCounts::default();
         for r in st.leaves.scan_prefix(&JobPrefix(job)) {
@@ -148,7 +155,9 @@ pub(crate) fn status_of(st: &HqState, job: JobId, f: &Filter) -> Result<JobStatu
         job,
         attempt: rec.attempt,
         done,
-        state: job_state(rec.canceled_at_ms.is_some(), done).into(),
+        state: super::rollout::state_of(&rec, done).into(),
+        pause_reason: rec.rollout.paused.clone().filter(|_| !done),
+        policy: Some(rec.rollout.policy.clone()).filter(|p| p.is_gated()),
         relays: per_relay
             .into_iter()
             .map(|(relay, totals)| RelayTotals { relay, totals })
@@ -228,7 +237,8 @@ fn summary_of(st: &HqState, rec: &JobRecord) -> Result<JobSummary, HqError> {
         job: rec.job,
         attempt: rec.attempt,
         done,
-        state: job_state(rec.canceled_at_ms.is_some(), done).into(),
+        state: super::rollout::state_of(rec, done).into(),
+        repeat: super::repeat::link(st, rec.repeat),
         action: describe(&rec.action),
         dest: rec.dest.clone(),
         totals,
@@ -304,10 +314,12 @@ mod tests {
 
     #[test]
     fn job_states() {
-        assert_eq!(job_state(false, false), "active");
-        assert_eq!(job_state(false, true), "done");
-        assert_eq!(job_state(true, true), "canceled");
-        assert_eq!(job_state(true, false), "canceled");
+        assert_eq!(job_state(false, false, false), "active");
+        assert_eq!(job_state(false, false, true), "paused");
+        assert_eq!(job_state(false, true, false), "done");
+        assert_eq!(job_state(false, true, true), "done");
+        assert_eq!(job_state(true, true, false), "canceled");
+        assert_eq!(job_state(true, false, true), "canceled");
     }
 
     #[test]

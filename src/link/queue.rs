@@ -3,7 +3,7 @@
 //! connects, and sent at once to children connected now.
 //!
 //! One queue holds every kind of message a child must eventually get: an
-//! assignment, a `Forget`, a `Cancel`, a `Purge`. Each has a [`QueueKey`]
+//! assignment, a `Forget`, a `Cancel`, a `Purge`, a `Pause` or `Resume`. Each has a [`QueueKey`]
 //! and the child's acknowledgement names the same key, so "re-send on
 //! connect, clear on ack" is written once. Knows nothing of what the
 //! messages mean.
@@ -27,6 +27,11 @@ pub enum QueueKey {
     Purge(u64),
     /// HQ's placement of an agent (a newer one replaces the queued one).
     Placement(NodeName),
+    /// A `Pause` or `Resume` of a job, by HQ's sequence number. Sorts before
+    /// everything else (tag 0), so a relay that reconnects learns a job is
+    /// paused before it gets the job's assignment; within a job, by `seq`,
+    /// so the latest control is applied last.
+    Control(JobId, u64),
 }
 
 impl QueueKey {
@@ -38,6 +43,9 @@ impl QueueKey {
             Msg::Cancel { job } => Some(QueueKey::Cancel(*job)),
             Msg::Purge { id, .. } => Some(QueueKey::Purge(*id)),
             Msg::Placement(p) => p.placement().ok().map(|p| QueueKey::Placement(p.client)),
+            Msg::Pause { job, seq, .. } | Msg::Resume { job, seq } => {
+                Some(QueueKey::Control(*job, *seq))
+            }
             _ => None,
         }
     }
@@ -50,6 +58,9 @@ impl QueueKey {
             Msg::CancelAck { job } => Some(QueueKey::Cancel(*job)),
             Msg::PurgeAck { id } => Some(QueueKey::Purge(*id)),
             Msg::PlacementAck { client } => Some(QueueKey::Placement(client.clone())),
+            Msg::PauseAck { job, seq } | Msg::ResumeAck { job, seq } => {
+                Some(QueueKey::Control(*job, *seq))
+            }
             _ => None,
         }
     }
@@ -79,6 +90,11 @@ impl QueueKey {
             QueueKey::Placement(client) => {
                 k.push(5);
                 k.extend_from_slice(client.as_str().as_bytes());
+            }
+            QueueKey::Control(job, seq) => {
+                k.push(0);
+                k.extend_from_slice(&job.0.to_be_bytes());
+                k.extend_from_slice(&seq.to_be_bytes());
             }
         }
         k
@@ -207,8 +223,44 @@ mod tests {
         )
         .unwrap();
         q.put(&r10, &Msg::Cancel { job: JobId(7) }).unwrap();
+        // Controls first, in HQ's order within a job.
+        q.put(
+            &r1,
+            &Msg::Resume {
+                job: JobId(7),
+                seq: 9,
+            },
+        )
+        .unwrap();
+        q.put(
+            &r1,
+            &Msg::Pause {
+                job: JobId(7),
+                seq: 4,
+                reason: "x".into(),
+            },
+        )
+        .unwrap();
         let kinds: Vec<&str> = q.queued(&r1).unwrap().iter().map(|m| m.kind()).collect();
-        assert_eq!(kinds, vec!["forget", "cancel", "purge"]);
+        assert_eq!(kinds, vec!["pause", "resume", "forget", "cancel", "purge"]);
+        assert!(q
+            .ack(
+                &r1,
+                &Msg::PauseAck {
+                    job: JobId(7),
+                    seq: 4
+                }
+            )
+            .unwrap());
+        assert!(q
+            .ack(
+                &r1,
+                &Msg::ResumeAck {
+                    job: JobId(7),
+                    seq: 9
+                }
+            )
+            .unwrap());
         // A name's queue does not cover a longer name's.
         assert_eq!(q.queued(&r10).unwrap().len(), 1);
         assert!(q.ack(&r1, &Msg::CancelAck { job: JobId(7) }).unwrap());

@@ -360,6 +360,13 @@ pub fn stagger_ms(relay: &str, window_ms: u64) -> u64 {
     hash % window_ms
 }
 
+/// An RFC 3339 time (`2026-12-01T02:30:00Z`, `...+02:00`) as unix ms.
+pub fn parse_rfc3339_ms(s: &str) -> Result<u64, String> {
+    let t = DateTime::parse_from_rfc3339(s.trim())
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-12-01T02:30:00Z"))?;
+    u64::try_from(t.timestamp_millis()).map_err(|_| "before 1970".to_string())
+}
+
 /// When relay `relay` should next sync: the schedule's fire times shifted later
 /// by the relay's stagger over `window_ms`, the first one strictly after
 /// `after_ms`. Keep the window shorter than the schedule's period, or one
@@ -369,6 +376,20 @@ pub fn next_for_relay(s: &Schedule, relay: &str, window_ms: u64, after_ms: u64) 
     let after = i64::try_from(after_ms).ok()?;
     let base = s.next_after_signed(after.checked_sub(stagger)?)?;
     u64::try_from(base.checked_add(stagger)?).ok()
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(super::parse_rfc3339_ms("1970-01-01T00:00:01Z"), Ok(1000));
+        assert_eq!(
+            super::parse_rfc3339_ms("1970-01-01T01:00:01+01:00"),
+            Ok(1000)
+        );
+        assert!(super::parse_rfc3339_ms("tomorrow").is_err());
+        assert!(super::parse_rfc3339_ms("1960-01-01T00:00:00Z").is_err());
+    }
 }
 
 #[cfg(test)]

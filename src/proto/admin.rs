@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// What an admin asks of HQ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One request per admin frame: the size of `CreateJob` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AdminRequest {
     /// Create a job for all lower clients of `dest`.
     CreateJob {
@@ -19,7 +21,23 @@ pub enum AdminRequest {
         action: Action,
         /// Leaves not delivered within this many milliseconds expire.
         expires_ms: Option<u64>,
+        /// How it rolls out (`--batch`, `--canary`, `--max-failures`,
+        /// `--at`, `--window`); the default starts every leaf at once.
+        #[serde(default)]
+        policy: super::rollout::PolicyRequest,
     },
+    /// Pause a job: no new leaf starts anywhere until it is resumed.
+    Pause {
+        /// The job.
+        job: JobId,
+    },
+    /// Resume a paused job (failures are counted afresh from here).
+    Resume {
+        /// The job.
+        job: JobId,
+    },
+    /// Every recurring job's schedule.
+    Repeats,
     /// One job in full.
     Status {
         /// The job.
@@ -278,6 +296,12 @@ pub enum AdminResponse {
     Client(ClientView),
     /// A job was canceled.
     Canceled(CancelResult),
+    /// A job was paused or resumed.
+    Control(ControlResult),
+    /// A recurring job was scheduled.
+    Repeating(RepeatView),
+    /// Every recurring job.
+    Repeats(Vec<RepeatView>),
     /// Jobs were purged.
     Purged(PurgeResult),
     /// A job's counts.
@@ -667,6 +691,42 @@ pub struct ClientStatus {
     pub job: Option<JobId>,
 }
 
+/// A recurring job: `hq job create --repeat ... --json`, and `hq job list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatView {
+    /// Its id.
+    pub schedule: u64,
+    /// The schedule, canonical (`monthly 2nd tue +4d 02:30`).
+    pub spec: String,
+    /// The next run, unix ms (none: never again).
+    pub next_ms: Option<u64>,
+    /// Its latest occurrences, oldest first.
+    pub jobs: Vec<JobId>,
+}
+
+/// The schedule a job is an occurrence of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepeatLink {
+    /// The schedule's id.
+    pub schedule: u64,
+    /// Its text.
+    pub spec: String,
+    /// Its next run, unix ms.
+    pub next_ms: Option<u64>,
+}
+
+/// `hq job pause|resume --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlResult {
+    /// The job.
+    pub job: JobId,
+    /// Its state now: `paused` or `active`.
+    pub state: String,
+    /// Why it is paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A job in full.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -677,9 +737,17 @@ pub struct JobStatus {
     /// Every leaf of the latest attempt is final and every destination relay
     /// has reported its targets, or the job was canceled.
     pub done: bool,
-    /// `active`, `canceled` or `done` (a canceled job is done as well).
+    /// `active`, `paused`, `canceled` or `done` (a canceled job is done as
+    /// well).
     #[serde(default)]
     pub state: String,
+    /// Why the job is paused (by the operator, the failure threshold, a
+    /// canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// Its rollout policy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<super::rollout::Policy>,
     /// Leaves by their latest result.
     pub totals: Totals,
     /// Per home relay.
@@ -720,6 +788,9 @@ pub struct JobSummary {
     /// As in [`JobStatus::state`].
     #[serde(default)]
     pub state: String,
+    /// The recurring job it is an occurrence of, with its next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<RepeatLink>,
     /// What it does.
     pub action: String,
     /// Destination relays.

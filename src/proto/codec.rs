@@ -165,6 +165,7 @@ mod tests {
             orders: vec![],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         }));
         roundtrip(Msg::Ack { seq: 9 });
     }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod ids;
 pub mod msg;
 pub mod pkg;
+pub mod rollout;
 pub mod sync;
 
 pub use admin::*;
@@ -16,3 +17,4 @@ pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAM
 pub use ids::{Attempt, InvalidName, JobId, NodeName, Role};
 pub use msg::*;
 pub use pkg::*;
+pub use rollout::{Limit, Policy, PolicyRequest, Window};

@@ -87,6 +87,10 @@ pub struct Assignment {
     /// it, as by the `Hello`'s.
     #[serde(default)]
     pub hq_now_ms: Option<u64>,
+    /// The job's rollout policy, for the relays to enforce (not sent to
+    /// agents; absent: every leaf starts at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<super::rollout::Policy>,
 }
 
 /// What HQ orders for one attempt; signed by HQ so that no relay can alter,
@@ -531,6 +535,41 @@ pub enum Msg {
         /// The job.
         job: JobId,
     },
+    /// Parent to child relay: start no more leaves of `job` (by hand, the
+    /// circuit breaker or a failed canary). Queued until [`Msg::PauseAck`];
+    /// `seq` (HQ's, increasing) orders it against a `Resume`: a relay
+    /// ignores a control older than the last one it applied.
+    Pause {
+        /// The job.
+        job: JobId,
+        /// HQ's sequence number of this control.
+        seq: u64,
+        /// Why, for status.
+        reason: String,
+    },
+    /// Child to parent: the pause `seq` of `job` is durably applied.
+    PauseAck {
+        /// The job.
+        job: JobId,
+        /// The pause.
+        seq: u64,
+    },
+    /// Parent to child relay: `job` runs again (also: its canaries all
+    /// succeeded); failures are counted afresh from here. Queued until
+    /// [`Msg::ResumeAck`].
+    Resume {
+        /// The job.
+        job: JobId,
+        /// HQ's sequence number of this control.
+        seq: u64,
+    },
+    /// Child to parent: the resume `seq` of `job` is durably applied.
+    ResumeAck {
+        /// The job.
+        job: JobId,
+        /// The resume.
+        seq: u64,
+    },
     /// Parent to child: forget everything about these jobs (retention).
     /// Queued until [`Msg::PurgeAck`] with the same id.
     Purge {
@@ -603,6 +642,10 @@ impl Msg {
             Msg::PutAck { .. } => "put_ack",
             Msg::Cancel { .. } => "cancel",
             Msg::CancelAck { .. } => "cancel_ack",
+            Msg::Pause { .. } => "pause",
+            Msg::PauseAck { .. } => "pause_ack",
+            Msg::Resume { .. } => "resume",
+            Msg::ResumeAck { .. } => "resume_ack",
             Msg::Purge { .. } => "purge",
             Msg::PurgeAck { .. } => "purge_ack",
             Msg::Placement(_) => "placement",

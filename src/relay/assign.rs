@@ -104,6 +104,11 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         st.down.put(child, &Msg::Assign(fwd.clone()))?;
     }
     super::expire::index(st, a.job, a.attempt, a.expires_at_ms)?;
+    super::rollout::note_policy(st, a.job, a.policy.as_ref())?;
+    if !plan.create.is_empty() {
+        // New leaves: the gate is counted again from the store.
+        st.gates.forget(a.job);
+    }
     st.attempts.put(
         &ak,
         &AttemptRecord {
@@ -194,6 +199,7 @@ fn agent_assignment(a: &Assignment, orders: &AgentOrders<'_>, client: &NodeName)
         // Set on the last hop by `placement::attach`.
         placement: None,
         hq_now_ms: None,
+        policy: None,
     }
 }
 
@@ -261,7 +267,22 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
         return;
     }
     let orders = AgentOrders::new(&a.orders, &st.me);
-    for client in d.agents {
+    let agents = match super::rollout::record(st, a.job) {
+        // Gated: only what the rollout lets start now; the rest as others end.
+        Ok(Some(_)) => match super::rollout::release(st, a.job) {
+            Ok(list) => list,
+            Err(e) => {
+                warn!(job = %a.job, error = %e, "cannot release leaves");
+                vec![]
+            }
+        },
+        Ok(None) => d.agents,
+        Err(e) => {
+            warn!(job = %a.job, error = %e, "cannot read the job's rollout");
+            vec![]
+        }
+    };
+    for client in agents {
         let m = agent_assignment(a, &orders, &client);
         if !fits_agent_frame(&m) {
             let reason = format!(
@@ -341,6 +362,7 @@ mod tests {
             orders: vec![],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         }
     }
 

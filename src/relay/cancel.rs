@@ -38,7 +38,7 @@ pub(crate) fn is_canceled(st: &RelayState, job: JobId) -> Result<bool, StoreErro
 }
 
 /// The relays directly under this one.
-fn child_relays(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
+pub(crate) fn child_relays(st: &RelayState) -> Result<Vec<NodeName>, StoreError> {
     let mut out = Vec::new();
     for r in st.dir_relays.scan() {
         let (k, via) = r?;

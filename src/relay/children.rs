@@ -137,7 +137,7 @@ impl Downstream for RelayState {
                 audit: None,
             };
             // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
-            apply_home(self, &child.name, std::slice::from_ref(&u))?;
+            let _ = apply_home(self, &child.name, std::slice::from_ref(&u))?;
         }
         Ok(())
     }
@@ -160,8 +160,10 @@ impl Downstream for RelayState {
     fn apply(&self, child: &PeerIdentity, events: &[(u64, Event)]) -> Result<Outgoing, StoreError> {
         match child.role {
             Role::Agent => {
-                from_agent(self, &child.name, events)?;
-                Ok(Vec::new())
+                // Leaves that ended make room: the next ones go out once
+                // this batch is durable.
+                let ended = from_agent(self, &child.name, events)?;
+                super::rollout::release_jobs(self, &ended)
             }
             _ => {
                 let (fwd, forgets) = learn(self, &child.name, events.to_vec())?;

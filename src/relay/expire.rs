@@ -313,6 +313,7 @@ mod tests {
             orders: vec![],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         };
         crate::relay::assign::apply(st, &a).unwrap();
     }

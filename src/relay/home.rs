@@ -12,12 +12,12 @@ use crate::store::StoreError;
 use tracing::warn;
 
 /// An agent's own results and inventory (not yet durable); anything else it
-/// says is dropped.
+/// says is dropped. Returns the gated jobs where a leaf ended.
 pub(crate) fn from_agent(
     st: &RelayState,
     client: &NodeName,
     events: &[(u64, Event)],
-) -> Result<(), StoreError> {
+) -> Result<Vec<crate::proto::JobId>, StoreError> {
     let mut ups = Vec::with_capacity(events.len());
     let mut inventories = Vec::new();
     for (_, ev) in events {
@@ -40,12 +40,12 @@ pub(crate) fn from_agent(
 }
 
 /// The pending leaves of `client`, as assignments to send it (with its
-/// placement; those that need one are held while there is none).
+/// placement; those that need one are held while there is none). A gated
+/// job's leaf is sent only if its rollout lets it start now.
 pub(crate) fn pending_for(
     st: &RelayState,
     client: &NodeName,
 ) -> Result<Vec<Assignment>, StoreError> {
-    let now = now_ms();
     let mut out = Vec::new();
     for r in st.client_leaves.scan_prefix(&NamePrefix(client.clone())) {
         let (NameJob(_, job), attempt) = r?;
@@ -55,39 +55,61 @@ pub(crate) fn pending_for(
         if leaf.state != LeafState::Pending || leaf.attempt.0 != attempt {
             continue;
         }
-        let Some(ar) = st.attempts.get(&JobAttempt(job, leaf.attempt))? else {
-            continue;
-        };
-        if ar.expires_at_ms.is_some_and(|e| e <= now) {
+        if !super::rollout::admit_one(st, job, client)? {
             continue;
         }
-        let a = for_agent(
-            &Assignment {
-                job,
-                attempt: leaf.attempt,
-                action: ar.action,
-                expires_at_ms: ar.expires_at_ms,
-                scope: crate::proto::Scope::Targets(vec![]),
-                orders: ar.orders,
-                placement: None,
-                hq_now_ms: None,
-            },
-            &st.me,
-            client,
-        );
-        out.extend(super::placement::attach(st, client, a)?);
+        out.extend(assignment_for(st, job, client)?);
     }
     Ok(out)
 }
 
+/// The assignment to send `client` for its pending home leaf of `job`, with
+/// its placement (`None`: no such leaf, past its expiry, or held until HQ's
+/// placement of the agent arrives).
+pub(crate) fn assignment_for(
+    st: &RelayState,
+    job: crate::proto::JobId,
+    client: &NodeName,
+) -> Result<Option<Assignment>, StoreError> {
+    let Some(leaf) = st.leaves.get(&JobClient(job, client.clone()))? else {
+        return Ok(None);
+    };
+    if leaf.state != LeafState::Pending {
+        return Ok(None);
+    }
+    let Some(ar) = st.attempts.get(&JobAttempt(job, leaf.attempt))? else {
+        return Ok(None);
+    };
+    if ar.expires_at_ms.is_some_and(|e| e <= now_ms()) {
+        return Ok(None);
+    }
+    let a = for_agent(
+        &Assignment {
+            job,
+            attempt: leaf.attempt,
+            action: ar.action,
+            expires_at_ms: ar.expires_at_ms,
+            scope: crate::proto::Scope::Targets(vec![]),
+            orders: ar.orders,
+            placement: None,
+            hq_now_ms: None,
+            policy: None,
+        },
+        &st.me,
+        client,
+    );
+    super::placement::attach(st, client, a)
+}
+
 /// Merges an agent's own updates into its home leaves and queues the changes
 /// upward (not yet durable). Updates for other clients or for attempts this
-/// relay never gave it are dropped.
+/// relay never gave it are dropped. Returns the gated jobs where a leaf
+/// ended (room for the next ones to start).
 pub(crate) fn apply_home(
     st: &RelayState,
     client: &NodeName,
     ups: &[LeafUpdate],
-) -> Result<(), StoreError> {
+) -> Result<Vec<crate::proto::JobId>, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut events = Vec::new();
     let mut writes = Vec::new();
@@ -123,12 +145,16 @@ pub(crate) fn apply_home(
     // a prefix, and a state without its event would never be reported (the
     // agent's re-sent update would merge as nothing new).
     st.outbox.push(&events)?;
+    let mut ended = Vec::new();
     for (k, new, job) in writes {
         st.leaves.put(&k, &new)?;
         if new.state.is_final() {
             // Nothing left to deliver: keep the per-client index small.
             st.client_leaves.remove(&NameJob(client.clone(), job))?;
         }
+        if super::rollout::moved(st, job, client, new.state) && !ended.contains(&job) {
+            ended.push(job);
+        }
     }
-    Ok(())
+    Ok(ended)
 }

@@ -17,6 +17,7 @@ mod home;
 mod moves;
 mod placement;
 mod purge;
+mod rollout;
 mod upward;
 
 use crate::link::{self, Admission, Dialer, SessionTx, Timing};
@@ -111,6 +112,8 @@ pub(crate) mod trees {
     pub const EXPIRY: TreeDef<DueJobAttempt, ()> = TreeDef::new("expiry");
     /// client -> SignedPlacement: HQ's latest placement of each home client.
     pub const PLACEMENTS: TreeDef<Name, crate::proto::SignedPlacement> = TreeDef::new("placements");
+    /// job -> RolloutRecord: the policy and HQ's controls of gated jobs.
+    pub const ROLLOUTS: TreeDef<JobKey, super::rollout::RolloutRecord> = TreeDef::new("rollouts");
 }
 
 /// The relay's shared state.
@@ -157,6 +160,10 @@ pub(crate) struct RelayState {
     pub placements: Tree<Name, crate::proto::SignedPlacement>,
     /// HQ's clock as measured from the parent's `Hello`, passed on to children.
     pub clock: crate::link::HqClock,
+    /// job -> RolloutRecord: the policy and HQ's controls of gated jobs.
+    pub rollouts: Tree<JobKey, rollout::RolloutRecord>,
+    /// The gates of gated jobs' home leaves, in memory.
+    pub gates: rollout::Gates,
 }
 
 impl RelayState {
@@ -166,6 +173,8 @@ impl RelayState {
             up: Default::default(),
             asks: Default::default(),
             placements: store.tree(trees::PLACEMENTS)?,
+            rollouts: store.tree(trees::ROLLOUTS)?,
+            gates: Default::default(),
             clock: Default::default(),
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
@@ -295,6 +304,7 @@ pub async fn run(
         cfg.timing.idle_timeout,
         shutdown.clone(),
     ));
+    let gate = tokio::spawn(rollout::run(st.clone(), shutdown.clone()));
     let admit = [Role::Relay, Role::Agent];
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config_enrolling(&admit)?);
     let adm = Arc::new(Admission {
@@ -327,6 +337,7 @@ pub async fn run(
     shutdown.cancel();
     let _ = up.await;
     let _ = sweeper.await;
+    let _ = gate.await;
     if let Some(e) = failed {
         return Err(RelayError::Store(e));
     }

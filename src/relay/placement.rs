@@ -142,6 +142,7 @@ mod tests {
             }],
             placement: None,
             hq_now_ms: None,
+            policy: None,
         }
     }
 

@@ -95,6 +95,11 @@ pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied,
         st.client_leaves.remove(&NameJob(client.clone(), *job))?;
         st.leaves.remove(k)?;
     }
+    for &job in &wanted {
+        // The rollout of a purged job: its record and its gate.
+        st.rollouts.remove(&crate::store::keys::JobKey(job))?;
+        st.gates.forget(job);
+    }
     // The attempts last: a relay that still has one still knows the job.
     for (k, _, _) in &attempts {
         st.attempts.remove(k)?;
@@ -151,6 +156,7 @@ mod tests {
                 orders: vec![],
                 placement: None,
                 hq_now_ms: None,
+                policy: None,
             };
             crate::relay::assign::apply(&st, &a).unwrap();
         }

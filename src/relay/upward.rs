@@ -1,7 +1,9 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{announce, assign, cache, cancel, deny, home, moves, placement, purge, RelayState};
+use super::{
+    announce, assign, cache, cancel, deny, home, moves, placement, purge, rollout, RelayState,
+};
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -208,6 +210,20 @@ async fn session(
                     st.store.durable().await?;
                     crate::link::send(&tx, Msg::CancelAck { job }).await?;
                     cancel::send(&st, job, sends);
+                }
+                Msg::Pause { job, seq, reason } => {
+                    let fwd = rollout::control(&st, job, seq, Some(reason))?;
+                    st.store.durable().await?;
+                    crate::link::send(&tx, Msg::PauseAck { job, seq }).await?;
+                    crate::link::queue::send_now(&st.children, fwd);
+                }
+                Msg::Resume { job, seq } => {
+                    let fwd = rollout::control(&st, job, seq, None)?;
+                    st.store.durable().await?;
+                    crate::link::send(&tx, Msg::ResumeAck { job, seq }).await?;
+                    crate::link::queue::send_now(&st.children, fwd);
+                    let start = rollout::release_jobs(&st, &[job])?;
+                    crate::link::queue::send_now(&st.children, start);
                 }
                 Msg::Ack { seq } if seq == crate::link::OUT_OF_OUTBOX => {
                     announcing = announcing.saturating_sub(1);

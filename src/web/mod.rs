@@ -444,10 +444,7 @@ async fn actions(app: &App, s: &crate::proto::JobStatus) -> pages::Actions {
     } else {
         None
     };
-    pages::Actions {
-        pause: false,
-        audit,
-    }
+    pages::Actions { pause: true, audit }
 }
 
 async fn job_page(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<String>) -> Response {
@@ -475,6 +472,8 @@ fn action_request(action: &str, job: JobId) -> Option<AdminRequest> {
             expired: false,
         }),
         "cancel" => Some(AdminRequest::Cancel { job }),
+        "pause" => Some(AdminRequest::Pause { job }),
+        "resume" => Some(AdminRequest::Resume { job }),
         "sync" => Some(AdminRequest::Sync(crate::proto::sync::SyncRequest {
             audit: job,
             ..Default::default()
@@ -489,6 +488,7 @@ fn action_message(r: &AdminResponse) -> String {
         AdminResponse::Rerun(r) if r.targets == 0 => "nothing failed: no rerun".into(),
         AdminResponse::Rerun(r) => format!("attempt {}: {} leaves rerun", r.attempt.0, r.targets),
         AdminResponse::Canceled(c) => format!("{} leaves canceled", c.canceled),
+        AdminResponse::Control(c) => format!("job {}: {}", c.job, c.state),
         AdminResponse::Sync(v) => match v.batch {
             Some(b) => format!("batch {b}: {} jobs launched", v.jobs.len()),
             None => "nothing to sync".into(),
@@ -717,6 +717,14 @@ mod tests {
         assert!(matches!(
             action_request("cancel", j),
             Some(AdminRequest::Cancel { .. })
+        ));
+        assert!(matches!(
+            action_request("pause", j),
+            Some(AdminRequest::Pause { .. })
+        ));
+        assert!(matches!(
+            action_request("resume", j),
+            Some(AdminRequest::Resume { .. })
         ));
         assert!(action_request("purge", j).is_none());
         assert!(action_request("", j).is_none());

@@ -230,7 +230,7 @@ fn jobs(list: &[JobSummary], now_ms: u64) -> Markup {
     }
 }
 
-/// A job's state as a pill: `active`, `canceled` or `done` (HQ's word; from
+/// A job's state as a pill: `active`, `paused`, `canceled` or `done` (HQ's word; from
 /// `done` alone when HQ gave none).
 fn job_state(state: &str, done: bool) -> Markup {
     let word = match state {
@@ -360,6 +360,9 @@ fn summary(s: &JobStatus) -> Markup {
         p {
             "attempt " strong { (s.attempt.0) } " · "
             (job_state(&s.state, s.done))
+            @if let Some(why) = &s.pause_reason {
+                " " span.pause-reason { "(" (why) ")" }
+            }
             " · dest " (s.dest.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
             @if !s.awaiting.is_empty() {
                 " · awaiting " (s.awaiting.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "))
@@ -555,6 +558,8 @@ mod tests {
             attempt: Attempt(1),
             done: false,
             state: "active".into(),
+            pause_reason: None,
+            policy: None,
             totals: Totals::default(),
             relays: vec![],
             clients: vec![],

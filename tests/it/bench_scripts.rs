@@ -89,6 +89,19 @@ fn audit_script_runs_at_small_n() {
 }
 
 #[test]
+fn rollout_script_runs_at_small_n() {
+    let out = bench("rollout.sh", &["200", "2"]);
+    assert!(
+        out.contains("rollout --batch 10% N=200 R=2: done in"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rollout --max-failures 1% with 5% failing N=200 R=2:"),
+        "{out}"
+    );
+}
+
+#[test]
 fn sync_script_runs_at_small_n() {
     let out = bench("sync.sh", &["12", "2", "16"]);
     assert!(

@@ -36,6 +36,7 @@ mod proxy;
 mod rerun;
 mod retention;
 mod roles;
+mod rollout;
 mod security;
 mod sync;
 mod transfer;

@@ -89,6 +89,7 @@ pub(crate) fn assign(
         orders,
         placement: Some(home.clone()),
         hq_now_ms: None,
+        policy: None,
     })
 }
 
@@ -517,6 +518,7 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
             dest: vec![n("r1")],
             action: Action::Ping,
             expires_ms: None,
+            policy: Default::default(),
         };
         assert!(
             ask(&mut admin, 2, job).await.is_none(),

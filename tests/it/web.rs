@@ -597,6 +597,47 @@ async fn browse(
         "{summary}"
     );
 
+    // Pause and resume: a job held outside its window stays active; the
+    // buttons turn it paused and back, by live updates, no reload.
+    let now_min = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60)
+        % 1440;
+    let hm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let outside = format!("{}-{}", hm(now_min + 120), hm(now_min + 180));
+    let held = env.create_job(&["r1"], &["--window", &outside], "true");
+    c.goto(&format!("http://{web}/jobs/{held}")).await.unwrap();
+    eventually("the held job's stream", || async {
+        (text(c, "#live").await? == "live").then_some(())
+    })
+    .await;
+    c.execute("window.__sameDocument = 43", vec![])
+        .await
+        .unwrap();
+    c.find(Css("#pause")).await.unwrap().click().await.unwrap();
+    let summary = eventually("the job to show paused", || async {
+        let t = text(c, "#summary").await?;
+        t.contains("paused by the operator").then_some(t)
+    })
+    .await;
+    assert!(summary.contains("paused"), "{summary}");
+    assert_eq!(env.status(&held)["state"], "paused");
+    c.find(Css("#resume")).await.unwrap().click().await.unwrap();
+    eventually("the job to show active again", || async {
+        let t = text(c, "#summary").await?;
+        (t.contains("active") && !t.contains("paused")).then_some(t)
+    })
+    .await;
+    assert_eq!(env.status(&held)["state"], "active");
+    let same: Value = c
+        .execute("return window.__sameDocument", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!(43), "the page was reloaded");
+    env.admin(&["job", "cancel", &held]).ok();
+
     // An audit's page: its differences, and a sync button that launches
     // the batch (one collection: r1's three clients lack tool@1).
     c.goto(&format!("http://{web}/jobs/{audit}")).await.unwrap();

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# rollout.sh [N] [R]: rollout policies at scale, on one tree of N agents
+# under R relays (swarms).
+#  1. `--batch 10%` to all N: a command that writes "RELAY start MS" and
+#     "RELAY end MS" (real effects, by the commands themselves) around a
+#     short sleep; timed from `job create` to `job wait`'s exit; the largest
+#     number of commands running at once per relay is read from those lines
+#     (limit: 10% of each relay's targets).
+#  2. `--batch 10% --max-failures 1%` with 5% of the clients failing (by a
+#     hash of the client's name, with a "fail MS" line): the moment the
+#     failures passed the threshold is the time of the failure that took
+#     the count past 1%; the leaves started after it, anywhere in the tree,
+#     are counted (goal: under 1% of the job). The job is then canceled.
+#   defaults: N=10000 R=2 (issue 11)
+source "$(dirname "$0")/lib.sh"
+
+N=${1:-10000}
+R=${2:-2}
+
+bench_init
+tree_start "$N" "$R"
+
+# 1. --batch 10%
+T1=$TREE/log/batch.times
+: >"$T1"
+timed_job --batch 10% -- sh -c "echo \"\$RELAYTREE_RELAY start \$(date +%s%3N)\" >> '$T1'; sleep 0.2; echo \"\$RELAYTREE_RELAY end \$(date +%s%3N)\" >> '$T1'"
+((WAIT_RC == 0)) || die "job $JOB: not every leaf succeeded (wait exit $WAIT_RC)"
+read -r s f to < <(check_job "$JOB" "$N")
+batch=$(python3 - "$T1" "$N" "$R" <<'PY'
+import sys, collections
+ev = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 3:
+        ev[f[0]].append((int(f[2]), 1 if f[1] == "start" else -1))
+n, r = int(sys.argv[2]), int(sys.argv[3])
+out, ok = [], True
+for relay in sorted(ev):
+    cur = top = 0
+    # Ends before starts at the same millisecond.
+    for _, d in sorted(ev[relay]):
+        cur += d
+        top = max(top, cur)
+    starts = sum(1 for _, d in ev[relay] if d == 1)
+    limit = max(1, -(-starts * 10 // 100))
+    ok = ok and top <= limit
+    out.append(f"{relay}={top}/{limit}")
+print(("ok" if ok else "OVER"), " ".join(out))
+PY
+)
+verdict=${batch%% *}
+log "batch 10%: job $JOB in $ELAPSED s; most in flight per relay (limit): ${batch#* }"
+[[ $verdict == ok ]] || die "more leaves in flight than --batch 10% allows: ${batch#* }"
+echo "rollout --batch 10% N=$N R=$R: done in $ELAPSED s, most in flight per relay/limit: ${batch#* } (load $(cut -d' ' -f1-3 /proc/loadavg))"
+settle
+
+# 2. --max-failures 1% with 5% failing
+T2=$TREE/log/breaker.times
+: >"$T2"
+JOB=$("$BIN/hq" job create --dest all-lower-clients "${RELAY_FLAGS[@]}" --batch 10% --max-failures 1% -- \
+    sh -c "h=\$(printf %s \"\$RELAYTREE_CLIENT\" | cksum | cut -d' ' -f1); echo \"\$RELAYTREE_RELAY start \$(date +%s%3N)\" >> '$T2'; if [ \$((h % 20)) -eq 0 ]; then echo \"\$RELAYTREE_RELAY fail \$(date +%s%3N)\" >> '$T2'; exit 1; fi; sleep 0.2") ||
+    die "hq job create failed"
+state=""
+for ((i = 0; i < 1200; i++)); do
+    state=$("$BIN/hq" job list --json | python3 -c '
+import json, sys
+for j in json.load(sys.stdin):
+    if str(j["job"]) == sys.argv[1]:
+        print(j["state"])' "$JOB")
+    [[ $state == paused || $state == done ]] && break
+    check_alive
+    sleep 0.25
+done
+[[ $state == paused ]] || die "job $JOB: never paused (state $state)"
+# What was running finishes; what started late shows up in the file.
+sleep 3
+"$BIN/hq" job cancel "$JOB" >/dev/null || die "hq job cancel $JOB failed"
+read -r crossed after total < <(python3 - "$T2" "$N" <<'PY'
+import sys
+starts, fails = [], []
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 3:
+        (starts if f[1] == "start" else fails if f[1] == "fail" else []).append(int(f[2]))
+n = int(sys.argv[2])
+threshold = n * 1 // 100  # past 1% of the job's targets
+fails.sort()
+if len(fails) <= threshold:
+    sys.exit(f"only {len(fails)} failures, threshold {threshold}")
+crossed = fails[threshold]
+print(crossed, sum(1 for s in starts if s > crossed), len(starts))
+PY
+) || die "job $JOB: no crossing of the threshold in the commands' lines"
+pct=$(awk -v a="$after" -v n="$N" 'BEGIN { printf "%.2f", a * 100 / n }')
+echo "rollout --max-failures 1% with 5% failing N=$N R=$R: $after leaves started after the threshold was crossed ($pct% of the job; $total started in all; goal under 1%) (load $(cut -d' ' -f1-3 /proc/loadavg))"
