@@ -55,3 +55,16 @@ fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
 }
+
+#[test]
+fn idle_script_runs_at_small_n() {
+    let out = bench("idle.sh", &["20", "2", "2", "1"]);
+    assert!(
+        out.contains("idle N=20 R=2: HQ + relays CPU over 2 s: median"),
+        "{out}"
+    );
+    assert!(
+        out.contains("idle N=20 R=2: 0 sessions ended at the relays"),
+        "{out}"
+    );
+}
