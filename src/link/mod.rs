@@ -1,6 +1,7 @@
 //! A session between a child and its parent, used by hq, relay, agent and the
 //! admin CLI alike: dial with backoff, accept with role admission, the `Hello`
-//! exchange, heartbeats, the idle timeout, and the outbox pump.
+//! exchange, heartbeats and the idle timeout (one sweep per process), and the
+//! outbox pump.
 //!
 //! Knows nothing of what jobs or leaves mean: it moves [`Msg`]s, hands
 //! sessions to the role that owns them, serves a parent's side of every child
@@ -18,6 +19,7 @@ pub mod meter;
 mod pump;
 pub mod queue;
 mod session;
+mod sweep;
 pub mod transfer;
 
 pub use accept::{serve, serve_enrolling, Admission, EnrollFn, Limits};

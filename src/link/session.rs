@@ -1,10 +1,13 @@
-//! One established session: a writer task that sends heartbeats when idle,
-//! and a reader with an idle timeout that hides heartbeats.
+//! One established session: a writer task, and a reader that hides
+//! heartbeats. Heartbeats and the idle timeout are the process's one sweep's
+//! business ([`super::sweep`]): no timer here.
 
+use super::sweep::Pulse;
 use super::LinkError;
 use crate::proto::{Msg, MsgCodec};
 use crate::tls::PeerIdentity;
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -58,6 +61,8 @@ pub fn send_soon(tx: &SessionTx, msg: Msg) {
 pub struct SessionRx {
     inner: Box<dyn futures::Stream<Item = Result<Msg, crate::proto::CodecError>> + Send + Unpin>,
     idle: Duration,
+    /// This session's liveness, judged by the sweep.
+    pulse: Arc<Pulse>,
     /// Cancelled once this side sent `Bye`: the session ends here whatever
     /// the peer does.
     closed: CancellationToken,
@@ -67,25 +72,42 @@ impl SessionRx {
     /// The next message other than a heartbeat; an error when the peer is
     /// silent past the idle timeout, closed, or sent something undecodable.
     pub async fn recv(&mut self) -> Result<Msg, LinkError> {
+        // Silence counts from now, while we wait; not while the caller was
+        // busy with the previous message (frames wait in the socket then).
+        self.pulse.waiting();
+        let r = self.next().await;
+        self.pulse.busy();
+        r
+    }
+
+    async fn next(&mut self) -> Result<Msg, LinkError> {
         loop {
             let next = tokio::select! {
+                biased;
+                n = self.inner.next() => n,
                 _ = self.closed.cancelled() => {
                     return Err(LinkError::Bye("closed by this side".into()))
                 }
-                n = tokio::time::timeout(self.idle, self.inner.next()) => n,
+                _ = self.pulse.expired() => return Err(LinkError::Idle(self.idle)),
             };
+            self.pulse.heard();
             match next {
-                Err(_) => return Err(LinkError::Idle(self.idle)),
-                Ok(None) => return Err(LinkError::Closed),
-                Ok(Some(Err(crate::proto::CodecError::Io(e)))) if is_disconnect(&e) => {
+                None => return Err(LinkError::Closed),
+                Some(Err(crate::proto::CodecError::Io(e))) if is_disconnect(&e) => {
                     return Err(LinkError::Closed)
                 }
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(Msg::Heartbeat))) => continue,
-                Ok(Some(Ok(Msg::Bye { reason }))) => return Err(LinkError::Bye(reason)),
-                Ok(Some(Ok(m))) => return Ok(m),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Msg::Heartbeat)) => continue,
+                Some(Ok(Msg::Bye { reason })) => return Err(LinkError::Bye(reason)),
+                Some(Ok(m)) => return Ok(m),
             }
         }
+    }
+}
+
+impl Drop for SessionRx {
+    fn drop(&mut self) {
+        self.pulse.drop_reader();
     }
 }
 
@@ -181,14 +203,10 @@ where
     let (tx, mut out) = mpsc::channel::<Msg>(capacity);
     let closed = CancellationToken::new();
     let closed_w = closed.clone();
-    let heartbeat = timing.heartbeat;
+    let pulse = Pulse::start(timing.heartbeat, timing.idle_timeout, tx.downgrade());
+    let pulse_w = Arc::downgrade(&pulse);
     tokio::spawn(async move {
-        loop {
-            let msg = match tokio::time::timeout(heartbeat, out.recv()).await {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(_) => Msg::Heartbeat,
-            };
+        while let Some(msg) = out.recv().await {
             let mut closing = matches!(msg, Msg::Bye { .. });
             if writer.feed(msg).await.is_err() {
                 return;
@@ -204,6 +222,9 @@ where
             if writer.flush().await.is_err() || closing {
                 break;
             }
+            if let Some(p) = pulse_w.upgrade() {
+                p.sent();
+            }
         }
         // This side is done: the reader stops now, whatever the peer does;
         // then close_notify and the socket, bounded in case the peer stalls.
@@ -216,9 +237,122 @@ where
         rx: SessionRx {
             inner: Box::new(reader),
             idle: timing.idle_timeout,
+            pulse,
             closed,
         },
         purpose,
         hq_offset_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{NodeName, Purpose, Role};
+    use std::time::Instant;
+
+    type Peer = Framed<tokio::io::DuplexStream, MsgCodec>;
+
+    /// A session with heartbeat `hb` and idle timeout `idle`, and the raw
+    /// other end of its connection.
+    fn pair(hb: u64, idle: u64) -> (Session, Peer) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let timing = Timing {
+            heartbeat: Duration::from_millis(hb),
+            idle_timeout: Duration::from_millis(idle),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let peer = PeerIdentity {
+            role: Role::Agent,
+            name: NodeName::new("c1").unwrap(),
+            trust_domain: "test".into(),
+        };
+        let s = start(
+            Framed::new(ours, MsgCodec::default()),
+            peer,
+            timing,
+            Purpose::Session,
+        );
+        (s, Framed::new(theirs, MsgCodec::default()))
+    }
+
+    fn traffic() -> Msg {
+        Msg::Ack { seq: 1 }
+    }
+
+    /// The peer hears nothing but job traffic, for many idle timeouts: the
+    /// session stays up, and every message arrives.
+    #[tokio::test]
+    async fn job_frames_count_as_liveness() {
+        let (mut s, mut peer) = pair(500, 2000);
+        let sender = tokio::spawn(async move {
+            for _ in 0..30 {
+                peer.send(&traffic()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peer
+        });
+        for _ in 0..30 {
+            assert_eq!(s.rx.recv().await.unwrap(), traffic());
+        }
+        let _peer = sender.await.unwrap();
+    }
+
+    /// Frames that wait in the socket while the owner is busy (longer than
+    /// the idle timeout) are not silence.
+    #[tokio::test]
+    async fn a_busy_owner_is_not_a_silent_peer() {
+        let (mut s, mut peer) = pair(100, 300);
+        peer.send(&traffic()).await.unwrap();
+        assert_eq!(s.rx.recv().await.unwrap(), traffic());
+        // Busy with that message for 3 idle timeouts; the peer said more.
+        peer.send(&traffic()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(s.rx.recv().await.unwrap(), traffic());
+    }
+
+    /// A silent peer is detected within the idle timeout and a sweep.
+    #[tokio::test]
+    async fn a_silent_peer_is_detected_within_the_idle_timeout() {
+        let (mut s, _peer) = pair(100, 300);
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.rx.recv()).await;
+        let took = t.elapsed();
+        assert!(matches!(r, Ok(Err(LinkError::Idle(_)))), "{r:?}");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    /// Heartbeats go out only while this side has nothing else to send,
+    /// at least one per interval.
+    #[tokio::test]
+    async fn heartbeats_only_on_a_silent_session() {
+        let (s, mut peer) = pair(1000, 3000);
+        // Silent: heartbeats, about one per interval (not one per sweep).
+        let t = Instant::now();
+        let mut beats = 0;
+        while t.elapsed() < Duration::from_millis(2500) {
+            let m = tokio::time::timeout(Duration::from_secs(10), peer.next()).await;
+            assert_eq!(m.unwrap().unwrap().unwrap(), Msg::Heartbeat);
+            beats += 1;
+        }
+        assert!((1..=5).contains(&beats), "{beats} heartbeats in 2.5 s");
+        // Busy: traffic every 20 ms and no heartbeat among it.
+        let tx = s.tx.clone();
+        let busy = tokio::spawn(async move {
+            for _ in 0..20 {
+                send(&tx, traffic()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        // Skip a heartbeat queued before the traffic began.
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let m = tokio::time::timeout(Duration::from_secs(10), peer.next()).await;
+            got.push(m.unwrap().unwrap().unwrap());
+        }
+        busy.await.unwrap();
+        let beats = got.iter().skip(1).filter(|m| **m == Msg::Heartbeat).count();
+        assert_eq!(beats, 0, "{got:?}");
     }
 }

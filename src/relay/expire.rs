@@ -206,6 +206,10 @@ pub(crate) fn sweep(
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<_, _>>()?;
+    if due.is_empty() {
+        // Nothing due (an idle relay, every tick): no copy of the children.
+        return Ok(out);
+    }
     let connected: std::collections::HashSet<NodeName> = st
         .children
         .lock()

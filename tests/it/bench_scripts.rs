@@ -120,3 +120,16 @@ fn failover_script_runs_at_small_n() {
         "{out}"
     );
 }
+
+#[test]
+fn idle_script_runs_at_small_n() {
+    let out = bench("idle.sh", &["20", "2", "2", "1"]);
+    assert!(
+        out.contains("idle N=20 R=2: HQ + relays CPU over 2 s: median"),
+        "{out}"
+    );
+    assert!(
+        out.contains("idle N=20 R=2: 0 sessions ended at the relays"),
+        "{out}"
+    );
+}
