@@ -188,6 +188,8 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
                 timeout_ms: Some(30_000),
             }),
             expires_ms: Some(3_600_000),
+            clients: vec![],
+            filter: Default::default(),
         })
         .await?
     {
@@ -295,6 +297,8 @@ async fn packages(
             dest: vec![NodeName::new("r1").map_err(err)?],
             action: Action::Install(spec),
             expires_ms: Some(3_600_000),
+            clients: vec![],
+            filter: Default::default(),
         })
         .await?
     {

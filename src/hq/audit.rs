@@ -307,7 +307,14 @@ pub(crate) async fn create_audit(
             audit::MAX_ORDER_BYTES
         )));
     }
-    let job = super::jobs::create(st, dest, Action::Audit(spec), expires_ms).await?;
+    let job = super::jobs::create(
+        st,
+        dest,
+        Default::default(),
+        Action::Audit(spec),
+        expires_ms,
+    )
+    .await?;
     Ok((job, rec.name))
 }
 

@@ -69,7 +69,7 @@ fn known_relays(st: &HqState) -> Vec<String> {
 }
 
 /// Encodes and signs an order.
-fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
+pub(super) fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
     let body = order
         .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
@@ -82,7 +82,7 @@ fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
 
 /// Sends freshly queued assignments to children that are connected now; the
 /// others get them from their queue when they connect.
-fn send_now(st: &HqState, sent: Vec<(NodeName, Assignment)>) {
+pub(super) fn send_now(st: &HqState, sent: Vec<(NodeName, Assignment)>) {
     let children = st.children.lock().unwrap_or_else(|p| p.into_inner());
     for (child, a) in sent {
         if let Some(tx) = children.get(&child) {
@@ -103,7 +103,7 @@ const AGENT_ASSIGNMENT_BUDGET: usize = crate::proto::AGENT_MAX_FRAME / 2;
 const RELAY_FRAME_SLACK: usize = 64 * 1024;
 
 /// Refuses an action too large to reach an agent in one frame.
-fn check_size(a: &Assignment) -> Result<(), HqError> {
+pub(super) fn check_size(a: &Assignment) -> Result<(), HqError> {
     let n = crate::proto::codec::encode(&Msg::Assign(a.clone()))
         .map_err(|e| HqError::Refused(format!("cannot encode the job: {e}")))?
         .len();
@@ -137,23 +137,30 @@ fn merge_sent_to(rec: &mut JobRecord, tops: impl IntoIterator<Item = NodeName>) 
     }
 }
 
-/// `hq job create`.
+/// Refuses an action that cannot run (an empty command, a package the
+/// depot lacks).
+pub(super) fn check_action(st: &HqState, action: &Action) -> Result<(), HqError> {
+    match action {
+        Action::Run(r) if r.argv.is_empty() => Err(HqError::Refused("empty command".into())),
+        Action::Install(i) => super::packages::check_install(st, i),
+        _ => Ok(()),
+    }
+}
+
+/// `hq job create --dest all-lower-clients`, narrowed by `filter` (applied
+/// where the snapshot is taken; it travels in the signed order).
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
+    filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
     if dest.is_empty() {
         return Err(HqError::Refused("no destination relay given".into()));
     }
-    match &action {
-        Action::Run(r) if r.argv.is_empty() => {
-            return Err(HqError::Refused("empty command".into()));
-        }
-        Action::Install(i) => super::packages::check_install(st, i)?,
-        _ => {}
-    }
+    check_action(st, &action)?;
+    super::targets::check_excluded(st, &filter)?;
     // Every order ends: the operator's window, or HQ's default.
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
@@ -185,6 +192,7 @@ pub(crate) async fn create(
                     dest: dest_n.clone(),
                     relay: None,
                     targets: None,
+                    filter: filter.clone(),
                 },
             )
         };
@@ -248,10 +256,8 @@ pub(crate) async fn create(
     Ok(job)
 }
 
-/// A job for one named client, routed to its home relay with an order
-/// signed for that home naming the client (as a rerun's are): a snapshot's
-/// master. The caller checked the client; written like `create` (job, leaf
-/// and queue in one atomic change, durable, then sent).
+/// A job for one named client at `home` (the caller checked both), as
+/// any job to named clients: a snapshot's master.
 pub(crate) async fn create_for_client(
     st: &HqState,
     client: &NodeName,
@@ -259,74 +265,14 @@ pub(crate) async fn create_for_client(
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
-    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
-    let (job, queued) = {
-        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        let top = top_child(st, home)?;
-        let now = now_ms();
-        let expires_at_ms = expires_ms.map(|e| now + e);
-        let assignment = |job: JobId| -> Result<Assignment, HqError> {
-            let order = sign(
-                st,
-                &Order {
-                    job,
-                    attempt: Attempt(1),
-                    action: action.clone(),
-                    expires_at_ms,
-                    issued_at_ms: now,
-                    dest: vec![],
-                    relay: Some(home.clone()),
-                    targets: Some(vec![client.clone()]),
-                },
-            )?;
-            Ok(Assignment {
-                job,
-                attempt: Attempt(1),
-                action: action.clone(),
-                expires_at_ms,
-                scope: Scope::Targets(vec![client.clone()]),
-                orders: vec![order],
-                placement: None,
-                hq_now_ms: None,
-            })
-        };
-        check_size(&assignment(JobId(0))?)?;
-        let job = JobId(st.store.next_id("job")?);
-        let a = assignment(job)?;
-        let rec = JobRecord {
-            job,
-            action: action.clone(),
-            dest: vec![home.clone()],
-            created_at_ms: now,
-            expires_ms,
-            expires_at_ms,
-            attempt: Attempt(1),
-            awaiting: vec![],
-            canceled_at_ms: None,
-            sent_to: vec![top.clone()],
-        };
-        let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
-        st.store
-            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
-                w.put_at(&st.leaves, &JobClient(job, client.clone()), &leaf)?;
-                w.put_at(&st.jobs, &JobKey(job), &rec)?;
-                st.down.put_in(w, &top, &Msg::Assign(a.clone()))?;
-                Ok(())
-            })?;
-        st.counters.moved(job, None, (LeafState::Pending, home));
-        (job, vec![(top, a)])
-    };
-    st.store.durable().await?;
-    info!(%job, %client, %home, "job for one client created");
-    send_now(st, queued);
-    st.bump();
-    Ok(job)
+    super::targets::create_placed(st, vec![(client.clone(), home.clone())], action, expires_ms)
+        .await
 }
 
 /// Signs one order per home relay and chunk of at most [`ORDER_CHUNK`]
 /// targets (sorted, so a chunk covers a span of names), grouped by the relay
 /// under HQ they travel through.
-fn rerun_orders(
+pub(super) fn rerun_orders(
     st: &HqState,
     rec: &JobRecord,
     attempt: Attempt,
@@ -349,6 +295,7 @@ fn rerun_orders(
                     dest: vec![],
                     relay: Some(home.clone()),
                     targets: Some(chunk.to_vec()),
+                    filter: Default::default(),
                 },
             )?;
             orders.entry(top.clone()).or_default().push(o);
@@ -613,6 +560,9 @@ mod tests {
                 &ClientRecord {
                     relay: n(relay),
                     since_ms: 0,
+                    online: false,
+                    seen_ms: 0,
+                    about: Default::default(),
                 },
             )
             .unwrap();
@@ -652,9 +602,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
         let before = now_ms();
-        let job = create(&st, vec![n("r1"), n("r3")], Action::Ping, None)
-            .await
-            .unwrap();
+        let job = create(
+            &st,
+            vec![n("r1"), n("r3")],
+            Default::default(),
+            Action::Ping,
+            None,
+        )
+        .await
+        .unwrap();
         let rec: JobRecord = st.jobs.get(&JobKey(job)).unwrap().unwrap();
         let exp = rec.expires_at_ms.expect("a default expiry");
         assert!(exp >= before + super::super::DEFAULT_ORDER_TTL_MS);
@@ -662,9 +618,15 @@ mod tests {
         assert_eq!(queued(&st, "r1").len(), 1);
         assert_eq!(queued(&st, "r2")[0].scope, Scope::AllLowerOf(vec![n("r3")]));
         // The operator's window wins over the default.
-        let job2 = create(&st, vec![n("r1")], Action::Ping, Some(1_000))
-            .await
-            .unwrap();
+        let job2 = create(
+            &st,
+            vec![n("r1")],
+            Default::default(),
+            Action::Ping,
+            Some(1_000),
+        )
+        .await
+        .unwrap();
         let rec2: JobRecord = st.jobs.get(&JobKey(job2)).unwrap().unwrap();
         assert!(rec2.expires_at_ms.unwrap() <= now_ms() + 1_000);
         // Too large for an agent frame: refused, and no job is made.
@@ -674,7 +636,9 @@ mod tests {
             cwd: None,
             timeout_ms: None,
         });
-        let e = create(&st, vec![n("r1")], huge, None).await.unwrap_err();
+        let e = create(&st, vec![n("r1")], Default::default(), huge, None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("too large"), "{e}");
         assert_eq!(st.jobs.len(), 2);
     }
@@ -683,7 +647,7 @@ mod tests {
     async fn a_rerun_goes_to_the_clients_current_home_signed_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let (st, public) = hq(dir.path());
-        let job = create(&st, vec![n("r1")], run("false"), None)
+        let job = create(&st, vec![n("r1")], Default::default(), run("false"), None)
             .await
             .unwrap();
         st.down
@@ -726,7 +690,7 @@ mod tests {
     async fn rerun_orders_come_in_chunks_that_name_each_target_once() {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
-        let job = create(&st, vec![n("r1")], run("false"), None)
+        let job = create(&st, vec![n("r1")], Default::default(), run("false"), None)
             .await
             .unwrap();
         let total = 20_000;
@@ -762,9 +726,15 @@ mod tests {
     async fn cancel_closes_open_leaves_queues_cancels_and_forbids_reruns() {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
-        let job = create(&st, vec![n("r1"), n("r3")], run("sleep"), None)
-            .await
-            .unwrap();
+        let job = create(
+            &st,
+            vec![n("r1"), n("r3")],
+            Default::default(),
+            run("sleep"),
+            None,
+        )
+        .await
+        .unwrap();
         let states = [
             ("c1", LeafState::Pending),
             ("c2", LeafState::Running),

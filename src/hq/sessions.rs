@@ -104,8 +104,14 @@ pub(crate) async fn answer(
             dest,
             action,
             expires_ms,
+            clients,
+            filter,
         } => AdminResponse::Created {
-            job: jobs::create(st, dest, action, expires_ms).await?,
+            job: if clients.is_empty() {
+                jobs::create(st, dest, filter, action, expires_ms).await?
+            } else {
+                super::targets::create_for_clients(st, clients, filter, action, expires_ms).await?
+            },
         },
         AdminRequest::Status {
             job,
@@ -198,6 +204,19 @@ pub(crate) async fn answer(
             spec,
             stagger_ms,
         } => AdminResponse::Scheduled(syncs::set_schedule(st, relay, spec, stagger_ms).await?),
+        AdminRequest::ClientList {
+            relay,
+            labels,
+            state,
+        } => {
+            st.store.durable().await?;
+            let q = super::clients::ClientQuery {
+                relay,
+                labels,
+                state,
+            };
+            AdminResponse::Clients(super::clients::list(st, &q)?)
+        }
         AdminRequest::ClientShow { name } => {
             st.store.durable().await?;
             AdminResponse::Client(syncs::client(st, &name)?)

@@ -7,11 +7,13 @@ pub mod admin;
 pub mod audit;
 pub mod codec;
 pub mod ids;
+pub mod labels;
 pub mod msg;
 pub mod pkg;
 
 pub use admin::*;
 pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAME};
 pub use ids::{Attempt, InvalidName, JobId, NodeName, Role};
+pub use labels::{About, Labels, Presence, TargetFilter};
 pub use msg::*;
 pub use pkg::*;

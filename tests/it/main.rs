@@ -29,5 +29,6 @@ mod rerun;
 mod retention;
 mod roles;
 mod security;
+mod targeting;
 mod transfer;
 mod web;

@@ -148,6 +148,7 @@ fn a_replayed_or_misdirected_order_runs_nothing() {
                 role: Role::Relay,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                about: None,
             },
             trust_domain: evil_id.me().trust_domain.clone(),
             timing: Timing::default(),

@@ -50,6 +50,7 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
         },
         relay: rerun_of.map(|(r, _)| n(r)),
         targets: rerun_of.map(|(_, t)| t.iter().map(|c| n(c)).collect()),
+        filter: Default::default(),
     }
 }
 
@@ -138,6 +139,7 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
                 role: Role::Relay,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                about: None,
             },
             trust_domain: evil_id.me().trust_domain.clone(),
             timing: Timing::default(),
@@ -349,6 +351,7 @@ fn a_hello_naming_another_node_is_refused() {
                 role: Role::Agent,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                about: None,
             },
             timing: Timing::default(),
             gate: None,
@@ -538,6 +541,8 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
             dest: vec![n("r1")],
             action: Action::Ping,
             expires_ms: None,
+            clients: vec![],
+            filter: Default::default(),
         };
         assert!(
             ask(&mut admin, 2, job).await.is_none(),

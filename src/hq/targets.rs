@@ -1,0 +1,270 @@
+//! Jobs to named clients (`--dest clients --client NAME ...`): each client
+//! is looked up at its current home relay (HQ's `clients`), narrowed by the
+//! destination's labels and exclusions as HQ last heard them, and the job
+//! goes to each home with one signed order per home naming its clients (in
+//! chunks, as a rerun's). An unknown name refuses the whole job: nothing is
+//! created. Also checks a filter's exclusions for any destination.
+
+use super::jobs::{check_size, rerun_orders, send_now, top_child, JobRecord};
+use super::{HqError, HqState};
+use crate::proto::{
+    now_ms, Action, Assignment, Attempt, JobId, LeafState, Msg, NodeName, Scope, TargetFilter,
+};
+use crate::rules::LeafRecord;
+use crate::store::keys::{JobClient, JobKey, Name};
+use std::collections::{BTreeMap, BTreeSet};
+use tracing::info;
+
+/// Refuses an exclusion naming no client HQ knows (a typo would leave the
+/// machine the operator meant to spare among the targets).
+pub(crate) fn check_excluded(st: &HqState, filter: &TargetFilter) -> Result<(), HqError> {
+    for c in &filter.exclude {
+        if !st.clients.contains(&Name(c.clone()))? && !st.deny.contains(c) {
+            return Err(HqError::Refused(format!(
+                "--exclude {c}: no client of that name has registered (see hq client list)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The named clients with their current homes, narrowed by `filter`. An
+/// unknown or revoked name, or nothing left, is an error.
+pub(crate) fn resolve(
+    st: &HqState,
+    names: &[NodeName],
+    filter: &TargetFilter,
+) -> Result<Vec<(NodeName, NodeName)>, HqError> {
+    if names.is_empty() {
+        return Err(HqError::Refused("no client given (--client NAME)".into()));
+    }
+    check_excluded(st, filter)?;
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in names {
+        if !seen.insert(c) {
+            continue;
+        }
+        if st.deny.contains(c) {
+            return Err(HqError::Refused(format!("--client {c}: it was revoked")));
+        }
+        let Some(rec) = st.clients.get(&Name(c.clone()))? else {
+            return Err(HqError::Refused(format!(
+                "--client {c}: unknown client (no client of that name has registered; see hq client list)"
+            )));
+        };
+        if filter.admits(c, &rec.about.labels) {
+            out.push((c.clone(), rec.relay));
+        }
+    }
+    if out.is_empty() {
+        return Err(HqError::Refused(
+            "no named client is left once --label and --exclude are applied".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `hq job create --dest clients`.
+pub(crate) async fn create_for_clients(
+    st: &HqState,
+    names: Vec<NodeName>,
+    filter: TargetFilter,
+    action: Action,
+    expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    super::jobs::check_action(st, &action)?;
+    let targets = resolve(st, &names, &filter)?;
+    create_placed(st, targets, action, expires_ms).await
+}
+
+/// A job for exactly these (client, home) pairs: leaves pending at HQ, an
+/// assignment naming them for each relay under HQ on the way, one order
+/// per home and chunk; job, leaves and queue in one atomic change, durable,
+/// then sent.
+pub(crate) async fn create_placed(
+    st: &HqState,
+    targets: Vec<(NodeName, NodeName)>,
+    action: Action,
+    expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
+    let (job, queued) = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let expires_at_ms = expires_ms.map(|e| now + e);
+        let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
+        let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
+        for (client, home) in &targets {
+            by_top
+                .entry(top_child(st, home)?)
+                .or_default()
+                .push(client.clone());
+            by_home
+                .entry(home.clone())
+                .or_default()
+                .push(client.clone());
+        }
+        let mut rec = JobRecord {
+            job: JobId(0),
+            action: action.clone(),
+            dest: by_home.keys().cloned().collect(),
+            created_at_ms: now,
+            expires_ms,
+            expires_at_ms,
+            attempt: Attempt(1),
+            awaiting: vec![],
+            canceled_at_ms: None,
+            sent_to: by_top.keys().cloned().collect(),
+        };
+        let assignment = |job: JobId, scope: Scope, orders| Assignment {
+            job,
+            attempt: Attempt(1),
+            action: action.clone(),
+            expires_at_ms,
+            scope,
+            orders,
+            placement: None,
+            hq_now_ms: None,
+        };
+        // What one agent gets (the action and its order's chunk), checked
+        // before a job id is spent.
+        let probe = rerun_orders(st, &rec, Attempt(1), now, by_home.clone())?;
+        let first = probe.values().flatten().take(1).cloned().collect();
+        check_size(&assignment(JobId(0), Scope::Targets(vec![]), first))?;
+        let job = JobId(st.store.next_id("job")?);
+        rec.job = job;
+        let mut orders = rerun_orders(st, &rec, Attempt(1), now, by_home)?;
+        let queued: Vec<(NodeName, Assignment)> = by_top
+            .into_iter()
+            .map(|(top, list)| {
+                let o = orders.remove(&top).unwrap_or_default();
+                (top, assignment(job, Scope::Targets(list), o))
+            })
+            .collect();
+        let leaves: Vec<(JobClient, LeafRecord)> = targets
+            .iter()
+            .map(|(c, home)| {
+                (
+                    JobClient(job, c.clone()),
+                    LeafRecord::pending(home.clone(), Attempt(1), now),
+                )
+            })
+            .collect();
+        st.store
+            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+                for (k, v) in &leaves {
+                    w.put_at(&st.leaves, k, v)?;
+                }
+                w.put_at(&st.jobs, &JobKey(job), &rec)?;
+                for (top, a) in &queued {
+                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                }
+                Ok(())
+            })?;
+        for (_, home) in &targets {
+            st.counters.moved(job, None, (LeafState::Pending, home));
+        }
+        (job, queued)
+    };
+    st.store.durable().await?;
+    info!(%job, clients = targets.len(), "job to named clients created");
+    send_now(st, queued);
+    st.bump();
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hq::{ClientRecord, RelayRecord};
+    use crate::proto::{Order, Presence};
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn named_clients_go_to_their_homes_narrowed_and_unknown_names_create_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
+        // hq <- r1, hq <- r2 <- r3; c1 at r1, c3 at r3, c4 at r3.
+        for (r, p) in [("r1", "hq"), ("r2", "hq"), ("r3", "r2")] {
+            let rec = RelayRecord {
+                parent: n(p),
+                connected: true,
+                last_seen_ms: 0,
+            };
+            st.relays.put(&Name(n(r)), &rec).unwrap();
+        }
+        for (c, r, role) in [("c1", "r1", "web"), ("c3", "r3", "web"), ("c4", "r3", "db")] {
+            let rec = ClientRecord {
+                relay: n(r),
+                since_ms: 0,
+                online: false,
+                seen_ms: 0,
+                about: Default::default(),
+            };
+            st.clients.put(&Name(n(c)), &rec).unwrap();
+            let about = crate::proto::About {
+                labels: crate::proto::labels::parse_labels(&[format!("role={role}")]).unwrap(),
+                version: Some("1".into()),
+            };
+            let p = Presence {
+                client: n(c),
+                online: true,
+                at_ms: 5,
+                about: Some(about),
+            };
+            super::super::clients::ingest_presence(&st, &n(r), &[p]).unwrap();
+        }
+        let names = vec![n("c1"), n("c3"), n("c4")];
+        // An unknown name: refused, nothing created.
+        let mut bad = names.clone();
+        bad.push(n("nobody"));
+        let e = create_for_clients(&st, bad, Default::default(), Action::Ping, None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--client nobody"), "{e}");
+        let exclude_typo = TargetFilter {
+            labels: Default::default(),
+            exclude: vec![n("c9")],
+        };
+        let e = create_for_clients(&st, names.clone(), exclude_typo, Action::Ping, None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--exclude c9"), "{e}");
+        assert_eq!(st.jobs.len(), 0);
+        // role=web, without c1: only c3, at r3 through r2.
+        let f = TargetFilter {
+            labels: crate::proto::labels::parse_labels(&["role=web"]).unwrap(),
+            exclude: vec![n("c1")],
+        };
+        let job = create_for_clients(&st, names, f, Action::Ping, None)
+            .await
+            .unwrap();
+        let leaves = super::super::jobs::load_leaves(&st, job).unwrap();
+        assert_eq!(leaves.len(), 1);
+        assert_eq!((&leaves[0].0, &leaves[0].1.relay), (&n("c3"), &n("r3")));
+        let queued = st.down.queued(&n("r2")).unwrap();
+        let Some(Msg::Assign(a)) = queued.first() else {
+            panic!("{queued:?}")
+        };
+        assert_eq!(a.scope, Scope::Targets(vec![n("c3")]));
+        let o: Order = rmp_serde::from_slice(&a.orders[0].body).unwrap();
+        assert_eq!((o.relay, o.targets), (Some(n("r3")), Some(vec![n("c3")])));
+        assert!(st.down.queued(&n("r1")).unwrap().is_empty());
+        // Nothing left after the filter: refused.
+        let f = TargetFilter {
+            labels: crate::proto::labels::parse_labels(&["role=none"]).unwrap(),
+            exclude: vec![],
+        };
+        let e = create_for_clients(&st, vec![n("c1")], f, Action::Ping, None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no named client is left"), "{e}");
+    }
+}
