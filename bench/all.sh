@@ -15,6 +15,7 @@ if [[ ${BENCH_SMALL:-0} == 1 ]]; then
         "persist.sh 1000 2"
         "rerun.sh 1000 2 2"
         "packages.sh 20 2 2"
+        "clients.sh 1000 2 2"
     )
 else
     plan=(
@@ -25,6 +26,7 @@ else
         "persist.sh 18000 5"
         "rerun.sh 100000 10 5"
         "packages.sh 20 2 64"
+        "clients.sh 100000 10 5"
     )
 fi
 

@@ -55,3 +55,9 @@ fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
 }
+
+#[test]
+fn clients_script_runs_at_small_n() {
+    let out = bench("clients.sh", &["30", "2", "1"]);
+    assert!(out.contains("client list --json N=30 R=2: median"), "{out}");
+}
