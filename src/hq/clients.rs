@@ -133,3 +133,98 @@ pub(crate) fn list(st: &HqState, q: &ClientQuery) -> Result<Vec<ClientEntry>, Hq
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hq::RelayRecord;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn p(c: &str, online: bool, at_ms: u64, role: Option<&str>) -> Presence {
+        Presence {
+            client: n(c),
+            online,
+            at_ms,
+            about: role.map(|r| crate::proto::About {
+                labels: crate::proto::labels::parse_labels(&[format!("role={r}")]).unwrap(),
+                version: Some("9".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn presence_from_the_home_in_order_decides_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
+        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
+        for r in ["r1", "r2"] {
+            let rec = RelayRecord {
+                parent: n("hq"),
+                connected: true,
+                last_seen_ms: 0,
+            };
+            st.relays.put(&Name(n(r)), &rec).unwrap();
+        }
+        for (c, r) in [("c1", "r1"), ("c2", "r1"), ("c3", "r2")] {
+            let rec = ClientRecord {
+                relay: n(r),
+                since_ms: 0,
+                online: false,
+                seen_ms: 0,
+                about: Default::default(),
+            };
+            st.clients.put(&Name(n(c)), &rec).unwrap();
+        }
+        let r1 = [
+            p("c1", true, 10, Some("web")),
+            p("c2", true, 10, Some("db")),
+            // Older than what is recorded: ignored.
+            p("c1", false, 5, None),
+        ];
+        ingest_presence(&st, &n("r1"), &r1).unwrap();
+        // r1 is not c3's home: ignored.
+        ingest_presence(&st, &n("r1"), &[p("c3", true, 20, Some("web"))]).unwrap();
+        ingest_presence(&st, &n("r1"), &[p("c2", false, 30, None)]).unwrap();
+        let q = |relay: Option<&str>, labels: &[&str], state: Option<&str>| ClientQuery {
+            relay: relay.map(n),
+            labels: crate::proto::labels::parse_labels(labels).unwrap(),
+            state: state.map(Into::into),
+        };
+        let names = |q: ClientQuery| -> Vec<(String, String)> {
+            list(&st, &q)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.client.to_string(), c.state))
+                .collect()
+        };
+        let table = [
+            (
+                q(None, &[], None),
+                vec![("c1", "online"), ("c2", "offline"), ("c3", "offline")],
+            ),
+            (q(None, &[], Some("online")), vec![("c1", "online")]),
+            (q(None, &["role=db"], None), vec![("c2", "offline")]),
+            (q(Some("r2"), &[], None), vec![("c3", "offline")]),
+            (q(Some("r1"), &["role=web"], Some("offline")), vec![]),
+        ];
+        for (query, want) in table {
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(names(query.clone()), want, "{query:?}");
+        }
+        let all = list(&st, &q(None, &[], None)).unwrap();
+        // Offline: last seen when it went; labels kept from when it was online.
+        assert_eq!(all[1].last_seen_ms, 30);
+        assert_eq!(all[1].labels.get("role").map(String::as_str), Some("db"));
+        assert!(all[0].last_seen_ms > 30, "online: seen now");
+        assert!(list(&st, &q(Some("r9"), &[], None)).is_err());
+        assert!(list(&st, &q(None, &[], Some("asleep"))).is_err());
+    }
+}
