@@ -14,6 +14,7 @@ mod enroll;
 mod expiry;
 mod fanout;
 mod faults;
+mod forged;
 mod fuzz_regress;
 mod garbage;
 mod harness;

@@ -4,14 +4,13 @@
 //! of idle connections does not lock real agents out.
 
 use crate::harness::*;
-use relaytree::link::{self, Admission, Session, Timing};
+use relaytree::link::{self, Session, Timing};
 use relaytree::proto::{
     Action, Assignment, Attempt, Event, Hello, JobId, LeafState, LeafUpdate, Msg, NodeName, Order,
     Placement, Role, RunSpec, Scope, SignedOrder, SignedPlacement, PROTOCOL_VERSION,
 };
 use relaytree::tls::{Identity, SigningKey};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn n(s: &str) -> NodeName {
@@ -126,37 +125,11 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
 
-    let (addr, mut sessions) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
-        let adm = Arc::new(Admission {
-            admit: vec![Role::Agent],
-            me: Hello {
-                version: PROTOCOL_VERSION,
-                name: n("evil"),
-                role: Role::Relay,
-                purpose: Default::default(),
-                hq_now_ms: None,
-                about: None,
-            },
-            trust_domain: evil_id.me().trust_domain.clone(),
-            timing: Timing::default(),
-            limits: Default::default(),
-            denied: Default::default(),
-            clock: Default::default(),
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
-        let token = stop.clone();
-        tokio::spawn(link::serve(listener, acceptor, adm, token, move |s| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(s).await;
-            }
-        }));
-        (addr, rx)
-    });
+    let (addr, mut sessions) = rt.block_on(crate::forged::listen_as_relay(
+        &evil_id,
+        Default::default(),
+        stop.clone(),
+    ));
 
     let mut agent = Proc::spawn(
         "c1",
