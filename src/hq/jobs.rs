@@ -69,7 +69,7 @@ fn known_relays(st: &HqState) -> Vec<String> {
 }
 
 /// Encodes and signs an order.
-pub(super) fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
+fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
     let body = order
         .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
