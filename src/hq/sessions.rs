@@ -110,7 +110,7 @@ pub(crate) async fn answer(
             job: if clients.is_empty() {
                 jobs::create(st, dest, filter, action, expires_ms).await?
             } else {
-                super::targets::create_for_clients(st, clients, filter, action, expires_ms).await?
+                super::targets::create_named(st, clients, filter, action, expires_ms).await?
             },
         },
         AdminRequest::Status {
@@ -175,8 +175,8 @@ pub(crate) async fn answer(
         } => AdminResponse::Uploaded {
             complete: packages::upload(st, session, hash, offset, total, data).await?,
         },
-        AdminRequest::PackageAdd { manifest } => {
-            AdminResponse::Package(packages::add(st, manifest).await?)
+        AdminRequest::PackageAdd { manifest, bundle } => {
+            AdminResponse::Package(packages::add(st, manifest, bundle).await?)
         }
         AdminRequest::PackageList => AdminResponse::Packages(packages::list(st)?),
         AdminRequest::PackageShow { name, version } => {
@@ -260,6 +260,7 @@ pub(crate) async fn answer(
             .await?;
             AdminResponse::AuditCreated { audit, snapshot }
         }
+        AdminRequest::Sync(req) => AdminResponse::Sync(super::sync::sync(st, req).await?),
         AdminRequest::AuditStatus { audit: job } => {
             st.store.durable().await?;
             AdminResponse::AuditStatus(audit::status(st, job)?)

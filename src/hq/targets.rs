@@ -5,15 +5,10 @@
 //! chunks, as a rerun's). An unknown name refuses the whole job: nothing is
 //! created. Also checks a filter's exclusions for any destination.
 
-use super::jobs::{check_size, rerun_orders, send_now, top_child, JobRecord};
 use super::{HqError, HqState};
-use crate::proto::{
-    now_ms, Action, Assignment, Attempt, JobId, LeafState, Msg, NodeName, Scope, TargetFilter,
-};
-use crate::rules::LeafRecord;
-use crate::store::keys::{JobClient, JobKey, Name};
-use std::collections::{BTreeMap, BTreeSet};
-use tracing::info;
+use crate::proto::{Action, JobId, NodeName, TargetFilter};
+use crate::store::keys::Name;
+use std::collections::BTreeSet;
 
 /// Refuses an exclusion naming no client HQ knows (a typo would leave the
 /// machine the operator meant to spare among the targets).
@@ -66,7 +61,7 @@ pub(crate) fn resolve(
 }
 
 /// `hq job create --dest clients`.
-pub(crate) async fn create_for_clients(
+pub(crate) async fn create_named(
     st: &HqState,
     names: Vec<NodeName>,
     filter: TargetFilter,
@@ -75,110 +70,14 @@ pub(crate) async fn create_for_clients(
 ) -> Result<JobId, HqError> {
     super::jobs::check_action(st, &action)?;
     let targets = resolve(st, &names, &filter)?;
-    create_placed(st, targets, action, expires_ms).await
-}
-
-/// A job for exactly these (client, home) pairs: leaves pending at HQ, an
-/// assignment naming them for each relay under HQ on the way, one order
-/// per home and chunk; job, leaves and queue in one atomic change, durable,
-/// then sent.
-pub(crate) async fn create_placed(
-    st: &HqState,
-    targets: Vec<(NodeName, NodeName)>,
-    action: Action,
-    expires_ms: Option<u64>,
-) -> Result<JobId, HqError> {
-    let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
-    let (job, queued) = {
-        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        let expires_at_ms = expires_ms.map(|e| now + e);
-        let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
-        let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
-        for (client, home) in &targets {
-            by_top
-                .entry(top_child(st, home)?)
-                .or_default()
-                .push(client.clone());
-            by_home
-                .entry(home.clone())
-                .or_default()
-                .push(client.clone());
-        }
-        let mut rec = JobRecord {
-            job: JobId(0),
-            action: action.clone(),
-            dest: by_home.keys().cloned().collect(),
-            created_at_ms: now,
-            expires_ms,
-            expires_at_ms,
-            attempt: Attempt(1),
-            awaiting: vec![],
-            canceled_at_ms: None,
-            sent_to: by_top.keys().cloned().collect(),
-        };
-        let assignment = |job: JobId, scope: Scope, orders| Assignment {
-            job,
-            attempt: Attempt(1),
-            action: action.clone(),
-            expires_at_ms,
-            scope,
-            orders,
-            placement: None,
-            hq_now_ms: None,
-        };
-        // What one agent gets (the action and its order's chunk), checked
-        // before a job id is spent.
-        let probe = rerun_orders(st, &rec, Attempt(1), now, by_home.clone())?;
-        let first = probe.values().flatten().take(1).cloned().collect();
-        check_size(&assignment(JobId(0), Scope::Targets(vec![]), first))?;
-        let job = JobId(st.store.next_id("job")?);
-        rec.job = job;
-        let mut orders = rerun_orders(st, &rec, Attempt(1), now, by_home)?;
-        let queued: Vec<(NodeName, Assignment)> = by_top
-            .into_iter()
-            .map(|(top, list)| {
-                let o = orders.remove(&top).unwrap_or_default();
-                (top, assignment(job, Scope::Targets(list), o))
-            })
-            .collect();
-        let leaves: Vec<(JobClient, LeafRecord)> = targets
-            .iter()
-            .map(|(c, home)| {
-                (
-                    JobClient(job, c.clone()),
-                    LeafRecord::pending(home.clone(), Attempt(1), now),
-                )
-            })
-            .collect();
-        st.store
-            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
-                for (k, v) in &leaves {
-                    w.put_at(&st.leaves, k, v)?;
-                }
-                w.put_at(&st.jobs, &JobKey(job), &rec)?;
-                for (top, a) in &queued {
-                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
-                }
-                Ok(())
-            })?;
-        for (_, home) in &targets {
-            st.counters.moved(job, None, (LeafState::Pending, home));
-        }
-        (job, queued)
-    };
-    st.store.durable().await?;
-    info!(%job, clients = targets.len(), "job to named clients created");
-    send_now(st, queued);
-    st.bump();
-    Ok(job)
+    super::jobs::create_for_clients(st, &targets, action, expires_ms).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hq::{ClientRecord, RelayRecord};
-    use crate::proto::{Order, Presence};
+    use crate::proto::{Msg, Order, Presence, Scope};
     use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
@@ -225,7 +124,7 @@ mod tests {
         // An unknown name: refused, nothing created.
         let mut bad = names.clone();
         bad.push(n("nobody"));
-        let e = create_for_clients(&st, bad, Default::default(), Action::Ping, None)
+        let e = create_named(&st, bad, Default::default(), Action::Ping, None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("--client nobody"), "{e}");
@@ -233,7 +132,7 @@ mod tests {
             labels: Default::default(),
             exclude: vec![n("c9")],
         };
-        let e = create_for_clients(&st, names.clone(), exclude_typo, Action::Ping, None)
+        let e = create_named(&st, names.clone(), exclude_typo, Action::Ping, None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("--exclude c9"), "{e}");
@@ -243,7 +142,7 @@ mod tests {
             labels: crate::proto::labels::parse_labels(&["role=web"]).unwrap(),
             exclude: vec![n("c1")],
         };
-        let job = create_for_clients(&st, names, f, Action::Ping, None)
+        let job = create_named(&st, names, f, Action::Ping, None)
             .await
             .unwrap();
         let leaves = super::super::jobs::load_leaves(&st, job).unwrap();
@@ -262,7 +161,7 @@ mod tests {
             labels: crate::proto::labels::parse_labels(&["role=none"]).unwrap(),
             exclude: vec![],
         };
-        let e = create_for_clients(&st, vec![n("c1")], f, Action::Ping, None)
+        let e = create_named(&st, vec![n("c1")], f, Action::Ping, None)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("no named client is left"), "{e}");

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// What an admin asks of HQ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One request per admin command: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AdminRequest {
     /// Create a job for all lower clients of `dest`.
     CreateJob {
@@ -127,6 +129,10 @@ pub enum AdminRequest {
     PackageAdd {
         /// The manifest's address.
         manifest: ChunkHash,
+        /// A bundle (service-pack-like): left out of syncs unless
+        /// `--include-bundles`.
+        #[serde(default)]
+        bundle: bool,
     },
     /// Every package version in the depot.
     PackageList,
@@ -223,6 +229,9 @@ pub enum AdminRequest {
         /// The audit (its job).
         audit: JobId,
     },
+    /// `hq sync`: plan the changes that bring an audit's targets in line and
+    /// launch them as one batch.
+    Sync(super::sync::SyncRequest),
 }
 
 /// What an audit compares with.
@@ -314,6 +323,8 @@ pub enum AdminResponse {
     },
     /// An audit's results.
     AuditStatus(AuditStatusView),
+    /// A sync's plan (and its batch, unless a dry run).
+    Sync(super::sync::SyncView),
 }
 
 /// `hq snapshot create --json`.
@@ -506,6 +517,9 @@ pub struct PackageInfo {
     /// Entries (paths and kinds), for `package show`.
     #[serde(default)]
     pub entries: Vec<String>,
+    /// A bundle (`package add --bundle`): left out of syncs unless asked.
+    #[serde(default)]
+    pub bundle: bool,
 }
 
 /// A relay's sync schedule.
@@ -670,6 +684,12 @@ impl Totals {
     pub fn open(&self) -> u64 {
         self.pending + self.delivered + self.running
     }
+    /// Adds another set of counts (a batch's children).
+    pub fn merge(&mut self, other: &Totals) {
+        for s in LeafState::ALL {
+            *self.slot(s) += other.get(s);
+        }
+    }
 }
 
 /// One relay's share of a job.
@@ -700,6 +720,9 @@ pub struct ClientStatus {
     /// Tail of the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The child job this leaf belongs to (a batch's status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
 }
 
 /// A job in full.
@@ -738,6 +761,9 @@ pub struct JobStatus {
     /// limit per state).
     #[serde(default)]
     pub matched: u64,
+    /// A batch's child jobs, each in brief (empty for other jobs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobSummary>,
 }
 
 /// A job in brief.

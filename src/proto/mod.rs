@@ -10,6 +10,7 @@ pub mod ids;
 pub mod labels;
 pub mod msg;
 pub mod pkg;
+pub mod sync;
 
 pub use admin::*;
 pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAME};

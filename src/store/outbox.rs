@@ -83,6 +83,8 @@ fn track(w: &Arc<Mutex<Waiting>>) {
 #[derive(Clone)]
 pub struct Outbox {
     table: Table,
+    /// The same tree, as sled (outboxes live on sled only).
+    tree: sled::Tree,
     prefix: Arc<[u8]>,
     /// Held while numbering and inserting, so entries become visible in
     /// sequence order: a reader never sees seq n+1 before n (it would skip n,
@@ -96,11 +98,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub(super) fn open(table: Table, prefix: &[u8]) -> Result<Outbox, StoreError> {
-        let last = match table.tree.scan_prefix(prefix).next_back() {
+        let tree = table.sled()?.clone();
+        let last = match tree.scan_prefix(prefix).next_back() {
             Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(0),
             None => 0,
         };
-        let first = match table.tree.scan_prefix(prefix).next() {
+        let first = match tree.scan_prefix(prefix).next() {
             Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(1),
             None => last + 1,
         };
@@ -119,6 +122,7 @@ impl Outbox {
         // harmless, since a parent keeps no per-sequence state (events are idempotent).
         Ok(Outbox {
             table,
+            tree,
             prefix: prefix.into(),
             append: Arc::new(Mutex::new(())),
             next: Arc::new(AtomicU64::new(last + 1)),
@@ -168,7 +172,7 @@ impl Outbox {
             batch.insert(self.key(first + i as u64), rmp_serde::to_vec_named(e)?);
         }
         batch.insert(key, rmp_serde::to_vec_named(value)?);
-        self.table.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch)?;
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
         if !events.is_empty() {
@@ -194,7 +198,7 @@ impl Outbox {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let end = self.key(u64::MAX);
-        for r in self.table.tree.range(self.key(after + 1)..=end) {
+        for r in self.tree.range(self.key(after + 1)..=end) {
             let (k, v) = r?;
             let Some(seq) = keys::read_u64(&k[self.prefix.len()..]) else {
                 continue;
@@ -220,9 +224,9 @@ impl Outbox {
 
     /// Drops every entry up to and including `seq`.
     pub fn ack(&self, seq: u64) -> Result<(), StoreError> {
-        for r in self.table.tree.range(self.key(0)..=self.key(seq)) {
+        for r in self.tree.range(self.key(0)..=self.key(seq)) {
             let (k, _) = r?;
-            self.table.tree.remove(k)?;
+            self.tree.remove(k)?;
         }
         self.waiting
             .lock()
@@ -233,12 +237,12 @@ impl Outbox {
 
     /// Entries waiting (walks them).
     pub fn len(&self) -> usize {
-        self.table.tree.scan_prefix(&*self.prefix).count()
+        self.tree.scan_prefix(&*self.prefix).count()
     }
 
     /// Nothing waiting.
     pub fn is_empty(&self) -> bool {
-        self.table.tree.scan_prefix(&*self.prefix).next().is_none()
+        self.tree.scan_prefix(&*self.prefix).next().is_none()
     }
 
     /// Resolves after the next push. Create it before reading to not miss one.

@@ -1,4 +1,9 @@
 //! Integration tests: the real `hq`, `relay` and `agent` binaries on loopback.
+//! HQ keeps its state in sled here; `tests/it_pg` runs the modules that
+//! exercise HQ's state again with HQ on PostgreSQL.
+
+/// Whether HQ runs on PostgreSQL in this test binary (read by the harness).
+pub const POSTGRES: bool = false;
 
 mod audit;
 mod bench_scripts;
@@ -12,6 +17,7 @@ mod demo;
 mod disk;
 mod enroll;
 mod expiry;
+mod failover;
 mod fanout;
 mod faults;
 mod forged;
@@ -30,6 +36,7 @@ mod rerun;
 mod retention;
 mod roles;
 mod security;
+mod sync;
 mod targeting;
 mod transfer;
 mod web;

@@ -26,7 +26,7 @@ fn sh(script: &str) -> Action {
     })
 }
 
-fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
+pub(crate) fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     let body = rmp_serde::to_vec_named(o).unwrap();
     SignedOrder {
         sig: key.sign(&body),
@@ -35,7 +35,12 @@ fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     }
 }
 
-fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str])>) -> Order {
+pub(crate) fn order(
+    job: u64,
+    attempt: u32,
+    action: Action,
+    rerun_of: Option<(&str, &[&str])>,
+) -> Order {
     Order {
         job: JobId(job),
         attempt: Attempt(attempt),
@@ -55,7 +60,7 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
 
 /// HQ's placement of c1 under `evil` (signed with HQ's key, as HQ does when
 /// c1 joins there).
-fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
+pub(crate) fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     let body = Placement {
         client: n("c1"),
         chain: vec![n("evil")],
@@ -69,7 +74,7 @@ fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     }
 }
 
-fn assign(
+pub(crate) fn assign(
     home: &SignedPlacement,
     job: u64,
     attempt: u32,
@@ -90,7 +95,7 @@ fn assign(
 
 /// Reads the agent's messages until `job` reaches a final state; acks every
 /// batch like a relay would. Returns the final update.
-async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
+pub(crate) async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let msg = tokio::time::timeout_at(deadline, s.rx.recv())
@@ -314,7 +319,7 @@ fn a_hello_naming_another_node_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(async {
         let d = link::Dialer {
-            addr: r1.clone(),
+            addr: r1.clone().into(),
             connector: tokio_rustls::TlsConnector::from(
                 c1.client_config(Role::Relay, None).unwrap(),
             ),
