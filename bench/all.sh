@@ -17,6 +17,7 @@ if [[ ${BENCH_SMALL:-0} == 1 ]]; then
         "rerun.sh 1000 2 2"
         "packages.sh 20 2 2"
         "rollout.sh 400 2"
+        "clients.sh 1000 2 2"
     )
 else
     plan=(
@@ -29,6 +30,7 @@ else
         "rerun.sh 100000 10 5"
         "packages.sh 20 2 64"
         "rollout.sh 10000 2"
+        "clients.sh 100000 10 5"
     )
 fi
 

@@ -334,9 +334,10 @@ pub fn plan_assignment(
 }
 
 /// Drops leaf updates that a later update in the same batch supersedes
-/// (same job, client and attempt): one flush at the parent then covers only
-/// the latest state per leaf. The parent acks the batch's last sequence
-/// number, which still covers the dropped entries.
+/// (same job, client and attempt), and presence changes of a client that a
+/// later one in the batch supersedes: one flush at the parent then covers
+/// only the latest state per leaf and per client. The parent acks the
+/// batch's last sequence number, which still covers the dropped entries.
 pub fn coalesce(batch: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
     use std::collections::HashMap;
     let mut latest: HashMap<(JobId, &NodeName, Attempt), usize> = HashMap::new();
@@ -345,6 +346,10 @@ pub fn coalesce(batch: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
             latest.insert((u.job, &u.client, u.attempt), i);
         }
     }
+    let presence = crate::proto::labels::latest_presence(batch.iter().flat_map(|(_, e)| match e {
+        Event::Presence { changes, .. } => changes.as_slice(),
+        _ => &[],
+    }));
     let keep: Vec<bool> = batch
         .iter()
         .enumerate()
@@ -354,10 +359,20 @@ pub fn coalesce(batch: Vec<(u64, Event)>) -> Vec<(u64, Event)> {
         })
         .collect();
     let last = batch.last().map(|(s, _)| *s);
+    let mut kept_presence = presence.into_iter();
     let mut out: Vec<(u64, Event)> = batch
         .into_iter()
         .zip(keep)
-        .filter_map(|(x, k)| k.then_some(x))
+        .filter_map(|((seq, e), k)| match e {
+            Event::Presence { relay, changes } => {
+                let changes: Vec<_> = changes
+                    .into_iter()
+                    .filter(|_| kept_presence.next().unwrap_or(true))
+                    .collect();
+                (!changes.is_empty()).then_some((seq, Event::Presence { relay, changes }))
+            }
+            e => k.then_some((seq, e)),
+        })
         .collect();
     // The last sequence number must be sent so that the ack covers the batch.
     if let (Some(last), Some((s, _))) = (last, out.last_mut()) {
@@ -541,6 +556,59 @@ mod tests {
             ]
         );
         assert!(coalesce(vec![]).is_empty());
+        // Presence: the latest change per client, across events.
+        let p = |c: &str, online: bool| crate::proto::Presence {
+            client: NodeName::new(c).unwrap(),
+            online,
+            at_ms: 0,
+            about: None,
+        };
+        let r1 = NodeName::new("r1").unwrap();
+        let batch = vec![
+            (
+                20,
+                Event::Presence {
+                    relay: r1.clone(),
+                    changes: vec![p("c1", false), p("c2", false)],
+                },
+            ),
+            (21, leaf_event("c1", 1, Running)),
+            (
+                22,
+                Event::Presence {
+                    relay: r1.clone(),
+                    changes: vec![p("c1", true), p("c2", true)],
+                },
+            ),
+            (
+                23,
+                Event::Presence {
+                    relay: r1,
+                    changes: vec![p("c2", false)],
+                },
+            ),
+        ];
+        let got: Vec<(u64, Vec<(String, bool)>)> = coalesce(batch)
+            .into_iter()
+            .map(|(s, e)| match e {
+                Event::Presence { changes, .. } => (
+                    s,
+                    changes
+                        .into_iter()
+                        .map(|p| (p.client.to_string(), p.online))
+                        .collect(),
+                ),
+                _ => (s, vec![]),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (21, vec![]),
+                (22, vec![("c1".into(), true)]),
+                (23, vec![("c2".into(), false)]),
+            ]
+        );
     }
 
     fn assignment(attempt: u32, scope: Scope) -> Assignment {

@@ -72,6 +72,9 @@ pub struct AgentOptions {
     /// Audit and snapshot paths are taken under this directory (`--root`,
     /// default `/`); none may leave it.
     pub root: PathBuf,
+    /// Labels this agent reports about itself (`--label KEY=VALUE`); an
+    /// order narrowed by labels runs only if they match.
+    pub labels: crate::proto::Labels,
 }
 
 impl Default for AgentOptions {
@@ -86,6 +89,7 @@ impl Default for AgentOptions {
             dial_gate: None,
             kill_grace: exec::DEFAULT_KILL_GRACE,
             root: PathBuf::from("/"),
+            labels: Default::default(),
         }
     }
 }
@@ -223,6 +227,10 @@ pub(crate) async fn run_on(
             role: Role::Agent,
             purpose: Purpose::Session,
             hq_now_ms: None,
+            about: Some(crate::proto::About {
+                labels: options.labels.clone(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
         },
         timing: options.timing,
         gate: options.dial_gate.clone(),
@@ -426,7 +434,7 @@ async fn session(
                         now_ms: crate::link::clock::shift(now_ms(), offset.unwrap_or(0)),
                         registered_at_ms,
                     };
-                    let verdict = verify::check(&st.job_key, &a, &st.me, &relay, t);
+                    let verdict = verify::check(&st.job_key, &a, &st.me, &st.options.labels, &relay, t);
                     if let Err(why) = verdict {
                         tracing::warn!(job = %a.job, attempt = %a.attempt, %relay, reason = %why, "assignment refused");
                         if runlog::refuse(&st, &a, &relay, &why)? {
@@ -507,6 +515,7 @@ pub(crate) fn test_state_with(dir: &std::path::Path, options: AgentOptions) -> A
                 role: Role::Agent,
                 purpose: Purpose::Transfer,
                 hq_now_ms: None,
+                about: None,
             },
             timing: Timing::default(),
             gate: None,

@@ -8,7 +8,7 @@
 //! Times are HQ's, as this agent estimates it (`link::clock`), never the
 //! agent's own clock. Pure: no I/O.
 
-use crate::proto::{Assignment, NodeName, Order, SignedOrder};
+use crate::proto::{Assignment, Labels, NodeName, Order, SignedOrder};
 use crate::tls::VerifyKey;
 
 /// HQ's time as this agent judges orders by it.
@@ -61,11 +61,13 @@ pub(crate) fn registration(
     }
 }
 
-/// Ok when some order covers `a` for agent `me` under `relay`; otherwise why not.
+/// Ok when some order covers `a` for agent `me` (carrying `labels`) under
+/// `relay`; otherwise why not.
 pub(crate) fn check(
     key: &VerifyKey,
     a: &Assignment,
     me: &NodeName,
+    labels: &Labels,
     relay: &NodeName,
     t: HqTime,
 ) -> Result<(), String> {
@@ -74,7 +76,7 @@ pub(crate) fn check(
     }
     let mut why = String::new();
     for so in &a.orders {
-        match covers(key, so, a, me, relay, t) {
+        match covers(key, so, a, (me, labels), relay, t) {
             Ok(()) => return Ok(()),
             Err(e) => why = e,
         }
@@ -86,7 +88,7 @@ fn covers(
     key: &VerifyKey,
     so: &SignedOrder,
     a: &Assignment,
-    me: &NodeName,
+    (me, labels): (&NodeName, &Labels),
     relay: &NodeName,
     t: HqTime,
 ) -> Result<(), String> {
@@ -123,6 +125,10 @@ fn covers(
         }
         (None, None) if !o.dest.is_empty() => placed(key, a, me, relay, &o.dest)?,
         _ => return Err("the order names no destination".into()),
+    }
+    // Narrowed by labels or exclusions: only the agents it was meant for.
+    if let Some(why) = o.filter.refuses(me, labels) {
+        return Err(format!("not a target of the order: {why}"));
     }
     Ok(())
 }
@@ -197,6 +203,7 @@ mod tests {
             },
             relay: relay.map(n),
             targets: targets.map(|t| t.iter().map(|s| n(s)).collect()),
+            filter: Default::default(),
         }
     }
     fn to(dest: &[&str], o: Order) -> Order {
@@ -298,6 +305,17 @@ mod tests {
         let elsewhere = signed(&k, &order(2, run("true"), Some("r9"), Some(&["c1"])));
         let upper = signed(&k, &to(&["r0"], order(1, run("true"), None, None)));
         let other_branch = signed(&k, &to(&["r5"], order(1, run("true"), None, None)));
+        let narrowed = |labels: &[&str], exclude: &[&str]| {
+            let mut o = order(1, run("true"), None, None);
+            o.filter = crate::proto::TargetFilter {
+                labels: crate::proto::labels::parse_labels(labels).unwrap(),
+                exclude: exclude.iter().map(|s| n(s)).collect(),
+            };
+            signed(&k, &o)
+        };
+        let for_web = narrowed(&["role=web"], &[]);
+        let for_db = narrowed(&["role=db"], &[]);
+        let not_c1 = narrowed(&[], &["c1"]);
         let mut forged = ok1.clone();
         forged.sig[0] ^= 1;
         let foreign = signed(&other_key, &order(1, run("true"), None, None));
@@ -318,6 +336,24 @@ mod tests {
         };
         let cases: Vec<(&str, Assignment, HqTime, Option<&str>)> = vec![
             ("original", with(&home, original(&ok1)), NOW, None),
+            (
+                "labels that match",
+                with(&home, original(&for_web)),
+                NOW,
+                None,
+            ),
+            (
+                "labels that differ",
+                with(&home, original(&for_db)),
+                NOW,
+                Some("role=web, not role=db"),
+            ),
+            (
+                "excluded",
+                with(&home, original(&not_c1)),
+                NOW,
+                Some("c1 is excluded"),
+            ),
             (
                 "original to an upper relay",
                 with(&home, original(&upper)),
@@ -449,7 +485,8 @@ mod tests {
             ),
         ];
         for (what, a, t, refused) in cases {
-            let got = check(&key, &a, &c1, &r1, t);
+            let web = crate::proto::labels::parse_labels(&["role=web"]).unwrap();
+            let got = check(&key, &a, &c1, &web, &r1, t);
             match refused {
                 None => assert_eq!(got, Ok(()), "{what}"),
                 Some(word) => {

@@ -222,8 +222,15 @@ pub enum TokenCmd {
 /// Destination kinds.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dest {
-    /// Every client below the named relays.
+    /// Every client below the named relays (--relay).
     AllLowerClients,
+    /// The named clients, wherever they live now (--client).
+    Clients,
+}
+
+/// Parses `--label KEY=VALUE`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    crate::proto::labels::parse_label(s)
 }
 
 /// `hq snapshot` subcommands.
@@ -565,9 +572,20 @@ pub enum JobCmd {
         /// Destination kind.
         #[arg(long, value_enum)]
         dest: Dest,
-        /// Relay whose lower clients are targeted (repeatable).
-        #[arg(long = "relay", required = true)]
+        /// Relay whose lower clients are targeted (repeatable; with
+        /// --dest all-lower-clients).
+        #[arg(long = "relay")]
         relays: Vec<String>,
+        /// A client to target, wherever it lives now (repeatable; with
+        /// --dest clients).
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+        /// Only clients carrying this label (repeatable: all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Leave this client out (repeatable).
+        #[arg(long = "exclude", value_name = "NAME")]
+        exclude: Vec<String>,
         /// Kill the command (or the install/remove command) after this long (e.g. 30s, 5m).
         #[arg(long)]
         timeout: Option<String>,
@@ -832,6 +850,10 @@ pub enum AgentCmd {
         /// Audit and snapshot paths are taken under this directory.
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// A label this agent reports about itself (repeatable); jobs can
+        /// target by it (hq job create --label KEY=VALUE).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -895,6 +917,9 @@ pub enum AgentCmd {
         /// agent of the swarm).
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// A label every agent of the swarm reports (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
         #[command(flatten)]
         timing: TimingArgs,
     },
@@ -946,6 +971,49 @@ mod tests {
                 .is_err()
         );
         assert!(HqCli::try_parse_from(["hq", "job", "rerun", "3"]).is_err());
+        // Named clients narrowed by labels; a label without '=' is refused.
+        let c = HqCli::try_parse_from([
+            "hq",
+            "job",
+            "create",
+            "--dest",
+            "clients",
+            "--client",
+            "c1",
+            "--client",
+            "c2",
+            "--label",
+            "role=web",
+            "--exclude",
+            "c2",
+            "--ping",
+        ])
+        .unwrap();
+        match c.cmd {
+            HqCmd::Job {
+                cmd:
+                    JobCmd::Create {
+                        dest,
+                        clients,
+                        labels,
+                        exclude,
+                        ..
+                    },
+                ..
+            } => {
+                assert_eq!(dest, Dest::Clients);
+                assert_eq!(clients, vec!["c1", "c2"]);
+                assert_eq!(labels, vec![("role".to_string(), "web".to_string())]);
+                assert_eq!(exclude, vec!["c2"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = HqCli::try_parse_from([
+            "hq", "job", "create", "--dest", "clients", "--client", "c1", "--label", "role",
+            "--ping",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("no '='"), "{e}");
     }
 
     fn create(extra: &[&str]) -> Result<JobCmd, clap::Error> {

@@ -97,7 +97,7 @@ pub(crate) async fn audit(cmd: AuditCmd, t: &Target) -> Result<u8, CliError> {
         AuditCmd::Create {
             master,
             snapshot,
-            dest: _,
+            dest,
             relays,
             files,
             no_packages,
@@ -115,6 +115,11 @@ pub(crate) async fn audit(cmd: AuditCmd, t: &Target) -> Result<u8, CliError> {
                     ))
                 }
             };
+            if dest != crate::cli::args::Dest::AllLowerClients {
+                return Err(CliError::Usage(
+                    "an audit takes --dest all-lower-clients --relay NAME".into(),
+                ));
+            }
             let dest = relays
                 .iter()
                 .map(|r| name("--relay", r))

@@ -109,6 +109,7 @@ impl AdminClient {
                 role: Role::Admin,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                about: None,
             },
             timing: Timing::default(),
             gate: None,

@@ -195,6 +195,8 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
             }),
             expires_ms: Some(3_600_000),
             policy: Default::default(),
+            clients: vec![],
+            filter: Default::default(),
         })
         .await?
     {
@@ -392,6 +394,8 @@ async fn packages(
             action: Action::Install(spec),
             expires_ms: Some(3_600_000),
             policy: Default::default(),
+            clients: vec![],
+            filter: Default::default(),
         })
         .await?
     {

@@ -517,8 +517,11 @@ async fn control(t: &Target, job: &str, pause: bool, json: bool) -> Result<(), C
 async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
     match cmd {
         JobCmd::Create {
-            dest: _,
+            dest: d,
             relays,
+            clients,
+            labels,
+            exclude,
             timeout,
             expires,
             ping,
@@ -529,12 +532,34 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             command,
         } => {
             let policy = policy_request(&rollout, crate::proto::now_ms())?;
-            let dest = relays
-                .iter()
-                .map(|r| {
-                    NodeName::new(r.as_str()).map_err(|e| CliError::Usage(format!("--relay: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let names = |flag: &str, list: &[String]| {
+                list.iter()
+                    .map(|r| {
+                        NodeName::new(r.as_str())
+                            .map_err(|e| CliError::Usage(format!("--{flag} {r}: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let dest = names("relay", &relays)?;
+            let clients = names("client", &clients)?;
+            match (d, dest.is_empty(), clients.is_empty()) {
+                (args::Dest::AllLowerClients, false, true) | (args::Dest::Clients, true, false) => {
+                }
+                (args::Dest::AllLowerClients, _, _) => {
+                    return Err(CliError::Usage(
+                        "--dest all-lower-clients takes --relay NAME (not --client)".into(),
+                    ))
+                }
+                (args::Dest::Clients, _, _) => {
+                    return Err(CliError::Usage(
+                        "--dest clients takes --client NAME (not --relay)".into(),
+                    ))
+                }
+            }
+            let filter = crate::proto::TargetFilter {
+                labels: labels.into_iter().collect(),
+                exclude: names("exclude", &exclude)?,
+            };
             let timeout_ms = timeout
                 .map(|s| parse_duration("--timeout", &s))
                 .transpose()?
@@ -574,6 +599,8 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                     action,
                     expires_ms,
                     policy,
+                    clients,
+                    filter,
                 })
                 .await?
             {
@@ -822,6 +849,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             metrics,
             kill_grace: grace,
             root,
+            labels,
             timing: t,
         } => {
             let t = timing(&t)?;
@@ -841,6 +869,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             cfg.options.timing = t;
             cfg.options.kill_grace = grace;
             cfg.options.root = root;
+            cfg.options.labels = labels.into_iter().collect();
             finish(crate::agent::run(cfg, shutdown).await, &data_dir, None).await?;
         }
         AgentCmd::Enroll { relay, enroll } => {
@@ -892,6 +921,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             metrics,
             kill_grace: grace,
             root,
+            labels,
             timing: t,
         } => {
             let timing = timing(&t)?;
@@ -920,6 +950,7 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
                 ))),
                 kill_grace,
                 root,
+                labels: labels.into_iter().collect(),
                 ..Default::default()
             };
             let cfg = crate::agent::SwarmConfig {

@@ -164,6 +164,25 @@ pub(crate) async fn client(cmd: ClientCmd, t: &Target) -> Result<(), CliError> {
                 other => return Err(unexpected(other)),
             }
         }
+        ClientCmd::List {
+            relay,
+            labels,
+            state,
+            json,
+        } => {
+            let relay = relay.map(|r| node("relay", &r)).transpose()?;
+            let mut c = AdminClient::connect(t).await?;
+            let req = AdminRequest::ClientList {
+                relay,
+                labels: labels.into_iter().collect(),
+                state,
+            };
+            match c.request(req).await? {
+                AdminResponse::Clients(v) if json => print_json(&v)?,
+                AdminResponse::Clients(v) => out!("{}", render::client_list(&v)),
+                other => return Err(unexpected(other)),
+            }
+        }
     }
     Ok(())
 }

@@ -151,10 +151,31 @@ pub enum PackageCmd {
 /// `hq client` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ClientCmd {
-    /// One client: home relay, since when, installed packages.
+    /// One client: home relay, online or offline, labels, installed packages.
     Show {
         /// The client's name.
         name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every client: home relay, online or offline (or revoked), last seen,
+    /// labels and agent version.
+    #[command(after_help = "\
+Examples:
+  hq client list                             every client
+  hq client list --state offline --relay r2  who is down under r2
+  hq client list --label role=web --json")]
+    List {
+        /// Only clients whose home is this relay.
+        #[arg(long, value_name = "NAME")]
+        relay: Option<String>,
+        /// Only clients carrying this label (repeatable: all must match).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::args::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only clients in this state.
+        #[arg(long, value_parser = ["online", "offline", "revoked"])]
+        state: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

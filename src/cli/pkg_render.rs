@@ -215,6 +215,23 @@ pub fn client(c: &ClientView) -> String {
     let mut out = format!("client {}\n", c.name);
     out += &format!("  home relay  {}\n", c.relay);
     out += &format!("  since       {}\n", when(c.since_ms));
+    out += &format!(
+        "  state       {}{}\n",
+        if c.state.is_empty() {
+            "unknown"
+        } else {
+            &c.state
+        },
+        match (c.state.as_str(), c.last_seen_ms) {
+            (_, 0) | ("online", _) => String::new(),
+            (_, ms) => format!(", last seen {}", ago(ms)),
+        }
+    );
+    out += &format!("  labels      {}\n", labels_or_none(&c.labels));
+    out += &format!(
+        "  version     {}\n",
+        c.version.as_deref().unwrap_or("unknown")
+    );
     out += &format!("  inventory   {}\n", opt_when(c.inventory_at_ms));
     if c.packages.is_empty() {
         out += "no packages installed\n";
@@ -231,6 +248,36 @@ pub fn client(c: &ClientView) -> String {
     }
     out += &format!("{t}\n");
     out
+}
+
+fn labels_or_none(l: &crate::proto::Labels) -> String {
+    if l.is_empty() {
+        "none".into()
+    } else {
+        crate::proto::labels::labels_text(l)
+    }
+}
+
+/// `hq client list`: one row per client.
+pub fn client_list(list: &[crate::proto::ClientEntry]) -> String {
+    let mut t = table(&["client", "relay", "state", "last seen", "labels", "version"]);
+    let mut online = 0;
+    for c in list {
+        online += (c.state == "online") as u64;
+        t.add_row(vec![
+            c.client.to_string(),
+            c.relay.as_ref().map_or("-".into(), |r| r.to_string()),
+            c.state.clone(),
+            match (c.state.as_str(), c.last_seen_ms) {
+                ("online", _) => "now".into(),
+                (_, 0) => "never".into(),
+                (_, ms) => ago(ms),
+            },
+            labels_or_none(&c.labels),
+            c.version.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    format!("{} clients, {online} online\n{t}\n", list.len())
 }
 
 #[cfg(test)]
@@ -279,7 +326,16 @@ mod tests {
                 at_ms: 2,
             }],
             inventory_at_ms: Some(2),
+            state: "online".into(),
+            last_seen_ms: 3,
+            labels: crate::proto::labels::parse_labels(&["role=web"]).unwrap(),
+            version: Some("0.1.0".into()),
         };
+        assert!(
+            client(&c).contains("labels      role=web"),
+            "{}",
+            client(&c)
+        );
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["packages"][0]["manifest"], h.to_hex());
         assert_eq!(v["relay"], "r1");

@@ -314,7 +314,9 @@ pub fn repeats(list: &[crate::proto::RepeatView]) -> String {
 
 /// The tree.
 pub fn tree(v: &TreeView) -> String {
-    let mut t = table(&["relay", "parent", "state", "since", "clients"]);
+    let mut t = table(&[
+        "relay", "parent", "state", "since", "clients", "online", "offline",
+    ]);
     for r in &v.relays {
         t.add_row(vec![
             r.relay.to_string(),
@@ -322,13 +324,16 @@ pub fn tree(v: &TreeView) -> String {
             r.state.clone(),
             ago(r.last_seen_ms),
             r.clients.to_string(),
+            r.online.to_string(),
+            r.offline.to_string(),
         ]);
     }
     format!(
-        "hq {}: {}, {}\n{t}\n",
+        "hq {}: {}, {} ({} online)\n{t}\n",
         v.hq,
         count(v.relays.len() as u64, "relay", "relays"),
-        count(v.clients, "client", "clients")
+        count(v.clients, "client", "clients"),
+        v.online
     )
 }
 

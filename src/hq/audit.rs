@@ -302,7 +302,14 @@ pub(crate) async fn create_audit(
         objects_ref: None,
     };
     let spec = by_reference(st, spec, &rec.name).await?;
-    let job = super::jobs::create(st, dest, Action::Audit(spec), expires_ms).await?;
+    let job = super::jobs::create(
+        st,
+        dest,
+        Default::default(),
+        Action::Audit(spec),
+        expires_ms,
+    )
+    .await?;
     Ok((job, rec.name))
 }
 

@@ -52,6 +52,7 @@ pub(crate) async fn create(
             sent_to: vec![],
             rollout: Default::default(),
             repeat: None,
+            filter: Default::default(),
         };
         st.jobs.put(&JobKey(job), &rec)?;
         job

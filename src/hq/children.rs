@@ -29,7 +29,11 @@ impl Downstream for HqState {
     fn children(&self) -> &Mutex<HashMap<NodeName, SessionTx>> {
         &self.children
     }
-    fn joined(&self, child: &PeerIdentity) -> Result<(), StoreError> {
+    fn joined(
+        &self,
+        child: &PeerIdentity,
+        _about: Option<&crate::proto::About>,
+    ) -> Result<(), StoreError> {
         set_relay(self, &child.name, true)
     }
     fn left(&self, child: &PeerIdentity) -> Result<(), StoreError> {

@@ -6,8 +6,7 @@
 //! nothing but answers built from HQ's own state, never the state itself.
 
 use super::{HqError, HqState};
-use crate::proto::{AdminRequest, AdminResponse, NodeName};
-use crate::store::keys::Name;
+use crate::proto::{AdminRequest, AdminResponse};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -59,17 +58,6 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A client as the dashboard lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientRow {
-    /// The client.
-    pub client: NodeName,
-    /// Its home relay.
-    pub relay: NodeName,
-    /// Since when that relay is its home, unix ms.
-    pub since_ms: u64,
-}
-
 /// What the dashboard may ask of HQ. Cheap to clone.
 #[derive(Clone)]
 pub struct Console {
@@ -87,17 +75,8 @@ impl Console {
     }
 
     /// Every known client and its home relay.
-    pub fn clients(&self) -> Result<Vec<ClientRow>, HqError> {
-        let mut out = Vec::new();
-        for r in self.st.clients.scan() {
-            let (Name(client), c) = r?;
-            out.push(ClientRow {
-                client,
-                relay: c.relay,
-                since_ms: c.since_ms,
-            });
-        }
-        Ok(out)
+    pub fn clients(&self) -> Result<Vec<crate::proto::ClientEntry>, HqError> {
+        super::clients::list(&self.st, &Default::default())
     }
 
     /// Bumped after every durable change of leaves.

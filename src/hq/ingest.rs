@@ -125,7 +125,7 @@ pub(crate) fn apply(
                     // moved chain was placed anew with the relay's join.
                     continue;
                 }
-                if let Some(old) = old {
+                if let Some(old) = &old {
                     if old.relay != *relay {
                         warn!(%client, from = %old.relay, to = %relay, "client moved");
                         // The old branch forgets it, unless a relay below HQ
@@ -142,6 +142,10 @@ pub(crate) fn apply(
                         }
                     }
                 }
+                // Presence and labels stay until its new home reports them.
+                let (online, seen_ms, about) = old
+                    .map(|o| (o.online, o.seen_ms, o.about))
+                    .unwrap_or_default();
                 st.clients.put(
                     &k,
                     &ClientRecord {
@@ -149,6 +153,9 @@ pub(crate) fn apply(
                         // The home's time of the join, which later joins are
                         // compared with (see `confine::join_is_stale`).
                         since_ms: if *at_ms == 0 { now } else { *at_ms },
+                        online,
+                        seen_ms,
+                        about,
                     },
                 )?;
                 // Signed where it lives now: what binds orders to it.
@@ -167,6 +174,9 @@ pub(crate) fn apply(
                         last_seen_ms: now,
                     },
                 )?;
+            }
+            Event::Presence { relay, changes } => {
+                super::clients::ingest_presence(st, relay, changes)?
             }
             Event::Cache(c) => super::syncs::ingest_cache(st, c)?,
             Event::Inventory(i) => super::syncs::ingest_inventory(st, i)?,

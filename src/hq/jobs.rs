@@ -43,6 +43,10 @@ pub(crate) struct JobRecord {
     /// The recurring job it is an occurrence of.
     #[serde(default)]
     pub repeat: Option<u64>,
+    /// What narrows attempt 1's destinations (labels, exclusions), as
+    /// signed in its order (an order signed anew carries it too).
+    #[serde(default)]
+    pub filter: crate::proto::TargetFilter,
 }
 
 fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
@@ -143,14 +147,29 @@ fn merge_sent_to(rec: &mut JobRecord, tops: impl IntoIterator<Item = NodeName>) 
     }
 }
 
-/// `hq job create` without a rollout policy.
+/// Refuses an action that cannot run (an empty command, a package the
+/// depot lacks).
+pub(super) fn check_action(st: &HqState, action: &Action) -> Result<(), HqError> {
+    match action {
+        Action::Run(r) if r.argv.is_empty() => Err(HqError::Refused("empty command".into())),
+        Action::Install(i) => super::packages::check_install(st, i),
+        Action::Sync(_) | Action::Batch(_) => Err(HqError::Refused(
+            "sync and batch jobs are made by `hq sync`, not `job create`".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `hq job create --dest all-lower-clients`, narrowed by `filter` (applied
+/// where the snapshot is taken; it travels in the signed order).
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
+    filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
-    create_with(st, dest, action, expires_ms, &Default::default()).await
+    create_with(st, dest, filter, action, expires_ms, &Default::default()).await
 }
 
 /// What `create` refuses before anything is written: no destination, an
@@ -159,24 +178,15 @@ pub(crate) async fn create(
 pub(crate) fn check_create(
     st: &HqState,
     dest: &[NodeName],
+    filter: &crate::proto::TargetFilter,
     action: &Action,
     policy: &crate::proto::PolicyRequest,
 ) -> Result<(), HqError> {
     if dest.is_empty() {
         return Err(HqError::Refused("no destination relay given".into()));
     }
-    match action {
-        Action::Run(r) if r.argv.is_empty() => {
-            return Err(HqError::Refused("empty command".into()));
-        }
-        Action::Install(i) => super::packages::check_install(st, i)?,
-        Action::Sync(_) | Action::Batch(_) => {
-            return Err(HqError::Refused(
-                "sync and batch jobs are made by `hq sync`, not `job create`".into(),
-            ));
-        }
-        _ => {}
-    }
+    check_action(st, action)?;
+    super::targets::check_excluded(st, filter)?;
     for d in dest.iter().chain(policy.after_sync.iter()) {
         if !st.relays.contains(&Name(d.clone()))? {
             return Err(HqError::Refused(format!(
@@ -192,11 +202,12 @@ pub(crate) fn check_create(
 pub(crate) async fn create_with(
     st: &HqState,
     dest: Vec<NodeName>,
+    filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
     policy: &crate::proto::PolicyRequest,
 ) -> Result<JobId, HqError> {
-    create_inner(st, dest, action, expires_ms, policy, None).await
+    create_inner(st, dest, filter, action, expires_ms, policy, None).await
 }
 
 /// One occurrence of a recurring job, due at `rec.next_ms`: the job and
@@ -209,6 +220,7 @@ pub(crate) async fn create_occurrence(
     create_inner(
         st,
         rec.dest.clone(),
+        rec.filter.clone(),
         rec.action.clone(),
         rec.expires_ms,
         &rec.policy,
@@ -220,12 +232,13 @@ pub(crate) async fn create_occurrence(
 async fn create_inner(
     st: &HqState,
     dest: Vec<NodeName>,
+    filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
     policy_req: &crate::proto::PolicyRequest,
     occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
 ) -> Result<JobId, HqError> {
-    check_create(st, &dest, &action, policy_req)?;
+    check_create(st, &dest, &filter, &action, policy_req)?;
     // Every order ends: the operator's window, or HQ's default.
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
@@ -250,6 +263,7 @@ async fn create_inner(
                     dest: dest_n.clone(),
                     relay: None,
                     targets: None,
+                    filter: filter.clone(),
                 },
             )
         };
@@ -288,6 +302,7 @@ async fn create_inner(
                 ..Default::default()
             },
             repeat: occurrence.map(|(r, _)| r.id),
+            filter: filter.clone(),
         };
         let hold = match &policy_req.after_sync {
             Some(relay) => Some((
@@ -425,6 +440,7 @@ pub(crate) async fn create_for_clients(
             sent_to: by_top.keys().cloned().collect(),
             rollout: Default::default(),
             repeat: None,
+            filter: Default::default(),
         };
         let assignments = |rec: &JobRecord| -> Result<Vec<(NodeName, Assignment)>, HqError> {
             let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone())?;
@@ -512,6 +528,7 @@ fn rerun_orders(
                     dest: vec![],
                     relay: Some(home.clone()),
                     targets: Some(chunk.to_vec()),
+                    filter: Default::default(),
                 },
             )?;
             orders.entry(top.clone()).or_default().push(o);
@@ -808,6 +825,9 @@ mod tests {
                 &ClientRecord {
                     relay: n(relay),
                     since_ms: 0,
+                    online: false,
+                    seen_ms: 0,
+                    about: Default::default(),
                 },
             )
             .unwrap();
@@ -847,9 +867,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
         let before = now_ms();
-        let job = create(&st, vec![n("r1"), n("r3")], Action::Ping, None)
-            .await
-            .unwrap();
+        let job = create(
+            &st,
+            vec![n("r1"), n("r3")],
+            Default::default(),
+            Action::Ping,
+            None,
+        )
+        .await
+        .unwrap();
         let rec: JobRecord = st.jobs.get(&JobKey(job)).unwrap().unwrap();
         let exp = rec.expires_at_ms.expect("a default expiry");
         assert!(exp >= before + super::super::DEFAULT_ORDER_TTL_MS);
@@ -857,9 +883,15 @@ mod tests {
         assert_eq!(queued(&st, "r1").len(), 1);
         assert_eq!(queued(&st, "r2")[0].scope, Scope::AllLowerOf(vec![n("r3")]));
         // The operator's window wins over the default.
-        let job2 = create(&st, vec![n("r1")], Action::Ping, Some(1_000))
-            .await
-            .unwrap();
+        let job2 = create(
+            &st,
+            vec![n("r1")],
+            Default::default(),
+            Action::Ping,
+            Some(1_000),
+        )
+        .await
+        .unwrap();
         let rec2: JobRecord = st.jobs.get(&JobKey(job2)).unwrap().unwrap();
         assert!(rec2.expires_at_ms.unwrap() <= now_ms() + 1_000);
         // Too large for an agent frame: refused, and no job is made.
@@ -869,7 +901,9 @@ mod tests {
             cwd: None,
             timeout_ms: None,
         });
-        let e = create(&st, vec![n("r1")], huge, None).await.unwrap_err();
+        let e = create(&st, vec![n("r1")], Default::default(), huge, None)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("too large"), "{e}");
         assert_eq!(st.jobs.len(), 2);
     }
@@ -878,7 +912,7 @@ mod tests {
     async fn a_rerun_goes_to_the_clients_current_home_signed_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let (st, public) = hq(dir.path());
-        let job = create(&st, vec![n("r1")], run("false"), None)
+        let job = create(&st, vec![n("r1")], Default::default(), run("false"), None)
             .await
             .unwrap();
         st.down
@@ -921,7 +955,7 @@ mod tests {
     async fn rerun_orders_come_in_chunks_that_name_each_target_once() {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
-        let job = create(&st, vec![n("r1")], run("false"), None)
+        let job = create(&st, vec![n("r1")], Default::default(), run("false"), None)
             .await
             .unwrap();
         let total = 20_000;
@@ -957,9 +991,15 @@ mod tests {
     async fn cancel_closes_open_leaves_queues_cancels_and_forbids_reruns() {
         let dir = tempfile::tempdir().unwrap();
         let (st, _) = hq(dir.path());
-        let job = create(&st, vec![n("r1"), n("r3")], run("sleep"), None)
-            .await
-            .unwrap();
+        let job = create(
+            &st,
+            vec![n("r1"), n("r3")],
+            Default::default(),
+            run("sleep"),
+            None,
+        )
+        .await
+        .unwrap();
         let states = [
             ("c1", LeafState::Pending),
             ("c2", LeafState::Running),

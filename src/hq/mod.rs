@@ -6,6 +6,7 @@
 mod audit;
 mod batch;
 mod children;
+mod clients;
 mod console;
 mod counters;
 mod enroll;
@@ -23,6 +24,7 @@ mod rollout;
 mod sessions;
 mod sync;
 mod syncs;
+mod targets;
 mod view;
 
 use crate::link::{self, Admission, SessionTx, Timing};
@@ -31,7 +33,7 @@ use crate::rules::LeafRecord;
 use crate::store::keys::{JobClient, JobKey, Name, Seq};
 use crate::store::{Store, StoreError, Table, Tree, TreeDef};
 use crate::tls::{Identity, TlsError};
-pub use console::{ClientRow, Console};
+pub use console::Console;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -68,6 +70,16 @@ pub(crate) struct ClientRecord {
     pub relay: NodeName,
     /// When it joined that home, unix ms by the home's clock.
     pub since_ms: u64,
+    /// Its session to its home relay is up, as that relay last reported.
+    #[serde(default)]
+    pub online: bool,
+    /// When it last came online or went offline, unix ms by its home's
+    /// clock (0: never reported).
+    #[serde(default)]
+    pub seen_ms: u64,
+    /// Its labels and version, as it last came online.
+    #[serde(default)]
+    pub about: crate::proto::About,
 }
 
 /// HQ's trees, each declared once: name on disk, key, value.
@@ -357,6 +369,7 @@ pub async fn run_with_console(
             role: Role::Hq,
             purpose: Default::default(),
             hq_now_ms: None,
+            about: None,
         },
         trust_domain: me.trust_domain.clone(),
         timing,

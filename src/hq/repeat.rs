@@ -32,6 +32,9 @@ pub(crate) struct RepeatRecord {
     pub spec: String,
     /// What each occurrence targets and does.
     pub dest: Vec<NodeName>,
+    /// What narrows each occurrence's targets (labels, exclusions).
+    #[serde(default)]
+    pub filter: crate::proto::TargetFilter,
     pub action: Action,
     pub expires_ms: Option<u64>,
     /// Each occurrence's rollout (canaries picked per occurrence).
@@ -58,6 +61,7 @@ fn parse(spec: &str) -> Result<Schedule, HqError> {
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
+    filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
     mut policy: PolicyRequest,
@@ -69,12 +73,13 @@ pub(crate) async fn create(
             "--at and --repeat do not go together (the schedule says when)".into(),
         ));
     }
-    super::jobs::check_create(st, &dest, &action, &policy)?;
+    super::jobs::check_create(st, &dest, &filter, &action, &policy)?;
     let now = now_ms();
     let rec = RepeatRecord {
         id: st.store.next_id("repeat")?,
         spec: sched.to_string(),
         dest,
+        filter,
         action,
         expires_ms,
         policy,
@@ -219,6 +224,7 @@ mod tests {
             id: 1,
             spec: "daily 02:30".into(),
             dest: vec![],
+            filter: Default::default(),
             action: Action::Ping,
             expires_ms: None,
             policy: PolicyRequest::default(),

@@ -168,6 +168,7 @@ fn sign_again(st: &HqState, rec: &JobRecord) -> Option<crate::proto::SignedOrder
         dest: rules::normalize_dest(&rec.dest, parent_of),
         relay: None,
         targets: None,
+        filter: rec.filter.clone(),
     };
     match super::jobs::sign(st, &order) {
         Ok(o) => Some(o),

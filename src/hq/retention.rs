@@ -274,6 +274,7 @@ mod tests {
             sent_to: vec![],
             rollout: Default::default(),
             repeat: None,
+            filter: Default::default(),
         };
         let leaf = |state, at_ms| LeafRecord {
             relay: n("r1"),

@@ -105,16 +105,37 @@ pub(crate) async fn answer(
             action,
             expires_ms,
             policy,
-        } if policy.repeat.is_some() => AdminResponse::Repeating(
-            super::repeat::create(st, dest, action, expires_ms, policy).await?,
-        ),
+            clients,
+            filter,
+        } if policy.repeat.is_some() => {
+            if !clients.is_empty() {
+                return Err(HqError::Refused(
+                    "--repeat goes with --dest all-lower-clients, not --dest clients".into(),
+                ));
+            }
+            AdminResponse::Repeating(
+                super::repeat::create(st, dest, filter, action, expires_ms, policy).await?,
+            )
+        }
         AdminRequest::CreateJob {
             dest,
             action,
             expires_ms,
             policy,
+            clients,
+            filter,
         } => AdminResponse::Created {
-            job: jobs::create_with(st, dest, action, expires_ms, &policy).await?,
+            job: if clients.is_empty() {
+                jobs::create_with(st, dest, filter, action, expires_ms, &policy).await?
+            } else if policy != Default::default() {
+                return Err(HqError::Refused(
+                    "rollout rules (--batch, --canary, --max-failures, --at, --window, \
+                     --after-sync) go with --dest all-lower-clients, not --dest clients"
+                        .into(),
+                ));
+            } else {
+                super::targets::create_named(st, clients, filter, action, expires_ms).await?
+            },
         },
         AdminRequest::Repeats => AdminResponse::Repeats(super::repeat::list(st)?),
         AdminRequest::Pause { job } => {
@@ -214,6 +235,19 @@ pub(crate) async fn answer(
             spec,
             stagger_ms,
         } => AdminResponse::Scheduled(syncs::set_schedule(st, relay, spec, stagger_ms).await?),
+        AdminRequest::ClientList {
+            relay,
+            labels,
+            state,
+        } => {
+            st.store.durable().await?;
+            let q = super::clients::ClientQuery {
+                relay,
+                labels,
+                state,
+            };
+            AdminResponse::Clients(super::clients::list(st, &q)?)
+        }
         AdminRequest::ClientShow { name } => {
             st.store.durable().await?;
             AdminResponse::Client(syncs::client(st, &name)?)

@@ -174,12 +174,18 @@ pub(crate) fn client(st: &HqState, name: &NodeName) -> Result<ClientView, HqErro
         )));
     };
     let inv = st.inventory.get(&Name(name.clone()))?;
+    let state = super::clients::state_of(&c).into();
+    let last_seen_ms = super::clients::last_seen(&c, crate::proto::now_ms());
     Ok(ClientView {
         name: name.clone(),
         relay: c.relay,
         since_ms: c.since_ms,
         packages: inv.as_ref().map(|i| i.packages.clone()).unwrap_or_default(),
         inventory_at_ms: inv.map(|i| i.at_ms),
+        state,
+        last_seen_ms,
+        labels: c.about.labels,
+        version: c.about.version,
     })
 }
 

@@ -268,12 +268,16 @@ pub(crate) fn relay_state(connected: bool, path_down: bool, quiet_ms: u64) -> &'
 
 /// The tree as HQ knows it.
 pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
-    let mut per_relay: BTreeMap<NodeName, u64> = BTreeMap::new();
-    let mut total = 0;
+    // (clients, online) per home relay.
+    let mut per_relay: BTreeMap<NodeName, (u64, u64)> = BTreeMap::new();
+    let (mut total, mut online) = (0, 0);
     for r in st.clients.scan() {
         let (_, c) = r?;
-        *per_relay.entry(c.relay).or_default() += 1;
+        let e = per_relay.entry(c.relay).or_default();
+        e.0 += 1;
+        e.1 += c.online as u64;
         total += 1;
+        online += c.online as u64;
     }
     let mut recs: BTreeMap<NodeName, RelayRecord> = BTreeMap::new();
     for r in st.relays.scan() {
@@ -292,8 +296,11 @@ pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
             path_down,
             now.saturating_sub(rec.last_seen_ms.max(st.started_at_ms)),
         );
+        let (clients, up) = per_relay.get(name).copied().unwrap_or_default();
         relays.push(RelayView {
-            clients: per_relay.get(name).copied().unwrap_or(0),
+            clients,
+            online: up,
+            offline: clients - up,
             relay: name.clone(),
             parent: rec.parent.clone(),
             connected: rec.connected && !path_down,
@@ -305,6 +312,7 @@ pub(crate) fn tree(st: &HqState) -> Result<TreeView, HqError> {
         hq: st.me.clone(),
         relays,
         clients: total,
+        online,
     })
 }
 

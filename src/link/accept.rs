@@ -293,7 +293,9 @@ async fn greet(
     let mut me = adm.me.clone();
     me.hq_now_ms = adm.clock.now();
     framed.send(&Msg::Hello(me)).await?;
-    Ok(start(framed, peer, adm.timing, hello.purpose))
+    let mut s = start(framed, peer, adm.timing, hello.purpose);
+    s.about = hello.about;
+    Ok(s)
 }
 
 /// A `Hello` must name the node its certificate names, at our protocol version.

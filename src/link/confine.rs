@@ -17,7 +17,11 @@
 //!   subtree and is not attached, live, to another branch; a relay that left
 //!   is one in the subtree;
 //! - an inventory is of a client living in the subtree, a cache report of a
-//!   relay in it.
+//!   relay in it;
+//! - a presence change (online, offline, labels) is reported by a relay in
+//!   the subtree for a client whose current home is that relay (a late
+//!   "offline" from a client's old home after a move is dropped, so it
+//!   cannot mark the client offline at its new one).
 //!
 //! A refused event is dropped: never applied, never forwarded, logged by the
 //! caller with the sender. The batch is still acknowledged (its refusal is
@@ -259,6 +263,24 @@ pub fn check_event(
             }
             Ok(Event::Inventory(i))
         }
+        Event::Presence { relay, changes } => {
+            if !relay_in(&relay, seen) {
+                return Err(format!(
+                    "presence reported for relay {relay}, outside the sender's subtree"
+                ));
+            }
+            let before = changes.len();
+            let changes: Vec<_> = changes
+                .into_iter()
+                .filter(|p| seen.client_home(facts, &p.client).as_ref() == Some(&relay))
+                .collect();
+            if changes.is_empty() && before > 0 {
+                return Err(format!(
+                    "presence of clients whose home is not relay {relay}"
+                ));
+            }
+            Ok(Event::Presence { relay, changes })
+        }
         Event::Cache(c) => {
             if !relay_in(&c.relay, seen) {
                 return Err(format!(
@@ -443,6 +465,21 @@ mod tests {
         })
     }
 
+    fn presence(relay: &str, clients: &[&str]) -> Event {
+        Event::Presence {
+            relay: n(relay),
+            changes: clients
+                .iter()
+                .map(|c| crate::proto::Presence {
+                    client: n(c),
+                    online: true,
+                    at_ms: 1,
+                    about: None,
+                })
+                .collect(),
+        }
+    }
+
     fn joined(relay: &str, parent: &str) -> Event {
         Event::RelayJoined {
             relay: n(relay),
@@ -528,6 +565,18 @@ mod tests {
             ),
             ("a new relay under me", joined("r9", "r1a"), true),
             ("myself", joined("r1", "r1a"), false),
+            ("my client online", presence("r1a", &["c1a"]), true),
+            (
+                "my client at another of my relays",
+                presence("r1", &["c1a"]),
+                false,
+            ),
+            ("another branch's client", presence("r1", &["c2"]), false),
+            (
+                "presence for another branch",
+                presence("r2", &["c2"]),
+                false,
+            ),
             ("my client's inventory", inventory("c1a", "r1a"), true),
             ("another's inventory", inventory("c2", "r2"), false),
             ("another's inventory, my home", inventory("c2", "r1"), false),
@@ -571,6 +620,20 @@ mod tests {
         let kept: Vec<u64> = c.kept.iter().map(|(s, _)| *s).collect();
         assert_eq!(kept, vec![1, 2, 3]);
         assert_eq!(c.refused.len(), 1);
+        // A presence list keeps only the clients whose home is the reporter.
+        let c = fold(
+            &facts,
+            &n("hq"),
+            &n("r1"),
+            vec![(1, presence("r1", &["c1", "c2", "c1a"]))],
+        );
+        match &c.kept[..] {
+            [(_, Event::Presence { changes, .. })] => {
+                let names: Vec<&str> = changes.iter().map(|p| p.client.as_str()).collect();
+                assert_eq!(names, vec!["c1"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -34,8 +34,13 @@ pub trait Downstream: Send + Sync {
     fn arriving(&self, _child: &PeerIdentity) -> Result<Outgoing, StoreError> {
         Ok(Vec::new())
     }
-    /// Under the registry lock, as this session becomes the child's current one.
-    fn joined(&self, _child: &PeerIdentity) -> Result<(), StoreError> {
+    /// Under the registry lock, as this session becomes the child's current
+    /// one; `about` is what the child said of itself in its `Hello`.
+    fn joined(
+        &self,
+        _child: &PeerIdentity,
+        _about: Option<&crate::proto::About>,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     /// Under the registry lock, as the child's current session ends.
@@ -71,7 +76,11 @@ pub trait Downstream: Send + Sync {
 /// Serves one child session to its end.
 pub async fn serve<D: Downstream>(d: &D, s: Session) -> Result<(), LinkError> {
     let Session {
-        peer, tx, mut rx, ..
+        peer,
+        tx,
+        mut rx,
+        about,
+        ..
     } = s;
     let r = async {
         let out = d.arriving(&peer)?;
@@ -80,7 +89,7 @@ pub async fn serve<D: Downstream>(d: &D, s: Session) -> Result<(), LinkError> {
             // the same child ending now cannot undo it.
             let mut children = d.children().lock().unwrap_or_else(|p| p.into_inner());
             children.insert(peer.name.clone(), tx.clone());
-            d.joined(&peer)?;
+            d.joined(&peer, about.as_ref())?;
         }
         d.store().durable().await?;
         send_now(d.children(), out);

@@ -154,6 +154,9 @@ pub struct Session {
     /// HQ's clock minus ours, as the parent's `Hello` showed it on arrival
     /// (dialing side only, when the parent knew HQ's time).
     pub hq_offset_ms: Option<i64>,
+    /// What the peer said about itself in its `Hello` (an agent's labels
+    /// and version; accepting side only).
+    pub about: Option<crate::proto::About>,
 }
 
 impl Session {
@@ -242,6 +245,7 @@ where
         },
         purpose,
         hq_offset_ms: None,
+        about: None,
     }
 }
 

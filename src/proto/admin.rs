@@ -25,6 +25,13 @@ pub enum AdminRequest {
         /// `--at`, `--window`); the default starts every leaf at once.
         #[serde(default)]
         policy: super::rollout::PolicyRequest,
+        /// `--dest clients`: exactly these clients, wherever they live now
+        /// (then `dest` is empty).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clients: Vec<NodeName>,
+        /// Labels every target must carry, clients left out.
+        #[serde(default, skip_serializing_if = "super::labels::TargetFilter::is_empty")]
+        filter: super::labels::TargetFilter,
     },
     /// Pause a job: no new leaf starts anywhere until it is resumed.
     Pause {
@@ -182,6 +189,18 @@ pub enum AdminRequest {
         /// The client.
         name: NodeName,
     },
+    /// Every client (`hq client list`), narrowed.
+    ClientList {
+        /// Only clients whose home is this relay.
+        #[serde(default)]
+        relay: Option<NodeName>,
+        /// Only clients carrying every one of these labels.
+        #[serde(default)]
+        labels: super::labels::Labels,
+        /// Only clients in this state: `online`, `offline` or `revoked`.
+        #[serde(default)]
+        state: Option<String>,
+    },
     /// A one-time dashboard login URL (`hq web login`).
     WebLogin,
     /// `hq snapshot create`: a snapshot job to `client` (at its home relay);
@@ -294,6 +313,8 @@ pub enum AdminResponse {
     Scheduled(RelaySchedule),
     /// One client.
     Client(ClientView),
+    /// Clients (`hq client list`).
+    Clients(Vec<ClientEntry>),
     /// A job was canceled.
     Canceled(CancelResult),
     /// A job was paused or resumed.
@@ -592,6 +613,41 @@ pub struct ClientView {
     pub packages: Vec<Installed>,
     /// When the inventory was reported, unix ms.
     pub inventory_at_ms: Option<u64>,
+    /// `online` or `offline`, as its home relay last reported.
+    #[serde(default)]
+    pub state: String,
+    /// When it was last seen (now while online), unix ms; 0: never reported.
+    #[serde(default)]
+    pub last_seen_ms: u64,
+    /// Its labels, as it last came online.
+    #[serde(default)]
+    pub labels: super::labels::Labels,
+    /// Its agent's version, as it last came online.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// One client in `hq client list --json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEntry {
+    /// The client.
+    pub client: NodeName,
+    /// Its home relay (unknown for a revoked client: `null`).
+    pub relay: Option<NodeName>,
+    /// `online`, `offline` or `revoked`.
+    pub state: String,
+    /// When it was last seen (now while online; when it went offline, or
+    /// was revoked), unix ms; 0: never reported.
+    pub last_seen_ms: u64,
+    /// Its labels, as it last came online.
+    pub labels: super::labels::Labels,
+    /// Its agent's version, as it last came online.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// When its state last changed (came online, went offline), unix ms by
+    /// its home relay's clock; 0: unknown.
+    #[serde(default)]
+    pub since_ms: u64,
 }
 
 /// Leaves counted by state.
@@ -830,6 +886,12 @@ pub struct RelayView {
     pub state: String,
     /// Clients whose home it is.
     pub clients: u64,
+    /// Of those, online (as the relay last reported).
+    #[serde(default)]
+    pub online: u64,
+    /// Of those, offline.
+    #[serde(default)]
+    pub offline: u64,
 }
 
 /// The tree as HQ knows it.
@@ -841,6 +903,9 @@ pub struct TreeView {
     pub relays: Vec<RelayView>,
     /// Total clients.
     pub clients: u64,
+    /// Of those, online.
+    #[serde(default)]
+    pub online: u64,
 }
 
 /// `hq token create --json`: the token (shown once; HQ keeps only its hash),

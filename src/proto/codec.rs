@@ -150,6 +150,7 @@ mod tests {
             role: Role::Relay,
             purpose: Default::default(),
             hq_now_ms: None,
+            about: None,
         }));
         roundtrip(Msg::Assign(Assignment {
             job: JobId(3),

@@ -116,6 +116,10 @@ pub struct Order {
     /// ...and exactly which of them.
     #[serde(default)]
     pub targets: Option<Vec<NodeName>>,
+    /// What narrows an original attempt's destinations (labels, exclusions):
+    /// applied by the relay taking the snapshot, checked by each agent.
+    #[serde(default, skip_serializing_if = "super::labels::TargetFilter::is_empty")]
+    pub filter: super::labels::TargetFilter,
 }
 
 /// An [`Order`] as HQ encoded and signed it.
@@ -136,6 +140,22 @@ impl Order {
     /// The exact bytes HQ signs (named MessagePack).
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(self)
+    }
+}
+
+impl SignedOrder {
+    /// The order's filter, decoded but NOT verified (the relay taking a
+    /// snapshot applies it; agents verify the signature and check it again).
+    /// An undecodable body narrows nothing: the agents judge it.
+    pub fn filter(&self) -> super::labels::TargetFilter {
+        #[derive(Deserialize)]
+        struct OnlyFilter {
+            #[serde(default)]
+            filter: super::labels::TargetFilter,
+        }
+        rmp_serde::from_slice::<OnlyFilter>(&self.body)
+            .map(|o| o.filter)
+            .unwrap_or_default()
     }
 }
 
@@ -362,6 +382,14 @@ pub enum Event {
     Cache(super::pkg::CacheReport),
     /// A client's packages after an install or remove.
     Inventory(super::pkg::InventoryReport),
+    /// Home clients of `relay` came online or went offline (the latest
+    /// change per client within a batch counts).
+    Presence {
+        /// The home relay reporting.
+        relay: NodeName,
+        /// The changes, in order.
+        changes: Vec<super::labels::Presence>,
+    },
     /// A relay's session to `parent` ended.
     RelayLeft {
         /// The relay.
@@ -390,6 +418,10 @@ pub struct Hello {
     /// `Hello`. Children judge order times by it, not by their own clock.
     #[serde(default)]
     pub hq_now_ms: Option<u64>,
+    /// What an agent says about itself (labels, version); identity comes
+    /// from the certificate, never from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<super::labels::About>,
 }
 
 /// A certificate signing request on its way to HQ.

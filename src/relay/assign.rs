@@ -31,6 +31,37 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
     Ok(out)
 }
 
+/// The clients of a snapshot that the original order's filter admits
+/// (labels as each last came online, exclusions); all of them without one.
+fn narrowed(
+    st: &RelayState,
+    a: &Assignment,
+    all: Vec<(NodeName, DirEntry)>,
+) -> Result<Vec<(NodeName, DirEntry)>, StoreError> {
+    let Some(filter) = a
+        .orders
+        .iter()
+        .find(|o| o.relay.is_none())
+        .map(|o| o.filter())
+        .filter(|f| !f.is_empty())
+    else {
+        return Ok(all);
+    };
+    let mut out = Vec::with_capacity(all.len());
+    for (c, e) in all {
+        let labels = if filter.labels.is_empty() {
+            Default::default()
+        } else {
+            super::presence::labels_of(st, &c)?
+        };
+        if filter.admits(&c, &labels) {
+            out.push((c, e));
+        }
+    }
+    info!(job = %a.job, targets = out.len(), "snapshot narrowed by the order's filter");
+    Ok(out)
+}
+
 /// Applies an assignment (not yet durable): reads what the scope needs,
 /// plans with [`rules::plan_assignment`], writes the plan. Idempotent: a
 /// re-sent assignment creates nothing new.
@@ -50,7 +81,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     };
     let view = match &a.scope {
         Scope::AllLowerOf(list) if list.contains(&st.me) => AssignView::Snapshot(
-            all_clients(st)?
+            narrowed(st, a, all_clients(st)?)?
                 .into_iter()
                 .map(|(c, e)| (c, place(e)))
                 .collect(),
@@ -398,6 +429,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_filtered_snapshot_takes_only_matching_clients_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = relay(dir.path());
+        let web = crate::proto::About {
+            labels: crate::proto::labels::parse_labels(&["role=web"]).unwrap(),
+            version: None,
+        };
+        for c in ["c1", "c3", "c4"] {
+            st.dir_about.put(&Name(n(c)), &web).unwrap();
+        }
+        let order = crate::proto::Order {
+            job: JobId(7),
+            attempt: Attempt(1),
+            action: Action::Ping,
+            expires_at_ms: None,
+            issued_at_ms: 0,
+            dest: vec![n("r1")],
+            relay: None,
+            targets: None,
+            filter: crate::proto::TargetFilter {
+                labels: web.labels.clone(),
+                exclude: vec![n("c4")],
+            },
+        };
+        let a = Assignment {
+            orders: vec![SignedOrder {
+                body: order.encode().unwrap(),
+                sig: vec![],
+                relay: None,
+            }],
+            ..assignment(1, Scope::AllLowerOf(vec![n("r1")]))
+        };
+        let d = apply(&st, &a).unwrap();
+        assert_eq!(d.agents, vec![n("c1")]);
+        assert_eq!(d.relays[0].1.scope, Scope::Targets(vec![n("c3")]));
+        assert_eq!(
+            targets_reported(&st),
+            vec![("c1".into(), "r1".into()), ("c3".into(), "r2".into())]
+        );
+    }
+
+    #[tokio::test]
     async fn a_named_lower_relay_is_routed_not_snapshotted_here() {
         let dir = tempfile::tempdir().unwrap();
         let st = relay(dir.path());
@@ -449,6 +522,7 @@ mod tests {
                     dest: vec![],
                     relay: Some(n(home)),
                     targets: Some(chunk.to_vec()),
+                    filter: Default::default(),
                 };
                 SignedOrder {
                     body: rmp_serde::to_vec_named(&o).unwrap(),

@@ -334,6 +334,7 @@ pub(crate) fn for_tests(dir: &std::path::Path) -> Cache {
             role: crate::proto::Role::Relay,
             purpose: Default::default(),
             hq_now_ms: None,
+            about: None,
         },
         timing: Default::default(),
         gate: None,

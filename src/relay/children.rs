@@ -9,7 +9,7 @@
 //! anyone else is refused, logged with the sender, never forwarded.
 
 use super::home::{apply_home, from_agent, pending_for};
-use super::{deny, moves, DirEntry, RelayState};
+use super::{deny, moves, presence, DirEntry, RelayState};
 use crate::link::confine::{self, Facts};
 use crate::link::downstream::{Downstream, Outgoing};
 use crate::link::queue::DownQueue;
@@ -84,7 +84,16 @@ impl Downstream for RelayState {
         info!(%client, "client registered");
         Ok(forget.into_iter().collect())
     }
-    fn joined(&self, child: &PeerIdentity) -> Result<(), StoreError> {
+    fn joined(
+        &self,
+        child: &PeerIdentity,
+        about: Option<&crate::proto::About>,
+    ) -> Result<(), StoreError> {
+        if child.role == Role::Agent {
+            // Under the registry lock: an older session ending cannot report
+            // it offline after this.
+            return presence::online(self, &child.name, about.cloned().unwrap_or_default());
+        }
         if child.role != Role::Relay {
             return Ok(());
         }
@@ -99,6 +108,9 @@ impl Downstream for RelayState {
         Ok(())
     }
     fn left(&self, child: &PeerIdentity) -> Result<(), StoreError> {
+        if child.role == Role::Agent {
+            return presence::offline(self, &child.name);
+        }
         if child.role != Role::Relay {
             return Ok(());
         }
@@ -272,6 +284,7 @@ fn learn(
             Event::RelayLeft { relay, .. } => {
                 st.relays_left.put(&Name(relay.clone()), &now_ms())?;
             }
+            Event::Presence { changes, .. } => presence::learn(st, changes)?,
             Event::Leaf(_) | Event::Inventory(_) | Event::Targets { .. } | Event::Cache(_) => {}
         }
         fwd.push(ev);

@@ -16,6 +16,7 @@ mod gauges;
 mod home;
 mod moves;
 mod placement;
+mod presence;
 mod purge;
 mod rollout;
 mod upward;
@@ -110,6 +111,9 @@ pub(crate) mod trees {
     pub const CANCELED: TreeDef<JobKey, u64> = TreeDef::new("canceled");
     /// due ++ job ++ attempt -> (): attempts not yet swept, by due time.
     pub const EXPIRY: TreeDef<DueJobAttempt, ()> = TreeDef::new("expiry");
+    /// client -> About: labels and version of each client of the subtree,
+    /// as it last came online (what a label filter is matched against).
+    pub const DIR_ABOUT: TreeDef<Name, crate::proto::About> = TreeDef::new("dir_about");
     /// client -> SignedPlacement: HQ's latest placement of each home client.
     pub const PLACEMENTS: TreeDef<Name, crate::proto::SignedPlacement> = TreeDef::new("placements");
     /// job -> RolloutRecord: the policy and HQ's controls of gated jobs.
@@ -126,6 +130,8 @@ pub(crate) struct RelayState {
     pub dir_since: Tree<Name, u64>,
     /// relay -> via (direct child), for every relay in the subtree.
     pub dir_relays: Tree<Name, NodeName>,
+    /// client -> About: labels and version of each client of the subtree.
+    pub dir_about: Tree<Name, crate::proto::About>,
     /// relay -> its parent, for every relay in the subtree.
     pub dir_parents: Tree<Name, NodeName>,
     /// job ++ attempt -> AttemptRecord.
@@ -181,6 +187,7 @@ impl RelayState {
             dir_relays: store.tree(trees::DIR_RELAYS)?,
             dir_parents: store.tree(trees::DIR_PARENTS)?,
             dir_since: store.tree(trees::DIR_SINCE)?,
+            dir_about: store.tree(trees::DIR_ABOUT)?,
             attempts: store.tree(trees::ATTEMPTS)?,
             leaves: store.tree(trees::LEAVES)?,
             client_leaves: store.tree(trees::CLIENT_LEAVES)?,
@@ -263,6 +270,7 @@ pub async fn run(
         role: Role::Relay,
         purpose: Default::default(),
         hq_now_ms: None,
+        about: None,
     };
     // Upward: the parent is HQ or another relay.
     let connector = tokio_rustls::TlsConnector::from(
@@ -289,6 +297,9 @@ pub async fn run(
         st.clock.set_offset(o);
     }
     st.deny.replace(deny::stored(&st)?);
+    // No agent has a session yet: every home client is offline until it
+    // dials again (a crash may have left no "offline" for some of them).
+    presence::all_offline(&st)?;
     gauges::register(&st);
     // Everything below stops on `shutdown`, or when the disk fails.
     let shutdown = shutdown.child_token();

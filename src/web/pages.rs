@@ -4,7 +4,6 @@
 //! Pure: turns answers HQ already gave into markup (maud escapes every
 //! value); never asks HQ anything and never sees a session id.
 
-use crate::hq::ClientRow;
 use crate::proto::{
     ClientStatus, JobStatus, JobSummary, LeafOutputView, LeafState, RelayView, Totals, TreeView,
 };
@@ -17,7 +16,7 @@ use maud::{html, Markup, DOCTYPE};
 pub struct Home {
     pub tree: TreeView,
     pub jobs: Vec<JobSummary>,
-    pub clients: Vec<ClientRow>,
+    pub clients: Vec<crate::proto::ClientEntry>,
     pub now_ms: u64,
 }
 
@@ -101,7 +100,7 @@ pub fn home(h: &Home, csrf: &str) -> Markup {
         }
         section {
             h2 { "Clients" }
-            input #client-filter type="search" placeholder="filter by client or relay" autocomplete="off";
+            input #client-filter type="search" placeholder="filter by client, relay, state or label (role=web)" autocomplete="off";
             div #clients { (clients(&h.clients, h.now_ms)) }
         }
     };
@@ -170,7 +169,9 @@ fn tree(t: &TreeView, now_ms: u64) -> Markup {
             p.empty { "No relay has connected yet." }
         } @else {
             table.tree {
-                thead { tr { th { "relay" } th { "state" } th { "since" } th { "clients" } } }
+                thead { tr {
+                    th { "relay" } th { "state" } th { "since" } th { "clients" } th { "online" } th { "offline" }
+                } }
                 tbody {
                     @for (depth, r) in tree_order(t) {
                         tr id={ "relay-" (r.relay.as_str()) } data-state=(r.state) {
@@ -181,11 +182,13 @@ fn tree(t: &TreeView, now_ms: u64) -> Markup {
                             td { span class={ "pill " (r.state) } { (r.state) } }
                             td { (ago(now_ms, r.last_seen_ms)) }
                             td.num { (r.clients) }
+                            td.num.online { (r.online) }
+                            td.num.offline { (r.offline) }
                         }
                     }
                 }
             }
-            p.note { (t.clients) " clients in all (counted by home relay)." }
+            p.note { (t.clients) " clients in all, " (t.online) " online (counted by home relay)." }
         }
     }
 }
@@ -241,19 +244,31 @@ fn job_state(state: &str, done: bool) -> Markup {
     html! { span class={ "pill job-state " (word) } { (word) } }
 }
 
-fn clients(list: &[ClientRow], now_ms: u64) -> Markup {
+fn clients(list: &[crate::proto::ClientEntry], now_ms: u64) -> Markup {
     html! {
         @if list.is_empty() {
             p.empty { "No client known yet." }
         } @else {
             table.clients {
-                thead { tr { th { "client" } th { "home relay" } th { "since" } } }
+                thead { tr {
+                    th { "client" } th { "home relay" } th { "state" } th { "last seen" } th { "labels" } th { "version" }
+                } }
                 tbody {
                     @for c in list {
-                        tr data-name=(c.client.as_str()) data-relay=(c.relay.as_str()) {
+                        @let relay = c.relay.as_ref().map_or("", |r| r.as_str());
+                        @let labels = crate::proto::labels::labels_text(&c.labels);
+                        tr id={ "client-" (c.client.as_str()) } data-name=(c.client.as_str()) data-relay=(relay)
+                            data-state=(c.state) data-labels=(labels) {
                             td { (c.client.as_str()) }
-                            td { (c.relay.as_str()) }
-                            td { (ago(now_ms, c.since_ms)) }
+                            td { (relay) }
+                            td { span class={ "pill " (c.state) } { (c.state) } }
+                            td {
+                                @if c.state == "online" { "now" }
+                                @else if c.last_seen_ms == 0 { "never" }
+                                @else { (ago(now_ms, c.last_seen_ms)) }
+                            }
+                            td { code { (labels) } }
+                            td { (c.version.as_deref().unwrap_or("")) }
                         }
                     }
                 }
@@ -463,6 +478,8 @@ mod tests {
             last_seen_ms: 0,
             state: "connected".into(),
             clients: 0,
+            online: 0,
+            offline: 0,
         }
     }
 
@@ -479,6 +496,7 @@ mod tests {
                 relay("r1a1", "r1a"),
             ],
             clients: 0,
+            online: 0,
         };
         let got: Vec<(usize, &str)> = tree_order(&t)
             .into_iter()
@@ -503,6 +521,7 @@ mod tests {
             hq: n("hq"),
             relays: vec![relay("a", "b"), relay("b", "a")],
             clients: 0,
+            online: 0,
         };
         assert_eq!(tree_order(&t).len(), 2);
     }

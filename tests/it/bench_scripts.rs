@@ -133,3 +133,9 @@ fn idle_script_runs_at_small_n() {
         "{out}"
     );
 }
+
+#[test]
+fn clients_script_runs_at_small_n() {
+    let out = bench("clients.sh", &["30", "2", "1"]);
+    assert!(out.contains("client list --json N=30 R=2: median"), "{out}");
+}

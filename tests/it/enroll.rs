@@ -471,6 +471,7 @@ fn anonymous_peers_get_one_enrollment_request_only() {
             role: Role::Agent,
             purpose: Default::default(),
             hq_now_ms: None,
+            about: None,
         }))
         .await
         .unwrap();

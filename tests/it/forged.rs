@@ -27,6 +27,7 @@ pub async fn listen_as_relay(
             role: Role::Relay,
             purpose: Default::default(),
             hq_now_ms: None,
+            about: None,
         },
         trust_domain: id.me().trust_domain.clone(),
         timing: Timing::default(),

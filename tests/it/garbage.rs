@@ -84,6 +84,7 @@ pub fn hello_of(id: &relaytree::tls::Identity) -> Msg {
         role: id.me().role,
         purpose: Default::default(),
         hq_now_ms: None,
+        about: None,
     })
 }
 

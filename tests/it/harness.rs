@@ -409,6 +409,12 @@ impl Env {
 
     /// Starts agent `name` (its identity issued on first use) under `relay_addr`.
     pub fn start_agent(&mut self, name: &str, relay_addr: &str) {
+        self.start_agent_with(name, relay_addr, &[]);
+    }
+
+    /// Starts agent `name` under `relay_addr` with `extra` arguments to
+    /// `agent serve` (e.g. `--label role=web`).
+    pub fn start_agent_with(&mut self, name: &str, relay_addr: &str, extra: &[&str]) {
         let id = self.id_dir(name);
         if !id.exists() {
             self.issue("agent", name);
@@ -418,7 +424,8 @@ impl Env {
             .arg(&id)
             .arg("--data-dir")
             .arg(self.root().join("data").join(name))
-            .args(["--relay", relay_addr]);
+            .args(["--relay", relay_addr])
+            .args(extra);
         let proc = Proc::spawn(name, cmd, &self.logs());
         self.agents.insert(name.to_string(), proc);
     }
@@ -668,6 +675,7 @@ pub async fn dial_as(
             role: id.me().role,
             purpose,
             hq_now_ms: None,
+            about: None,
         },
         timing: relaytree::link::Timing::default(),
         gate: None,

@@ -39,5 +39,6 @@ mod roles;
 mod rollout;
 mod security;
 mod sync;
+mod targeting;
 mod transfer;
 mod web;

@@ -54,6 +54,7 @@ pub(crate) fn order(
         },
         relay: rerun_of.map(|(r, _)| n(r)),
         targets: rerun_of.map(|(_, t)| t.iter().map(|c| n(c)).collect()),
+        filter: Default::default(),
     }
 }
 
@@ -329,6 +330,7 @@ fn a_hello_naming_another_node_is_refused() {
                 role: Role::Agent,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                about: None,
             },
             timing: Timing::default(),
             gate: None,
@@ -519,6 +521,8 @@ fn revocation_closes_open_admin_and_transfer_sessions_and_unknown_names_are_refu
             action: Action::Ping,
             expires_ms: None,
             policy: Default::default(),
+            clients: vec![],
+            filter: Default::default(),
         };
         assert!(
             ask(&mut admin, 2, job).await.is_none(),

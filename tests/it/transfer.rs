@@ -25,6 +25,7 @@ fn hello(name: &str, role: Role, purpose: Purpose) -> Hello {
         role,
         purpose,
         hq_now_ms: None,
+        about: None,
     }
 }
 

@@ -141,7 +141,8 @@ fn fleet_with_a_failed_leaf(env: &mut Env) -> (String, String) {
     let web = start_with_dashboard(env);
     let hq = env.hq.as_ref().unwrap().addr.clone();
     let r1 = env.start_relay("r1", &hq);
-    for c in ["c1", "c2", "c3"] {
+    env.start_agent_with("c1", &r1, &["--label", "role=web"]);
+    for c in ["c2", "c3"] {
         env.start_agent(c, &r1);
     }
     env.wait_clients(3);
@@ -505,6 +506,19 @@ async fn browse(
     for cl in ["c1", "c2", "c3"] {
         assert!(clients.contains(cl), "{clients}");
     }
+    // Per relay, clients online and offline; per client, its state and labels.
+    eventually("r1 with 3 clients online, 0 offline", || async {
+        let on = text(c, "#relay-r1 td.online").await?;
+        let off = text(c, "#relay-r1 td.offline").await?;
+        (on == "3" && off == "0").then_some(())
+    })
+    .await;
+    eventually("c1 online with its label", || async {
+        let state = attr(c, "#client-c1", "data-state").await?;
+        let labels = attr(c, "#client-c1", "data-labels").await?;
+        (state == "online" && labels == "role=web").then_some(())
+    })
+    .await;
     // The client filter hides rows that do not match.
     c.find(Css("#client-filter"))
         .await

@@ -18,8 +18,10 @@
     var rows = document.querySelectorAll("#clients tr[data-name]");
     for (var i = 0; i < rows.length; i++) {
       var r = rows[i];
-      var hit = !q || r.dataset.name.toLowerCase().indexOf(q) >= 0 ||
-        r.dataset.relay.toLowerCase().indexOf(q) >= 0;
+      var d = r.dataset;
+      var hit = !q || [d.name, d.relay, d.state, d.labels].some(function (v) {
+        return (v || "").toLowerCase().indexOf(q) >= 0;
+      });
       r.hidden = !hit;
     }
   }
