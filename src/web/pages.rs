@@ -552,6 +552,7 @@ mod tests {
             expires_at_ms: None,
             last_change_ms: 0,
             matched: 0,
+            next: None,
         };
         s.clients.push(ClientStatus {
             client: n("c1"),
