@@ -59,6 +59,7 @@ RELAY_ADDRS=()
 RELAY_PIDS=()
 SWARM_PIDS=()
 PIDS=()            # every process started, in order
+SWARM_ROOTS=()     # swarms_start: one --root per group of agents (none: no groups)
 declare -A PID_NAMES=() # pid -> name of its logs
 RELAY_FLAGS=()     # --relay r01 --relay r02 ...
 
@@ -301,6 +302,8 @@ sys.exit(0 if want <= up else 1)' "$out" "${RELAY_NAMES[@]}"; then
 
 # swarms_start N [SWARM ARGS...]: relay i gets agents [i*N/R, (i+1)*N/R), in
 # swarms of at most $SWARM_SIZE, each with a directory of symlinks to its identities.
+# With SWARM_ROOTS=(DIR0 DIR1 ...) set, each relay's agents are split into as
+# many groups, group g's swarms running with --root DIRg.
 swarms_start() {
     local n=$1
     shift
@@ -316,18 +319,23 @@ swarms_start() {
     fi
     SWARM_PIDS=()
     mkdir -p "$TREE/ids"
-    # Prints "relay-index swarm-dir" per swarm.
+    # Prints "relay-index group swarm-dir" per swarm.
+    local groups=${#SWARM_ROOTS[@]}
+    ((groups > 0)) || groups=1
     while read -r line; do
-        local ri=${line%% *} dir=${line#* }
-        local name
+        local ri gi dir name
+        read -r ri gi dir <<<"$line"
         name=$(basename "$dir")
+        local root=()
+        ((${#SWARM_ROOTS[@]} > 0)) && root=(--root "${SWARM_ROOTS[gi]}")
         start_bg "swarm-$name" "$BIN/agent" swarm --identities "$dir" \
-            --relay "${RELAY_ADDRS[ri]}" --data-dir "$TREE/swarm/$name" ${TIMING[@]+"${TIMING[@]}"} "$@"
+            --relay "${RELAY_ADDRS[ri]}" --data-dir "$TREE/swarm/$name" ${TIMING[@]+"${TIMING[@]}"} \
+            ${root[@]+"${root[@]}"} "$@"
         SWARM_PIDS+=("$LAST_PID")
-    done < <(python3 - "$IDS/agents" "$TREE/ids" "$n" "$r" "$SWARM_SIZE" "${RELAY_NAMES[@]}" <<'EOF'
+    done < <(python3 - "$IDS/agents" "$TREE/ids" "$n" "$r" "$SWARM_SIZE" "$groups" "${RELAY_NAMES[@]}" <<'EOF'
 import os, sys
-src, dst, n, r, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-names = sys.argv[6:]
+src, dst, n, r, size, groups = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+names = sys.argv[7:]
 ids = []
 for chunk in sorted(os.listdir(src)):
     p = os.path.join(src, chunk)
@@ -337,15 +345,18 @@ if len(ids) < n:
     sys.exit(f"only {len(ids)} identities under {src}, need {n}")
 ids = ids[:n]
 for i in range(r):
-    mine = ids[i * n // r:(i + 1) * n // r]
-    k = max(1, -(-len(mine) // size))
-    for s in range(k):
-        part = mine[s * len(mine) // k:(s + 1) * len(mine) // k]
-        d = os.path.join(dst, f"{names[i]}-s{s:02d}")
-        os.makedirs(d)
-        for p in part:
-            os.symlink(p, os.path.join(d, os.path.basename(p)))
-        print(i, d)
+    relay = ids[i * n // r:(i + 1) * n // r]
+    for g in range(groups):
+        mine = relay[g * len(relay) // groups:(g + 1) * len(relay) // groups]
+        k = max(1, -(-len(mine) // size)) if mine else 0
+        for s in range(k):
+            part = mine[s * len(mine) // k:(s + 1) * len(mine) // k]
+            tag = f"-g{g}" if groups > 1 else ""
+            d = os.path.join(dst, f"{names[i]}{tag}-s{s:02d}")
+            os.makedirs(d)
+            for p in part:
+                os.symlink(p, os.path.join(d, os.path.basename(p)))
+            print(i, g, d)
 EOF
     )
     log "${#SWARM_PIDS[@]} swarm process(es) for $n agents under $r relay(s)"

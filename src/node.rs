@@ -138,17 +138,26 @@ pub async fn restart_when_writable(
         data_dir = %data_dir.display(),
         "storage failed: acknowledging nothing; restarting once the disk accepts writes"
     );
+    // SIGTERM and SIGINT still end the process while it waits.
+    let stop = shutdown_on_signal();
     let mut waited = 0u64;
     while let Err(e) = probe_write(data_dir) {
         if waited.is_multiple_of(30) {
             tracing::warn!(error = %e, "disk still refuses writes; waiting");
         }
         waited += 1;
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = stop.cancelled() => std::process::exit(STOPPED_WHILE_WAITING),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
     tracing::info!("disk accepts writes again; restarting");
     reexec(listen)
 }
+
+/// The exit status of a node stopped by a signal while it waited for its
+/// disk to accept writes again (EX_TEMPFAIL: nothing was acknowledged).
+pub const STOPPED_WHILE_WAITING: i32 = 75;
 
 /// A `durable()` wait this long with no flush finishing means the store is
 /// stuck (not merely slow).

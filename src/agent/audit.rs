@@ -1,8 +1,10 @@
-//! Audits and snapshots on an agent: collecting this client's objects under
-//! its `--root` (relaytree packages from the inventory, files under globs,
-//! Debian packages through `dpkg-query`), comparing them with a master's
-//! (`proto::audit::compare`), and uploading a snapshot's file content up the
-//! tree (`link::transfer::push`).
+//! Audits and snapshots on an agent: fetching the master's object list when
+//! the signed order names it by hash (from the relay, once per process, kept
+//! in the agent's chunk store and in memory), collecting this client's
+//! objects under its `--root` (relaytree packages from the inventory, files
+//! under globs, Debian packages through `dpkg-query`), comparing them with
+//! the master's (`proto::audit::compare`), and uploading a snapshot's file
+//! content up the tree (`link::transfer::push`).
 //!
 //! Every path is taken under the root and never leaves it: `..` parts are
 //! refused, absolute symlinks and symlinks that climb out of the root are
@@ -10,11 +12,11 @@
 //! Reads only; never writes outside its own chunk store.
 
 use super::runlog::{self, RunRecord};
-use super::{inventory, AgentState};
-use crate::pkg::{ChunkStore, PkgError};
+use super::{install, inventory, AgentState};
+use crate::pkg::{ChunkHash, ChunkStore, PkgError};
 use crate::proto::audit::{
-    self, AuditOutcome, AuditSpec, Object, ObjectId, ObjectValue, Selection, SnapshotFile,
-    SnapshotSpec, SnapshotUpload,
+    self, AuditOutcome, AuditSpec, Object, ObjectId, ObjectValue, ObjectsError, ObjectsRef,
+    Selection, SnapshotFile, SnapshotSpec, SnapshotUpload,
 };
 use crate::proto::LeafState;
 use std::collections::{HashMap, VecDeque};
@@ -313,7 +315,7 @@ pub fn collect(
     Ok((objects, files))
 }
 
-fn inventory_pairs(st: &AgentState) -> Result<Vec<(String, String)>, AuditError> {
+pub(crate) fn inventory_pairs(st: &AgentState) -> Result<Vec<(String, String)>, AuditError> {
     Ok(inventory::list(&st.inventory, &st.me)?
         .into_iter()
         .map(|e| (e.name, e.version))
@@ -345,17 +347,76 @@ fn collected(key: CollectKey) -> Collected {
     m.entry(key).or_default().clone()
 }
 
-/// Carries out an audit: collect, compare, record the differences (none for
-/// a compliant client). A failure to collect (an escape, an unreadable
-/// file) makes the leaf `failed` with the reason: the audit's `error`.
+/// Object lists this process holds, by address: every agent of a swarm
+/// (one machine image in a test) asks its relay once per list, not once
+/// each. Bounded: a few lists at a time.
+type ListCell = Arc<tokio::sync::OnceCell<Arc<Vec<Object>>>>;
+
+fn list_cell(hash: ChunkHash) -> ListCell {
+    static LISTS: std::sync::OnceLock<std::sync::Mutex<HashMap<ChunkHash, ListCell>>> =
+        std::sync::OnceLock::new();
+    let mut m = LISTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if m.len() > 16 && !m.contains_key(&hash) {
+        m.clear();
+    }
+    m.entry(hash).or_default().clone()
+}
+
+/// The objects of the list `r` names: from this process's memory, else
+/// from the agent's chunk store, else fetched from the relay (once for the
+/// whole process; a failed fetch is tried again by the next leaf). Every
+/// byte is checked against the hash in HQ's signed order before use.
+async fn objects_by_ref(st: &AgentState, r: &ObjectsRef) -> Result<Arc<Vec<Object>>, String> {
+    if r.bytes > audit::MAX_OBJECT_LIST_BYTES {
+        return Err(ObjectsError::TooBig(r.bytes).to_string());
+    }
+    let r = *r;
+    list_cell(r.hash)
+        .get_or_try_init(|| async move {
+            let store = install::chunk_store(st).await.map_err(|e| e.to_string())?;
+            let deadline = tokio::time::Instant::now() + install::FETCH_PATIENCE;
+            let what = |_: &ChunkHash| "object list";
+            let fetched = install::fetch_all(st, &store, &[r.hash], &what, deadline)
+                .await
+                .map_err(|e| match e {
+                    install::PackageError::Verify { expected, got, .. } => {
+                        ObjectsError::Mismatch { expected, got }.to_string()
+                    }
+                    other => format!("object list {}: {other}", r.hash.short()),
+                })?;
+            let blob = tokio::task::spawn_blocking(move || store.get(&r.hash))
+                .await
+                .map_err(|e| format!("object list task: {e}"))?
+                .map_err(|e| format!("object list {}: {e}", r.hash.short()))?;
+            let objects = audit::decode_objects(&r, &blob).map_err(|e| e.to_string())?;
+            info!(list = %r.hash.short(), objects = objects.len(), fetched_bytes = fetched, "object list here");
+            Ok::<_, String>(Arc::new(objects))
+        })
+        .await
+        .cloned()
+}
+
+/// Carries out an audit: fetch the master's objects if the order names them
+/// by reference, collect, compare, record the differences (none for a
+/// compliant client). A list that is not the one HQ signed, or a failure to
+/// collect (an escape, an unreadable file) makes the leaf `failed` with the
+/// reason, nothing compared: the audit's `error`.
 pub(crate) async fn run_audit(
     st: &AgentState,
     rec: &mut RunRecord,
     spec: &AuditSpec,
 ) -> Result<(), crate::store::StoreError> {
-    let res = match inventory_pairs(st) {
-        Err(e) => Err(e.to_string()),
-        Ok(pkgs) => {
+    let master = match &spec.objects_ref {
+        None => Ok(Arc::new(spec.objects.clone())),
+        Some(r) => objects_by_ref(st, r).await,
+    };
+    let res = match (master, inventory_pairs(st)) {
+        (Err(e), _) => Err(e),
+        (_, Err(e)) => Err(e.to_string()),
+        (Ok(master), Ok(pkgs)) => {
             let root = st.options.root.clone();
             let select = spec.select.clone();
             let cell = collected((
@@ -376,7 +437,7 @@ pub(crate) async fn run_audit(
             })
             .await
             .clone()
-            .map(|mine| audit::compare(&spec.objects, &mine))
+            .map(|mine| audit::compare(&master, &mine))
         }
     };
     let res = res.and_then(|d| {

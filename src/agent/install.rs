@@ -148,15 +148,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Fetches every blob of `hashes` the store lacks, retrying a broken link
-/// until `deadline`.
-async fn fetch_all(
+/// until `deadline`; `what` names a blob in errors ("manifest", "chunk").
+pub(crate) async fn fetch_all(
     st: &AgentState,
     store: &Arc<ChunkStore>,
     hashes: &[ChunkHash],
-    manifest: ChunkHash,
+    what: &(dyn Fn(&ChunkHash) -> &'static str + Sync),
     deadline: Instant,
 ) -> Result<u64, PackageError> {
-    let what = |h: &ChunkHash| if *h == manifest { "manifest" } else { "chunk" };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut received = 0u64;
     loop {
@@ -195,10 +194,16 @@ async fn fetch_all(
 }
 
 /// Fetches, checks and unpacks the package into `tree`; returns its manifest.
-async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manifest, PackageError> {
+pub(crate) async fn stage(
+    st: &AgentState,
+    spec: &InstallSpec,
+    tree: &Path,
+) -> Result<Manifest, PackageError> {
     let store = chunk_store(st).await?;
     let deadline = Instant::now() + FETCH_PATIENCE;
-    let mut bytes = fetch_all(st, &store, &[spec.manifest], spec.manifest, deadline).await?;
+    let manifest = spec.manifest;
+    let what = move |h: &ChunkHash| if *h == manifest { "manifest" } else { "chunk" };
+    let mut bytes = fetch_all(st, &store, &[spec.manifest], &what, deadline).await?;
     let (s, h) = (store.clone(), spec.manifest);
     let manifest = blocking(move || s.get_manifest(&h))
         .await?
@@ -236,7 +241,7 @@ async fn stage(st: &AgentState, spec: &InstallSpec, tree: &Path) -> Result<Manif
             });
         }
     }
-    bytes += fetch_all(st, &store, &chunks, spec.manifest, deadline).await?;
+    bytes += fetch_all(st, &store, &chunks, &what, deadline).await?;
     info!(
         chunks = chunks.len(),
         fetched_bytes = bytes,
@@ -340,6 +345,23 @@ pub(crate) async fn install(
     spec: &InstallSpec,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
+    match install_step(st, rec, spec, cancel, true).await? {
+        Ok(()) => Ok(()),
+        Err(u) => finish(st, rec, u).await,
+    }
+}
+
+/// An install: with `record`, its success is the leaf's result (recorded
+/// with the inventory, durable on return); without, it is one step of a
+/// larger attempt (a sync): the inventory is committed and durable, and the
+/// leaf is left to the caller. A failure comes back unrecorded.
+pub(crate) async fn install_step(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    spec: &InstallSpec,
+    cancel: &CancellationToken,
+    record: bool,
+) -> Result<Result<(), LeafUpdate>, StoreError> {
     let label = format!("{}@{}", spec.name, spec.version);
     let dir = inventory::install_dir_name(&spec.version, rec.job, rec.attempt);
     let tree = st.pkg.package(&spec.name).join(&dir);
@@ -357,7 +379,7 @@ pub(crate) async fn install(
             discard(tree.clone()).await;
             let mut u = runlog::update(st, rec, LeafState::Failed);
             u.reason = Some(format!("package {label}: {e}"));
-            return finish(st, rec, u).await;
+            return Ok(Err(u));
         }
     };
     let mut done = runlog::update(st, rec, LeafState::Succeeded);
@@ -379,7 +401,7 @@ pub(crate) async fn install(
         .await;
         if u.state != LeafState::Succeeded {
             discard(tree.clone()).await;
-            return finish(st, rec, u).await;
+            return Ok(Err(u));
         }
         done = u;
     }
@@ -399,7 +421,9 @@ pub(crate) async fn install(
         };
         inventory::put(&st.inventory, &st.me, &entry)?;
         inventory::push_report(&st.inventory, &st.outbox, &st.me, &rec.relay)?;
-        runlog::record(st, rec, done)?;
+        if record {
+            runlog::record(st, rec, done)?;
+        }
         st.store.durable().await?;
         old
     };
@@ -409,7 +433,7 @@ pub(crate) async fn install(
         info!(package = %old.label(), dir = %t.display(), "removing the replaced version");
         discard(t).await;
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Carries out a removal whose start is already on disk; `cancel` stops
@@ -420,6 +444,21 @@ pub(crate) async fn remove(
     spec: &RemoveSpec,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
+    match remove_step(st, rec, spec, cancel, true).await? {
+        Ok(()) => Ok(()),
+        Err(u) => finish(st, rec, u).await,
+    }
+}
+
+/// A removal, recorded as the leaf's result with `record` (as
+/// [`install_step`]).
+pub(crate) async fn remove_step(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    spec: &RemoveSpec,
+    cancel: &CancellationToken,
+    record: bool,
+) -> Result<Result<(), LeafUpdate>, StoreError> {
     let found = {
         let _look = st.pkg_lock.lock().await;
         inventory::get(&st.inventory, &st.me, &spec.name)?
@@ -428,6 +467,9 @@ pub(crate) async fn remove(
         // Already as asked: a no-op that succeeds, and says so.
         let note = format!("package {} is not installed: nothing to remove", spec.name);
         info!("{note}");
+        if !record {
+            return Ok(Ok(()));
+        }
         let mut u = runlog::update(st, rec, LeafState::Succeeded);
         u.exit_code = Some(0);
         u.reason = Some(note.clone());
@@ -438,7 +480,7 @@ pub(crate) async fn remove(
             ..Default::default()
         });
         runlog::record(st, rec, u)?;
-        return st.store.durable().await;
+        return st.store.durable().await.map(Ok);
     };
     let label = entry.label();
     let tree = st.pkg.tree_of(&entry);
@@ -462,7 +504,7 @@ pub(crate) async fn remove(
         )
         .await;
         if u.state != LeafState::Succeeded {
-            return finish(st, rec, u).await;
+            return Ok(Err(u));
         }
         done = u;
     }
@@ -472,7 +514,7 @@ pub(crate) async fn remove(
         u.reason = Some(format!(
             "package {label}: changed by another job while its remove command ran; nothing removed"
         ));
-        return finish(st, rec, u).await;
+        return Ok(Err(u));
     }
     // Aside first (atomic), so a failure here leaves everything in place.
     let trash = st
@@ -488,13 +530,15 @@ pub(crate) async fn remove(
             };
             let mut u = runlog::update(st, rec, LeafState::Failed);
             u.reason = Some(format!("package {label}: {e}"));
-            return finish(st, rec, u).await;
+            return Ok(Err(u));
         }
         warn!(dir = %tree.display(), "installed tree was already gone");
     }
     inventory::drop_entry(&st.inventory, &st.me, &entry.name)?;
     inventory::push_report(&st.inventory, &st.outbox, &st.me, &rec.relay)?;
-    runlog::record(st, rec, done)?;
+    if record {
+        runlog::record(st, rec, done)?;
+    }
     st.store.durable().await?;
     info!(package = %label, "package removed");
     let t = trash.clone();
@@ -508,7 +552,7 @@ pub(crate) async fn remove(
         }
     }
     let _ = std::fs::remove_dir(st.pkg.package(&entry.name));
-    Ok(())
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

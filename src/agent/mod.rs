@@ -14,6 +14,7 @@ mod leftover;
 mod run;
 mod runlog;
 mod swarm;
+mod sync;
 mod verify;
 
 pub use inventory::InventoryView;
@@ -96,15 +97,15 @@ pub struct AgentConfig {
     pub identity: PathBuf,
     /// Where the run log lives.
     pub data_dir: PathBuf,
-    /// The relay's HOST:PORT.
-    pub relay: String,
+    /// The relay's HOST:PORT, or several in order of preference (failover).
+    pub relay: crate::link::Addrs,
     /// Behaviour.
     pub options: AgentOptions,
 }
 
 impl AgentConfig {
     /// Default options.
-    pub fn new(identity: PathBuf, data_dir: PathBuf, relay: String) -> AgentConfig {
+    pub fn new(identity: PathBuf, data_dir: PathBuf, relay: crate::link::Addrs) -> AgentConfig {
         AgentConfig {
             identity,
             data_dir,
@@ -203,7 +204,7 @@ pub(crate) async fn run_on(
     identity: Identity,
     store: Store,
     data_dir: PathBuf,
-    relay: String,
+    relay: crate::link::Addrs,
     options: AgentOptions,
     leftovers: leftover::Leftovers,
     shutdown: CancellationToken,
@@ -226,8 +227,13 @@ pub(crate) async fn run_on(
         timing: options.timing,
         gate: options.dial_gate.clone(),
     };
+    // Shares the address list: transfers go to the relay the session reached.
     let mut transfer = dialer.clone();
     transfer.me.purpose = Purpose::Transfer;
+    // Relays of two installations: refused before anything runs.
+    crate::link::check_parents(&dialer)
+        .await
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     let st = Arc::new(AgentState {
         job_key,
         me: me.name.clone(),

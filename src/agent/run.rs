@@ -164,7 +164,9 @@ pub(crate) fn finish_now(
         | Action::Install(_)
         | Action::Remove(_)
         | Action::Audit(_)
-        | Action::Snapshot(_) => Ok(Some(rec)),
+        | Action::Snapshot(_)
+        | Action::Sync(_)
+        | Action::Batch(_) => Ok(Some(rec)),
     }
 }
 
@@ -234,6 +236,22 @@ async fn execute_inner(
             lock_live(st).remove(&(rec.job, rec.attempt));
             return r;
         }
+        Action::Sync(spec) => {
+            let spec = spec.clone();
+            let _slot = st.slots.acquire().await;
+            let Some(cancel) = start(st, &mut rec).await? else {
+                return Ok(());
+            };
+            let r = super::sync::run_sync(st, &mut rec, &spec, &cancel).await;
+            lock_live(st).remove(&(rec.job, rec.attempt));
+            return r;
+        }
+        Action::Batch(_) => {
+            let mut u = runlog::update(st, &rec, LeafState::Failed);
+            u.reason = Some("refused: a batch is not run by agents".into());
+            settle(st, &mut rec, u)?;
+            return st.store.durable().await;
+        }
     };
     let _slot = st.slots.acquire().await;
     let Some(cancel) = start(st, &mut rec).await? else {
@@ -298,6 +316,10 @@ pub(crate) fn base_env(st: &AgentState, rec: &RunRecord) -> Vec<(String, String)
         ("RELAYTREE_ATTEMPT".to_string(), rec.attempt.to_string()),
         ("RELAYTREE_CLIENT".to_string(), st.me.to_string()),
         ("RELAYTREE_RELAY".to_string(), rec.relay.to_string()),
+        (
+            "RELAYTREE_ROOT".to_string(),
+            st.options.root.to_string_lossy().into_owned(),
+        ),
         (
             "RELAYTREE_AGENT_STORE".to_string(),
             st.leftovers.store_id.clone(),

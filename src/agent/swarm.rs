@@ -61,7 +61,8 @@ pub async fn swarm(cfg: SwarmConfig, shutdown: CancellationToken) -> Result<usiz
             id,
             store,
             cfg.data_dir.clone(),
-            relay,
+            // Each agent its own list (and current choice).
+            relay.into(),
             opts,
             leftovers.clone(),
             stop,

@@ -124,6 +124,8 @@ Examples:
   relay serve --identity ids/r1 --data-dir r1 --listen 0.0.0.0:7001 --parent hq.example:7000
   relay serve --identity ids/r2 --data-dir r2 --listen 0.0.0.0:7002 --parent r1.example:7001 \\
       --heartbeat 30s --idle-timeout 120s --log-format json
+  relay serve --identity ids/r3 --data-dir r3 --listen 0.0.0.0:7003 \
+      --parent r1.example:7001 --parent r2.example:7002      fails over from r1 to r2
 
 Environment:
   RELAYTREE_LOG_FORMAT  text or json (--log-format)
@@ -132,6 +134,7 @@ Environment:
 const AGENT_HELP: &str = "\
 Examples:
   agent serve --identity ids/c1 --data-dir c1 --relay r1.example:7001
+  agent serve --identity ids/c1 --data-dir c1 --relay r1.example:7001 --relay r2.example:7002
   agent runlog --data-dir c1             what it accepted and how far each got
   agent swarm --identities swarm-ids --relay 127.0.0.1:7002 --data-dir swarm
 
@@ -255,6 +258,34 @@ pub enum SnapshotCmd {
     },
 }
 
+/// `hq sync`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct SyncArgs {
+    /// The audit (finished).
+    pub audit: String,
+    /// Only this target (repeatable; default: every target).
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
+    /// Only this object: package:NAME, file:/PATH or dpkg:NAME (repeatable).
+    #[arg(long = "object", value_name = "OBJECT")]
+    pub objects: Vec<String>,
+    /// Also remove what a target has and the master lacks.
+    #[arg(long)]
+    pub remove_extra: bool,
+    /// Install bundles too (left out by default).
+    #[arg(long)]
+    pub include_bundles: bool,
+    /// The depot package that provides a Debian package (repeatable).
+    #[arg(long = "match", value_name = "dpkg:NAME=PKG@VER")]
+    pub matches: Vec<String>,
+    /// Print the plan; launch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `hq audit` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
@@ -314,6 +345,10 @@ pub enum HqCmd {
         /// Trust domain written into every certificate.
         #[arg(long, default_value = "relaytree.local")]
         trust_domain: String,
+        /// Also prepare the PostgreSQL database postgres://USER@HOST:PORT/DB
+        /// for `hq serve --store`: create its tables and record this CA there.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
         /// Print JSON: {"data_dir", "ca", "hq", "admin", "trust_domain"}.
         #[arg(long)]
         json: bool,
@@ -328,6 +363,12 @@ pub enum HqCmd {
         /// HQ's data directory.
         #[arg(long = "data-dir")]
         data_dir: PathBuf,
+        /// Keep HQ's state in PostgreSQL at postgres://USER@HOST:PORT/DB
+        /// instead of sled under the data directory (which still holds the
+        /// CA, HQ's identity and the package depot). Several HQs from one
+        /// `hq init` may share the database.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
         /// HOST:PORT to listen on (port 0 picks one).
         #[arg(long)]
         listen: String,
@@ -387,6 +428,14 @@ pub enum HqCmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Bring an audit's targets in line with its master: one package and one
+    /// job per unique collection of changes, launched as one batch job.
+    Sync {
+        #[command(flatten)]
+        args: SyncArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -665,9 +714,11 @@ pub enum RelayCmd {
         /// HOST:PORT to listen on for agents and child relays (port 0 picks one).
         #[arg(long)]
         listen: String,
-        /// The parent's HOST:PORT (HQ or another relay).
-        #[arg(long)]
-        parent: String,
+        /// The parent's HOST:PORT (HQ or another relay). Repeat it to fail
+        /// over: the first is preferred; when the parent is lost the relay
+        /// moves to the next, and stays there while it serves.
+        #[arg(long, required = true)]
+        parent: Vec<String>,
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one).
         #[arg(long)]
         metrics: Option<String>,
@@ -715,9 +766,11 @@ pub enum AgentCmd {
         /// Where the agent keeps its run log.
         #[arg(long = "data-dir")]
         data_dir: PathBuf,
-        /// The relay's HOST:PORT.
-        #[arg(long)]
-        relay: String,
+        /// The relay's HOST:PORT. Repeat it to fail over: the first is
+        /// preferred; when the relay is lost the agent moves to the next,
+        /// and stays there while it serves.
+        #[arg(long, required = true)]
+        relay: Vec<String>,
         /// Commands run at the same time, at most.
         #[arg(long, default_value_t = 4)]
         max_parallel: usize,

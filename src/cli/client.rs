@@ -101,7 +101,7 @@ impl AdminClient {
             )));
         }
         let dialer = Dialer {
-            addr: addr.clone(),
+            addr: addr.clone().into(),
             connector: tokio_rustls::TlsConnector::from(id.client_config(Role::Hq, None)?),
             me: Hello {
                 version: PROTOCOL_VERSION,

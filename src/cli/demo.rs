@@ -120,7 +120,7 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
         let cfg = RelayConfig {
             identity: dir.join("id"),
             data_dir: dir.clone(),
-            parent,
+            parent: vec![parent],
             timing,
             limits: Default::default(),
         };
@@ -141,7 +141,13 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
             name,
             &dir.join("id"),
         )?;
-        let cfg = AgentConfig::new(dir.join("id"), dir.clone(), relay_addrs[relay].clone());
+        let mut cfg = AgentConfig::new(
+            dir.join("id"),
+            dir.clone(),
+            relay_addrs[relay].clone().into(),
+        );
+        // Each agent sees its own "machine" for the audit act.
+        cfg.options.root = make_root(&dir, name)?;
         let s = stop.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::agent::run(cfg, s).await {
@@ -238,7 +244,95 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
         render::count(s.totals.total(), "leaf", "leaves"),
         s.totals.succeeded
     ));
-    packages(root, &target, &mut admin, show).await
+    packages(root, &target, &mut admin, show).await?;
+    audit_and_sync(&mut admin, show).await
+}
+
+/// An agent's root: /etc/demo/{app,limits}.conf; app.conf drifted on c3
+/// and c5 (content), limits.conf on c4 (mode).
+fn make_root(dir: &Path, name: &str) -> Result<std::path::PathBuf, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let r = dir.join("root");
+    std::fs::create_dir_all(r.join("etc/demo")).map_err(err)?;
+    let level = if matches!(name, "c3" | "c5") { 2 } else { 1 };
+    let mode = if name == "c4" { 0o600 } else { 0o644 };
+    for (file, text, mode) in [
+        ("app.conf", format!("level = {level}\n"), 0o644),
+        ("limits.conf", "open_files = 1024\n".to_string(), mode),
+    ] {
+        let f = r.join("etc/demo").join(file);
+        std::fs::write(&f, text).map_err(err)?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    std::fs::canonicalize(&r).map_err(err)
+}
+
+/// Audit r2's clients against c1, sync them in one batch, audit again.
+async fn audit_and_sync(admin: &mut AdminClient, show: Show) -> Result<(), CliError> {
+    show.note("audit r2's clients against c1, then bring them in line:");
+    let audit = match admin
+        .request(AdminRequest::AuditCreate {
+            master: crate::proto::AuditMaster::Client(NodeName::new("c1").map_err(err)?),
+            dest: vec![NodeName::new("r2").map_err(err)?],
+            files: Some(vec!["/etc/demo/*.conf".into()]),
+            no_packages: false,
+            dpkg: false,
+            expires_ms: Some(3_600_000),
+            wait_ms: 30_000,
+        })
+        .await?
+    {
+        AdminResponse::AuditCreated { audit, .. } => audit,
+        other => return Err(CliError::Unexpected(format!("{other:?}"))),
+    };
+    show.step(
+        "hq audit create --master c1 --dest all-lower-clients --relay r2 --files '/etc/demo/*.conf'",
+        &format!("{audit}\n"),
+        &serde_json::json!({ "audit": audit }),
+    );
+    wait(admin, audit).await?;
+    let v = audit_status(admin, audit).await?;
+    show.step(
+        &format!("hq audit status {audit}"),
+        &super::audit::render(&v),
+        &v,
+    );
+    let plan = match admin
+        .request(AdminRequest::Sync(crate::proto::sync::SyncRequest {
+            audit,
+            ..Default::default()
+        }))
+        .await?
+    {
+        AdminResponse::Sync(p) => p,
+        other => return Err(CliError::Unexpected(format!("{other:?}"))),
+    };
+    show.step(
+        &format!("hq sync {audit}"),
+        &super::sync::render(&plan),
+        &plan,
+    );
+    let batch = plan.batch.ok_or_else(|| err("the sync launched nothing"))?;
+    let s = wait(admin, batch).await?;
+    show.step(
+        &format!("hq job status {batch} --clients"),
+        &render::status(&s, &all_leaves()),
+        &s,
+    );
+    let v = audit_status(admin, audit).await?;
+    show.step(
+        &format!("hq audit status {audit}"),
+        &super::audit::render(&v),
+        &v,
+    );
+    show.note(&format!(
+        "audit and sync: {} unique collections, {} jobs in batch {batch}; {} of {} targets compliant.",
+        plan.jobs.len(),
+        s.jobs.len(),
+        v.totals.compliant,
+        v.clients.len()
+    ));
+    Ok(())
 }
 
 /// A package through the tree: added to HQ's depot, installed on every lower
@@ -273,6 +367,7 @@ async fn packages(
         "1.0".into(),
         Some("./setup.sh".into()),
         None,
+        false,
     )
     .await?;
     show.step(
@@ -325,6 +420,16 @@ async fn packages(
         show.step("hq package status", &super::pkg_render::status(&v), &v);
     }
     Ok(())
+}
+
+async fn audit_status(
+    admin: &mut AdminClient,
+    audit: JobId,
+) -> Result<crate::proto::AuditStatusView, CliError> {
+    match admin.request(AdminRequest::AuditStatus { audit }).await? {
+        AdminResponse::AuditStatus(v) => Ok(v),
+        other => Err(CliError::Unexpected(format!("{other:?}"))),
+    }
 }
 
 async fn wait(admin: &mut AdminClient, job: JobId) -> Result<JobStatus, CliError> {

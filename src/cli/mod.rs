@@ -17,6 +17,7 @@ mod pkg_render;
 pub mod render;
 pub mod setup;
 mod status_json;
+mod sync;
 mod watch;
 mod web;
 
@@ -185,6 +186,13 @@ async fn finish<E: crate::node::NodeFailure>(
     }
 }
 
+/// `--store URL`: HQ's state in PostgreSQL, tied to this data directory's CA.
+fn connect_store(url: &str, data_dir: &std::path::Path) -> Result<crate::store::Store, CliError> {
+    let ca = crate::tls::Ca::load(&crate::hq::layout::ca(data_dir))?;
+    let hash = crate::tls::enroll::ca_hash(ca.cert_der());
+    crate::store::Store::connect(url, &hash).map_err(|e| CliError::Other(e.to_string()))
+}
+
 /// Binds `listen`, announces the address (stdout and `listen.addr`) and
 /// starts the storage watchdog: what every server does before it runs.
 async fn serve_on(
@@ -226,9 +234,16 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Init {
             data_dir,
             trust_domain,
+            store,
             json,
         } => {
             setup::init(&data_dir, &trust_domain)?;
+            if let Some(url) = &store {
+                connect_store(url, &data_dir)?
+                    .close()
+                    .await
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+            }
             if json {
                 let l = |p: std::path::PathBuf| p.display().to_string();
                 print_json(&serde_json::json!({
@@ -319,6 +334,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         }
         HqCmd::Serve {
             data_dir,
+            store,
             listen,
             retention,
             metrics,
@@ -347,10 +363,16 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
             if order_ttl.is_zero() {
                 return Err(CliError::Usage("--order-ttl must be more than 0".into()));
             }
+            // Before the listener: a store that cannot be used is one clear
+            // line, and nothing announced.
+            let store = store
+                .map(|url| connect_store(&url, &data_dir))
+                .transpose()?;
             let opts = crate::hq::HqOptions {
                 order_ttl_ms: order_ttl.as_millis() as u64,
                 retention,
                 cert_validity,
+                store,
             };
             crate::node::raise_fd_limit();
             let shutdown = crate::node::shutdown_on_signal();
@@ -387,6 +409,7 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
         HqCmd::Web { cmd, admin } => web::command(cmd, &target(&admin)).await?,
         HqCmd::Snapshot { cmd, admin } => return audit::snapshot(cmd, &target(&admin)).await,
         HqCmd::Audit { cmd, admin } => return audit::audit(cmd, &target(&admin)).await,
+        HqCmd::Sync { args, admin } => return sync::sync(args, &target(&admin)).await,
         HqCmd::Tree { json, admin } => {
             let mut c = AdminClient::connect(&target(&admin)).await?;
             match c.request(AdminRequest::Tree).await? {
@@ -722,7 +745,11 @@ pub async fn agent_main(cli: args::AgentCli) -> Result<u8, CliError> {
             crate::node::start_watchdog(data_dir.clone(), None);
             let shutdown = crate::node::shutdown_on_signal();
             serve_metrics(metrics.as_deref(), &shutdown).await?;
-            let mut cfg = crate::agent::AgentConfig::new(identity, data_dir.clone(), relay);
+            let mut cfg = crate::agent::AgentConfig::new(
+                identity,
+                data_dir.clone(),
+                crate::link::Addrs::new(relay),
+            );
             cfg.options.max_parallel = max_parallel;
             cfg.options.timing = t;
             cfg.options.kill_grace = grace;

@@ -33,9 +33,10 @@ pub(crate) async fn package(cmd: PackageCmd, t: &Target) -> Result<(), CliError>
             version,
             install,
             remove,
+            bundle,
             json,
         } => {
-            let p = add(t, path, name, version, install, remove).await?;
+            let p = add(t, path, name, version, install, remove, bundle).await?;
             if json {
                 print_json(&p)?;
             } else {
@@ -253,6 +254,7 @@ pub(crate) async fn add(
     version: String,
     install: Option<String>,
     remove: Option<String>,
+    bundle: bool,
 ) -> Result<PackageJson, CliError> {
     if std::fs::metadata(&path).is_err() {
         return Err(CliError::Usage(format!(
@@ -291,7 +293,13 @@ pub(crate) async fn add(
         .map(|c| u64::from(c.len))
         .sum();
     upload_all(&mut c, &store, &todo).await?;
-    let info = match c.request(AdminRequest::PackageAdd { manifest: id }).await? {
+    let info = match c
+        .request(AdminRequest::PackageAdd {
+            manifest: id,
+            bundle,
+        })
+        .await?
+    {
         AdminResponse::Package(info) => info,
         other => return Err(unexpected(other)),
     };

@@ -79,6 +79,10 @@ pub enum PackageCmd {
         /// Remove command.
         #[arg(long, value_name = "CMD")]
         remove: Option<String>,
+        /// A bundle (service-pack-like): left out of `hq sync` unless
+        /// `--include-bundles`.
+        #[arg(long)]
+        bundle: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -218,6 +222,7 @@ mod tests {
                 install,
                 remove,
                 json,
+                ..
             } => {
                 assert_eq!(path, PathBuf::from("./dir"));
                 assert_eq!((name.as_str(), version.as_str()), ("tool", "1"));

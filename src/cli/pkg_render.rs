@@ -254,6 +254,7 @@ mod tests {
             added_ms: 5,
             new_bytes: 0,
             entries: vec![],
+            bundle: false,
         };
         let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["manifest"], h.to_hex());

@@ -175,6 +175,19 @@ pub fn status(s: &JobStatus, l: &Listing) -> String {
         ]);
     }
     out += &format!("{rt}\n");
+    if !s.jobs.is_empty() {
+        let mut jt = table(&["job", "state", "leaves", "totals", "action"]);
+        for j in &s.jobs {
+            jt.add_row(vec![
+                j.job.to_string(),
+                human_state(j.done, &j.state).to_string(),
+                j.totals.total().to_string(),
+                totals_line(&j.totals),
+                j.action.clone(),
+            ]);
+        }
+        out += &format!("{jt}\n");
+    }
     let mut shown = Totals::default();
     let mut rows: Vec<_> = s
         .clients

@@ -130,6 +130,7 @@ mod tests {
                     exit_code: Some(1),
                     reason: Some("said \"clients\": [] and\nleft".into()),
                     output: None,
+                    job: None,
                 })
                 .collect(),
             action: "echo '\"clients\": []'".into(),
@@ -140,6 +141,7 @@ mod tests {
             last_change_ms: 3,
             matched: clients as u64,
             next: None,
+            jobs: vec![],
         }
     }
 

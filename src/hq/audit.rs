@@ -1,8 +1,10 @@
 //! Snapshots and audits at HQ: a snapshot job goes to the master at its home
 //! relay; its result (objects, and file layouts whose chunks the master's
 //! agent pushed into the depot) is recorded in `snapshots`. An audit is an
-//! ordinary job whose signed action carries the snapshot's objects; its
-//! leaves carry each target's differences, which `audit status` reads.
+//! ordinary job whose signed action carries the hash of the snapshot's
+//! object list, put into the depot as one blob that relays and agents fetch
+//! like a package's; its leaves carry each target's differences, which
+//! `audit status` reads.
 //!
 //! Owns the `snapshots` table (name → [`SnapshotRecord`]). Never imports
 //! `relay` or `agent`; the comparison itself is `proto::audit::compare`,
@@ -297,18 +299,38 @@ pub(crate) async fn create_audit(
         snapshot: rec.name.clone(),
         objects: objects_for(&rec, &select),
         select,
+        objects_ref: None,
     };
-    let n = audit::encoded_len(&spec);
-    if n > audit::MAX_ORDER_BYTES {
-        return Err(HqError::Refused(format!(
-            "snapshot {} holds {} objects ({n} bytes), over the {} one audit order may carry: narrow --files",
-            rec.name,
-            spec.objects.len(),
-            audit::MAX_ORDER_BYTES
-        )));
-    }
+    let spec = by_reference(st, spec, &rec.name).await?;
     let job = super::jobs::create(st, dest, Action::Audit(spec), expires_ms).await?;
     Ok((job, rec.name))
+}
+
+/// Moves an audit's objects out of its order: their list goes into the
+/// depot as one blob (durably, before any order names it), and the order
+/// carries only its hash. Relays fetch it once each and agents once per
+/// process, like a package's blobs, instead of every assignment carrying
+/// it. An empty list stays inline (there is nothing to fetch).
+async fn by_reference(st: &HqState, spec: AuditSpec, name: &str) -> Result<AuditSpec, HqError> {
+    if spec.objects.is_empty() {
+        return Ok(spec);
+    }
+    let count = spec.objects.len();
+    let (spec, blob) = spec.by_reference().map_err(|e| {
+        HqError::Refused(format!(
+            "snapshot {name} holds {count} objects: {e}: narrow --files"
+        ))
+    })?;
+    let Some(r) = spec.objects_ref else {
+        return Ok(spec);
+    };
+    let depot = st.depot.clone();
+    tokio::task::spawn_blocking(move || depot.put(&r.hash, &blob))
+        .await
+        .map_err(|e| HqError::Refused(format!("depot task: {e}")))?
+        .map_err(|e| HqError::Refused(format!("cannot store the object list in the depot: {e}")))?;
+    info!(snapshot = name, objects = count, bytes = r.bytes, list = %r.hash.short(), "audit object list in the depot");
+    Ok(spec)
 }
 
 /// How one leaf of an audit reads.

@@ -69,6 +69,12 @@ pub(crate) fn apply(
                     }
                     super::audit::ingest(st, u)?;
                     pending.insert(k, new);
+                    // A sync that took: the audit's leaf loses what it synced.
+                    if let Some((ak, al)) =
+                        super::sync::ingest(st, u, |ak| lookup(ak, &pending, &mut before))?
+                    {
+                        pending.insert(ak, al);
+                    }
                 }
             }
             Event::Targets {
@@ -109,7 +115,17 @@ pub(crate) fn apply(
                     continue;
                 }
                 let k = Name(client.clone());
-                if let Some(old) = st.clients.get(&k)? {
+                let old = st.clients.get(&k)?;
+                if old
+                    .as_ref()
+                    .is_some_and(|o| o.relay == *relay && *at_ms != 0 && o.since_ms == *at_ms)
+                {
+                    // The join HQ holds, again (a re-send, or a relay that
+                    // failed over announcing its subtree): nothing new; a
+                    // moved chain was placed anew with the relay's join.
+                    continue;
+                }
+                if let Some(old) = old {
                     if old.relay != *relay {
                         warn!(%client, from = %old.relay, to = %relay, "client moved");
                         // The old branch forgets it, unless a relay below HQ
@@ -172,6 +188,7 @@ pub(crate) fn apply(
     }
     if !reparented.is_empty() {
         forgets.extend(super::placement::replace_under(st, &reparented)?);
+        forgets.extend(super::reroute::after_move(st, &reparented)?);
     }
     for (k, new) in &pending {
         let from = before.get(k).and_then(|b| b.as_ref());

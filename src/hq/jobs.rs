@@ -69,7 +69,7 @@ fn known_relays(st: &HqState) -> Vec<String> {
 }
 
 /// Encodes and signs an order.
-fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
+pub(crate) fn sign(st: &HqState, order: &Order) -> Result<SignedOrder, HqError> {
     let body = order
         .encode()
         .map_err(|e| HqError::Refused(format!("cannot encode order: {e}")))?;
@@ -152,6 +152,11 @@ pub(crate) async fn create(
             return Err(HqError::Refused("empty command".into()));
         }
         Action::Install(i) => super::packages::check_install(st, i)?,
+        Action::Sync(_) | Action::Batch(_) => {
+            return Err(HqError::Refused(
+                "sync and batch jobs are made by `hq sync`, not `job create`".into(),
+            ));
+        }
         _ => {}
     }
     // Every order ends: the operator's window, or HQ's default.
@@ -250,8 +255,7 @@ pub(crate) async fn create(
 
 /// A job for one named client, routed to its home relay with an order
 /// signed for that home naming the client (as a rerun's are): a snapshot's
-/// master. The caller checked the client; written like `create` (job, leaf
-/// and queue in one atomic change, durable, then sent).
+/// master. The caller checked the client.
 pub(crate) async fn create_for_client(
     st: &HqState,
     client: &NodeName,
@@ -259,65 +263,108 @@ pub(crate) async fn create_for_client(
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
+    create_for_clients(st, &[(client.clone(), home.clone())], action, expires_ms).await
+}
+
+/// A job for named clients (each with its home relay), routed to their
+/// homes with one order per home relay (and chunk) naming them, as a
+/// rerun's are: a snapshot's master, a sync's collection. The caller checked
+/// the clients; written like `create` (job, leaves and queue in one atomic
+/// change, durable, then sent).
+pub(crate) async fn create_for_clients(
+    st: &HqState,
+    clients: &[(NodeName, NodeName)],
+    action: Action,
+    expires_ms: Option<u64>,
+) -> Result<JobId, HqError> {
+    if clients.is_empty() {
+        return Err(HqError::Refused("no client given".into()));
+    }
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let (job, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
-        let top = top_child(st, home)?;
         let now = now_ms();
         let expires_at_ms = expires_ms.map(|e| now + e);
-        let assignment = |job: JobId| -> Result<Assignment, HqError> {
-            let order = sign(
-                st,
-                &Order {
-                    job,
-                    attempt: Attempt(1),
-                    action: action.clone(),
-                    expires_at_ms,
-                    issued_at_ms: now,
-                    dest: vec![],
-                    relay: Some(home.clone()),
-                    targets: Some(vec![client.clone()]),
-                },
-            )?;
-            Ok(Assignment {
-                job,
-                attempt: Attempt(1),
-                action: action.clone(),
-                expires_at_ms,
-                scope: Scope::Targets(vec![client.clone()]),
-                orders: vec![order],
-                placement: None,
-                hq_now_ms: None,
-            })
-        };
-        check_size(&assignment(JobId(0))?)?;
-        let job = JobId(st.store.next_id("job")?);
-        let a = assignment(job)?;
-        let rec = JobRecord {
+        let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
+        let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
+        for (client, home) in clients {
+            by_top
+                .entry(top_child(st, home)?)
+                .or_default()
+                .push(client.clone());
+            by_home
+                .entry(home.clone())
+                .or_default()
+                .push(client.clone());
+        }
+        let mut homes: Vec<NodeName> = by_home.keys().cloned().collect();
+        homes.sort();
+        let record = |job: JobId| JobRecord {
             job,
             action: action.clone(),
-            dest: vec![home.clone()],
+            dest: homes.clone(),
             created_at_ms: now,
             expires_ms,
             expires_at_ms,
             attempt: Attempt(1),
             awaiting: vec![],
             canceled_at_ms: None,
-            sent_to: vec![top.clone()],
+            sent_to: by_top.keys().cloned().collect(),
         };
-        let leaf = LeafRecord::pending(home.clone(), Attempt(1), now);
+        let assignments = |rec: &JobRecord| -> Result<Vec<(NodeName, Assignment)>, HqError> {
+            let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone())?;
+            Ok(by_top
+                .iter()
+                .map(|(top, list)| {
+                    let a = Assignment {
+                        job: rec.job,
+                        attempt: Attempt(1),
+                        action: action.clone(),
+                        expires_at_ms,
+                        scope: Scope::Targets(list.clone()),
+                        orders: orders.remove(top).unwrap_or_default(),
+                        placement: None,
+                        hq_now_ms: None,
+                    };
+                    (top.clone(), a)
+                })
+                .collect())
+        };
+        // The size check before a job id is spent (an agent gets one order).
+        for (_, mut a) in assignments(&record(JobId(0)))? {
+            a.orders.truncate(1);
+            check_size(&a)?;
+        }
+        let job = JobId(st.store.next_id("job")?);
+        let rec = record(job);
+        let queued = assignments(&rec)?;
+        let fresh: Vec<(JobClient, LeafRecord)> = clients
+            .iter()
+            .map(|(c, home)| {
+                (
+                    JobClient(job, c.clone()),
+                    LeafRecord::pending(home.clone(), Attempt(1), now),
+                )
+            })
+            .collect();
         st.store
             .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
-                w.put_at(&st.leaves, &JobClient(job, client.clone()), &leaf)?;
+                for (k, v) in &fresh {
+                    w.put_at(&st.leaves, k, v)?;
+                }
                 w.put_at(&st.jobs, &JobKey(job), &rec)?;
-                st.down.put_in(w, &top, &Msg::Assign(a.clone()))?;
+                for (top, a) in &queued {
+                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                }
                 Ok(())
             })?;
-        st.counters.moved(job, None, (LeafState::Pending, home));
-        (job, vec![(top, a)])
+        for (_, home) in clients {
+            st.counters.moved(job, None, (LeafState::Pending, home));
+        }
+        (job, queued)
     };
     st.store.durable().await?;
-    info!(%job, %client, %home, "job for one client created");
+    info!(%job, clients = clients.len(), "job for named clients created");
     send_now(st, queued);
     st.bump();
     Ok(job)
@@ -361,6 +408,21 @@ fn rerun_orders(
 /// timed-out leaves (and the expired ones with `expired`), each sent to the
 /// client's current home and signed for it.
 pub(crate) async fn rerun(st: &HqState, job: JobId, expired: bool) -> Result<RerunResult, HqError> {
+    if let Some(rec) = st.jobs.get(&JobKey(job))? {
+        if let Some(b) = super::batch::children(&rec) {
+            let b = b.clone();
+            return super::batch::rerun(st, &rec, &b, expired).await;
+        }
+    }
+    rerun_one(st, job, expired).await
+}
+
+/// A rerun of one job that is not a batch.
+pub(crate) async fn rerun_one(
+    st: &HqState,
+    job: JobId,
+    expired: bool,
+) -> Result<RerunResult, HqError> {
     let (result, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         let jk = JobKey(job);
@@ -490,6 +552,17 @@ pub(crate) const CANCEL_REASON: &str = "canceled by the operator";
 /// every leaf not yet final becomes `canceled`, and a `Cancel` is queued for
 /// every relay under HQ that received the job; then sent to those connected.
 pub(crate) async fn cancel(st: &HqState, job: JobId) -> Result<CancelResult, HqError> {
+    if let Some(rec) = st.jobs.get(&JobKey(job))? {
+        if let Some(b) = super::batch::children(&rec) {
+            let b = b.clone();
+            return super::batch::cancel(st, rec, &b).await;
+        }
+    }
+    cancel_one(st, job).await
+}
+
+/// A cancel of one job that is not a batch.
+pub(crate) async fn cancel_one(st: &HqState, job: JobId) -> Result<CancelResult, HqError> {
     let (result, sends) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
         let jk = JobKey(job);

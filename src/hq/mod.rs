@@ -4,6 +4,7 @@
 //! Never talks to agents directly; never imports `relay` or `agent`.
 
 mod audit;
+mod batch;
 mod children;
 mod console;
 mod counters;
@@ -14,9 +15,11 @@ mod jobs;
 mod output;
 mod packages;
 mod placement;
+mod reroute;
 mod retention;
 mod revoke;
 mod sessions;
+mod sync;
 mod syncs;
 mod view;
 
@@ -244,6 +247,9 @@ pub struct HqOptions {
     pub retention: std::time::Duration,
     /// Validity of the certificates HQ signs (enrollments, renewals).
     pub cert_validity: std::time::Duration,
+    /// HQ's state, when not the sled database under the data directory
+    /// (`hq serve --store postgres://...`).
+    pub store: Option<Store>,
 }
 
 impl Default for HqOptions {
@@ -252,6 +258,7 @@ impl Default for HqOptions {
             order_ttl_ms: DEFAULT_ORDER_TTL_MS,
             retention: DEFAULT_RETENTION,
             cert_validity: DEFAULT_CERT_VALIDITY,
+            store: None,
         }
     }
 }
@@ -303,7 +310,10 @@ pub async fn run_with_console(
         )));
     }
     let signer = crate::tls::SigningKey::load(&layout::ca(data_dir))?;
-    let store = Store::open(data_dir)?;
+    let store = match opts.store.clone() {
+        Some(s) => s,
+        None => Store::open(data_dir)?,
+    };
     let depot = crate::pkg::ChunkStore::open(layout::depot(data_dir))
         .map_err(|e| HqError::Refused(format!("cannot open the package depot: {e}")))?;
     let mut state = HqState::open(me.name.clone(), store, signer, depot)?;

@@ -142,11 +142,13 @@ fn info_of(m: &Manifest, id: ChunkHash, new_bytes: u64, entries: bool) -> Packag
         } else {
             Vec::new()
         },
+        bundle: false,
     }
 }
 
-/// Adds the package whose manifest and chunks are in the depot.
-pub(crate) async fn add(st: &HqState, id: ChunkHash) -> Result<PackageInfo, HqError> {
+/// Adds the package whose manifest and chunks are in the depot (a bundle:
+/// left out of syncs unless asked for).
+pub(crate) async fn add(st: &HqState, id: ChunkHash, bundle: bool) -> Result<PackageInfo, HqError> {
     st.uploads.adding.fetch_add(1, Ordering::SeqCst);
     let _done = Guard(&st.uploads.adding);
     let depot = st.depot.clone();
@@ -176,7 +178,10 @@ pub(crate) async fn add(st: &HqState, id: ChunkHash) -> Result<PackageInfo, HqEr
             old.manifest.short()
         )));
     }
-    let info = info_of(&m, id, 0, false);
+    let info = PackageInfo {
+        bundle,
+        ..info_of(&m, id, 0, false)
+    };
     st.packages.put(&k, &info)?;
     st.store.durable().await?;
     info!(package = %m.name, version = %m.version, manifest = %id.short(), "package added");

@@ -211,6 +211,10 @@ pub(crate) async fn run(st: std::sync::Arc<HqState>, retention: Duration) {
     let ms = retention.as_millis() as u64;
     loop {
         tokio::time::sleep(period(retention)).await;
+        // With several HQs on one database, one of them purges.
+        if !st.store.holds_duty("retention") {
+            continue;
+        }
         if let Err(e) = purge(&st, ms).await {
             warn!(error = %e, "retention: cannot purge old jobs");
         }

@@ -176,8 +176,8 @@ pub(crate) async fn answer(
         } => AdminResponse::Uploaded {
             complete: packages::upload(st, session, hash, offset, total, data).await?,
         },
-        AdminRequest::PackageAdd { manifest } => {
-            AdminResponse::Package(packages::add(st, manifest).await?)
+        AdminRequest::PackageAdd { manifest, bundle } => {
+            AdminResponse::Package(packages::add(st, manifest, bundle).await?)
         }
         AdminRequest::PackageList => AdminResponse::Packages(packages::list(st)?),
         AdminRequest::PackageShow { name, version } => {
@@ -248,6 +248,7 @@ pub(crate) async fn answer(
             .await?;
             AdminResponse::AuditCreated { audit, snapshot }
         }
+        AdminRequest::Sync(req) => AdminResponse::Sync(super::sync::sync(st, req).await?),
         AdminRequest::AuditStatus { audit: job } => {
             st.store.durable().await?;
             AdminResponse::AuditStatus(audit::status(st, job)?)

@@ -232,6 +232,10 @@ pub(crate) async fn run_schedules(st: std::sync::Arc<HqState>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
+        // With several HQs on one database, one of them orders the syncs.
+        if !st.store.holds_duty("schedules") {
+            continue;
+        }
         if let Err(e) = tick(&st).await {
             warn!(error = %e, "scheduled sync");
         }
@@ -404,6 +408,7 @@ mod tests {
                     added_ms: 1,
                     new_bytes: 0,
                     entries: vec![],
+                    bundle: false,
                 },
             )
             .unwrap();

@@ -32,6 +32,9 @@ pub(crate) fn describe(a: &Action) -> String {
         Action::Remove(r) => format!("remove {}", r.name),
         Action::Audit(a) => format!("audit against {}", a.master),
         Action::Snapshot(s) => format!("snapshot {}", s.name),
+        Action::Sync(s) => format!("sync {} (audit {})", s.package.name, s.audit),
+        Action::Batch(b) if b.label.is_empty() => format!("batch of {} jobs", b.jobs.len()),
+        Action::Batch(b) => format!("batch of {} jobs: {}", b.jobs.len(), b.label),
     }
 }
 
@@ -79,6 +82,9 @@ pub(crate) fn counts(st: &HqState, job: JobId) -> Result<JobCounts, HqError> {
 /// Whether every leaf of the job's latest attempt is final, cheaply.
 pub(crate) fn is_job_done(st: &HqState, job: JobId) -> Result<bool, HqError> {
     let rec = job_record(st, job)?;
+    if let Some(b) = super::batch::children(&rec) {
+        return super::batch::is_done(st, &rec, b);
+    }
     Ok(is_done(&rec, &totals(st, job)?))
 }
 
@@ -117,6 +123,10 @@ pub(crate) fn status_of(
     page: Option<u64>,
 ) -> Result<JobStatus, HqError> {
     let rec = job_record(st, job)?;
+    if let Some(b) = super::batch::children(&rec) {
+        let b = b.clone();
+        return super::batch::status(st, rec, &b, f);
+    }
     let page = page.map(|p| p.max(1));
     let mut totals = Totals::default();
     let mut per_relay: BTreeMap<NodeName, Totals> = BTreeMap::new();
@@ -219,12 +229,16 @@ fn header(
         last_change_ms,
         matched: 0,
         next: None,
+        jobs: vec![],
     }
 }
 
 /// A job's counts from memory: no leaf is read (after the first time).
 pub(crate) fn progress(st: &HqState, job: JobId) -> Result<JobProgress, HqError> {
     let rec = job_record(st, job)?;
+    if let Some(b) = super::batch::children(&rec) {
+        return super::batch::progress(st, &rec, b);
+    }
     let c = counts(st, job)?;
     Ok(JobProgress {
         job,
@@ -251,6 +265,7 @@ fn client_status(client: NodeName, l: LeafRecord) -> ClientStatus {
         reason: l.reason,
         // Outputs are read with `hq job output`: a status stays small.
         output: None,
+        job: None,
     }
 }
 
@@ -259,20 +274,38 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<JobSummary>, HqError> {
     let mut out = Vec::new();
     for r in st.jobs.scan() {
         let (_, rec) = r?;
-        let totals = totals(st, rec.job)?;
-        let done = is_done(&rec, &totals);
-        out.push(JobSummary {
-            job: rec.job,
-            attempt: rec.attempt,
-            done,
-            state: job_state(rec.canceled_at_ms.is_some(), done).into(),
-            action: describe(&rec.action),
-            dest: rec.dest.clone(),
-            totals,
-            created_at_ms: rec.created_at_ms,
-        });
+        out.push(summary_of(st, &rec)?);
     }
     Ok(out)
+}
+
+fn summary_of(st: &HqState, rec: &JobRecord) -> Result<JobSummary, HqError> {
+    let (totals, done) = match super::batch::children(rec) {
+        Some(b) => (
+            super::batch::totals(st, b)?,
+            super::batch::is_done(st, rec, b)?,
+        ),
+        None => {
+            let t = totals(st, rec.job)?;
+            let done = is_done(rec, &t);
+            (t, done)
+        }
+    };
+    Ok(JobSummary {
+        job: rec.job,
+        attempt: rec.attempt,
+        done,
+        state: job_state(rec.canceled_at_ms.is_some(), done).into(),
+        action: describe(&rec.action),
+        dest: rec.dest.clone(),
+        totals,
+        created_at_ms: rec.created_at_ms,
+    })
+}
+
+/// One job in brief.
+pub(crate) fn summary(st: &HqState, job: JobId) -> Result<JobSummary, HqError> {
+    summary_of(st, &job_record(st, job)?)
 }
 
 /// How long a relay that went down (or that HQ has not seen since HQ

@@ -1,5 +1,15 @@
 //! The dialing side: connect, TLS, the `Hello` exchange, and reconnecting with
-//! exponential backoff and jitter.
+//! exponential backoff and jitter, failing over between a child's parents.
+//!
+//! Failover: a child may name several parents (`relay serve --parent A
+//! --parent B`, `agent serve --relay A --relay B`), the first preferred.
+//! It starts with the first; when a session ends or a dial fails it moves on
+//! to the next (in order, wrapping), and backs off only after a whole round
+//! failed. It stays where it got a session (no return to the preferred
+//! parent while the current one serves it: each return would be one more
+//! move); a restarted child starts with the first again. Which parent it
+//! reached is shared by every clone of the [`Dialer`], so blob transfers go
+//! where the session went. Knows nothing of what a parent is (HQ or relay).
 
 use super::accept::check_hello;
 use super::session::{read_first, start, Session, Timing};
@@ -9,6 +19,7 @@ use crate::tls;
 use futures::SinkExt;
 use rand::Rng;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -16,13 +27,69 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+/// The parents' HOST:PORT, in order of preference, and the one dialed now
+/// (shared by clones).
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    list: Arc<[String]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Addrs {
+    /// `list` in order of preference; at least one address.
+    pub fn new(list: Vec<String>) -> Addrs {
+        let list: Arc<[String]> = if list.is_empty() {
+            Arc::from(vec![String::new()])
+        } else {
+            Arc::from(list)
+        };
+        Addrs {
+            list,
+            current: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+    /// The address dialed now.
+    pub fn current(&self) -> &str {
+        &self.list[self.current.load(Ordering::Relaxed) % self.list.len()]
+    }
+    /// Every address, in order of preference.
+    pub fn all(&self) -> &[String] {
+        &self.list
+    }
+    /// Moves on to the next address (wrapping); returns it.
+    pub fn advance(&self) -> &str {
+        let n = self.list.len();
+        let next = (self.current.load(Ordering::Relaxed) + 1) % n;
+        self.current.store(next, Ordering::Relaxed);
+        &self.list[next]
+    }
+}
+
+impl From<String> for Addrs {
+    fn from(a: String) -> Addrs {
+        Addrs::new(vec![a])
+    }
+}
+
+impl From<&str> for Addrs {
+    fn from(a: &str) -> Addrs {
+        Addrs::new(vec![a.to_string()])
+    }
+}
+
+impl std::fmt::Display for Addrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.current())
+    }
+}
 
 /// How to reach a parent.
 #[derive(Clone)]
 pub struct Dialer {
-    /// HOST:PORT.
-    pub addr: String,
+    /// HOST:PORT of the parent, or of each parent in order of preference.
+    pub addr: Addrs,
     /// TLS client configuration (verifies the parent's role).
     pub connector: TlsConnector,
     /// Our `Hello`.
@@ -43,11 +110,12 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
         None => None,
     };
     let within = d.timing.handshake_timeout;
+    let addr = d.addr.current();
     tokio::time::timeout(within, async {
-        let tcp = TcpStream::connect(&d.addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| LinkError::Connect {
-                addr: d.addr.clone(),
+                addr: addr.to_string(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
@@ -102,41 +170,90 @@ impl Backoff {
     }
 }
 
-/// Keeps a session to the parent up until `shutdown`: each session goes to
-/// `handler`, and when it ends (or a dial fails) the loop waits and redials.
+/// Keeps a session to a parent up until `shutdown`: each session goes to
+/// `handler`. When it ends, or a dial fails, the loop moves on to the next
+/// parent (see the module's header) and waits (backoff with jitter) only
+/// after every parent failed once in a row.
 pub async fn dial_loop<H, F>(d: Dialer, shutdown: CancellationToken, mut handler: H)
 where
     H: FnMut(Session) -> F,
     F: Future<Output = Result<(), LinkError>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let parents = d.addr.all().len();
+    // Dials that failed since the last session.
+    let mut failed = 0usize;
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = dial_once(&d) => r,
         };
-        match attempt {
+        let pause = match attempt {
             Ok(session) => {
                 info!(parent = %session.peer.name, addr = %d.addr, "connected to parent");
                 backoff.reset();
+                failed = 0;
                 let _open = crate::metrics::session_opened(session.peer.role.as_str(), "parent");
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     r = handler(session) => r,
                 };
                 match r {
-                    Ok(()) => info!("session to parent ended"),
-                    Err(e) => warn!(error = %e, "session to parent ended"),
+                    Ok(()) => info!(addr = %d.addr, "session to parent ended"),
+                    Err(e) => warn!(addr = %d.addr, error = %e, "session to parent ended"),
                 }
+                true
             }
-            Err(e) => warn!(addr = %d.addr, error = %e, "cannot reach parent"),
+            Err(e) => {
+                if e.is_foreign() {
+                    error!(addr = %d.addr, error = %e, "parent belongs to another installation (another CA or trust domain); not connecting to it");
+                } else {
+                    warn!(addr = %d.addr, error = %e, "cannot reach parent");
+                }
+                failed += 1;
+                failed.is_multiple_of(parents)
+            }
+        };
+        if parents > 1 {
+            let next = d.addr.advance();
+            info!(addr = %next, "trying the next parent");
         }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if pause {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
+}
+
+/// Before a child with several parents starts: every parent that answers
+/// must prove to be of our installation (its certificate chains to our CA,
+/// in our trust domain). One that does not is a configuration error, named
+/// with its address; parents that do not answer now are not judged (the
+/// dial loop never connects to a foreign one either).
+pub async fn check_parents(d: &Dialer) -> Result<(), LinkError> {
+    if d.addr.all().len() < 2 {
+        return Ok(());
+    }
+    for addr in d.addr.all() {
+        let probe = async {
+            let tcp = TcpStream::connect(addr.as_str()).await.ok()?;
+            Some(tls::connect(&d.connector, tcp).await)
+        };
+        let got = tokio::time::timeout(d.timing.handshake_timeout, probe).await;
+        if let Ok(Some(Err(e))) = got {
+            let e = LinkError::from(e);
+            if e.is_foreign() {
+                return Err(LinkError::ForeignParent {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -152,5 +269,23 @@ mod tests {
         assert!(d[7] <= 3000, "{d:?}");
         b.reset();
         assert!(b.next_delay().as_millis() <= 150);
+    }
+
+    #[test]
+    fn parents_are_tried_in_order_and_shared_by_clones() {
+        let a = Addrs::new(vec!["a:1".into(), "b:2".into(), "c:3".into()]);
+        let clone = a.clone();
+        assert_eq!(a.current(), "a:1");
+        assert_eq!(a.advance(), "b:2");
+        assert_eq!(
+            clone.current(),
+            "b:2",
+            "a transfer goes where the session went"
+        );
+        assert_eq!(a.advance(), "c:3");
+        assert_eq!(a.advance(), "a:1", "wraps to the preferred one");
+        let one = Addrs::from("x:9");
+        assert_eq!(one.advance(), "x:9");
+        assert_eq!(one.to_string(), "x:9");
     }
 }

@@ -41,6 +41,7 @@ pub fn refusal_reason(e: &LinkError) -> &'static str {
         LinkError::Protocol(_) | LinkError::Codec(_) => "hello",
         LinkError::Timeout(_) | LinkError::Idle(_) => "timeout",
         LinkError::Closed | LinkError::Bye(_) => "closed",
+        LinkError::ForeignParent { .. } => "trust_domain",
         LinkError::Refused(_) => "refused",
         LinkError::Connect { .. } | LinkError::Store(_) => "other",
     }

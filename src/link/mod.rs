@@ -24,8 +24,8 @@ pub use accept::{serve, serve_enrolling, Admission, EnrollFn, Limits};
 pub use certs::{keep_renewed, CertAsks};
 pub use clock::HqClock;
 pub use deny::DenyList;
-pub use dial::{dial_loop, dial_once, Backoff, Dialer};
-pub use pump::{pump_outbox, AckCursor, Upward};
+pub use dial::{check_parents, dial_loop, dial_once, Addrs, Backoff, Dialer};
+pub use pump::{pump_outbox, AckCursor, Upward, BATCH, OUT_OF_OUTBOX};
 pub use session::{send, send_soon, Closer, Session, SessionRx, SessionTx, Timing};
 
 use crate::proto::{CodecError, Msg};
@@ -69,6 +69,27 @@ pub enum LinkError {
     /// A step took too long.
     #[error("{0} timed out")]
     Timeout(&'static str),
+    /// A parent given to a child with several parents is of another
+    /// installation: the parents disagree on the trust domain.
+    #[error("parent {addr} is not of this installation (the parents disagree on the trust domain): {reason}")]
+    ForeignParent {
+        /// The parent's HOST:PORT.
+        addr: String,
+        /// What the handshake showed.
+        reason: String,
+    },
+}
+
+impl LinkError {
+    /// The peer proved to be of another installation: its certificate does
+    /// not chain to our CA, or names another trust domain.
+    pub fn is_foreign(&self) -> bool {
+        match self {
+            LinkError::Tls(t) => t.is_foreign(),
+            LinkError::ForeignParent { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Describes an unexpected message for logs and errors.

@@ -13,6 +13,11 @@ pub const BATCH: usize = 2048;
 /// Stored bytes per `Events` message, at most (well under the frame limit).
 pub const BATCH_BYTES: usize = 512 * 1024;
 
+/// The number of a batch sent outside the outbox (a relay's subtree
+/// announced to a new parent): outbox entries start at 1, so its `Ack`
+/// drops nothing from the outbox.
+pub const OUT_OF_OUTBOX: u64 = 0;
+
 /// The highest sequence number the parent acknowledged in this session.
 pub type AckCursor = watch::Sender<u64>;
 

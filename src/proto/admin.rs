@@ -129,6 +129,10 @@ pub enum AdminRequest {
     PackageAdd {
         /// The manifest's address.
         manifest: ChunkHash,
+        /// A bundle (service-pack-like): left out of syncs unless
+        /// `--include-bundles`.
+        #[serde(default)]
+        bundle: bool,
     },
     /// Every package version in the depot.
     PackageList,
@@ -213,6 +217,9 @@ pub enum AdminRequest {
         /// The audit (its job).
         audit: JobId,
     },
+    /// `hq sync`: plan the changes that bring an audit's targets in line and
+    /// launch them as one batch.
+    Sync(super::sync::SyncRequest),
 }
 
 /// What an audit compares with.
@@ -302,6 +309,8 @@ pub enum AdminResponse {
     },
     /// An audit's results.
     AuditStatus(AuditStatusView),
+    /// A sync's plan (and its batch, unless a dry run).
+    Sync(super::sync::SyncView),
 }
 
 /// `hq snapshot create --json`.
@@ -494,6 +503,9 @@ pub struct PackageInfo {
     /// Entries (paths and kinds), for `package show`.
     #[serde(default)]
     pub entries: Vec<String>,
+    /// A bundle (`package add --bundle`): left out of syncs unless asked.
+    #[serde(default)]
+    pub bundle: bool,
 }
 
 /// A relay's sync schedule.
@@ -623,6 +635,12 @@ impl Totals {
     pub fn open(&self) -> u64 {
         self.pending + self.delivered + self.running
     }
+    /// Adds another set of counts (a batch's children).
+    pub fn merge(&mut self, other: &Totals) {
+        for s in LeafState::ALL {
+            *self.slot(s) += other.get(s);
+        }
+    }
 }
 
 /// One relay's share of a job.
@@ -653,6 +671,9 @@ pub struct ClientStatus {
     /// Tail of the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The child job this leaf belongs to (a batch's status only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
 }
 
 /// A job in full.
@@ -695,6 +716,9 @@ pub struct JobStatus {
     /// set to this client for the rest (never in `job status --json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<NodeName>,
+    /// A batch's child jobs, each in brief (empty for other jobs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobSummary>,
 }
 
 /// A job in brief.

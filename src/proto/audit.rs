@@ -151,8 +151,103 @@ pub struct AuditSpec {
     pub snapshot: String,
     /// What to collect on the target.
     pub select: Selection,
-    /// The master's objects.
+    /// The master's objects (empty on the wire when `objects_ref` names
+    /// them; the agent fills them in before it compares).
     pub objects: Vec<Object>,
+    /// The master's objects by reference: the hash of their list, a blob in
+    /// HQ's depot that travels once per relay hop and is fetched once per
+    /// agent process like a package's blobs. Inside the signed order, so
+    /// every byte an agent compares with is checked against HQ's word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_ref: Option<ObjectsRef>,
+}
+
+/// Where an audit's object list is: a blob (the named MessagePack of a
+/// `Vec<Object>`) addressed by its hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectsRef {
+    /// blake3 of the encoded list: its address.
+    pub hash: ChunkHash,
+    /// Its encoded length.
+    pub bytes: u64,
+    /// How many objects it holds.
+    pub count: u64,
+}
+
+/// The largest object list an audit may reference (far above what a
+/// snapshot can report, [`MAX_AUDIT_BYTES`]).
+pub const MAX_OBJECT_LIST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why an object list cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectsError {
+    /// The blob is not the one HQ signed.
+    #[error("refused: the object list does not match the hash hq signed (expected {}, got {})", .expected.short(), .got.short())]
+    Mismatch {
+        /// HQ's hash.
+        expected: ChunkHash,
+        /// The hash of what arrived.
+        got: ChunkHash,
+    },
+    /// Larger than [`MAX_OBJECT_LIST_BYTES`].
+    #[error(
+        "the object list takes {0} bytes, over the {MAX_OBJECT_LIST_BYTES} an audit may reference"
+    )]
+    TooBig(u64),
+    /// The list cannot be encoded.
+    #[error("cannot encode the object list: {0}")]
+    Encode(String),
+    /// It does not decode, or holds another count than signed.
+    #[error("the object list {}: {why}", .hash.short())]
+    Bad {
+        /// Its address.
+        hash: ChunkHash,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl AuditSpec {
+    /// This spec with its objects moved out into a blob: the spec to sign
+    /// (carrying only [`ObjectsRef`]) and the blob's bytes to put where the
+    /// tree fetches blobs. Pure.
+    pub fn by_reference(mut self) -> Result<(AuditSpec, Vec<u8>), ObjectsError> {
+        let blob = rmp_serde::to_vec_named(&self.objects)
+            .map_err(|e| ObjectsError::Encode(e.to_string()))?;
+        if blob.len() as u64 > MAX_OBJECT_LIST_BYTES {
+            return Err(ObjectsError::TooBig(blob.len() as u64));
+        }
+        self.objects_ref = Some(ObjectsRef {
+            hash: ChunkHash::of(&blob),
+            bytes: blob.len() as u64,
+            count: self.objects.len() as u64,
+        });
+        self.objects = Vec::new();
+        Ok((self, blob))
+    }
+}
+
+/// The objects of the list `r` names, from its blob: refused unless the
+/// blob hashes to `r.hash` and holds `r.count` objects. Pure.
+pub fn decode_objects(r: &ObjectsRef, blob: &[u8]) -> Result<Vec<Object>, ObjectsError> {
+    let got = ChunkHash::of(blob);
+    if got != r.hash {
+        return Err(ObjectsError::Mismatch {
+            expected: r.hash,
+            got,
+        });
+    }
+    let bad = |why: String| ObjectsError::Bad { hash: r.hash, why };
+    let objects: Vec<Object> =
+        rmp_serde::from_slice(blob).map_err(|e| bad(format!("does not decode: {e}")))?;
+    if objects.len() as u64 != r.count {
+        return Err(bad(format!(
+            "holds {} objects, the order says {}",
+            objects.len(),
+            r.count
+        )));
+    }
+    Ok(objects)
 }
 
 /// `Action::Snapshot`: collect your objects and upload your files' content
@@ -196,6 +291,9 @@ pub enum AuditOutcome {
     Differences(Vec<Difference>),
     /// A master's snapshot.
     Snapshot(SnapshotUpload),
+    /// A sync leaf applied its changes and audited them again with no
+    /// difference left (HQ then clears them from the audit's leaf).
+    Synced,
 }
 
 /// The most an audit order's spec or a leaf's [`AuditOutcome`] may take,
@@ -203,9 +301,10 @@ pub enum AuditOutcome {
 /// with room for the rest of the message.
 pub const MAX_AUDIT_BYTES: usize = 768 * 1024;
 
-/// The most an audit order's spec may take, encoded: it travels twice in an
-/// assignment (the action, and inside the signed order), which HQ keeps
-/// under half an agent's frame.
+/// The most an audit order's spec may take, encoded, when its objects
+/// travel inline: it travels twice in an assignment (the action, and inside
+/// the signed order), which HQ keeps under half an agent's frame. `hq audit
+/// create` sends them by reference ([`ObjectsRef`]) instead.
 pub const MAX_ORDER_BYTES: usize = 240 * 1024;
 
 /// The encoded size of `v` as it travels (named MessagePack).
@@ -553,12 +652,70 @@ mod tests {
             snapshot: "base".into(),
             select: Selection::default(),
             objects,
+            objects_ref: None,
         };
-        let n = encoded_len(&spec);
-        println!("audit order: {n} bytes of objects (250 objects), twice per assignment");
-        assert!(n < MAX_ORDER_BYTES);
+        let inline = encoded_len(&spec);
+        let (by_ref, blob) = spec.clone().by_reference().unwrap();
+        let n = encoded_len(&by_ref);
+        println!(
+            "audit order: {n} bytes by reference (inline: {inline}); the list: {} bytes once per relay hop",
+            blob.len()
+        );
+        assert!(n < 300, "{n} bytes by reference");
+        assert!(inline < MAX_ORDER_BYTES);
+        assert!(decode_objects(&by_ref.objects_ref.unwrap(), &blob).unwrap() == spec.objects);
         assert!(compliant < 200, "{compliant} bytes");
         assert!(one > compliant);
+    }
+
+    #[test]
+    fn an_object_list_by_reference_is_checked_against_the_signed_hash() {
+        let spec = AuditSpec {
+            master: "c4".into(),
+            snapshot: "base".into(),
+            select: Selection::default(),
+            objects: vec![pkg("tool", "1.0"), file("/etc/a", "x", 0o644)],
+            objects_ref: None,
+        };
+        let (by_ref, blob) = spec.clone().by_reference().unwrap();
+        assert!(by_ref.objects.is_empty());
+        let r = by_ref.objects_ref.unwrap();
+        assert_eq!(
+            (r.hash, r.bytes, r.count),
+            (ChunkHash::of(&blob), blob.len() as u64, 2)
+        );
+        // The same list, the same address: one blob for every audit of it.
+        assert_eq!(spec.clone().by_reference().unwrap().0, by_ref);
+        let other = rmp_serde::to_vec_named(&vec![pkg("tool", "6.6")]).unwrap();
+        let short = rmp_serde::to_vec_named(&vec![pkg("tool", "1.0")]).unwrap();
+        let lying = ObjectsRef {
+            hash: ChunkHash::of(&short),
+            ..r
+        };
+        type Case<'a> = (&'a str, ObjectsRef, &'a [u8], Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
+            ("the signed list", r, &blob, Ok(())),
+            (
+                "another list",
+                r,
+                &other,
+                Err("does not match the hash hq signed"),
+            ),
+            ("garbage", r, b"\xc1\xc1", Err("does not match")),
+            (
+                "another count than signed",
+                lying,
+                &short,
+                Err("holds 1 objects, the order says 2"),
+            ),
+        ];
+        for (what, r, b, want) in cases {
+            match (decode_objects(&r, b), want) {
+                (Ok(got), Ok(())) => assert!(got == spec.objects, "{what}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{what}: {e}"),
+                (got, want) => panic!("{what}: {:?}, wanted {want:?}", got.map(|g| g.len())),
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod ids;
 pub mod msg;
 pub mod pkg;
+pub mod sync;
 
 pub use admin::*;
 pub use codec::{CodecError, MsgCodec, ADMIN_MAX_FRAME, AGENT_MAX_FRAME, MAX_FRAME};

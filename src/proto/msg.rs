@@ -27,6 +27,11 @@ pub enum Action {
     /// Collect the client's objects and upload its files' content to HQ's
     /// depot (the master of an audit).
     Snapshot(super::audit::SnapshotSpec),
+    /// Bring the client in line with an audit's master, then audit the
+    /// synced objects again (`hq sync`).
+    Sync(super::sync::SyncSpec),
+    /// A job made of other jobs (HQ only; never sent down the tree).
+    Batch(super::sync::BatchSpec),
 }
 
 /// A command to run on each leaf.

@@ -1,5 +1,5 @@
-//! The relay's package cache: blobs (chunks and manifests) fetched from the
-//! parent only when this relay lacks them, served to its agents and child
+//! The relay's package cache: blobs (chunks, manifests, audits' object
+//! lists) fetched from the parent only when this relay lacks them, served to its agents and child
 //! relays, kept in sync on HQ's order, and reported upward.
 //!
 //! One fetch from the parent runs at a time: a thousand agents asking for the
@@ -10,6 +10,7 @@ use super::RelayState;
 use crate::link::transfer::{self, Ensure, EnsureError, TransferError};
 use crate::link::{Backoff, Dialer};
 use crate::pkg::{ChunkHash, ChunkStore};
+use crate::proto::audit::ObjectsRef;
 use crate::proto::{now_ms, CacheReport, CacheState, Event, Msg, PackageRef, SyncOrder};
 use crate::store::keys::Name;
 use std::sync::Arc;
@@ -269,6 +270,25 @@ pub(crate) async fn prefetch(st: Arc<RelayState>, p: PackageRef) {
         Err(e) => {
             warn!(error = %e, "package prefetch failed");
             report(&st, &p, CacheState::Failed, Some(e), None, 0);
+        }
+    }
+}
+
+/// Brings in an audit's object list (one blob) as its assignment arrives, so
+/// it crosses each hop once: agents and child relays asking for it meanwhile
+/// wait for this same fetch, later ones are served from the cache.
+pub(crate) async fn prefetch_objects(st: Arc<RelayState>, r: ObjectsRef) {
+    if r.bytes > crate::proto::audit::MAX_OBJECT_LIST_BYTES {
+        warn!(list = %r.hash.short(), bytes = r.bytes, "object list too large; not fetched");
+        return;
+    }
+    match st.cache.ensure(&[r.hash]).await {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(list = %r.hash.short(), objects = r.count, fetched = n, "audit object list in cache")
+        }
+        Err(e) => {
+            warn!(list = %r.hash.short(), error = %e, "object list prefetch failed; fetched again when asked")
         }
     }
 }

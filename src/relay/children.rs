@@ -90,6 +90,7 @@ impl Downstream for RelayState {
         }
         self.dir_relays
             .put(&Name(child.name.clone()), &child.name)?;
+        self.dir_parents.put(&Name(child.name.clone()), &self.me)?;
         self.relays_left.remove(&Name(child.name.clone()))?;
         self.outbox.push(&[Event::RelayJoined {
             relay: child.name.clone(),
@@ -261,8 +262,9 @@ fn learn(
                     },
                 )?;
             }
-            Event::RelayJoined { relay, .. } => {
+            Event::RelayJoined { relay, parent } => {
                 st.dir_relays.put(&Name(relay.clone()), child)?;
+                st.dir_parents.put(&Name(relay.clone()), parent)?;
                 st.relays_left.remove(&Name(relay.clone()))?;
             }
             Event::RelayLeft { relay, .. } => {

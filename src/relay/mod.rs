@@ -5,6 +5,7 @@
 //!
 //! Never imports `hq` or `agent`.
 
+mod announce;
 mod assign;
 mod cache;
 mod cancel;
@@ -51,8 +52,9 @@ pub struct RelayConfig {
     pub identity: PathBuf,
     /// Where the database lives.
     pub data_dir: PathBuf,
-    /// The parent's HOST:PORT (HQ or another relay).
-    pub parent: String,
+    /// The parent's HOST:PORT (HQ or another relay), or several in order of
+    /// preference (failover).
+    pub parent: Vec<String>,
     /// Session timers.
     pub timing: Timing,
     /// Caps on connections to this relay's listener.
@@ -90,6 +92,9 @@ pub(crate) mod trees {
     pub const DIR_SINCE: TreeDef<Name, u64> = TreeDef::new("dir_since");
     /// relay -> via (direct child), for every relay in the subtree.
     pub const DIR_RELAYS: TreeDef<Name, NodeName> = TreeDef::new("dir_relays");
+    /// relay -> its parent, for every relay in the subtree, as its join
+    /// said (announced to a new parent after a failover).
+    pub const DIR_PARENTS: TreeDef<Name, NodeName> = TreeDef::new("dir_parents");
     /// job ++ attempt -> AttemptRecord.
     pub const ATTEMPTS: TreeDef<JobAttempt, AttemptRecord> = TreeDef::new("attempts");
     /// job ++ client -> LeafRecord, home clients only.
@@ -118,6 +123,8 @@ pub(crate) struct RelayState {
     pub dir_since: Tree<Name, u64>,
     /// relay -> via (direct child), for every relay in the subtree.
     pub dir_relays: Tree<Name, NodeName>,
+    /// relay -> its parent, for every relay in the subtree.
+    pub dir_parents: Tree<Name, NodeName>,
     /// job ++ attempt -> AttemptRecord.
     pub attempts: Tree<JobAttempt, AttemptRecord>,
     /// job ++ client -> LeafRecord, home clients only.
@@ -163,6 +170,7 @@ impl RelayState {
             me,
             dir_clients: store.tree(trees::DIR_CLIENTS)?,
             dir_relays: store.tree(trees::DIR_RELAYS)?,
+            dir_parents: store.tree(trees::DIR_PARENTS)?,
             dir_since: store.tree(trees::DIR_SINCE)?,
             attempts: store.tree(trees::ATTEMPTS)?,
             leaves: store.tree(trees::LEAVES)?,
@@ -252,12 +260,16 @@ pub async fn run(
         identity.client_config_any(&[Role::Hq, Role::Relay], None)?,
     );
     let dialer = Dialer {
-        addr: cfg.parent.clone(),
+        addr: link::Addrs::new(cfg.parent.clone()),
         connector,
         me: hello.clone(),
         timing: cfg.timing,
         gate: None,
     };
+    // Parents of two installations: refused before anything is served.
+    link::check_parents(&dialer)
+        .await
+        .map_err(|e| RelayError::Config(e.to_string()))?;
     let blobs = crate::pkg::ChunkStore::open(cfg.data_dir.join("cache"))
         .map_err(|e| RelayError::Config(format!("cannot open the package cache: {e}")))?;
     let cache = cache::Cache::new(blobs, dialer.clone());

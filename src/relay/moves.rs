@@ -53,6 +53,14 @@ fn queue_forget(
     Ok((via.clone(), m))
 }
 
+/// A `Forget` from the parent naming `moved_to` as the client's new home is
+/// stale when that home is this relay or lies below it: the parent's
+/// branch (or an old parent's, after a failover) saw this subtree arrive
+/// elsewhere, not the client leave it.
+pub(crate) fn moved_here(st: &RelayState, moved_to: &NodeName) -> Result<bool, StoreError> {
+    Ok(*moved_to == st.me || st.dir_relays.contains(&Name(moved_to.clone()))?)
+}
+
 /// A `Forget` from the parent: drop `client` from this subtree.
 pub(crate) fn forget(
     st: &RelayState,
@@ -130,4 +138,30 @@ fn cancel_undelivered(
     st.leaves
         .put_many(writes.iter().map(|(k, v)| (k.clone(), v)))?;
     Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_forget_naming_this_subtree_as_the_new_home_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RelayState::open(
+            n("r3"),
+            Store::open(dir.path()).unwrap(),
+            crate::relay::cache::for_tests(dir.path()),
+        )
+        .unwrap();
+        st.dir_relays.put(&Name(n("r4")), &n("r4")).unwrap();
+        st.dir_relays.put(&Name(n("r5")), &n("r4")).unwrap();
+        for (to, here) in [("r3", true), ("r4", true), ("r5", true), ("r9", false)] {
+            assert_eq!(moved_here(&st, &n(to)).unwrap(), here, "{to}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The session to the parent: receive assignments (acknowledged after they
 //! are on disk), pump the outbox upward, drop what the parent acknowledged.
 
-use super::{assign, cache, cancel, deny, home, moves, placement, purge, RelayState};
+use super::{announce, assign, cache, cancel, deny, home, moves, placement, purge, RelayState};
 use crate::link::{dial_loop, unexpected, Dialer, LinkError, Session, Upward};
 use crate::proto::Msg;
 use std::sync::Arc;
@@ -65,6 +65,7 @@ async fn session(
     s: Session,
 ) -> Result<(), LinkError> {
     let Session {
+        peer,
         tx,
         mut rx,
         hq_offset_ms,
@@ -89,6 +90,17 @@ async fn session(
         st.asks.clone(),
         tx.clone(),
     )));
+    // A parent other than the one that last heard this subtree (a
+    // failover) learns it before the outbox backlog, which may speak of it.
+    let announcement = announce::needed(&st, &peer.name)?;
+    let mut announcing = announcement.len();
+    for batch in announcement {
+        let batch = batch
+            .into_iter()
+            .map(|e| (crate::link::OUT_OF_OUTBOX, e))
+            .collect();
+        crate::link::send(&tx, Msg::Events(batch)).await?;
+    }
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
         loop {
@@ -115,7 +127,15 @@ async fn session(
                         },
                     )
                     .await?;
-                    if let crate::proto::Action::Install(i) = &a.action {
+                    let packages: Vec<&crate::proto::InstallSpec> = match &a.action {
+                        crate::proto::Action::Install(i) => vec![i],
+                        // A sync: its packages and its collection's files.
+                        crate::proto::Action::Sync(s) => {
+                            s.installs.iter().chain([&s.package]).collect()
+                        }
+                        _ => vec![],
+                    };
+                    for i in packages {
                         let p = crate::proto::PackageRef {
                             name: i.name.clone(),
                             version: i.version.clone(),
@@ -123,9 +143,20 @@ async fn session(
                         };
                         tokio::spawn(cache::prefetch(st.clone(), p));
                     }
+                    if let crate::proto::Action::Audit(spec) = &a.action {
+                        if let Some(r) = spec.objects_ref {
+                            tokio::spawn(cache::prefetch_objects(st.clone(), r));
+                        }
+                    }
                     assign::deliver(&st, &a, d);
                 }
                 Msg::Sync(order) => cache::route_sync(&st, order),
+                Msg::Forget { client, moved_to } if moves::moved_here(&st, &moved_to)? => {
+                    // Queued on a branch this relay has left (it failed
+                    // over with its subtree): the client lives here.
+                    tracing::info!(%client, %moved_to, "forget for a client that moved within this subtree; kept");
+                    crate::link::send(&tx, Msg::ForgetAck { client }).await?;
+                }
                 Msg::Forget { client, moved_to } => {
                     let (events, forget) = moves::forget(&st, &client, &moved_to)?;
                     st.outbox.push(&events)?;
@@ -177,6 +208,13 @@ async fn session(
                     st.store.durable().await?;
                     crate::link::send(&tx, Msg::CancelAck { job }).await?;
                     cancel::send(&st, job, sends);
+                }
+                Msg::Ack { seq } if seq == crate::link::OUT_OF_OUTBOX => {
+                    announcing = announcing.saturating_sub(1);
+                    if announcing == 0 {
+                        announce::heard(&st, &peer.name)?;
+                        tracing::info!(parent = %peer.name, "the parent has heard this subtree");
+                    }
                 }
                 Msg::Ack { seq } => up.ack(seq)?,
                 Msg::CertReply { id, result } => st.asks.answer(id, result),

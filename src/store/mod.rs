@@ -1,4 +1,4 @@
-//! Durable state: the only importer of sled.
+//! Durable state: the only importer of sled (and, in `pg/`, of tokio-postgres).
 //!
 //! One sled database per node, a few fixed trees, MessagePack values and
 //! big-endian integer keys (see [`keys`]). Writes become durable only through
@@ -6,11 +6,16 @@
 //! shares one flush and one fsync (sled's own flush stops short of stable
 //! storage; see `flush.rs`). Callers acknowledge to a peer only after it
 //! returns. Nothing outside this module sees sled or decides when to sync.
+//!
+//! HQ may keep the same trees in PostgreSQL instead ([`Store::connect`],
+//! `pg/`): the same bytes per key, the same API; `durable` is then a commit.
+//! Outboxes (relays and agents) exist on sled only.
 
 mod flush;
 pub use flush::longest_stall;
 pub mod keys;
 mod outbox;
+pub mod pg;
 mod tree;
 mod txn;
 
@@ -62,13 +67,45 @@ pub enum StoreError {
     /// A value could not be encoded.
     #[error("cannot encode value: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
+    /// The PostgreSQL store could not be used at start (unreachable, wrong
+    /// URL, a newer schema, another HQ's CA).
+    #[error("cannot use the store at {url}: {reason}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A PostgreSQL read or write failed.
+    #[error("PostgreSQL: {0}")]
+    Pg(String),
+    /// Not available on this backend.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// A node's database.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    flusher: Arc<flush::Flusher>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sled {
+        db: sled::Db,
+        flusher: Arc<flush::Flusher>,
+    },
+    Pg(Arc<pg::Pg>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::Sled { .. } => f.write_str("Store(sled)"),
+            Backend::Pg(_) => f.write_str("Store(postgres)"),
+        }
+    }
 }
 
 impl StoreError {
@@ -142,14 +179,59 @@ impl Store {
             None
         };
         let flusher = flush::Flusher::start(db.clone(), sync);
-        Ok(Store { db, flusher })
+        Ok(Store {
+            backend: Backend::Sled { db, flusher },
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://USER@HOST:PORT/DB`),
+    /// applies the migrations, and records the CA's hash there, or refuses
+    /// a database that holds another CA's. Blocks until connected.
+    pub fn connect(url: &str, ca_hash: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Pg(pg::Pg::connect(url, ca_hash)?),
+        })
+    }
+
+    /// Whether this node should run singleton duty `name` (retention,
+    /// schedules): always on sled (one HQ per store); on PostgreSQL, for
+    /// exactly one of the HQs sharing the database at a time.
+    pub fn holds_duty(&self, name: &str) -> bool {
+        match &self.backend {
+            Backend::Sled { .. } => true,
+            Backend::Pg(p) => p.holds_duty(name),
+        }
+    }
+
+    /// Whether this store is in PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// Transactions committed so far (PostgreSQL only; 0 on sled).
+    pub fn commits(&self) -> u64 {
+        match &self.backend {
+            Backend::Sled { .. } => 0,
+            Backend::Pg(p) => p.commits(),
+        }
+    }
+
+    #[cfg(test)]
+    fn flusher(&self) -> &flush::Flusher {
+        match &self.backend {
+            Backend::Sled { flusher, .. } => flusher,
+            Backend::Pg(_) => panic!("no flusher on postgres"),
+        }
     }
 
     /// A typed view of one tree.
     pub fn table(&self, name: &'static str) -> Result<Table, StoreError> {
         Ok(Table {
             name,
-            tree: self.db.open_tree(name)?,
+            raw: match &self.backend {
+                Backend::Sled { db, .. } => Raw::Sled(db.open_tree(name)?),
+                Backend::Pg(p) => Raw::Pg(p.clone()),
+            },
         })
     }
 
@@ -167,21 +249,30 @@ impl Store {
     /// flushed by sled, then fsynced (data and metadata). Concurrent callers
     /// share flushes and fsyncs (group commit).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.flusher.durable().await
+        match &self.backend {
+            Backend::Sled { flusher, .. } => flusher.durable().await,
+            Backend::Pg(p) => p.durable().await,
+        }
     }
 
     /// Resolves when a flush fails (typically a full disk). From then on
     /// nothing can be made durable: the node must stop acknowledging and
     /// reopen the database once the disk accepts writes again.
     pub async fn failed(&self) -> StoreError {
-        StoreError::Flush(self.flusher.failed().await)
+        match &self.backend {
+            Backend::Sled { flusher, .. } => StoreError::Flush(flusher.failed().await),
+            Backend::Pg(p) => StoreError::Pg(p.failed().await),
+        }
     }
 
     /// Flushes and releases the database, so that it can be opened again in
     /// this process (other clones must be dropped first).
     pub async fn close(self) -> Result<(), StoreError> {
         self.durable().await?;
-        let task = self.flusher.take_task();
+        let task = match &self.backend {
+            Backend::Sled { flusher, .. } => flusher.take_task(),
+            Backend::Pg(_) => None,
+        };
         drop(self);
         if let Some(t) = task {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -191,7 +282,11 @@ impl Store {
 
     /// A counter kept in the `meta` tree; returns the next value (from 1).
     pub fn next_id(&self, name: &str) -> Result<u64, StoreError> {
-        let meta = self.db.open_tree("meta")?;
+        let db = match &self.backend {
+            Backend::Sled { db, .. } => db,
+            Backend::Pg(p) => return p.next_id(name),
+        };
+        let meta = db.open_tree("meta")?;
         let v = meta.update_and_fetch(name, |old| {
             let n = old
                 .and_then(|b| b.try_into().ok())
@@ -209,7 +304,49 @@ impl Store {
 #[derive(Clone)]
 pub struct Table {
     name: &'static str,
-    tree: sled::Tree,
+    raw: Raw,
+}
+
+/// Where a table's entries are.
+#[derive(Clone)]
+enum Raw {
+    Sled(sled::Tree),
+    Pg(Arc<pg::Pg>),
+}
+
+/// A stored value's bytes, from either backend.
+enum Bytes {
+    Sled(sled::IVec),
+    Pg(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Sled(b) => b,
+            Bytes::Pg(b) => b,
+        }
+    }
+}
+
+/// A range of raw entries, in key order.
+enum RawIter {
+    Sled(sled::Iter),
+    Pg(pg::Pages),
+}
+
+impl Iterator for RawIter {
+    type Item = Result<(Vec<u8>, Bytes), StoreError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RawIter::Sled(i) => i.next().map(|r| {
+                r.map(|(k, v)| (k.to_vec(), Bytes::Sled(v)))
+                    .map_err(Into::into)
+            }),
+            RawIter::Pg(i) => i.next().map(|r| r.map(|(k, v)| (k, Bytes::Pg(v)))),
+        }
+    }
 }
 
 impl Table {
@@ -220,9 +357,61 @@ impl Table {
         })
     }
 
+    /// The sled tree underneath, for what exists on sled only (outboxes).
+    pub(crate) fn sled(&self) -> Result<&sled::Tree, StoreError> {
+        match &self.raw {
+            Raw::Sled(t) => Ok(t),
+            Raw::Pg(_) => Err(StoreError::Unsupported(
+                "outboxes are kept in sled only, not in PostgreSQL",
+            )),
+        }
+    }
+
+    fn raw_get(&self, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(match &self.raw {
+            Raw::Sled(t) => t.get(key)?.map(Bytes::Sled),
+            Raw::Pg(p) => p.get(self.name, key)?.map(Bytes::Pg),
+        })
+    }
+
+    /// Writes (`Some`) or removes (`None`) raw bytes at `key`.
+    fn raw_write(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        match (&self.raw, value) {
+            (Raw::Sled(t), Some(v)) => {
+                t.insert(key, v)?;
+            }
+            (Raw::Sled(t), None) => {
+                t.remove(key)?;
+            }
+            (Raw::Pg(p), v) => p.write(self.name, key.to_vec(), v)?,
+        }
+        Ok(())
+    }
+
+    /// Entries with keys in `[from, to)` (`to` `None`: to the end).
+    fn raw_range(&self, from: &[u8], to: Option<&[u8]>) -> RawIter {
+        match (&self.raw, to) {
+            (Raw::Sled(t), Some(to)) => RawIter::Sled(t.range(from.to_vec()..to.to_vec())),
+            (Raw::Sled(t), None) => RawIter::Sled(t.range(from.to_vec()..)),
+            (Raw::Pg(p), to) => {
+                RawIter::Pg(p.scan(self.name, from.to_vec(), to.map(<[u8]>::to_vec)))
+            }
+        }
+    }
+
+    fn decoded<V: DeserializeOwned>(
+        &self,
+        it: RawIter,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
+        it.map(move |r| {
+            let (k, v) = r?;
+            Ok((k, self.decode(&v)?))
+        })
+    }
+
     /// The value at `key`.
     pub fn get<V: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<V>, StoreError> {
-        match self.tree.get(key)? {
+        match self.raw_get(key)? {
             Some(b) => Ok(Some(self.decode(&b)?)),
             None => Ok(None),
         }
@@ -230,13 +419,15 @@ impl Table {
 
     /// Whether `key` is present.
     pub fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(key)?)
+        match &self.raw {
+            Raw::Sled(t) => Ok(t.contains_key(key)?),
+            Raw::Pg(_) => Ok(self.raw_get(key)?.is_some()),
+        }
     }
 
     /// Writes `value` at `key` (durable after [`Store::durable`]).
     pub fn put<V: Serialize>(&self, key: &[u8], value: &V) -> Result<(), StoreError> {
-        self.tree.insert(key, rmp_serde::to_vec_named(value)?)?;
-        Ok(())
+        self.raw_write(key, Some(rmp_serde::to_vec_named(value)?))
     }
 
     /// Writes many values. Not atomic as a group (sled's batches cost two
@@ -247,15 +438,14 @@ impl Table {
         items: impl IntoIterator<Item = (Vec<u8>, &'a V)>,
     ) -> Result<(), StoreError> {
         for (k, v) in items {
-            self.tree.insert(k, rmp_serde::to_vec_named(v)?)?;
+            self.raw_write(&k, Some(rmp_serde::to_vec_named(v)?))?;
         }
         Ok(())
     }
 
     /// Removes `key`.
     pub fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.tree.remove(key)?;
-        Ok(())
+        self.raw_write(key, None)
     }
 
     /// Every entry whose key starts with `prefix`, in key order.
@@ -263,10 +453,11 @@ impl Table {
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
-        self.tree.scan_prefix(prefix).map(move |r| {
-            let (k, v) = r?;
-            Ok((k.to_vec(), self.decode(&v)?))
-        })
+        let it = match &self.raw {
+            Raw::Sled(t) => RawIter::Sled(t.scan_prefix(prefix)),
+            Raw::Pg(_) => self.raw_range(prefix, pg::prefix_end(prefix).as_deref()),
+        };
+        self.decoded(it)
     }
 
     /// Entries with keys in `[from, ..)`, in key order.
@@ -274,10 +465,7 @@ impl Table {
         &self,
         from: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
-        self.tree.range(from.to_vec()..).map(move |r| {
-            let (k, v) = r?;
-            Ok((k.to_vec(), self.decode(&v)?))
-        })
+        self.decoded(self.raw_range(from, None))
     }
 
     /// Entries with keys in `[from, to)`, in key order; nothing past `to` is read.
@@ -286,20 +474,26 @@ impl Table {
         from: &[u8],
         to: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StoreError>> + '_ {
-        self.tree.range(from.to_vec()..to.to_vec()).map(move |r| {
-            let (k, v) = r?;
-            Ok((k.to_vec(), self.decode(&v)?))
-        })
+        self.decoded(self.raw_range(from, Some(to)))
     }
 
-    /// Number of entries (walks the tree).
+    /// Number of entries (walks the tree; 0 if PostgreSQL cannot be asked).
     pub fn len(&self) -> usize {
-        self.tree.len()
+        match &self.raw {
+            Raw::Sled(t) => t.len(),
+            Raw::Pg(p) => p.count(self.name).unwrap_or_else(|e| {
+                tracing::warn!(tree = self.name, error = %e, "cannot count entries");
+                0
+            }) as usize,
+        }
     }
 
     /// No entries.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        match &self.raw {
+            Raw::Sled(t) => t.is_empty(),
+            Raw::Pg(p) => p.is_empty(self.name).unwrap_or(true),
+        }
     }
 }
 
@@ -345,9 +539,9 @@ mod tests {
             task.await.unwrap();
         }
         assert!(
-            s.flusher.flushes() < 200,
+            s.flusher().flushes() < 200,
             "flushes: {}",
-            s.flusher.flushes()
+            s.flusher().flushes()
         );
         assert_eq!(t.len(), 200);
     }
@@ -364,9 +558,9 @@ mod tests {
                 for j in 0..5u32 {
                     t.put(&(i * 100 + j).to_be_bytes(), &j).unwrap();
                     // Any round numbered above this one began after the write.
-                    let (begun, _) = s.flusher.fsync_rounds();
+                    let (begun, _) = s.flusher().fsync_rounds();
                     s.durable().await.unwrap();
-                    let (_, through) = s.flusher.fsync_rounds();
+                    let (_, through) = s.flusher().fsync_rounds();
                     assert!(
                         through > begun,
                         "durable() returned with fsync round {through} done, \
@@ -378,7 +572,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        let (begun, through) = s.flusher.fsync_rounds();
+        let (begun, through) = s.flusher().fsync_rounds();
         assert_eq!(begun, through);
         // Group commit: far fewer fsync rounds than the 200 writes.
         assert!(begun < 200, "fsync rounds: {begun}");
@@ -390,6 +584,6 @@ mod tests {
         let s = Store::open_without_fsync(dir.path()).unwrap();
         s.table("t").unwrap().put(b"k", &1u8).unwrap();
         s.durable().await.unwrap();
-        assert_eq!(s.flusher.fsync_rounds(), (0, 0));
+        assert_eq!(s.flusher().fsync_rounds(), (0, 0));
     }
 }

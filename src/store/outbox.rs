@@ -93,6 +93,8 @@ fn track(w: &Arc<Mutex<Waiting>>) {
 #[derive(Clone)]
 pub struct Outbox {
     table: Table,
+    /// The same tree, as sled (outboxes live on sled only).
+    tree: sled::Tree,
     prefix: Arc<[u8]>,
     /// Held while numbering and inserting, so entries become visible in
     /// sequence order: a reader never sees seq n+1 before n (it would skip n,
@@ -106,11 +108,12 @@ pub struct Outbox {
 
 impl Outbox {
     pub(super) fn open(table: Table, prefix: &[u8]) -> Result<Outbox, StoreError> {
-        let last = match table.tree.scan_prefix(prefix).next_back() {
+        let tree = table.sled()?.clone();
+        let last = match tree.scan_prefix(prefix).next_back() {
             Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(0),
             None => 0,
         };
-        let first = match table.tree.scan_prefix(prefix).next() {
+        let first = match tree.scan_prefix(prefix).next() {
             Some(r) => {
                 let (k, v) = r?;
                 let end = keys::read_u64(&k[prefix.len()..]).unwrap_or(1);
@@ -133,6 +136,7 @@ impl Outbox {
         // harmless, since a parent keeps no per-sequence state (events are idempotent).
         Ok(Outbox {
             table,
+            tree,
             prefix: prefix.into(),
             append: Arc::new(Mutex::new(())),
             next: Arc::new(AtomicU64::new(last + 1)),
@@ -199,7 +203,7 @@ impl Outbox {
         let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let first = self.next.load(Ordering::SeqCst);
         for (k, v) in self.groups(first, events)? {
-            self.table.tree.insert(k, v)?;
+            self.tree.insert(k, v)?;
         }
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
@@ -223,7 +227,7 @@ impl Outbox {
             batch.insert(k, v);
         }
         batch.insert(key, rmp_serde::to_vec_named(value)?);
-        self.table.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch)?;
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
         if !events.is_empty() {
@@ -249,7 +253,7 @@ impl Outbox {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let end = self.key(u64::MAX);
-        'groups: for r in self.table.tree.range(self.key(after + 1)..=end) {
+        'groups: for r in self.tree.range(self.key(after + 1)..=end) {
             let (k, v) = r?;
             let Some(last) = keys::read_u64(&k[self.prefix.len()..]) else {
                 continue;
@@ -284,13 +288,12 @@ impl Outbox {
     /// there or before, and the acknowledged start of a group that goes on
     /// past it (rewritten with the rest, under the same key).
     pub fn ack(&self, seq: u64) -> Result<(), StoreError> {
-        for r in self.table.tree.range(self.key(0)..=self.key(seq)) {
+        for r in self.tree.range(self.key(0)..=self.key(seq)) {
             let (k, _) = r?;
-            self.table.tree.remove(k)?;
+            self.tree.remove(k)?;
         }
         let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = self
-            .table
             .tree
             .range(self.key(seq.saturating_add(1))..=self.key(u64::MAX))
             .next()
@@ -305,7 +308,7 @@ impl Outbox {
                     .map(|(_, e)| e)
                     .collect();
                 for (k, v) in self.groups(seq + 1, &rest)? {
-                    self.table.tree.insert(k, v)?;
+                    self.tree.insert(k, v)?;
                 }
             }
         }
@@ -318,8 +321,7 @@ impl Outbox {
 
     /// Events waiting (walks them).
     pub fn len(&self) -> usize {
-        self.table
-            .tree
+        self.tree
             .scan_prefix(&*self.prefix)
             .map(|r| r.map_or(0, |(_, v)| group_len(&v) as usize))
             .sum()
@@ -327,7 +329,7 @@ impl Outbox {
 
     /// Nothing waiting.
     pub fn is_empty(&self) -> bool {
-        self.table.tree.scan_prefix(&*self.prefix).next().is_none()
+        self.tree.scan_prefix(&*self.prefix).next().is_none()
     }
 
     /// Resolves after the next push. Create it before reading to not miss one.
@@ -537,7 +539,7 @@ mod tests {
         assert_eq!(o.push(&evs).unwrap(), 5);
         assert_eq!(o.push(&[ev(6)]).unwrap(), 6);
         // Two records: the group of five, and the single event.
-        assert_eq!(o.table.tree.len(), 2);
+        assert_eq!(o.tree.len(), 2);
         assert_eq!(o.len(), 6);
         // Read from inside the group: only what follows.
         let got = o.read_after(2, 10).unwrap();
@@ -546,12 +548,12 @@ mod tests {
         assert_eq!(o.read_after(2, 2).unwrap(), want[..2].to_vec());
         // An ack inside a group keeps the group's rest.
         o.ack(3).unwrap();
-        assert_eq!(o.table.tree.len(), 2);
+        assert_eq!(o.tree.len(), 2);
         assert_eq!(o.read_after(0, 10).unwrap(), want[1..].to_vec());
         assert_eq!(o.read_after(3, 10).unwrap(), want[1..].to_vec());
         assert_eq!(o.waiting.lock().unwrap().stats().0, 3);
         o.ack(5).unwrap();
-        assert_eq!(o.table.tree.len(), 1);
+        assert_eq!(o.tree.len(), 1);
         assert_eq!(o.read_after(0, 10).unwrap(), vec![(6, ev(6))]);
         o.ack(6).unwrap();
         assert!(o.is_empty());
@@ -565,7 +567,7 @@ mod tests {
             let o = s.outbox("outbox").unwrap();
             let evs: Vec<Event> = (0..600).map(ev).collect();
             assert_eq!(o.push(&evs).unwrap(), 600);
-            assert_eq!(o.table.tree.len(), 3, "256 + 256 + 88");
+            assert_eq!(o.tree.len(), 3, "256 + 256 + 88");
             let all = o.read_after(0, 1000).unwrap();
             assert_eq!(all.len(), 600);
             assert!(all
@@ -573,7 +575,7 @@ mod tests {
                 .enumerate()
                 .all(|(i, (seq, e))| *seq == i as u64 + 1 && *e == ev(i as u32)));
             o.ack(300).unwrap();
-            assert_eq!(o.table.tree.len(), 2);
+            assert_eq!(o.tree.len(), 2);
             drop(o);
             s.close().await.unwrap();
         }

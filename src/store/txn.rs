@@ -7,8 +7,12 @@
 //! outside the transaction: compute everything first, write inside.
 //! Durability is still [`Store::durable`]'s job: an atomic write is atomic
 //! when it reaches the disk, and reaches it at the next flush.
+//!
+//! On PostgreSQL the change is a savepoint in the open transaction (see
+//! `pg/`): the closure runs once, its reads see its writes, and it
+//! reaches the database at the next commit.
 
-use super::{Store, StoreError, Table};
+use super::{Backend, Store, StoreError, Table};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{
@@ -54,33 +58,47 @@ impl AsTable for Table {
 /// The writes of one atomic change, over the tables named when it began.
 pub struct Txn<'a> {
     tables: &'a [&'a dyn AsTable],
-    views: &'a [TransactionalTree],
+    /// sled's views of the tables; `None` on PostgreSQL, where the change
+    /// is a savepoint and the tables are written directly.
+    views: Option<&'a [TransactionalTree]>,
 }
 
 impl Txn<'_> {
-    fn view(&self, table: &Table) -> Result<&TransactionalTree, TxnError> {
-        self.tables
+    /// sled's view of `table` (`None` on PostgreSQL), once it is known to be named.
+    fn view(&self, table: &Table) -> Result<Option<&TransactionalTree>, TxnError> {
+        let i = self
+            .tables
             .iter()
             .position(|t| t.as_table().name == table.name)
-            .and_then(|i| self.views.get(i))
             .ok_or_else(|| {
                 TxnError::from(StoreError::Corrupt {
                     tree: table.name.to_string(),
                     reason: "table written in an atomic change that did not name it".into(),
                 })
-            })
+            })?;
+        Ok(self.views.and_then(|v| v.get(i)))
     }
 
     /// Writes `value` at `key` of `table`.
     pub fn put<V: Serialize>(&self, table: &Table, key: &[u8], value: &V) -> Result<(), TxnError> {
         let bytes = rmp_serde::to_vec_named(value)?;
-        self.view(table)?.insert(key, bytes)?;
+        match self.view(table)? {
+            Some(v) => {
+                v.insert(key, bytes)?;
+            }
+            None => table.raw_write(key, Some(bytes))?,
+        }
         Ok(())
     }
 
     /// Removes `key` from `table`.
     pub fn remove(&self, table: &Table, key: &[u8]) -> Result<(), TxnError> {
-        self.view(table)?.remove(key)?;
+        match self.view(table)? {
+            Some(v) => {
+                v.remove(key)?;
+            }
+            None => table.raw_write(key, None)?,
+        }
         Ok(())
     }
 
@@ -90,10 +108,23 @@ impl Txn<'_> {
         table: &Table,
         key: &[u8],
     ) -> Result<Option<V>, TxnError> {
-        match self.view(table)?.get(key)? {
-            Some(b) => Ok(Some(table.decode(&b)?)),
-            None => Ok(None),
+        match self.view(table)? {
+            Some(v) => match v.get(key)? {
+                Some(b) => Ok(Some(table.decode(&b)?)),
+                None => Ok(None),
+            },
+            None => Ok(table.get(key)?),
         }
+    }
+}
+
+/// What a failed change returns to the caller.
+fn outcome(e: ConflictableTransactionError<StoreError>) -> StoreError {
+    match e {
+        ConflictableTransactionError::Abort(e) => e,
+        ConflictableTransactionError::Storage(e) => StoreError::Sled(e),
+        // Only sled reports conflicts, and retries them itself.
+        _ => StoreError::Pg("conflicting change".into()),
     }
 }
 
@@ -105,11 +136,26 @@ impl Store {
         tables: &[&dyn AsTable],
         f: impl Fn(&Txn<'_>) -> Result<A, TxnError>,
     ) -> Result<A, StoreError> {
-        let trees: Vec<&sled::Tree> = tables.iter().map(|t| &t.as_table().tree).collect();
+        if let Backend::Pg(pg) = &self.backend {
+            return pg.atomically(|| {
+                let txn = Txn {
+                    tables,
+                    views: None,
+                };
+                f(&txn).map_err(|e| outcome(e.0))
+            });
+        }
+        let trees = tables
+            .iter()
+            .map(|t| t.as_table().sled())
+            .collect::<Result<Vec<_>, _>>()?;
         let r = trees
             .as_slice()
             .transaction(|views: &Vec<TransactionalTree>| {
-                let txn = Txn { tables, views };
+                let txn = Txn {
+                    tables,
+                    views: Some(views),
+                };
                 f(&txn).map_err(|e| e.0)
             });
         match r {

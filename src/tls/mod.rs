@@ -183,6 +183,25 @@ pub enum TlsError {
     Handshake(std::io::Error),
 }
 
+impl TlsError {
+    /// The peer is of another installation: its chain does not lead to our
+    /// CA, or its certificate names another trust domain.
+    pub fn is_foreign(&self) -> bool {
+        match self {
+            TlsError::TrustDomainMismatch { .. } => true,
+            TlsError::Refused(inner) => inner.is_foreign(),
+            TlsError::Handshake(e) => matches!(
+                e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer
+                        | rustls::CertificateError::BadSignature
+                ))
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Server side, after TCP accept: runs the handshake, then takes the peer's
 /// identity from its verified leaf certificate and checks it against `admit`
 /// and `trust_domain` (the verifier in [`Identity::server_config`] already

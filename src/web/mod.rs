@@ -13,6 +13,7 @@
 
 mod auth;
 mod pages;
+mod syncs;
 
 use crate::hq::Console;
 use crate::proto::{AdminRequest, AdminResponse, JobId};
@@ -406,7 +407,8 @@ async fn job_data(
         .take(OUTPUTS_SHOWN)
     {
         let req = AdminRequest::Output {
-            job,
+            // A batch's leaf: its output is its child job's.
+            job: l.job.unwrap_or(job),
             client: l.client.clone(),
         };
         if let Ok(AdminResponse::Output(o)) = app.console.request(req).await {
@@ -430,8 +432,24 @@ async fn home(State(app): State<Arc<App>>, h: HeaderMap) -> Response {
     }
 }
 
-fn actions() -> pages::Actions {
-    pages::Actions { pause: false }
+/// The buttons of a job's page; an audit's also its differences.
+async fn actions(app: &App, s: &crate::proto::JobStatus) -> pages::Actions {
+    let audit = if s.action.starts_with("audit ") {
+        match app
+            .console
+            .request(AdminRequest::AuditStatus { audit: s.job })
+            .await
+        {
+            Ok(AdminResponse::AuditStatus(a)) => Some(a),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    pages::Actions {
+        pause: false,
+        audit,
+    }
 }
 
 async fn job_page(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<String>) -> Response {
@@ -443,7 +461,10 @@ async fn job_page(State(app): State<Arc<App>>, h: HeaderMap, Path(id): Path<Stri
         Err(r) => return r,
     };
     match job_data(&app, job).await {
-        Ok((d, o)) => pages::job(&d, &o, &s.csrf, &actions()).into_response(),
+        Ok((d, o)) => {
+            let a = actions(&app, &d).await;
+            pages::job(&d, &o, &s.csrf, &a).into_response()
+        }
         Err(e) => error_page(e),
     }
 }
@@ -456,6 +477,10 @@ fn action_request(action: &str, job: JobId) -> Option<AdminRequest> {
             expired: false,
         }),
         "cancel" => Some(AdminRequest::Cancel { job }),
+        "sync" => Some(AdminRequest::Sync(crate::proto::sync::SyncRequest {
+            audit: job,
+            ..Default::default()
+        })),
         _ => None,
     }
 }
@@ -466,6 +491,10 @@ fn action_message(r: &AdminResponse) -> String {
         AdminResponse::Rerun(r) if r.targets == 0 => "nothing failed: no rerun".into(),
         AdminResponse::Rerun(r) => format!("attempt {}: {} leaves rerun", r.attempt.0, r.targets),
         AdminResponse::Canceled(c) => format!("{} leaves canceled", c.canceled),
+        AdminResponse::Sync(v) => match v.batch {
+            Some(b) => format!("batch {b}: {} jobs launched", v.jobs.len()),
+            None => "nothing to sync".into(),
+        },
         other => format!("{other:?}"),
     }
 }
@@ -492,11 +521,18 @@ async fn job_action(
         Ok(r) if from_script => {
             axum::Json(serde_json::json!({ "message": action_message(&r) })).into_response()
         }
-        Ok(_) => (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/jobs/{job}"))],
-        )
-            .into_response(),
+        Ok(r) => {
+            // A sync goes on at its batch's page.
+            let to = match &r {
+                AdminResponse::Sync(v) => v.batch.unwrap_or(job),
+                _ => job,
+            };
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, format!("/jobs/{to}"))],
+            )
+                .into_response()
+        }
         Err(e) => {
             let (code, text) = hq_error(e);
             (code, text).into_response()

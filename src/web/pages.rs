@@ -293,6 +293,8 @@ pub fn leaf_order(leaves: &[ClientStatus]) -> Vec<&ClientStatus> {
 pub struct Actions {
     /// HQ answers pause and resume.
     pub pause: bool,
+    /// The job is an audit: its differences and a sync button.
+    pub audit: Option<crate::proto::AuditStatusView>,
 }
 
 /// `/jobs/ID`.
@@ -315,6 +317,9 @@ pub fn job(s: &JobStatus, outputs: &Outputs, csrf: &str, actions: &Actions) -> M
                     button #resume type="submit" { "Resume" }
                 }
             }
+            @if actions.audit.is_some() {
+                (super::syncs::sync_button(id, csrf))
+            }
             form.action method="post" action={ "/jobs/" (id) "/cancel" } data-confirm="Cancel this job everywhere?" {
                 input type="hidden" name="csrf" value=(csrf);
                 button #cancel .danger type="submit" { "Cancel" }
@@ -322,6 +327,12 @@ pub fn job(s: &JobStatus, outputs: &Outputs, csrf: &str, actions: &Actions) -> M
             span #flash role="status" {}
         }
         div #summary { (summary(s)) }
+        @if let Some(a) = &actions.audit {
+            section { h2 { "Differences" } div #differences { (super::syncs::differences(a)) } }
+        }
+        @if !s.jobs.is_empty() {
+            section { h2 { "Jobs of this batch" } div #children { (super::syncs::children(s)) } }
+        }
         section { h2 { "Per relay" } div #relays { (per_relay(s)) } }
         section { h2 { "Leaves " small { "(failed first)" } } div #leaves { (leaves(s, outputs)) } }
     };
@@ -339,6 +350,7 @@ pub fn job_fragments(s: &JobStatus, outputs: &Outputs) -> Vec<(&'static str, Str
         ("summary", summary(s).into_string()),
         ("relays", per_relay(s).into_string()),
         ("leaves", leaves(s, outputs).into_string()),
+        ("children", super::syncs::children(s).into_string()),
     ]
 }
 
@@ -502,6 +514,7 @@ mod tests {
             exit_code: None,
             reason: None,
             output: None,
+            job: None,
         };
         let v = vec![
             leaf("a", LeafState::Succeeded),
@@ -553,6 +566,7 @@ mod tests {
             last_change_ms: 0,
             matched: 0,
             next: None,
+            jobs: vec![],
         };
         s.clients.push(ClientStatus {
             client: n("c1"),
@@ -562,8 +576,18 @@ mod tests {
             exit_code: Some(1),
             reason: None,
             output: Some("<b>oops</b>".into()),
+            job: None,
         });
-        let page = job(&s, &Outputs::new(), "tok", &Actions { pause: false }).into_string();
+        let page = job(
+            &s,
+            &Outputs::new(),
+            "tok",
+            &Actions {
+                pause: false,
+                audit: None,
+            },
+        )
+        .into_string();
         assert!(!page.contains("<script>alert"));
         assert!(page.contains("&lt;b&gt;oops&lt;/b&gt;"));
     }

@@ -41,6 +41,20 @@ fn ping_and_rerun_scripts_run_at_small_n() {
 }
 
 #[test]
+fn ping_pg_script_runs_at_small_n() {
+    if relaytree::store::pg::testdb::server_bin().is_none() {
+        eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
+        return;
+    }
+    let out = bench("ping_pg.sh", &["20", "2", "1"]);
+    assert!(out.contains("ping N=20 R=2 HQ on sled: median"), "{out}");
+    assert!(
+        out.contains("ping N=20 R=2 HQ on PostgreSQL: median"),
+        "{out}"
+    );
+}
+
+#[test]
 fn packages_script_runs_at_small_n() {
     let out = bench("packages.sh", &["6", "2", "1"]);
     assert!(
@@ -54,4 +68,24 @@ fn packages_script_runs_at_small_n() {
 fn audit_script_runs_at_small_n() {
     let out = bench("audit.sh", &["30", "2", "1"]);
     assert!(out.contains("audit N=30 R=2 objects=250: median"), "{out}");
+}
+
+#[test]
+fn sync_script_runs_at_small_n() {
+    let out = bench("sync.sh", &["12", "2", "16"]);
+    assert!(
+        out.contains("sync N=12 R=2 collections=3: 3 packages, 3 jobs, 1 batch"),
+        "{out}"
+    );
+}
+
+#[test]
+fn failover_script_runs_at_small_n() {
+    let out = bench("failover.sh", &["6", "1"]);
+    assert!(
+        out.contains(
+            "failover N=6: kill -9 of the parent -> every ping result through the other: median"
+        ),
+        "{out}"
+    );
 }

@@ -19,6 +19,14 @@ fn the_demo_runs_end_to_end() {
     assert!(out.stdout.contains("$ hq client show c4"), "{out:?}");
     assert!(out.stdout.contains("hello     1.0"), "{out:?}");
     assert!(out.stdout.contains("hq sent: r1"), "{out:?}");
+    // The audit-and-sync act: 2 collections (c3 c5 content, c4 mode), one
+    // batch, every target compliant after.
+    assert!(
+        out.stdout
+            .contains("audit and sync: 2 unique collections, 2 jobs in batch")
+            && out.stdout.contains("3 of 3 targets compliant"),
+        "{out:?}"
+    );
     // The demo prints what the real commands print.
     assert!(
         out.stdout

@@ -79,6 +79,45 @@ fn full_log(env: &Env, name: &str) -> String {
 /// durable. Once space returns, r1 restarts by itself and every job
 /// completes, each command having run exactly once: what r1 did not
 /// acknowledge, the agents kept.
+/// Creates jobs for r1 until its log says its storage failed; returns them.
+fn jobs_until_storage_fails(env: &Env) -> Vec<String> {
+    let mut jobs = Vec::new();
+    let failed = || full_log(env, "r1").contains("storage failed");
+    wait_until("r1 to report the failing disk", 2 * DEADLINE, || {
+        if failed() {
+            return true;
+        }
+        jobs.push(env.create_job(&["r1"], &[], &env.job_script("echo done")));
+        // Pacing, not synchronisation: the condition is checked again below.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        failed()
+    });
+    jobs
+}
+
+/// A relay waiting for its full disk to accept writes again still stops on
+/// SIGTERM (as systemd asks), at once and with EX_TEMPFAIL.
+#[test]
+fn a_relay_waiting_for_its_disk_stops_on_sigterm() {
+    let mut env = Env::new();
+    let disk = match Tmpfs::mount(&env.relay_data("r1"), "24m") {
+        Ok(d) => d,
+        Err(e) => panic!("cannot mount a tmpfs for this test (run as root): {e}"),
+    };
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.wait_clients(1);
+    let _filler = disk.fill();
+    jobs_until_storage_fails(&env);
+    let mut relay = env.relays.remove("r1").unwrap();
+    relay.proc.terminate();
+    let st = relay.proc.wait_exit(DEADLINE);
+    assert_eq!(st.code(), Some(75), "r1 after SIGTERM: {st:?}");
+    drop(relay);
+    env.agents.clear();
+}
+
 #[test]
 fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
     let mut env = Env::new();
@@ -127,17 +166,7 @@ fn a_relay_whose_disk_fills_stops_acknowledging_and_recovers() {
 
     let filler = disk.fill();
     std::fs::write(&gate1, b"").unwrap();
-    let mut jobs = Vec::new();
-    let failed = || full_log(&env, "r1").contains("storage failed");
-    wait_until("r1 to report the failing disk", 2 * DEADLINE, || {
-        if failed() {
-            return true;
-        }
-        jobs.push(env.create_job(&["r1"], &[], &env.job_script("echo done")));
-        // Pacing, not synchronisation: the condition is checked again below.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        failed()
-    });
+    let jobs = jobs_until_storage_fails(&env);
     eprintln!("jobs made before the disk failure showed: {}", jobs.len());
     // Once HQ has seen r1 go, nothing r1 sent before it failed is in flight.
     wait_until("HQ to see r1 disconnected", DEADLINE, || {

@@ -74,6 +74,7 @@ fn start_hq_with(env: &mut Env, extra: &[&str]) -> String {
     cmd.args(["serve", "--data-dir"])
         .arg(&env.hq_dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(env.store_args())
         .args(extra);
     let mut proc = Proc::spawn("hq", cmd, &env.logs());
     let addr = proc.wait_listening().unwrap();
@@ -130,7 +131,21 @@ fn relays_and_agents_enroll_through_the_tree_then_serve_a_job() {
         );
     }
     assert!(log.contains("enrollment token created"), "{log}");
-    // HQ keeps tokens hashed: the token's text is nowhere in its files.
+    // HQ keeps tokens hashed: the token's text is nowhere in its files
+    // (nor in its database, when HQ runs on PostgreSQL).
+    if let Some(pg) = &env.pg {
+        let holding = |text: &str| {
+            let q = format!(
+                "SELECT count(*) FROM entries WHERE position(convert_to('{text}', 'UTF8') IN key) > 0 \
+                 OR position(convert_to('{text}', 'UTF8') IN value) > 0"
+            );
+            pg.psql("relaytree", &q).unwrap().trim().to_string()
+        };
+        assert_eq!(holding(&t), "0", "token in clear in the database");
+        // The same search finds what is there: the agents' names.
+        assert_ne!(holding("a1"), "0");
+        return;
+    }
     let db = std::fs::read_dir(env.hq_dir.join("db")).unwrap();
     for f in db.flatten() {
         let bytes = std::fs::read(f.path()).unwrap_or_default();

@@ -86,6 +86,14 @@ impl Proc {
         }
     }
 
+    /// Sends SIGTERM (a polite stop); reaping is left to the caller.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
     /// The exit status, if it has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().unwrap())
@@ -228,10 +236,30 @@ pub struct Env {
     pub hq: Option<Server>,
     pub relays: BTreeMap<String, Server>,
     pub agents: BTreeMap<String, Proc>,
+    /// HQ's store when this test binary runs HQ on PostgreSQL
+    /// (`crate::POSTGRES`): the URL every `hq serve` gets as `--store`.
+    pub store_url: Option<String>,
+    /// That PostgreSQL server, stopped after the processes above.
+    pub pg: Option<TestPostgres>,
+}
+
+pub use relaytree::store::pg::testdb::TestPostgres;
+
+/// A PostgreSQL server of the test's own, or `None` (said on stderr) when
+/// none is installed: the tests then run HQ on sled.
+pub fn postgres() -> Option<TestPostgres> {
+    if relaytree::store::pg::testdb::server_bin().is_none() {
+        eprintln!(
+            "SKIPPED PostgreSQL: no server installed (/usr/lib/postgresql/*/bin); HQ runs on sled"
+        );
+        return None;
+    }
+    Some(TestPostgres::start().unwrap_or_else(|e| panic!("starting PostgreSQL: {e}")))
 }
 
 impl Env {
-    /// `hq init` in a fresh temporary directory.
+    /// `hq init` in a fresh temporary directory (and a PostgreSQL server
+    /// for HQ when this binary tests that backend).
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let hq_dir = dir.path().join("hq");
@@ -239,12 +267,23 @@ impl Env {
             .args(["init", "--data-dir"])
             .arg(&hq_dir)))
         .ok();
+        let pg = if crate::POSTGRES { postgres() } else { None };
         Env {
             dir,
             hq_dir,
             hq: None,
             relays: BTreeMap::new(),
             agents: BTreeMap::new(),
+            store_url: pg.as_ref().map(|p| p.url("relaytree")),
+            pg,
+        }
+    }
+
+    /// `--store URL` for `hq serve` when HQ runs on PostgreSQL; nothing on sled.
+    pub fn store_args(&self) -> Vec<String> {
+        match &self.store_url {
+            Some(u) => vec!["--store".into(), u.clone()],
+            None => Vec::new(),
         }
     }
 
@@ -281,11 +320,13 @@ impl Env {
     /// Starts HQ on `listen` with more `hq serve` flags.
     pub fn start_hq_with(&mut self, listen: &str, extra: &[&str]) -> String {
         let hq_dir = self.hq_dir.clone();
+        let store = self.store_args();
         let server = spawn_server("hq", listen, &self.logs(), || {
             let mut cmd = Command::new(HQ);
             cmd.args(["serve", "--data-dir"])
                 .arg(&hq_dir)
                 .args(["--listen", listen])
+                .args(&store)
                 .args(extra);
             cmd
         });
@@ -329,19 +370,31 @@ impl Env {
 
     /// Starts relay `name` under `parent` with `extra` arguments to `relay serve`.
     pub fn start_relay_with(&mut self, name: &str, parent: &str, extra: &[&str]) -> String {
+        self.start_relay_on_with(name, parent, "127.0.0.1:0", extra)
+    }
+
+    /// Starts relay `name` on `listen` (e.g. the address it had before a
+    /// kill) under `parent` with `extra` arguments to `relay serve`.
+    pub fn start_relay_on_with(
+        &mut self,
+        name: &str,
+        parent: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> String {
         let id = self.id_dir(name);
         if !id.exists() {
             self.issue("relay", name);
         }
         let data = self.relay_data(name);
         let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
-        let server = spawn_server(name, "127.0.0.1:0", &self.logs(), || {
+        let server = spawn_server(name, listen, &self.logs(), || {
             let mut cmd = Command::new(RELAY);
             cmd.args(["serve", "--identity"])
                 .arg(&id)
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen", "127.0.0.1:0", "--parent", parent])
+                .args(["--listen", listen, "--parent", parent])
                 .args(&extra);
             cmd
         });
@@ -528,6 +581,11 @@ impl Env {
 
     pub fn dump_logs(&self) {
         eprintln!("{}", self.log_text());
+        if let Some(pg) = &self.pg {
+            let log = pg.dir().join("postgres.log");
+            eprintln!("--- {}", log.display());
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
     }
 }
 
@@ -602,7 +660,7 @@ pub async fn dial_as(
 ) -> relaytree::link::Session {
     let id = relaytree::tls::Identity::load(dir).unwrap();
     let d = relaytree::link::Dialer {
-        addr: addr.to_string(),
+        addr: addr.into(),
         connector: tokio_rustls::TlsConnector::from(id.client_config(server, None).unwrap()),
         me: relaytree::proto::Hello {
             version: relaytree::proto::PROTOCOL_VERSION,

@@ -72,7 +72,8 @@ fn orders_expire_by_default_after_the_order_ttl() {
         "1h",
         "--data-dir",
     ])
-    .arg(&env.hq_dir);
+    .arg(&env.hq_dir)
+    .args(env.store_args());
     let mut hq = Proc::spawn("hq", cmd, &env.logs());
     let addr = hq.wait_listening().unwrap();
     env.hq = Some(Server {

@@ -1,4 +1,9 @@
 //! Integration tests: the real `hq`, `relay` and `agent` binaries on loopback.
+//! HQ keeps its state in sled here; `tests/it_pg` runs the modules that
+//! exercise HQ's state again with HQ on PostgreSQL.
+
+/// Whether HQ runs on PostgreSQL in this test binary (read by the harness).
+pub const POSTGRES: bool = false;
 
 mod audit;
 mod bench_scripts;
@@ -12,8 +17,10 @@ mod demo;
 mod disk;
 mod enroll;
 mod expiry;
+mod failover;
 mod fanout;
 mod faults;
+mod forged;
 mod fuzz_regress;
 mod garbage;
 mod harness;
@@ -29,5 +36,6 @@ mod rerun;
 mod retention;
 mod roles;
 mod security;
+mod sync;
 mod transfer;
 mod web;

@@ -20,7 +20,7 @@ struct Sample {
 
 /// A scrape, parsed.
 #[derive(Debug)]
-struct Scrape {
+pub(crate) struct Scrape {
     types: BTreeMap<String, String>,
     samples: Vec<Sample>,
 }
@@ -39,7 +39,7 @@ impl Scrape {
     }
     /// The value of the one sample of `name` with those labels (0 when the
     /// metric has not been touched yet).
-    fn value(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, with: &[(&str, &str)]) -> f64 {
         let found = self.find(name, with);
         assert!(found.len() <= 1, "{name} {with:?} is ambiguous: {found:?}");
         found.first().map_or(0.0, |s| s.value)
@@ -175,14 +175,14 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// `GET /metrics`, parsed.
-fn scrape(addr: &str) -> Scrape {
+pub(crate) fn scrape(addr: &str) -> Scrape {
     let (status, body) = get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
 }
 
 /// The address from the "metrics on HOST:PORT" line of a server's stdout.
-fn metrics_addr(p: &Proc) -> String {
+pub(crate) fn metrics_addr(p: &Proc) -> String {
     wait_for("the metrics address", DEADLINE, || {
         let text = std::fs::read_to_string(&p.stdout).ok()?;
         text.lines()
@@ -200,7 +200,7 @@ fn start(name: &str, mut cmd: Command, logs: &Path) -> (Server, String) {
     (Server { proc, addr }, m)
 }
 
-const SENT: &str = "relaytree_child_sent_bytes_total";
+pub(crate) const SENT: &str = "relaytree_child_sent_bytes_total";
 const RECEIVED: &str = "relaytree_child_received_bytes_total";
 
 /// A flush histogram is a true histogram, its buckets cumulative, and it

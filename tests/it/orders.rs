@@ -8,15 +8,14 @@
 //! counted from the lines the command appends to a file.
 
 use crate::harness::*;
-use relaytree::link::{self, Admission, HqClock, Session, Timing};
+use relaytree::link::{self, HqClock, Session};
 use relaytree::proto::{
-    now_ms, Assignment, Event, Hello, JobId, LeafState, LeafUpdate, Msg, NodeName, Purpose, Role,
-    Scope, SignedPlacement, PROTOCOL_VERSION,
+    now_ms, Assignment, Event, JobId, LeafState, LeafUpdate, Msg, NodeName, Purpose, Role, Scope,
+    SignedPlacement,
 };
 use relaytree::tls::Identity;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 fn n(s: &str) -> NodeName {
     NodeName::new(s).unwrap()
@@ -135,41 +134,11 @@ fn a_replayed_or_misdirected_order_runs_nothing() {
     // Down: the agent dials evil, which passes HQ's clock on like a relay.
     let clock = HqClock::default();
     clock.set_offset(up.hq_offset_ms.unwrap());
-    let (addr, mut sessions) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
-        let adm = Arc::new(Admission {
-            admit: vec![Role::Agent],
-            me: Hello {
-                version: PROTOCOL_VERSION,
-                name: n("evil"),
-                role: Role::Relay,
-                purpose: Default::default(),
-                hq_now_ms: None,
-            },
-            trust_domain: evil_id.me().trust_domain.clone(),
-            timing: Timing::default(),
-            limits: Default::default(),
-            denied: Default::default(),
-            clock,
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
-        tokio::spawn(link::serve(
-            listener,
-            acceptor,
-            adm,
-            stop.clone(),
-            move |s| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(s).await;
-                }
-            },
-        ));
-        (addr, rx)
-    });
+    let (addr, mut sessions) = rt.block_on(crate::forged::listen_as_relay(
+        &evil_id,
+        clock,
+        stop.clone(),
+    ));
     let mut c1 = agent(&env, &agent_id, &addr);
     // Jobs made after it first connected (and so registered).
     let mut s = rt.block_on(async {

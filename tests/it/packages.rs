@@ -557,9 +557,12 @@ fn path_escapes_are_refused_before_they_reach_the_depot() {
                 .unwrap();
             assert_eq!(r, AdminResponse::Uploaded { complete: true });
         }
-        c.request(AdminRequest::PackageAdd { manifest: id })
-            .await
-            .expect_err("an escaping manifest was added")
+        c.request(AdminRequest::PackageAdd {
+            manifest: id,
+            bundle: false,
+        })
+        .await
+        .expect_err("an escaping manifest was added")
     });
     assert!(err.to_string().contains("../../outside"), "{err}");
     let list = env.admin(&["package", "list", "--json"]).ok().json();

@@ -179,6 +179,7 @@ fn hq_serve_purges_finished_jobs_past_its_retention() {
         "--retention",
         "2s",
     ]);
+    cmd.args(env.store_args());
     let mut proc = Proc::spawn("hq", cmd, &env.logs());
     let hq = proc.wait_listening().unwrap_or_else(|e| panic!("{e}"));
     env.hq = Some(Server {

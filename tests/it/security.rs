@@ -4,14 +4,13 @@
 //! of idle connections does not lock real agents out.
 
 use crate::harness::*;
-use relaytree::link::{self, Admission, Session, Timing};
+use relaytree::link::{self, Session, Timing};
 use relaytree::proto::{
     Action, Assignment, Attempt, Event, Hello, JobId, LeafState, LeafUpdate, Msg, NodeName, Order,
     Placement, Role, RunSpec, Scope, SignedOrder, SignedPlacement, PROTOCOL_VERSION,
 };
 use relaytree::tls::{Identity, SigningKey};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn n(s: &str) -> NodeName {
@@ -27,7 +26,7 @@ fn sh(script: &str) -> Action {
     })
 }
 
-fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
+pub(crate) fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     let body = rmp_serde::to_vec_named(o).unwrap();
     SignedOrder {
         sig: key.sign(&body),
@@ -36,7 +35,12 @@ fn sign(key: &SigningKey, o: &Order) -> SignedOrder {
     }
 }
 
-fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str])>) -> Order {
+pub(crate) fn order(
+    job: u64,
+    attempt: u32,
+    action: Action,
+    rerun_of: Option<(&str, &[&str])>,
+) -> Order {
     Order {
         job: JobId(job),
         attempt: Attempt(attempt),
@@ -55,7 +59,7 @@ fn order(job: u64, attempt: u32, action: Action, rerun_of: Option<(&str, &[&str]
 
 /// HQ's placement of c1 under `evil` (signed with HQ's key, as HQ does when
 /// c1 joins there).
-fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
+pub(crate) fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     let body = Placement {
         client: n("c1"),
         chain: vec![n("evil")],
@@ -69,7 +73,7 @@ fn placed_under_evil(key: &SigningKey) -> SignedPlacement {
     }
 }
 
-fn assign(
+pub(crate) fn assign(
     home: &SignedPlacement,
     job: u64,
     attempt: u32,
@@ -90,7 +94,7 @@ fn assign(
 
 /// Reads the agent's messages until `job` reaches a final state; acks every
 /// batch like a relay would. Returns the final update.
-async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
+pub(crate) async fn final_update(s: &mut Session, job: u64) -> LeafUpdate {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let msg = tokio::time::timeout_at(deadline, s.rx.recv())
@@ -125,36 +129,11 @@ fn a_tampering_relay_cannot_make_an_agent_run_anything() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
 
-    let (addr, mut sessions) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(evil_id.server_config(&[Role::Agent]).unwrap());
-        let adm = Arc::new(Admission {
-            admit: vec![Role::Agent],
-            me: Hello {
-                version: PROTOCOL_VERSION,
-                name: n("evil"),
-                role: Role::Relay,
-                purpose: Default::default(),
-                hq_now_ms: None,
-            },
-            trust_domain: evil_id.me().trust_domain.clone(),
-            timing: Timing::default(),
-            limits: Default::default(),
-            denied: Default::default(),
-            clock: Default::default(),
-        });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Session>(4);
-        let token = stop.clone();
-        tokio::spawn(link::serve(listener, acceptor, adm, token, move |s| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(s).await;
-            }
-        }));
-        (addr, rx)
-    });
+    let (addr, mut sessions) = rt.block_on(crate::forged::listen_as_relay(
+        &evil_id,
+        Default::default(),
+        stop.clone(),
+    ));
 
     let mut agent = Proc::spawn(
         "c1",
@@ -339,7 +318,7 @@ fn a_hello_naming_another_node_is_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(async {
         let d = link::Dialer {
-            addr: r1.clone(),
+            addr: r1.clone().into(),
             connector: tokio_rustls::TlsConnector::from(
                 c1.client_config(Role::Relay, None).unwrap(),
             ),

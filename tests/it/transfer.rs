@@ -99,7 +99,7 @@ fn fetch_from_misbehaving_parent(how: Misdeed) -> (TransferError, usize) {
             move |s| misbehave(s, how, served.clone()),
         ));
         let dialer = Dialer {
-            addr,
+            addr: addr.into(),
             connector: tokio_rustls::TlsConnector::from(
                 child.client_config(Role::Relay, None).unwrap(),
             ),

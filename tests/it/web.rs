@@ -2,7 +2,65 @@
 //! (no session, reused link, forged CSRF, malformed and oversized requests),
 //! then the real flow in headless Chromium through WebDriver: log in with
 //! `hq web login`'s link, see the tree and a failed leaf, press "Rerun
-//! failed", watch the leaf turn succeeded without a reload.
+//! failed", watch the leaf turn succeeded without a reload; on an audit's
+//! page, see its differences, press "Sync" and see the batch appear.
+
+/// A master `m` (under its own relay) with package tool@1 installed, and an
+/// audit of r1's clients against it: each lacks the package. The audit's id.
+fn audit_with_differences(env: &mut Env) -> String {
+    let hq = env.hq.as_ref().unwrap().addr.clone();
+    let rm = env.start_relay("rm", &hq);
+    env.start_agent("m", &rm);
+    env.wait_clients(4);
+    let pkg = env.root().join("pkg-tool");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("README"), "tool\n").unwrap();
+    env.admin(&[
+        "package",
+        "add",
+        pkg.to_str().unwrap(),
+        "--name",
+        "tool",
+        "--version",
+        "1",
+        "--install",
+        "true",
+    ])
+    .ok();
+    let j = env
+        .admin(&[
+            "job",
+            "create",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "rm",
+            "--install",
+            "tool@1",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let (code, st) = env.wait_job(&job_id(&j));
+    assert_eq!(code, 0, "{st}");
+    let audit = env
+        .admin(&[
+            "audit",
+            "create",
+            "--master",
+            "m",
+            "--dest",
+            "all-lower-clients",
+            "--relay",
+            "r1",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    env.wait_job(&audit);
+    audit
+}
 
 use crate::harness::*;
 use serde_json::{json, Value};
@@ -188,6 +246,16 @@ fn dashboard_refuses_without_a_session() {
         "a refused action changed nothing"
     );
     assert_eq!(env.run_counts(&job)["c2"], 1);
+    // The sync button is checked alike: nothing is launched.
+    let jobs_before = env.admin(&["job", "list", "--json"]).ok().json();
+    for (extra, body) in [("", ""), ("", "csrf=forged")] {
+        let (code, _, text) = post(&web, &format!("/jobs/{job}/sync"), &cookie, extra, body);
+        assert_eq!(code, 403, "sync {extra:?} {body:?}: {text}");
+    }
+    assert_eq!(
+        env.admin(&["job", "list", "--json"]).ok().json(),
+        jobs_before
+    );
 
     // Malformed and oversized requests get 4xx; the server lives on.
     let (code, _, _) = get(&web, "/jobs/not-a-number", Some(&cookie));
@@ -378,6 +446,7 @@ fn dashboard_in_a_real_browser() {
     };
     let mut env = Env::new();
     let (web, job) = fleet_with_a_failed_leaf(&mut env);
+    let audit = audit_with_differences(&mut env);
     let url = login_url(&env);
     let driver = Driver::start(&chromedriver, &env.logs());
     let shots = screenshot_dir(&env);
@@ -387,7 +456,7 @@ fn dashboard_in_a_real_browser() {
         let c = open_browser(&driver, &chromium, &profile).await;
         let result = tokio::time::timeout(
             Duration::from_secs(120),
-            browse(&c, &env, &web, &url, &job, &shots),
+            browse(&c, &env, &web, &url, (&job, &audit), &shots),
         )
         .await;
         let _ = c.close().await;
@@ -405,7 +474,14 @@ fn dashboard_in_a_real_browser() {
     );
 }
 
-async fn browse(c: &fantoccini::Client, env: &Env, web: &str, url: &str, job: &str, shots: &Path) {
+async fn browse(
+    c: &fantoccini::Client,
+    env: &Env,
+    web: &str,
+    url: &str,
+    (job, audit): (&str, &str),
+    shots: &Path,
+) {
     use fantoccini::Locator::Css;
     // Without a session the browser sees nothing of the fleet.
     c.goto(&format!("http://{web}/")).await.unwrap();
@@ -520,6 +596,48 @@ async fn browse(c: &fantoccini::Client, env: &Env, web: &str, url: &str, job: &s
         summary.contains("3 succeeded") && summary.contains("attempt 2"),
         "{summary}"
     );
+
+    // An audit's page: its differences, and a sync button that launches
+    // the batch (one collection: r1's three clients lack tool@1).
+    c.goto(&format!("http://{web}/jobs/{audit}")).await.unwrap();
+    let diffs = eventually("the differences", || text(c, "#differences")).await;
+    for cl in ["c1", "c2", "c3"] {
+        assert!(
+            diffs.contains(cl) && diffs.contains("package:tool"),
+            "{diffs}"
+        );
+    }
+    std::fs::write(
+        shots.join("dashboard-audit.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    c.execute("window.confirm = () => true", vec![])
+        .await
+        .unwrap();
+    c.find(Css("#sync")).await.unwrap().click().await.unwrap();
+    let flash = eventually("the sync's answer", || async {
+        let t = text(c, "#flash").await?;
+        (!t.is_empty()).then_some(t)
+    })
+    .await;
+    let batch = flash
+        .strip_prefix("batch ")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("{flash}"))
+        .to_string();
+    assert!(flash.contains("1 jobs launched"), "{flash}");
+    c.goto(&format!("http://{web}/jobs/{batch}")).await.unwrap();
+    eventually("the batch's job done", || async {
+        let t = text(c, "#children").await?;
+        (t.contains("done") && t.contains("sync")).then_some(())
+    })
+    .await;
+    // Real effects: each client now has the package.
+    for cl in ["c1", "c2", "c3"] {
+        let v = env.admin(&["client", "show", cl, "--json"]).ok().json();
+        assert_eq!(v["packages"][0]["name"], "tool", "{v}");
+    }
 
     // Without the cookie the browser sees nothing again.
     c.delete_all_cookies().await.unwrap();

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# ping_pg.sh [N] [R] [RUNS]: ping.sh with HQ on PostgreSQL against HQ on sled,
+# interleaved on one tree: the same relays and agents, HQ restarted on the
+# same address alternately with its sled store and with `--store
+# postgres://...` (each store keeps its own jobs), RUNS pings on each.
+# PostgreSQL is a throwaway server (initdb into the tree, loopback, a free
+# port, run as the `postgres` user when root; synchronous_commit and fsync on).
+#   defaults: N=10000 R=2 RUNS=5 (issue 14: PostgreSQL within 1.5x of sled)
+source "$(dirname "$0")/lib.sh"
+
+N=${1:-10000}
+R=${2:-2}
+RUNS=${3:-5}
+
+PG_BIN=${RELAYTREE_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+[[ -x $PG_BIN/initdb ]] || die "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin): apt-get install postgresql"
+
+# pg_start: initdb into $TREE/pg and start postgres on a free port; sets PG_URL.
+pg_start() {
+    local as=() port i
+    if ((EUID == 0)); then
+        id postgres >/dev/null 2>&1 || die "running as root and there is no postgres user"
+        as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+        chmod o+x "$TREE"
+    fi
+    mkdir -p "$TREE/pg"
+    ((EUID == 0)) && chown postgres: "$TREE/pg"
+    "${as[@]}" "$PG_BIN/initdb" -A trust -U relaytree --no-sync -E UTF8 -D "$TREE/pg/data" >"$TREE/log/initdb.out" 2>&1 ||
+        die "initdb failed (see $TREE/log/initdb.out)"
+    for ((i = 0; i < 5; i++)); do
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        start_bg postgres "${as[@]}" "$PG_BIN/postgres" -D "$TREE/pg/data" -p "$port" -k "$TREE/pg" \
+            -c listen_addresses=127.0.0.1
+        local pid=$LAST_PID j
+        for ((j = 0; j < 300; j++)); do
+            grep -q "ready to accept connections" "$TREE/log/postgres.err" 2>/dev/null && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null && grep -q "ready to accept" "$TREE/log/postgres.err"; then
+            PG_URL="postgres://relaytree@127.0.0.1:$port/postgres" PG_PORT=$port PG_AS=("${as[@]}")
+            log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') on port $port"
+            return 0
+        fi
+    done
+    die "postgres would not start (see $TREE/log/postgres.err)"
+}
+
+# hq_restart [STORE ARGS...]: HQ stopped, then started again on its address.
+hq_restart() {
+    local pid kept=()
+    kill -TERM "$HQ_PID" 2>/dev/null || true
+    wait "$HQ_PID" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do
+        [[ $pid == "$HQ_PID" ]] || kept+=("$pid")
+    done
+    PIDS=("${kept[@]}")
+    start_bg hq "$BIN/hq" serve --data-dir "$TREE/hq" --listen "$HQ_ADDR" "$@"
+    HQ_PID=$LAST_PID
+    wait_addr "$TREE/hq" "$HQ_PID" hq >/dev/null
+    wait_relays
+}
+
+bench_init
+tree_start "$N" "$R"
+pg_start
+# The relays and agents remember job ids: the PostgreSQL HQ numbers its
+# jobs from 1000000 so that they never meet the sled HQ's.
+hq_restart --store "$PG_URL" # creates the tables
+"${PG_AS[@]}" "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U relaytree -d postgres -XAtq \
+    -c "ALTER SEQUENCE relaytree_id_job RESTART WITH 1000000" >/dev/null ||
+    die "cannot renumber the PostgreSQL HQ's jobs"
+sled_times=() pg_times=()
+for ((run = 1; run <= RUNS; run++)); do
+    for store in sled postgres; do
+        if [[ $store == sled ]]; then hq_restart; else hq_restart --store "$PG_URL"; fi
+        settle
+        timed_job --ping
+        read -r s f to < <(check_job "$JOB" "$N")
+        ((s == N)) || die "ping job $JOB on $store: only $s of $N leaves succeeded"
+        log "run $run on $store: job $JOB: $N leaves succeeded in $ELAPSED s"
+        if [[ $store == sled ]]; then sled_times+=("$ELAPSED"); else pg_times+=("$ELAPSED"); fi
+    done
+done
+log "load: $(uptime)"
+$STATS summary "ping N=$N R=$R HQ on sled" s "$(ping_target "$N")" "${sled_times[@]}"
+$STATS summary "ping N=$N R=$R HQ on PostgreSQL" s "$(ping_target "$N")" "${pg_times[@]}"

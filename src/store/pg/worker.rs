@@ -1,0 +1,745 @@
+//! The store thread: owns the PostgreSQL connection, its runtime, the open
+//! transaction and the migrations. Answers [`Req`]s in the order they were
+//! sent; decides nothing about what is stored.
+
+use super::{Req, Stats};
+use crate::store::StoreError;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// The migrations in `migrations/`, applied in order.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_hq_state.sql"))];
+
+/// The newest schema this build knows.
+pub const SCHEMA: i32 = 1;
+
+/// Key of the advisory lock that serialises migrations between HQs.
+const MIGRATION_LOCK: i64 = 0x7265_6c61_7974_7265; // "relaytre"
+
+/// Writes sent as one statement at most.
+const MAX_BATCH: usize = 2048;
+
+/// Starts the store thread; returns once it is connected and migrated, or
+/// with the reason it could not be.
+pub(super) fn start(
+    url: String,
+    ca_hash: String,
+    rx: Receiver<Req>,
+    failed: watch::Sender<Option<String>>,
+    stats: Arc<Stats>,
+) -> Result<(), StoreError> {
+    let shown = redact(&url);
+    let (ready, is_ready) = std::sync::mpsc::sync_channel(1);
+    let refuse = |reason: String| StoreError::Connect {
+        url: shown.clone(),
+        reason,
+    };
+    std::thread::Builder::new()
+        .name("store-pg".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let conn = rt.block_on(async { Conn::open(&url, &ca_hash).await });
+            let conn = match conn {
+                Ok(c) => {
+                    let _ = ready.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let mut w = Worker {
+                url,
+                ca_hash,
+                conn: Some(conn),
+                last_attempt: Instant::now(),
+                txn: None,
+                failed,
+                stats,
+            };
+            w.run(&rt, rx);
+        })
+        .map_err(|e| refuse(e.to_string()))?;
+    match is_ready.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(refuse(reason)),
+        Err(_) => Err(refuse("the store thread stopped".into())),
+    }
+}
+
+/// `url` without a password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let user = &url[s + 3..at];
+            match user.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &user[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A PostgreSQL error with its cause ("db error: ERROR: ...").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
+/// Creates the schema up to [`SCHEMA`], refuses a newer one, and records
+/// or checks the CA's hash; one HQ at a time (advisory lock).
+async fn migrate(client: &Client, ca_hash: &str) -> Result<(), String> {
+    let d = |e: tokio_postgres::Error| describe(&e);
+    client.batch_execute("BEGIN").await.map_err(d)?;
+    client
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(d)?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(d)?;
+    let found: Option<i32> = client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .await
+        .map_err(d)?
+        .get(0);
+    let found = found.unwrap_or(0);
+    if found > SCHEMA {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(format!(
+            "the database has schema version {found}, newer than this build's {SCHEMA}: \
+             upgrade relaytree"
+        ));
+    }
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("migration {v}: {}", describe(&e)))?;
+        client
+            .execute("INSERT INTO schema_version (version) VALUES ($1)", &[v])
+            .await
+            .map_err(d)?;
+        tracing::info!(version = v, "database schema migrated");
+    }
+    client
+        .execute(
+            "INSERT INTO cluster (name, value) VALUES ('ca_hash', $1) ON CONFLICT (name) DO NOTHING",
+            &[&ca_hash],
+        )
+        .await
+        .map_err(d)?;
+    let theirs: String = client
+        .query_one("SELECT value FROM cluster WHERE name = 'ca_hash'", &[])
+        .await
+        .map_err(d)?
+        .get(0);
+    if theirs != ca_hash {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(format!(
+            "the database belongs to an HQ with another CA ({theirs}, this one is {ca_hash}): \
+             HQs sharing a database must come from one `hq init`"
+        ));
+    }
+    client.batch_execute("COMMIT").await.map_err(d)
+}
+
+/// The prepared statements.
+struct Stmts {
+    get: Statement,
+    upsert: Statement,
+    delete: Statement,
+    page_to: Statement,
+    page_open: Statement,
+    count: Statement,
+    next_id: Statement,
+}
+
+/// One connection and its statements.
+struct Conn {
+    client: Client,
+    st: Stmts,
+    /// Advisory locks (duties) this session holds.
+    duties: std::collections::BTreeSet<i64>,
+}
+
+impl Conn {
+    /// Connects, migrates (checking the CA) and prepares the statements.
+    async fn open(url: &str, ca_hash: &str) -> Result<Conn, String> {
+        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            format!("not a PostgreSQL URL ({})", describe(&e))
+        })?;
+        cfg.connect_timeout(Duration::from_secs(5));
+        cfg.application_name("relaytree-hq");
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "connection to PostgreSQL ended");
+            }
+        });
+        let d = |e: tokio_postgres::Error| describe(&e);
+        // Acked means committed and flushed to the WAL on disk.
+        client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(d)?;
+        migrate(&client, ca_hash).await?;
+        let p = |sql: &'static str, types: &'static [Type]| {
+            let c = &client;
+            async move { c.prepare_typed(sql, types).await }
+        };
+        let st = Stmts {
+            get: p(
+                "SELECT value FROM entries WHERE tree = $1 AND key = $2",
+                &[Type::TEXT, Type::BYTEA],
+            )
+            .await
+            .map_err(d)?,
+            upsert: p(
+                "INSERT INTO entries (tree, key, value) \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (tree, key) DO UPDATE SET value = EXCLUDED.value",
+                &[Type::TEXT_ARRAY, Type::BYTEA_ARRAY, Type::BYTEA_ARRAY],
+            )
+            .await
+            .map_err(d)?,
+            delete: p(
+                "DELETE FROM entries WHERE (tree, key) IN \
+                 (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                &[Type::TEXT_ARRAY, Type::BYTEA_ARRAY],
+            )
+            .await
+            .map_err(d)?,
+            page_to: p(
+                "SELECT key, value FROM entries WHERE tree = $1 AND key >= $2 AND key < $3 \
+                 ORDER BY key LIMIT $4",
+                &[Type::TEXT, Type::BYTEA, Type::BYTEA, Type::INT8],
+            )
+            .await
+            .map_err(d)?,
+            page_open: p(
+                "SELECT key, value FROM entries WHERE tree = $1 AND key >= $2 \
+                 ORDER BY key LIMIT $3",
+                &[Type::TEXT, Type::BYTEA, Type::INT8],
+            )
+            .await
+            .map_err(d)?,
+            count: p(
+                "SELECT count(*) FROM entries WHERE tree = $1",
+                &[Type::TEXT],
+            )
+            .await
+            .map_err(d)?,
+            next_id: p("SELECT nextval(($1::text)::regclass)", &[Type::TEXT])
+                .await
+                .map_err(d)?,
+        };
+        Ok(Conn {
+            client,
+            st,
+            duties: Default::default(),
+        })
+    }
+}
+
+/// The open transaction.
+struct Txn {
+    began: Instant,
+    /// Savepoints open (nested `atomically`).
+    depth: u32,
+    /// The first failure inside it, and the savepoint depth it happened at:
+    /// the transaction can no longer commit (a rollback to a savepoint at
+    /// or below that depth clears it).
+    poisoned: Option<(String, u32)>,
+}
+
+struct Worker {
+    url: String,
+    ca_hash: String,
+    conn: Option<Conn>,
+    last_attempt: Instant,
+    txn: Option<Txn>,
+    failed: watch::Sender<Option<String>>,
+    stats: Arc<Stats>,
+}
+
+type Batch = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+
+impl Worker {
+    fn run(&mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Req>) {
+        let mut next: Option<Req> = None;
+        loop {
+            let req = match next.take() {
+                Some(r) => r,
+                None => {
+                    let got = match self.txn.as_ref().filter(|t| t.depth == 0) {
+                        Some(t) => {
+                            let wait = IDLE.saturating_sub(t.began.elapsed());
+                            rx.recv_timeout(wait)
+                        }
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) => {
+                            let _ = rt.block_on(self.commit());
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => {
+                            // Every handle is gone: commit what is left.
+                            let _ = rt.block_on(self.commit());
+                            return;
+                        }
+                    }
+                }
+            };
+            match req {
+                Req::Write { .. } | Req::Commit { .. } => {
+                    // Take every write and commit request queued behind
+                    // this one: the writes go out in statements of many
+                    // rows, and one COMMIT answers every commit request
+                    // (each asked for the writes before it; later ones are
+                    // only committed sooner).
+                    let mut batch = Batch::new();
+                    let mut replies = Vec::new();
+                    let mut take = Some(req);
+                    while let Some(r) = take.take() {
+                        match r {
+                            Req::Write { tree, key, value } => {
+                                batch.insert((tree, key), value);
+                                if batch.len() >= MAX_BATCH {
+                                    rt.block_on(self.write(std::mem::take(&mut batch)));
+                                }
+                            }
+                            Req::Commit { reply } => replies.push(reply),
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                        take = rx.try_recv().ok();
+                    }
+                    if !batch.is_empty() {
+                        rt.block_on(self.write(batch));
+                    }
+                    if !replies.is_empty() {
+                        let r = rt.block_on(self.commit());
+                        for reply in replies {
+                            let _ = reply.send(r.clone());
+                        }
+                    }
+                }
+                other => rt.block_on(self.answer(other)),
+            }
+        }
+    }
+
+    /// The connection, re-opened if it was lost (at most once a second).
+    async fn conn(&mut self) -> Result<&Conn, StoreError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            if self.last_attempt.elapsed() < Duration::from_secs(1) {
+                return Err(StoreError::Pg("not connected to PostgreSQL".into()));
+            }
+            self.last_attempt = Instant::now();
+            match Conn::open(&self.url, &self.ca_hash).await {
+                Ok(c) => {
+                    tracing::info!("reconnected to PostgreSQL");
+                    self.conn = Some(c);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reconnect to PostgreSQL");
+                    return Err(StoreError::Pg(format!("not connected to PostgreSQL: {e}")));
+                }
+            }
+        }
+        self.conn
+            .as_ref()
+            .ok_or_else(|| StoreError::Pg("not connected to PostgreSQL".into()))
+    }
+
+    /// Opens the transaction if none is.
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        if self.txn.is_none() {
+            self.conn()
+                .await?
+                .client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(pg)?;
+            self.txn = Some(Txn {
+                began: Instant::now(),
+                depth: 0,
+                poisoned: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the open transaction failed at its current depth.
+    fn poison(&mut self, why: String) {
+        match self.txn.as_mut() {
+            Some(t) => {
+                if t.poisoned.is_none() {
+                    t.poisoned = Some((why, t.depth));
+                }
+            }
+            None => {
+                self.txn = Some(Txn {
+                    began: Instant::now(),
+                    depth: 0,
+                    poisoned: Some((why, 0)),
+                })
+            }
+        }
+    }
+
+    async fn write(&mut self, batch: Batch) {
+        if self.txn.as_ref().is_some_and(|t| t.poisoned.is_some()) {
+            return;
+        }
+        if let Err(e) = self.begin().await {
+            self.poison(e.to_string());
+            return;
+        }
+        let (mut put_t, mut put_k, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
+        let rows = batch.len() as u64;
+        for ((t, k), v) in batch {
+            match v {
+                Some(v) => {
+                    put_t.push(t);
+                    put_k.push(k);
+                    put_v.push(v);
+                }
+                None => {
+                    del_t.push(t);
+                    del_k.push(k);
+                }
+            }
+        }
+        let r = async {
+            let c = self.conn().await?;
+            let mut statements = 0;
+            if !put_t.is_empty() {
+                c.client
+                    .execute(&c.st.upsert, &[&put_t, &put_k, &put_v])
+                    .await
+                    .map_err(pg)?;
+                statements += 1;
+            }
+            if !del_t.is_empty() {
+                c.client
+                    .execute(&c.st.delete, &[&del_t, &del_k])
+                    .await
+                    .map_err(pg)?;
+                statements += 1;
+            }
+            Ok::<_, StoreError>(statements)
+        }
+        .await;
+        match r {
+            Ok(n) => {
+                self.stats.write_statements.fetch_add(n, Ordering::Relaxed);
+                self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "write to PostgreSQL failed");
+                self.poison(e.to_string());
+            }
+        }
+    }
+
+    /// Commits the open transaction: Ok once PostgreSQL has it on disk.
+    async fn commit(&mut self) -> Result<(), String> {
+        let Some(t) = self.txn.take() else {
+            return Ok(());
+        };
+        if t.depth > 0 {
+            // Only reached from the idle timer, which skips savepoints.
+            self.txn = Some(t);
+            return Ok(());
+        }
+        let r = match t.poisoned {
+            Some((why, _)) => {
+                if let Ok(c) = self.conn().await {
+                    let _ = c.client.batch_execute("ROLLBACK").await;
+                }
+                Err(why)
+            }
+            None => match self.conn().await {
+                Ok(c) => c
+                    .client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| describe(&e)),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match &r {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let e = format!("writes to PostgreSQL were lost: {e}");
+                tracing::error!(error = %e, "commit failed; not acknowledging");
+                self.failed.send_if_modified(|f| {
+                    let first = f.is_none();
+                    if first {
+                        *f = Some(e.clone());
+                    }
+                    first
+                });
+            }
+        }
+        r
+    }
+
+    async fn answer(&mut self, req: Req) {
+        match req {
+            Req::Get { tree, key, reply } => {
+                let r = self.read(|c| {
+                    Box::pin(async move {
+                        let row = c.client.query_opt(&c.st.get, &[&tree, &key]).await?;
+                        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+                    })
+                });
+                let _ = reply.send(r.await);
+            }
+            Req::Page {
+                tree,
+                from,
+                to,
+                limit,
+                reply,
+            } => {
+                let r = self.read(|c| {
+                    Box::pin(async move {
+                        let rows = match &to {
+                            Some(to) => {
+                                c.client
+                                    .query(&c.st.page_to, &[&tree, &from, to, &limit])
+                                    .await?
+                            }
+                            None => {
+                                c.client
+                                    .query(&c.st.page_open, &[&tree, &from, &limit])
+                                    .await?
+                            }
+                        };
+                        Ok(rows
+                            .into_iter()
+                            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                            .collect())
+                    })
+                });
+                let _ = reply.send(r.await);
+            }
+            Req::Count { tree, reply } => {
+                let r = self.read(|c| {
+                    Box::pin(async move {
+                        let n: i64 = c.client.query_one(&c.st.count, &[&tree]).await?.get(0);
+                        Ok(n.max(0) as u64)
+                    })
+                });
+                let _ = reply.send(r.await);
+            }
+            Req::NextId { name, reply } => {
+                let seq = format!("relaytree_id_{name}");
+                let r = self.read(|c| {
+                    Box::pin(async move {
+                        let n: i64 = c.client.query_one(&c.st.next_id, &[&seq]).await?.get(0);
+                        Ok(n.max(0) as u64)
+                    })
+                });
+                let _ = reply.send(r.await);
+            }
+            Req::Duty { key, reply } => {
+                if self.conn.as_ref().is_some_and(|c| c.duties.contains(&key)) {
+                    let _ = reply.send(Ok(true));
+                    return;
+                }
+                let r = self
+                    .read(|c| {
+                        Box::pin(async move {
+                            let got: bool = c
+                                .client
+                                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                                .await?
+                                .get(0);
+                            Ok(got)
+                        })
+                    })
+                    .await;
+                if let (Ok(true), Some(c)) = (&r, self.conn.as_mut()) {
+                    c.duties.insert(key);
+                }
+                let _ = reply.send(r);
+            }
+            Req::Savepoint { reply } => {
+                let r = async {
+                    self.begin().await?;
+                    let depth = self.txn.as_ref().map_or(0, |t| t.depth) + 1;
+                    self.conn()
+                        .await?
+                        .client
+                        .batch_execute(&format!("SAVEPOINT s{depth}"))
+                        .await
+                        .map_err(pg)?;
+                    if let Some(t) = self.txn.as_mut() {
+                        t.depth = depth;
+                    }
+                    Ok::<(), StoreError>(())
+                }
+                .await;
+                if let Err(e) = &r {
+                    self.poison(e.to_string());
+                }
+                let _ = reply.send(r);
+            }
+            Req::Release { reply } => {
+                let poisoned = self.txn.as_ref().and_then(|t| {
+                    t.poisoned
+                        .as_ref()
+                        .filter(|(_, at)| *at >= t.depth)
+                        .map(|(why, _)| why.clone())
+                });
+                let r = match poisoned {
+                    // A write inside failed: undo the savepoint's writes.
+                    Some(why) => {
+                        let _ = self.rollback_savepoint().await;
+                        Err(StoreError::Pg(why))
+                    }
+                    None => self.end_savepoint("RELEASE SAVEPOINT").await,
+                };
+                let _ = reply.send(r);
+            }
+            Req::Rollback { reply } => {
+                let _ = reply.send(self.rollback_savepoint().await);
+            }
+            Req::Write { .. } | Req::Commit { .. } => {}
+        }
+    }
+
+    /// Ends the innermost savepoint with `verb` (RELEASE or ROLLBACK TO).
+    async fn end_savepoint(&mut self, verb: &str) -> Result<(), StoreError> {
+        let depth = self.txn.as_ref().map_or(0, |t| t.depth);
+        if depth == 0 {
+            return Err(StoreError::Pg("no savepoint open".into()));
+        }
+        let r = async {
+            self.conn()
+                .await?
+                .client
+                .batch_execute(&format!("{verb} s{depth}"))
+                .await
+                .map_err(pg)
+        }
+        .await;
+        if let Some(t) = self.txn.as_mut() {
+            t.depth = depth - 1;
+        }
+        if let Err(e) = &r {
+            self.poison(e.to_string());
+        }
+        r
+    }
+
+    async fn rollback_savepoint(&mut self) -> Result<(), StoreError> {
+        let depth = self.txn.as_ref().map_or(0, |t| t.depth);
+        let r = async {
+            self.conn()
+                .await?
+                .client
+                .batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT s{depth}; RELEASE SAVEPOINT s{depth}"
+                ))
+                .await
+                .map_err(pg)
+        }
+        .await;
+        if let Some(t) = self.txn.as_mut() {
+            t.depth = depth.saturating_sub(1);
+            if r.is_ok() && t.poisoned.as_ref().is_some_and(|(_, at)| *at >= depth) {
+                t.poisoned = None;
+            }
+        }
+        if let Err(e) = &r {
+            self.poison(e.to_string());
+        }
+        r
+    }
+
+    /// Runs a read; inside a failed transaction it fails without asking.
+    async fn read<T>(
+        &mut self,
+        f: impl for<'c> FnOnce(
+            &'c Conn,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'c>,
+        >,
+    ) -> Result<T, StoreError> {
+        if let Some((why, _)) = self.txn.as_ref().and_then(|t| t.poisoned.as_ref()) {
+            return Err(StoreError::Pg(why.clone()));
+        }
+        let c = self.conn().await?;
+        match f(c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let e = pg(e);
+                if self.txn.is_some() {
+                    // A failed statement aborts the transaction.
+                    self.poison(e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+use super::IDLE_COMMIT as IDLE;
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Pg(describe(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h:5432/db"), "postgres://u@h:5432/db");
+        assert_eq!(redact("nonsense"), "nonsense");
+    }
+}

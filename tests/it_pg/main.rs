@@ -1,0 +1,45 @@
+//! The integration tests that exercise HQ's state, run again with HQ on
+//! PostgreSQL: each test starts a PostgreSQL server of its own (initdb
+//! into a temporary directory, a free port, the unprivileged `postgres`
+//! user) and every `hq serve` gets `--store postgres://...`. The modules
+//! are the files of `tests/it`, compiled here with this binary's harness.
+//! Without a PostgreSQL installation they say so and run HQ on sled.
+
+// Not every harness helper is used by the modules chosen here.
+#![allow(dead_code)]
+
+/// Whether HQ runs on PostgreSQL in this test binary (read by the harness).
+pub const POSTGRES: bool = true;
+
+#[path = "../it/harness.rs"]
+mod harness;
+
+#[path = "../it/audit.rs"]
+mod audit;
+#[path = "../it/cancel.rs"]
+mod cancel;
+#[path = "../it/crashloop_hq.rs"]
+mod crashloop_hq;
+#[path = "../it/enroll.rs"]
+mod enroll;
+#[path = "../it/forged.rs"]
+mod forged;
+#[path = "../it/jobs_cli.rs"]
+mod jobs_cli;
+#[path = "../it/metrics.rs"]
+mod metrics;
+#[path = "../it/offline.rs"]
+mod offline;
+#[path = "../it/output.rs"]
+mod output;
+#[path = "../it/packages.rs"]
+mod packages;
+#[path = "../it/proxy.rs"]
+mod proxy;
+#[path = "../it/rerun.rs"]
+mod rerun;
+#[path = "../it/retention.rs"]
+mod retention;
+#[path = "../it/security.rs"]
+mod security;
+mod store_pg;
