@@ -1,8 +1,9 @@
 //! Durable leaf updates per second through a relay's store path: the same
-//! writes `relay::children::apply_home` makes for each update (read the leaf,
-//! queue the event in the outbox, write the new state), acknowledged only
-//! after `Store::durable()` (group commit). Many concurrent senders, as when
-//! thousands of agents report at once.
+//! writes `relay::home::apply_home` makes for a batch of updates from one
+//! agent (read each leaf, queue the batch's events in the outbox in one push,
+//! write the new states), acknowledged only after `Store::durable()` (group
+//! commit). Many concurrent senders, as when thousands of agents report at
+//! once; BATCH updates per sender per flush.
 //!
 //! With `--no-fsync`, the store skips its fsync after each flush (what
 //! `Store::durable` did before it fsynced; survives a crash of the process,
@@ -60,6 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut done = 0;
             let mut job = 1u64;
             while done < per_sender {
+                let mut events = Vec::with_capacity(batch);
+                let mut writes = Vec::with_capacity(batch);
                 for _ in 0..batch.min(per_sender - done) {
                     let k = keys::job_client(JobId(job), &c);
                     let cur: Option<LeafRecord> = leaves.get(&k)?;
@@ -77,15 +80,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         out: None,
                         audit: None,
                     };
-                    outbox.push(&[Event::Leaf(u)])?;
+                    events.push(Event::Leaf(u));
                     let mut rec =
                         cur.unwrap_or_else(|| LeafRecord::pending(relay.clone(), Attempt(1), 0));
                     rec.state = state;
-                    leaves.put(&k, &rec)?;
+                    writes.push((k, rec));
                     done += 1;
                     if done % 3 == 0 {
                         job += 1;
                     }
+                }
+                // Events before the states they report, as the relay does.
+                outbox.push(&events)?;
+                for (k, rec) in &writes {
+                    leaves.put(k, rec)?;
                 }
                 // Acknowledged only once on disk.
                 store.durable().await?;

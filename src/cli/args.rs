@@ -505,6 +505,10 @@ pub enum CertCmd {
         /// Issue N identities OUT/NAME-00001 ... (agents).
         #[arg(long)]
         count: Option<u32>,
+        /// Days the certificates are valid (from a day before now).
+        #[arg(long, default_value_t = super::setup::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
         /// Replace an identity already in the output directory.
         #[arg(long)]
         force: bool,

@@ -105,12 +105,11 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
             parent
         };
         let dir = root.join(name);
-        setup::issue(
+        setup::issue_one(
             &hq_dir,
             super::args::IssueRole::Relay,
             name,
             &dir.join("id"),
-            None,
         )?;
         let (listener, addr) = crate::node::bind_announce("127.0.0.1:0", &dir)
             .await
@@ -136,12 +135,11 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
     let agents = [("c1", 0), ("c2", 0), ("c3", 1), ("c4", 1), ("c5", 1)];
     for (name, relay) in agents {
         let dir = root.join(name);
-        setup::issue(
+        setup::issue_one(
             &hq_dir,
             super::args::IssueRole::Agent,
             name,
             &dir.join("id"),
-            None,
         )?;
         let mut cfg = AgentConfig::new(
             dir.join("id"),

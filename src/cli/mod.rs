@@ -16,6 +16,7 @@ pub mod pkg_args;
 mod pkg_render;
 pub mod render;
 pub mod setup;
+mod status_json;
 mod sync;
 mod watch;
 mod web;
@@ -267,11 +268,12 @@ pub async fn hq_main(cli: args::HqCli) -> Result<u8, CliError> {
                     name,
                     out,
                     count,
+                    days,
                     force,
                     json,
                 },
         } => {
-            let dirs = setup::issue_new(&data_dir, role, &name, &out, count, force)?;
+            let dirs = setup::issue_new(&data_dir, role, &name, &out, count, days, force)?;
             if json {
                 let issued: Vec<_> = dirs
                     .iter()
@@ -657,15 +659,24 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
             } else {
                 (listing.states.clone(), Some(listing.limit))
             };
-            let req = || AdminRequest::Status {
+            let paged = |page: Option<u64>, after: Option<NodeName>| AdminRequest::Status {
                 job,
                 states: ask_states.clone(),
                 relay: relay.clone(),
                 limit: ask_limit,
+                page,
+                after,
             };
+            let req = || paged(None, None);
             let mut c = AdminClient::connect(t).await?;
             if watch && !json {
                 watch::watch_status(&mut c, job, req, &listing).await?;
+                return Ok(EXIT_OK);
+            }
+            if json && limit.is_none() {
+                // Every leaf: in pages, written out as they come.
+                let size = status_json::page_size();
+                status_json::print_paged(&mut c, |after| paged(Some(size), after)).await?;
                 return Ok(EXIT_OK);
             }
             match c.request(req()).await? {

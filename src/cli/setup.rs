@@ -31,6 +31,11 @@ fn name(s: &str) -> Result<NodeName, CliError> {
     NodeName::new(s).map_err(|e| CliError::Usage(e.to_string()))
 }
 
+/// Default validity of an identity `hq cert issue` writes (days): about ten
+/// years, as before the flag existed. Admin identities and those written by
+/// `hq init` are never renewed, so a short default would stop a tree.
+pub const DEFAULT_DAYS: u32 = 3650;
+
 /// `hq cert issue`: as [`issue`], but an identity already in a directory it
 /// would write is an error naming that directory, unless `force`. Checked
 /// for every directory before any is written.
@@ -40,66 +45,80 @@ pub fn issue_new(
     prefix: &str,
     out: &Path,
     count: Option<u32>,
+    days: u32,
     force: bool,
 ) -> Result<Vec<std::path::PathBuf>, CliError> {
+    let items = targets(prefix, out, count)?;
     if !force {
-        let dirs: Vec<std::path::PathBuf> = match count {
-            None | Some(0) => vec![out.to_path_buf()],
-            Some(n) => (1..=n)
-                .map(|i| out.join(format!("{prefix}-{i:05}")))
-                .collect(),
-        };
-        if let Some(d) = dirs.iter().find(|d| crate::tls::Ca::holds_identity(d)) {
+        if let Some((_, d)) = items.iter().find(|(_, d)| Ca::holds_identity(d)) {
             return Err(CliError::Usage(format!(
                 "{} already holds an identity; refusing to overwrite it (use --force to replace it)",
                 d.display()
             )));
         }
     }
-    issue(data_dir, role, prefix, out, count)
+    issue(data_dir, role, &items, days)?;
+    Ok(items.into_iter().map(|(_, d)| d).collect())
 }
 
-/// Issues one identity into `out`, or `count` identities into
-/// `out/NAME-00001` ... `out/NAME-N`. Returns the directories written.
-pub fn issue(
-    data_dir: &Path,
-    role: IssueRole,
+/// The names and directories `hq cert issue` writes: `out` for one, or
+/// `out/PREFIX-00001` ... `out/PREFIX-N` with `count`.
+fn targets(
     prefix: &str,
     out: &Path,
     count: Option<u32>,
-) -> Result<Vec<std::path::PathBuf>, CliError> {
+) -> Result<Vec<(NodeName, std::path::PathBuf)>, CliError> {
+    match count {
+        None => Ok(vec![(name(prefix)?, out.to_path_buf())]),
+        Some(0) => Err(CliError::Usage("--count must be at least 1".into())),
+        Some(n) => (1..=n)
+            .map(|i| {
+                let nm = format!("{prefix}-{i:05}");
+                Ok((name(&nm)?, out.join(nm)))
+            })
+            .collect(),
+    }
+}
+
+/// Issues the identity `name` into `out` with the default validity.
+pub fn issue_one(data_dir: &Path, role: IssueRole, nm: &str, out: &Path) -> Result<(), CliError> {
+    issue(
+        data_dir,
+        role,
+        &[(name(nm)?, out.to_path_buf())],
+        DEFAULT_DAYS,
+    )
+}
+
+/// Issues an identity for each (name, directory), valid for `days`, each
+/// carrying HQ's public job-signing key: in parallel, made durable by one
+/// filesystem sync at the end.
+fn issue(
+    data_dir: &Path,
+    role: IssueRole,
+    items: &[(NodeName, std::path::PathBuf)],
+    days: u32,
+) -> Result<(), CliError> {
     let role = match role {
         IssueRole::Relay => Role::Relay,
         IssueRole::Agent => Role::Agent,
         IssueRole::Admin => Role::Admin,
     };
+    if days == 0 {
+        return Err(CliError::Usage("--days must be at least 1".into()));
+    }
     let ca_dir = crate::hq::layout::ca(data_dir);
     let ca = Ca::load(&ca_dir)?;
     // Every identity carries HQ's public job-signing key.
     let sign_pub = ca_dir.join(crate::tls::SIGN_PUB);
     let pubkey = std::fs::read(&sign_pub)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", sign_pub.display())))?;
-    let issue_one = |nm: &NodeName, dir: &Path| -> Result<(), CliError> {
-        ca.issue(role, nm, dir)?;
-        let p = dir.join(crate::tls::SIGN_PUB);
-        std::fs::write(&p, &pubkey)
-            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", p.display())))
-    };
-    match count {
-        None => {
-            issue_one(&name(prefix)?, out)?;
-            Ok(vec![out.to_path_buf()])
-        }
-        Some(0) => Err(CliError::Usage("--count must be at least 1".into())),
-        Some(n) => {
-            let mut dirs = Vec::with_capacity(n as usize);
-            for i in 1..=n {
-                let nm = format!("{prefix}-{i:05}");
-                let dir = out.join(&nm);
-                issue_one(&name(&nm)?, &dir)?;
-                dirs.push(dir);
-            }
-            Ok(dirs)
-        }
-    }
+    let validity = std::time::Duration::from_secs(u64::from(days) * 24 * 3600);
+    ca.issue_many(
+        role,
+        items,
+        validity,
+        &[(crate::tls::SIGN_PUB, pubkey.as_slice())],
+    )?;
+    Ok(())
 }

@@ -108,7 +108,7 @@ pub(crate) fn status(
         if st.jobs.get(&JobKey(*j))?.is_none() {
             continue;
         }
-        let s = view::status_of(st, *j, f)?;
+        let s = view::status_of(st, *j, f, None)?;
         totals.merge(&s.totals);
         merge_relays(&mut per_relay, &s.relays);
         matched += s.matched;
@@ -143,6 +143,7 @@ pub(crate) fn status(
         expires_at_ms: None,
         last_change_ms,
         matched,
+        next: None,
         jobs: summaries,
     })
 }

@@ -1045,4 +1045,70 @@ mod tests {
         assert_eq!(cancel(&st, job).await.unwrap().canceled, 0);
         assert!(cancel(&st, JobId(99)).await.is_err());
     }
+
+    #[tokio::test]
+    async fn status_pages_give_every_matching_leaf_once_in_order() {
+        use crate::hq::view;
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _) = hq(dir.path());
+        let job = create(&st, vec![n("r1")], Default::default(), Action::Ping, None)
+            .await
+            .unwrap();
+        let names: Vec<NodeName> = (0..7).map(|i| n(&format!("c{i}"))).collect();
+        for (i, c) in names.iter().enumerate() {
+            let state = if i % 2 == 0 {
+                LeafState::Failed
+            } else {
+                LeafState::Succeeded
+            };
+            leaf(&st, job, c, if i < 4 { "r1" } else { "r2" }, state);
+        }
+        // A leaf of the next job must not leak into the last page.
+        leaf(&st, JobId(job.0 + 1), &n("c0"), "r1", LeafState::Failed);
+        for (f, want) in [
+            (view::Filter::default(), vec![0, 1, 2, 3, 4, 5, 6]),
+            (
+                view::Filter {
+                    states: vec![LeafState::Failed],
+                    ..Default::default()
+                },
+                vec![0, 2, 4, 6],
+            ),
+            (
+                view::Filter {
+                    relay: Some(n("r2")),
+                    ..Default::default()
+                },
+                vec![4, 5, 6],
+            ),
+        ] {
+            for size in [1u64, 2, 3, 7, 100] {
+                let first = view::status_of(&st, job, &f, Some(size)).unwrap();
+                assert_eq!(first.totals.total(), 7);
+                assert_eq!(first.matched, want.len() as u64);
+                let mut got: Vec<NodeName> =
+                    first.clients.iter().map(|c| c.client.clone()).collect();
+                assert!(got.len() as u64 <= size);
+                let mut next = first.next;
+                let mut pages = 0;
+                while let Some(after) = next {
+                    pages += 1;
+                    assert!(
+                        pages <= 10,
+                        "{f:?} in pages of {size}: no end after {after}"
+                    );
+                    let p = view::status_after(&st, job, &f, &after, size).unwrap();
+                    assert!(!p.clients.is_empty() && p.clients.len() as u64 <= size);
+                    got.extend(p.clients.iter().map(|c| c.client.clone()));
+                    next = p.next;
+                }
+                let want: Vec<NodeName> = want.iter().map(|i| names[*i].clone()).collect();
+                assert_eq!(got, want, "{f:?} in pages of {size}");
+            }
+        }
+        // Without a page, every leaf in one answer and no `next`.
+        let all = view::status_of(&st, job, &view::Filter::default(), None).unwrap();
+        assert_eq!(all.clients.len(), 7);
+        assert_eq!(all.next, None);
+    }
 }

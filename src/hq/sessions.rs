@@ -149,6 +149,8 @@ pub(crate) async fn answer(
             states,
             relay,
             limit,
+            page,
+            after,
         } => {
             // Report only what is on disk: what a restart would still show.
             st.store.durable().await?;
@@ -157,7 +159,12 @@ pub(crate) async fn answer(
                 relay,
                 limit,
             };
-            AdminResponse::Status(view::status_of(st, job, &f)?)
+            AdminResponse::Status(match (after, page) {
+                (Some(after), page) => {
+                    view::status_after(st, job, &f, &after, page.unwrap_or(u64::MAX))?
+                }
+                (None, page) => view::status_of(st, job, &f, page)?,
+            })
         }
         AdminRequest::Progress { job, wait_ms } => {
             // Long poll: answers at the next change (or after wait_ms), from

@@ -2,14 +2,14 @@
 //! counts, the job list, the tree. Reads only; never writes.
 
 use super::counters::JobCounts;
-use super::jobs::{load_leaves, JobRecord};
+use super::jobs::JobRecord;
 use super::{HqError, HqState, RelayRecord};
 use crate::proto::{
     Action, ClientStatus, JobId, JobProgress, JobStatus, JobSummary, LeafState, NodeName,
     RelayTotals, RelayView, Totals, TreeView,
 };
 use crate::rules::LeafRecord;
-use crate::store::keys::{JobKey, JobPrefix, Name};
+use crate::store::keys::{JobClient, JobKey, JobPrefix, Name};
 use std::collections::BTreeMap;
 
 /// A one-line description of an action.
@@ -116,25 +116,34 @@ impl Filter {
 
 /// One job in full (every leaf).
 pub(crate) fn status(st: &HqState, job: JobId) -> Result<JobStatus, HqError> {
-    status_of(st, job, &Filter::default())
+    status_of(st, job, &Filter::default(), None)
 }
 
 /// One job: totals of every leaf; per relay (only the filter's relay, if
-/// any); the leaves that match, at most `limit` of each state.
-pub(crate) fn status_of(st: &HqState, job: JobId, f: &Filter) -> Result<JobStatus, HqError> {
+/// any); the leaves that match, at most `limit` of each state and, with
+/// `page`, at most that many in all (`next` then names the last one given,
+/// where [`status_after`] goes on).
+pub(crate) fn status_of(
+    st: &HqState,
+    job: JobId,
+    f: &Filter,
+    page: Option<u64>,
+) -> Result<JobStatus, HqError> {
     let rec = job_record(st, job)?;
     if let Some(b) = super::batch::children(&rec) {
         let b = b.clone();
         return super::batch::status(st, rec, &b, f);
     }
-    let leaves = load_leaves(st, job)?;
+    let page = page.map(|p| p.max(1));
     let mut totals = Totals::default();
     let mut per_relay: BTreeMap<NodeName, Totals> = BTreeMap::new();
     let mut clients = Vec::new();
+    let mut next = None;
     let mut shown = Totals::default();
     let mut matched = 0;
     let mut last_change_ms = rec.created_at_ms;
-    for (client, l) in leaves {
+    for r in st.leaves.scan_prefix(&JobPrefix(job)) {
+        let (JobClient(_, client), l) = r?;
         totals.add(l.state);
         last_change_ms = last_change_ms.max(l.at_ms);
         if f.relay.as_ref().is_none_or(|r| *r == l.relay) {
@@ -147,32 +156,90 @@ pub(crate) fn status_of(st: &HqState, job: JobId, f: &Filter) -> Result<JobStatu
         if f.limit.is_some_and(|n| shown.get(l.state) >= n) {
             continue;
         }
+        if page.is_some_and(|p| clients.len() as u64 >= p) {
+            if next.is_none() {
+                next = clients.last().map(|c: &ClientStatus| c.client.clone());
+            }
+            continue;
+        }
         shown.add(l.state);
         clients.push(client_status(client, l));
     }
+    let relays = per_relay
+        .into_iter()
+        .map(|(relay, totals)| RelayTotals { relay, totals })
+        .collect();
+    let mut s = header(rec, job, totals, relays, last_change_ms);
+    s.clients = clients;
+    s.matched = matched;
+    s.next = next;
+    Ok(s)
+}
+
+/// A page after the first: at most `page` leaves that match `f` (its
+/// per-state limit aside) of clients after `after`, in client order, and
+/// `next` if more follow. Reads only those leaves; totals, per relay and
+/// `matched` are left empty (the first page has them).
+pub(crate) fn status_after(
+    st: &HqState,
+    job: JobId,
+    f: &Filter,
+    after: &NodeName,
+    page: u64,
+) -> Result<JobStatus, HqError> {
+    let rec = job_record(st, job)?;
+    let mut clients: Vec<ClientStatus> = Vec::new();
+    let mut next = None;
+    for r in st.leaves.range_from(&JobClient(job, after.clone())) {
+        let (JobClient(j, client), l) = r?;
+        if j != job {
+            break;
+        }
+        if client == *after || !f.matches(l.state, &l.relay) {
+            continue;
+        }
+        if clients.len() as u64 >= page.max(1) {
+            next = clients.last().map(|c| c.client.clone());
+            break;
+        }
+        clients.push(client_status(client, l));
+    }
+    let created = rec.created_at_ms;
+    let mut s = header(rec, job, Totals::default(), Vec::new(), created);
+    s.clients = clients;
+    s.next = next;
+    Ok(s)
+}
+
+/// A status with the job record's fields and no leaves.
+fn header(
+    rec: JobRecord,
+    job: JobId,
+    totals: Totals,
+    relays: Vec<RelayTotals>,
+    last_change_ms: u64,
+) -> JobStatus {
     let done = is_done(&rec, &totals);
-    Ok(JobStatus {
+    JobStatus {
         job,
         attempt: rec.attempt,
         done,
         state: super::rollout::state_of(&rec, done).into(),
         pause_reason: rec.rollout.paused.clone().filter(|_| !done),
         policy: Some(rec.rollout.policy.clone()).filter(|p| p.is_gated()),
-        relays: per_relay
-            .into_iter()
-            .map(|(relay, totals)| RelayTotals { relay, totals })
-            .collect(),
+        relays,
         totals,
-        clients,
+        clients: Vec::new(),
         action: describe(&rec.action),
         dest: rec.dest,
         awaiting: rec.awaiting,
         created_at_ms: rec.created_at_ms,
         expires_at_ms: rec.expires_at_ms,
         last_change_ms,
-        matched,
+        matched: 0,
+        next: None,
         jobs: vec![],
-    })
+    }
 }
 
 /// A job's counts from memory: no leaf is read (after the first time).

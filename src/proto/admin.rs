@@ -58,6 +58,15 @@ pub enum AdminRequest {
         /// At most this many leaves of each state (none: all).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u64>,
+        /// Paging: at most this many leaves in `clients` (none: all), in
+        /// client order; the answer's `next` names where the next page starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<u64>,
+        /// Paging: only leaves of clients after this one (the previous
+        /// page's `next`). Such a page answers only `clients` and `next`:
+        /// totals, per relay and `matched` come with the first page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<NodeName>,
     },
     /// A job's counts by state, in all and per relay, from HQ's memory:
     /// cheap to ask again and again (`job wait --progress`). Answered once
@@ -827,6 +836,10 @@ pub struct JobStatus {
     /// limit per state).
     #[serde(default)]
     pub matched: u64,
+    /// Paging: `clients` stopped at a page's end; ask again with `after`
+    /// set to this client for the rest (never in `job status --json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<NodeName>,
     /// A batch's child jobs, each in brief (empty for other jobs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobSummary>,

@@ -3,6 +3,16 @@
 //! Entries stay until the parent acknowledges their sequence number; after a
 //! reconnect everything unacknowledged is sent again. Several outboxes (the
 //! agents of a swarm) can share one tree, each under its own key prefix.
+//!
+//! Every event has its own sequence number, but the events of one push share
+//! a record (a group, keyed by the sequence number of its **last** event;
+//! value: a MessagePack array of the events, or a single event for a group
+//! of one, the layout before groups). So a push costs one insert and an ack
+//! one remove per group, however many events; reading `after` n starts at
+//! the first group whose last event is past n and skips what it holds up
+//! to n; acknowledging n removes the groups that end at or before n, and a
+//! group acknowledged in part stays (its acknowledged events are sent again
+//! if asked for, which parents take as duplicates).
 
 use super::{keys, StoreError, Table};
 use crate::proto::Event;
@@ -104,7 +114,11 @@ impl Outbox {
             None => 0,
         };
         let first = match tree.scan_prefix(prefix).next() {
-            Some(r) => keys::read_u64(&r?.0[prefix.len()..]).unwrap_or(1),
+            Some(r) => {
+                let (k, v) = r?;
+                let end = keys::read_u64(&k[prefix.len()..]).unwrap_or(1);
+                (end + 1).saturating_sub(group_len(&v)).max(1)
+            }
             None => last + 1,
         };
         // Entries left from before a restart count as pushed now.
@@ -131,6 +145,49 @@ impl Outbox {
         })
     }
 
+    /// Groups of at most this many events, and of about this many bytes.
+    const GROUP_EVENTS: usize = 256;
+    const GROUP_BYTES: usize = 64 * 1024;
+
+    /// The records for `events` numbered from `first`: (key, value) per
+    /// group, each group as large as the limits allow.
+    fn groups(&self, first: u64, events: &[Event]) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        let mut group: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        let mut seq = first;
+        for e in events {
+            let v = rmp_serde::to_vec_named(e)?;
+            if !group.is_empty()
+                && (group.len() >= Self::GROUP_EVENTS || bytes + v.len() > Self::GROUP_BYTES)
+            {
+                out.push((
+                    self.key(seq - 1),
+                    encode_group(std::mem::take(&mut group), bytes),
+                ));
+                bytes = 0;
+            }
+            bytes += v.len();
+            group.push(v);
+            seq += 1;
+        }
+        if !group.is_empty() {
+            out.push((self.key(seq - 1), encode_group(group, bytes)));
+        }
+        Ok(out)
+    }
+
+    /// The events of a group record whose last event is `last`, numbered.
+    fn decode_group(&self, last: u64, v: &[u8]) -> Result<Vec<(u64, Event)>, StoreError> {
+        if is_group(v) {
+            let evs: Vec<Event> = self.table.decode(v)?;
+            let first = (last + 1).saturating_sub(evs.len() as u64);
+            Ok((first..).zip(evs).collect())
+        } else {
+            Ok(vec![(last, self.table.decode(v)?)])
+        }
+    }
+
     fn key(&self, seq: u64) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 8);
         k.extend_from_slice(&self.prefix);
@@ -145,11 +202,9 @@ impl Outbox {
         }
         let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let first = self.next.load(Ordering::SeqCst);
-        let items = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (self.key(first + i as u64), e));
-        self.table.put_many(items)?;
+        for (k, v) in self.groups(first, events)? {
+            self.tree.insert(k, v)?;
+        }
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
         self.pushed(first + events.len() as u64 - 1);
@@ -168,8 +223,8 @@ impl Outbox {
         let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let first = self.next.load(Ordering::SeqCst);
         let mut batch = sled::Batch::default();
-        for (i, e) in events.iter().enumerate() {
-            batch.insert(self.key(first + i as u64), rmp_serde::to_vec_named(e)?);
+        for (k, v) in self.groups(first, events)? {
+            batch.insert(k, v);
         }
         batch.insert(key, rmp_serde::to_vec_named(value)?);
         self.tree.apply_batch(batch)?;
@@ -198,18 +253,25 @@ impl Outbox {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let end = self.key(u64::MAX);
-        for r in self.tree.range(self.key(after + 1)..=end) {
+        'groups: for r in self.tree.range(self.key(after + 1)..=end) {
             let (k, v) = r?;
-            let Some(seq) = keys::read_u64(&k[self.prefix.len()..]) else {
+            let Some(last) = keys::read_u64(&k[self.prefix.len()..]) else {
                 continue;
             };
-            bytes += v.len() + 16;
-            if !out.is_empty() && bytes > max_bytes {
-                break;
-            }
-            out.push((seq, self.table.decode(&v)?));
-            if out.len() >= max {
-                break;
+            let n = group_len(&v) as usize;
+            let each = v.len() / n.max(1) + 16;
+            for (seq, e) in self.decode_group(last, &v)? {
+                if seq <= after {
+                    continue;
+                }
+                bytes += each;
+                if !out.is_empty() && bytes > max_bytes {
+                    break 'groups;
+                }
+                out.push((seq, e));
+                if out.len() >= max {
+                    break 'groups;
+                }
             }
         }
         Ok(out)
@@ -222,11 +284,33 @@ impl Outbox {
             .pushed(last, crate::proto::now_ms());
     }
 
-    /// Drops every entry up to and including `seq`.
+    /// Drops every entry up to and including `seq`: the groups that end
+    /// there or before, and the acknowledged start of a group that goes on
+    /// past it (rewritten with the rest, under the same key).
     pub fn ack(&self, seq: u64) -> Result<(), StoreError> {
         for r in self.tree.range(self.key(0)..=self.key(seq)) {
             let (k, _) = r?;
             self.tree.remove(k)?;
+        }
+        let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = self
+            .tree
+            .range(self.key(seq.saturating_add(1))..=self.key(u64::MAX))
+            .next()
+        {
+            let (k, v) = r?;
+            let last = keys::read_u64(&k[self.prefix.len()..]).unwrap_or(0);
+            if (last + 1).saturating_sub(group_len(&v)) <= seq {
+                let rest: Vec<Event> = self
+                    .decode_group(last, &v)?
+                    .into_iter()
+                    .filter(|(s, _)| *s > seq)
+                    .map(|(_, e)| e)
+                    .collect();
+                for (k, v) in self.groups(seq + 1, &rest)? {
+                    self.tree.insert(k, v)?;
+                }
+            }
         }
         self.waiting
             .lock()
@@ -235,9 +319,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Entries waiting (walks them).
+    /// Events waiting (walks them).
     pub fn len(&self) -> usize {
-        self.tree.scan_prefix(&*self.prefix).count()
+        self.tree
+            .scan_prefix(&*self.prefix)
+            .map(|r| r.map_or(0, |(_, v)| group_len(&v) as usize))
+            .sum()
     }
 
     /// Nothing waiting.
@@ -253,6 +340,49 @@ impl Outbox {
     /// The shared wake-up handle, for tasks that outlive a borrow.
     pub fn notifier(&self) -> Arc<Notify> {
         self.notify.clone()
+    }
+}
+
+/// A stored group: key and value.
+type Record = (Vec<u8>, Vec<u8>);
+
+/// A group's value: the one event itself, or a MessagePack array of them
+/// (`encoded` are the events' encodings, `bytes` their total length).
+fn encode_group(encoded: Vec<Vec<u8>>, bytes: usize) -> Vec<u8> {
+    let mut encoded = encoded;
+    if encoded.len() == 1 {
+        return encoded.pop().unwrap_or_default();
+    }
+    let n = encoded.len();
+    let mut v = Vec::with_capacity(bytes + 5);
+    if n < 16 {
+        v.push(0x90 | n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        v.push(0xdc);
+        v.extend_from_slice(&n.to_be_bytes());
+    } else {
+        v.push(0xdd);
+        v.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    for e in encoded {
+        v.extend_from_slice(&e);
+    }
+    v
+}
+
+/// Whether a stored value is a group of several events (a MessagePack
+/// array; a single event is a map or a string, never an array).
+fn is_group(v: &[u8]) -> bool {
+    matches!(v.first(), Some(0x90..=0x9f | 0xdc | 0xdd))
+}
+
+/// How many events a stored value holds (from the array's header).
+fn group_len(v: &[u8]) -> u64 {
+    match v {
+        [b @ 0x90..=0x9f, ..] => u64::from(b & 0x0f),
+        [0xdc, a, b, ..] => u64::from(u16::from_be_bytes([*a, *b])),
+        [0xdd, a, b, c, d, ..] => u64::from(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => 1,
     }
 }
 
@@ -398,5 +528,103 @@ mod tests {
         for w in writers {
             w.join().unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_push_is_one_record_read_and_acked_by_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let o = s.outbox("outbox").unwrap();
+        let evs: Vec<Event> = (1..=5).map(ev).collect();
+        assert_eq!(o.push(&evs).unwrap(), 5);
+        assert_eq!(o.push(&[ev(6)]).unwrap(), 6);
+        // Two records: the group of five, and the single event.
+        assert_eq!(o.tree.len(), 2);
+        assert_eq!(o.len(), 6);
+        // Read from inside the group: only what follows.
+        let got = o.read_after(2, 10).unwrap();
+        let want: Vec<(u64, Event)> = (3..=6).map(|i| (i as u64, ev(i))).collect();
+        assert_eq!(got, want);
+        assert_eq!(o.read_after(2, 2).unwrap(), want[..2].to_vec());
+        // An ack inside a group keeps the group's rest.
+        o.ack(3).unwrap();
+        assert_eq!(o.tree.len(), 2);
+        assert_eq!(o.read_after(0, 10).unwrap(), want[1..].to_vec());
+        assert_eq!(o.read_after(3, 10).unwrap(), want[1..].to_vec());
+        assert_eq!(o.waiting.lock().unwrap().stats().0, 3);
+        o.ack(5).unwrap();
+        assert_eq!(o.tree.len(), 1);
+        assert_eq!(o.read_after(0, 10).unwrap(), vec![(6, ev(6))]);
+        o.ack(6).unwrap();
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn groups_are_capped_and_a_reopen_counts_from_the_first_unacked() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let o = s.outbox("outbox").unwrap();
+            let evs: Vec<Event> = (0..600).map(ev).collect();
+            assert_eq!(o.push(&evs).unwrap(), 600);
+            assert_eq!(o.tree.len(), 3, "256 + 256 + 88");
+            let all = o.read_after(0, 1000).unwrap();
+            assert_eq!(all.len(), 600);
+            assert!(all
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, e))| *seq == i as u64 + 1 && *e == ev(i as u32)));
+            o.ack(300).unwrap();
+            assert_eq!(o.tree.len(), 2);
+            drop(o);
+            s.close().await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let o = s.outbox("outbox").unwrap();
+        // What the ack left of the second group, and the third: 301..=600.
+        assert_eq!(o.waiting.lock().unwrap().stats().0, 300);
+        assert_eq!(o.read_after(300, 1000).unwrap().len(), 300);
+        assert_eq!(o.push(&[ev(1)]).unwrap(), 601);
+    }
+
+    #[tokio::test]
+    async fn records_of_one_event_each_still_read() {
+        // The layout before groups: one event per record, keyed by its seq.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let t = s.table("outbox").unwrap();
+        for i in 1..=3u32 {
+            t.put(&crate::store::keys::seq(u64::from(i)), &ev(i))
+                .unwrap();
+        }
+        let o = s.outbox("outbox").unwrap();
+        assert_eq!(o.waiting.lock().unwrap().stats().0, 3);
+        assert_eq!(o.read_after(1, 10).unwrap(), vec![(2, ev(2)), (3, ev(3))]);
+        assert_eq!(o.push(&[ev(4), ev(5)]).unwrap(), 5);
+        o.ack(3).unwrap();
+        assert_eq!(o.read_after(0, 10).unwrap(), vec![(4, ev(4)), (5, ev(5))]);
+    }
+
+    #[test]
+    fn group_headers() {
+        for n in [2usize, 15, 16, 255, 256, 70_000] {
+            let v = super::encode_group(vec![vec![0xc0]; n], n);
+            assert!(super::is_group(&v), "{n}");
+            assert_eq!(super::group_len(&v), n as u64);
+        }
+        let one = super::encode_group(vec![vec![0x81, 0xa1, b'a', 0x01]], 4);
+        assert!(!super::is_group(&one));
+        assert_eq!(super::group_len(&one), 1);
     }
 }

@@ -30,8 +30,20 @@ pub(crate) fn create_dir(dir: &Path) -> Result<(), TlsError> {
 }
 
 /// Writes `data` to `path` with exactly `mode`, also when the file existed
-/// with another mode (the mode is fixed before any byte is written).
+/// with another mode (the mode is fixed before any byte is written), and
+/// fsyncs it.
 pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    write_file_with(path, data, mode, true)
+}
+
+/// As [`write_file`], fsyncing the file only if `sync`: a caller writing many
+/// files makes them durable together afterwards ([`sync_filesystem`]).
+pub(crate) fn write_file_with(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    sync: bool,
+) -> Result<(), TlsError> {
     let err = |source| TlsError::Write {
         path: path.to_path_buf(),
         source,
@@ -46,7 +58,22 @@ pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsE
     f.set_permissions(Permissions::from_mode(mode))
         .map_err(err)?;
     f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)
+    if sync {
+        f.sync_all().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Makes everything written so far on the filesystem holding `dir` durable,
+/// files and directory entries alike (`syncfs`): one call after writing many
+/// files instead of an fsync per file and per directory.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let d = fs::File::open(dir).map_err(err)?;
+    nix::unistd::syncfs(&d).map_err(|e| err(std::io::Error::from(e)))
 }
 
 /// Reads a file, naming it in the error.

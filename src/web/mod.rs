@@ -391,6 +391,8 @@ async fn job_data(
             states: vec![],
             relay: None,
             limit: None,
+            page: None,
+            after: None,
         })
         .await
         .map_err(hq_error)?

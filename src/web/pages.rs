@@ -589,6 +589,7 @@ mod tests {
             expires_at_ms: None,
             last_change_ms: 0,
             matched: 0,
+            next: None,
             jobs: vec![],
         };
         s.clients.push(ClientStatus {
