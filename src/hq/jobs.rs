@@ -49,7 +49,8 @@ pub(crate) struct JobRecord {
     pub filter: crate::proto::TargetFilter,
 }
 
-fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
+/// The parent HQ records for relay `r`, if it knows `r`.
+pub(crate) fn parent_of(st: &HqState, r: &NodeName) -> Option<NodeName> {
     st.relays
         .get(&Name(r.clone()))
         .ok()

@@ -43,13 +43,7 @@ pub(crate) fn place(
     client: &NodeName,
     home: &NodeName,
 ) -> Result<Option<(NodeName, Msg)>, StoreError> {
-    let parent_of = |r: &NodeName| {
-        st.relays
-            .get(&Name(r.clone()))
-            .ok()
-            .flatten()
-            .map(|x| x.parent)
-    };
+    let parent_of = |r: &NodeName| super::jobs::parent_of(st, r);
     let Some(chain) = chain_of(home, &st.me, parent_of) else {
         warn!(%client, %home, "no known path from the client's home to hq; not placed");
         return Ok(None);
@@ -84,13 +78,7 @@ pub(crate) fn replace_under(
     st: &HqState,
     relays: &[NodeName],
 ) -> Result<Vec<(NodeName, Msg)>, StoreError> {
-    let parent_of = |r: &NodeName| {
-        st.relays
-            .get(&Name(r.clone()))
-            .ok()
-            .flatten()
-            .map(|x| x.parent)
-    };
+    let parent_of = |r: &NodeName| super::jobs::parent_of(st, r);
     let mut out = Vec::new();
     for r in st.clients.scan() {
         let (Name(client), rec) = r?;

@@ -19,7 +19,7 @@ use super::HqState;
 use crate::link::downstream::Outgoing;
 use crate::proto::{Assignment, Attempt, Msg, NodeName, Order, Scope};
 use crate::rules;
-use crate::store::keys::{JobKey, Name};
+use crate::store::keys::JobKey;
 use crate::store::StoreError;
 use std::collections::BTreeMap;
 use tracing::{info, warn};
@@ -27,13 +27,7 @@ use tracing::{info, warn};
 /// Queues again, through their new tops, the original attempts still
 /// awaited from relays under any of `moved`.
 pub(crate) fn after_move(st: &HqState, moved: &[NodeName]) -> Result<Outgoing, StoreError> {
-    let parent_of = |r: &NodeName| {
-        st.relays
-            .get(&Name(r.clone()))
-            .ok()
-            .flatten()
-            .map(|x| x.parent)
-    };
+    let parent_of = |r: &NodeName| super::jobs::parent_of(st, r);
     let under = |r: &NodeName| {
         moved.contains(r)
             || rules::ancestors(r, parent_of)
@@ -152,13 +146,7 @@ fn first_expiry(rec: &JobRecord) -> Option<u64> {
 /// Attempt 1's order signed anew from the job's record (the destination as
 /// the tree stands now).
 fn sign_again(st: &HqState, rec: &JobRecord) -> Option<crate::proto::SignedOrder> {
-    let parent_of = |r: &NodeName| {
-        st.relays
-            .get(&Name(r.clone()))
-            .ok()
-            .flatten()
-            .map(|x| x.parent)
-    };
+    let parent_of = |r: &NodeName| super::jobs::parent_of(st, r);
     let order = Order {
         job: rec.job,
         attempt: Attempt(1),

@@ -99,13 +99,7 @@ pub(crate) fn make_policy(
 
 /// Clients HQ knows under any of `dest`, with their home relays.
 fn candidates(st: &HqState, dest: &[NodeName]) -> Result<Vec<(NodeName, NodeName)>, HqError> {
-    let parent = |r: &NodeName| {
-        st.relays
-            .get(&Name(r.clone()))
-            .ok()
-            .flatten()
-            .map(|x| x.parent)
-    };
+    let parent = |r: &NodeName| super::jobs::parent_of(st, r);
     let mut out = Vec::new();
     for r in st.clients.scan() {
         let (Name(c), rec) = r?;
