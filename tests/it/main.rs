@@ -38,6 +38,7 @@ mod retention;
 mod roles;
 mod rollout;
 mod security;
+mod simtier;
 mod sync;
 mod targeting;
 mod transfer;
