@@ -25,7 +25,7 @@
 # Environment (besides bench/lib.sh's):
 #   MILLION_TOP=10 MILLION_MID=10 MILLION_SIMS=1  the shape
 #   MILLION_RUNS=3      ping jobs per size
-#   MILLION_PERF=1      also `perf record -g` HQ during one more job of each
+#   MILLION_PERF=1      also `perf record --call-graph dwarf` HQ during one more job of each
 #                       size; the report goes to $MILLION_OUT/perf-SIZE.txt
 #   MILLION_OUT=DIR     where results go (default: bench-million-<date> under
 #                       $BENCH_TMP or /tmp); results.tsv has one row per job
@@ -126,7 +126,7 @@ if [[ ${1:-} == --one ]]; then
     for ((run = 1; run <= runs; run++)); do
         perf_pid=""
         if ((run > RUNS)); then
-            perf record -g -F 499 -p "$HQ_PID" -o "$OUT/perf-$SIZE.data" >/dev/null 2>"$OUT/perf-$SIZE.err" &
+            perf record --call-graph dwarf,8192 -F 99 -p "$HQ_PID" -o "$OUT/perf-$SIZE.data" >/dev/null 2>"$OUT/perf-$SIZE.err" &
             perf_pid=$!
             sleep 1
         fi
