@@ -248,14 +248,15 @@ impl Syncer {
         let mut changed = false;
         for e in std::fs::read_dir(&blob_dir)? {
             let e = e?;
-            let len = e.metadata()?.len();
             let name = e.file_name();
-            if self.blobs.get(&name) != Some(&len) {
-                // New (its entry needs the directory synced too) or still
-                // being written when last seen.
-                File::open(e.path())?.sync_data()?;
-                changed |= !self.blobs.contains_key(&name);
-            }
+            let known = self.blobs.get(&name).copied();
+            let Some(len) = sync_blob(&e.path(), known)? else {
+                // Removed since the listing: absent from `now`, so the
+                // directory is synced if it was known.
+                continue;
+            };
+            // New (its entry needs the directory synced too).
+            changed |= known.is_none();
             now.insert(name, len);
         }
         changed |= now.len() != self.blobs.len() || !now.keys().eq(self.blobs.keys());
@@ -276,6 +277,28 @@ impl Syncer {
     }
 }
 
+/// fdatasync of a blob file whose length is not `known` (new, or still
+/// being written when last seen); its length, or `None` when it no longer
+/// exists: sled removes a blob once its value is replaced or deleted, also
+/// between the directory listing and this, which is no failure.
+fn sync_blob(path: &Path, known: Option<u64>) -> std::io::Result<Option<u64>> {
+    let gone = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(None),
+        _ => Err(e),
+    };
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) => return gone(e),
+    };
+    if known != Some(len) {
+        match File::open(path) {
+            Ok(f) => f.sync_data()?,
+            Err(e) => return gone(e),
+        }
+    }
+    Ok(Some(len))
+}
+
 /// The directory holding `p` (`.` for a relative name without one).
 fn parent_dir(p: &Path) -> Option<&Path> {
     match p.parent() {
@@ -287,4 +310,26 @@ fn parent_dir(p: &Path) -> Option<&Path> {
 /// fsync of a directory: makes its entries (created, renamed, removed) durable.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sync_blob;
+
+    #[test]
+    fn a_blob_removed_before_its_fsync_is_skipped_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("blob");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(sync_blob(&p, None).unwrap(), Some(5), "new: synced");
+        assert_eq!(sync_blob(&p, Some(5)).unwrap(), Some(5), "unchanged");
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(sync_blob(&p, None).unwrap(), None, "gone meanwhile");
+        assert_eq!(sync_blob(&p, Some(5)).unwrap(), None);
+        std::fs::write(&p, b"x").unwrap();
+        assert!(
+            sync_blob(&p.join("below"), None).is_err(),
+            "any other error still fails the round"
+        );
+    }
 }
