@@ -80,7 +80,6 @@ if [[ ${1:-} == --one ]]; then
         start_bg "$1" "$BIN/relay" serve --identity "$2" --data-dir "$TREE/$1" \
             --listen 127.0.0.1:0 --parent "$3" ${TIMING[@]+"${TIMING[@]}"}
         REAL_PIDS+=("$LAST_PID")
-        RELAY_NAMES+=("$1")
         ADDR=$(wait_addr "$TREE/$1" "$LAST_PID" "$1")
     }
     TOP_ADDRS=() LOW_ADDRS=()
@@ -88,6 +87,7 @@ if [[ ${1:-} == --one ]]; then
         name=$(printf 'top-%05d' "$i")
         start_relay "$name" "$TOPD/$name" "$HQ_ADDR"
         TOP_ADDRS+=("$ADDR")
+        RELAY_NAMES+=("$name")
         RELAY_FLAGS+=(--relay "$name")
     done
     if ((MID > 0)); then
@@ -103,10 +103,12 @@ if [[ ${1:-} == --one ]]; then
     for ((i = 1; i <= nsims; i++)); do
         name=$(printf 'sim-%05d' "$i")
         specs+=("$SIMD/$name=${LOW_ADDRS[(i - 1) / SIMS]}")
-        RELAY_NAMES+=("$name")
     done
     start_bg simtier "$SIMTIER" --clients "$per" "${specs[@]}"
     SIM_PID=$LAST_PID
+    # The relays under HQ; the rest shows in the clients HQ counts (`hq tree`
+    # polled while a million joins arrive is slow, and a busy relay's
+    # RelayJoined waits behind its backlog).
     wait_relays
     log "HQ pid $HQ_PID; ${#REAL_PIDS[@]} real relays ($TOP under HQ), $nsims simulated with $per clients each"
 
