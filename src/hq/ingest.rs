@@ -1,11 +1,13 @@
 //! Applying the events a relay rolls up: leaf results, target sets, and the
 //! tree's membership. Idempotent: a re-sent batch changes nothing.
 //!
-//! Read, plan, write: the batch is first checked against the sender's
-//! subtree (`link::confine`, fed with HQ's records); only what it keeps is
-//! applied, and what it refuses is logged with the sender (`from`) and never
-//! applied. Never sends anything itself: the `Forget`s a move needs are
-//! queued and returned for the session to send once durable.
+//! Read, plan, write: the leaves, jobs and clients the batch names are read
+//! in one go (one statement per tree on PostgreSQL, see
+//! `children::SubtreeFacts::prefetch`), the batch is checked against the
+//! sender's subtree (`link::confine`, fed with those records); only what it
+//! keeps is applied, and what it refuses is logged with the sender (`from`)
+//! and never applied. Never sends anything itself: the `Forget`s a move
+//! needs are queued and returned for the session to send once durable.
 
 use super::children::{StoredLeaves, SubtreeFacts};
 use super::output::OutputRecord;
