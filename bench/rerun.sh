@@ -7,7 +7,9 @@
 #  3. timed: from just before `hq job rerun JOB --failed` starts to the moment
 #     `hq job wait` exits having seen attempt 2 done (both CLI processes inside);
 #  4. checks: targets == |F|; afterwards exactly the clients in F carry
-#     attempt 2, every leaf is final, N leaves in all.
+#     attempt 2, every leaf is final, N leaves in all;
+#  5. timed: `hq job status JOB` and `hq job status JOB --json` (all N
+#     leaves, paged) after the rerun (issue 12: each under 1 s at 100,000).
 #   defaults: N=100000 R=10 RUNS=5 (issue 4: targets exactly the failed ones,
 #   done within the ping bounds: 10 s at 100,000)
 source "$(dirname "$0")/lib.sh"
@@ -18,7 +20,7 @@ RUNS=${3:-5}
 
 bench_init
 tree_start "$N" "$R" --fail-fraction 0.1
-first=() rerun=() counts=()
+first=() rerun=() counts=() st_text=() st_json=()
 for ((run = 1; run <= RUNS; run++)); do
     timed_job --ping
     ((WAIT_RC == 1)) || die "job $JOB: expected some failed leaves (wait exit $WAIT_RC)"
@@ -39,7 +41,13 @@ for ((run = 1; run <= RUNS; run++)); do
 
     targets=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["targets"])' "$out")
     ((targets == nf)) || die "job $JOB: rerun targets $targets leaves, $nf had failed"
-    "$BIN/hq" job status "$JOB" --json >"$TREE/log/status-$JOB-2.json"
+    # Status at N leaves, timed: the text view and every leaf as JSON.
+    t0=$(now_ns)
+    "$BIN/hq" job status "$JOB" >"$TREE/log/status-$JOB-2.txt" || die "hq job status $JOB failed"
+    t1=$(now_ns)
+    "$BIN/hq" job status "$JOB" --json >"$TREE/log/status-$JOB-2.json" || die "hq job status $JOB --json failed"
+    t2=$(now_ns)
+    st_text+=("$(secs "$t0" "$t1")") st_json+=("$(secs "$t1" "$t2")")
     python3 - "$TREE/log/status-$JOB-2.json" "$TREE/log/failed-$JOB" "$N" <<'PY' || die "job $JOB: the rerun did not target exactly the failed leaves"
 import json, sys
 st = json.load(open(sys.argv[1]))
@@ -62,4 +70,6 @@ PY
 done
 $STATS summary "ping N=$N R=$R with 10% failing (first attempt)" s "$(ping_target "$N")" "${first[@]}"
 $STATS summary "rerun --failed N=$N R=$R (targets ${counts[*]})" s "$(ping_target "$N")" "${rerun[@]}"
+$STATS summary "hq job status (text) at N=$N leaves" s "<= 1 s at 100000" "${st_text[@]}"
+$STATS summary "hq job status --json at N=$N leaves" s "<= 1 s at 100000" "${st_json[@]}"
 echo "rerun --failed N=$N R=$R: targets == failed leaves, and exactly those re-ran, in $RUNS of $RUNS runs (target: exactly the failed ones)"

@@ -5,17 +5,18 @@
 //!
 //! Does not decide what an event does; `ingest` does.
 
-use super::{ingest, syncs, HqState, RelayRecord};
+use super::{ingest, syncs, ClientRecord, HqState, RelayRecord};
 use crate::link::confine::Facts;
 use crate::link::downstream::{Downstream, Outgoing};
 use crate::link::queue::DownQueue;
 use crate::link::SessionTx;
 use crate::proto::{now_ms, Attempt, Event, JobId, Msg, NodeName};
+use crate::rules::LeafRecord;
 use crate::store::keys::{JobClient, JobKey, Name};
 use crate::store::{Store, StoreError};
 use crate::tls::PeerIdentity;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use tracing::warn;
 
@@ -100,12 +101,27 @@ fn set_relay(st: &HqState, relay: &NodeName, connected: bool) -> Result<(), Stor
 }
 
 /// A top-level relay's subtree as HQ's records show it (read under HQ's
-/// write lock). Each relay's branch is looked up once per batch.
+/// write lock). Each relay's branch is looked up once per batch; the
+/// leaves, jobs and clients a batch names are read before the check in one
+/// statement per tree ([`SubtreeFacts::prefetch`]), not one round trip per
+/// event, and handed on to `ingest` ([`SubtreeFacts::into_stored`]).
 pub(crate) struct SubtreeFacts<'a> {
     st: &'a HqState,
     child: &'a NodeName,
     tops: RefCell<HashMap<NodeName, Option<NodeName>>>,
+    /// Leaves as stored before this batch.
+    leaves: RefCell<HashMap<JobClient, Option<LeafRecord>>>,
+    /// Each job's latest attempt.
+    attempts: RefCell<HashMap<JobId, Option<Attempt>>>,
+    /// Clients as stored before this batch.
+    clients: RefCell<StoredClients>,
 }
+
+/// Stored leaves by key (`None`: never targeted), as a batch found them.
+pub(crate) type StoredLeaves = HashMap<JobClient, Option<LeafRecord>>;
+
+/// Stored clients by name (`None`: unknown), as a batch found them.
+pub(crate) type StoredClients = HashMap<NodeName, Option<ClientRecord>>;
 
 impl<'a> SubtreeFacts<'a> {
     pub(crate) fn new(st: &'a HqState, child: &'a NodeName) -> Self {
@@ -113,11 +129,52 @@ impl<'a> SubtreeFacts<'a> {
             st,
             child,
             tops: Default::default(),
+            leaves: Default::default(),
+            attempts: Default::default(),
+            clients: Default::default(),
         }
+    }
+
+    /// Reads every leaf, job and client `events` name, one `get_many` per
+    /// tree; what is not read here is looked up one by one when asked.
+    pub(crate) fn prefetch(&self, events: &[(u64, Event)]) -> Result<(), StoreError> {
+        let (leaves, jobs, clients) = named(events);
+        let got = self.st.leaves.get_many(&leaves)?;
+        self.leaves.borrow_mut().extend(leaves.into_iter().zip(got));
+        let keys: Vec<JobKey> = jobs.into_iter().map(JobKey).collect();
+        let got = self.st.jobs.get_many(&keys)?;
+        self.attempts.borrow_mut().extend(
+            keys.into_iter()
+                .zip(got)
+                .map(|(k, j)| (k.0, j.map(|j| j.attempt))),
+        );
+        let keys: Vec<Name> = clients.into_iter().map(Name).collect();
+        let got = self.st.clients.get_many(&keys)?;
+        self.clients
+            .borrow_mut()
+            .extend(keys.into_iter().map(|k| k.0).zip(got));
+        Ok(())
+    }
+
+    /// The leaves and clients read for this batch, as stored before it.
+    pub(crate) fn into_stored(self) -> (StoredLeaves, StoredClients) {
+        (self.leaves.into_inner(), self.clients.into_inner())
     }
 
     fn record(&self, r: &NodeName) -> Option<RelayRecord> {
         self.st.relays.get(&Name(r.clone())).ok().flatten()
+    }
+
+    /// The client's home and when it joined there.
+    fn client(&self, client: &NodeName) -> Option<(NodeName, u64)> {
+        if let Some(c) = self.clients.borrow().get(client) {
+            return c.as_ref().map(|c| (c.relay.clone(), c.since_ms));
+        }
+        // A read that fails counts as unknown (refused) and is not kept.
+        let c = self.st.clients.get(&Name(client.clone())).ok()?;
+        let found = c.as_ref().map(|c| (c.relay.clone(), c.since_ms));
+        self.clients.borrow_mut().insert(client.clone(), c);
+        found
     }
 
     /// The relay directly under HQ through which `r` is reached, if any.
@@ -169,38 +226,65 @@ impl Facts for SubtreeFacts<'_> {
         self.top(relay).is_some_and(|t| t != *self.child) && self.live(relay)
     }
     fn job_attempt(&self, job: JobId) -> Option<Attempt> {
-        self.st
-            .jobs
-            .get(&JobKey(job))
-            .ok()
-            .flatten()
-            .map(|j| j.attempt)
+        if let Some(a) = self.attempts.borrow().get(&job) {
+            return *a;
+        }
+        let a = self.st.jobs.get(&JobKey(job)).ok()?.map(|j| j.attempt);
+        self.attempts.borrow_mut().insert(job, a);
+        a
     }
     fn leaf(&self, job: JobId, client: &NodeName) -> Option<(Attempt, NodeName)> {
-        self.st
-            .leaves
-            .get(&JobClient(job, client.clone()))
-            .ok()
-            .flatten()
-            .map(|l| (l.attempt, l.relay))
+        let k = JobClient(job, client.clone());
+        if let Some(l) = self.leaves.borrow().get(&k) {
+            return l.as_ref().map(|l| (l.attempt, l.relay.clone()));
+        }
+        let l = self.st.leaves.get(&k).ok()?;
+        let found = l.as_ref().map(|l| (l.attempt, l.relay.clone()));
+        self.leaves.borrow_mut().insert(k, l);
+        found
     }
     fn client_home(&self, client: &NodeName) -> Option<NodeName> {
-        self.st
-            .clients
-            .get(&Name(client.clone()))
-            .ok()
-            .flatten()
-            .map(|c| c.relay)
+        self.client(client).map(|c| c.0)
     }
     fn client_since(&self, client: &NodeName) -> u64 {
-        self.st
-            .clients
-            .get(&Name(client.clone()))
-            .ok()
-            .flatten()
-            .map_or(0, |c| c.since_ms)
+        self.client(client).map_or(0, |c| c.1)
     }
     fn keeps_leaves(&self) -> bool {
         true
     }
+}
+
+/// The leaves, jobs and clients a batch names, each once: what
+/// [`SubtreeFacts::prefetch`] reads.
+fn named(events: &[(u64, Event)]) -> (Vec<JobClient>, Vec<JobId>, Vec<NodeName>) {
+    let mut leaves = HashSet::new();
+    let mut jobs = BTreeSet::new();
+    let mut clients = HashSet::new();
+    for (_, ev) in events {
+        match ev {
+            Event::Leaf(u) => {
+                jobs.insert(u.job);
+                leaves.insert(JobClient(u.job, u.client.clone()));
+            }
+            Event::Targets { job, leaves: l, .. } => {
+                jobs.insert(*job);
+                leaves.extend(l.iter().map(|(c, _)| JobClient(*job, c.clone())));
+            }
+            Event::ClientJoined { client, .. } => {
+                clients.insert(client.clone());
+            }
+            Event::Presence { changes, .. } => {
+                clients.extend(changes.iter().map(|p| p.client.clone()));
+            }
+            Event::Inventory(i) => {
+                clients.insert(i.client.clone());
+            }
+            Event::RelayJoined { .. } | Event::RelayLeft { .. } | Event::Cache(_) => {}
+        }
+    }
+    (
+        leaves.into_iter().collect(),
+        jobs.into_iter().collect(),
+        clients.into_iter().collect(),
+    )
 }

@@ -19,7 +19,11 @@ impl JobCounts {
     /// Counts one more leaf of `relay` in `state`.
     pub fn add(&mut self, state: LeafState, relay: &NodeName) {
         self.totals.add(state);
-        self.relays.entry(relay.clone()).or_default().add(state);
+        // The relay is nearly always counted already: no copy of its name.
+        match self.relays.get_mut(relay) {
+            Some(t) => t.add(state),
+            None => self.relays.entry(relay.clone()).or_default().add(state),
+        }
     }
 
     fn remove(&mut self, state: LeafState, relay: &NodeName) {
@@ -47,12 +51,28 @@ impl Counters {
         from: Option<(LeafState, &NodeName)>,
         to: (LeafState, &NodeName),
     ) {
+        self.moved_many([(job, from, to)]);
+    }
+
+    /// [`Counters::moved`] for many leaves, under one lock.
+    pub fn moved_many<'a>(
+        &self,
+        moves: impl IntoIterator<
+            Item = (
+                JobId,
+                Option<(LeafState, &'a NodeName)>,
+                (LeafState, &'a NodeName),
+            ),
+        >,
+    ) {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get_mut(&job) {
-            if let Some((s, r)) = from {
-                c.remove(s, r);
+        for (job, from, to) in moves {
+            if let Some(c) = m.get_mut(&job) {
+                if let Some((s, r)) = from {
+                    c.remove(s, r);
+                }
+                c.add(to.0, to.1);
             }
-            c.add(to.0, to.1);
         }
     }
 

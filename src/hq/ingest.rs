@@ -1,18 +1,20 @@
 //! Applying the events a relay rolls up: leaf results, target sets, and the
 //! tree's membership. Idempotent: a re-sent batch changes nothing.
 //!
-//! Read, plan, write: the batch is first checked against the sender's
-//! subtree (`link::confine`, fed with HQ's records); only what it keeps is
-//! applied, and what it refuses is logged with the sender (`from`) and never
-//! applied. Never sends anything itself: the `Forget`s a move needs are
-//! queued and returned for the session to send once durable.
+//! Read, plan, write: the leaves, jobs and clients the batch names are read
+//! in one go (one statement per tree on PostgreSQL, see
+//! `children::SubtreeFacts::prefetch`), the batch is checked against the
+//! sender's subtree (`link::confine`, fed with those records); only what it
+//! keeps is applied, and what it refuses is logged with the sender (`from`)
+//! and never applied. Never sends anything itself: the `Forget`s a move
+//! needs are queued and returned for the session to send once durable.
 
-use super::children::SubtreeFacts;
+use super::children::{StoredLeaves, SubtreeFacts};
 use super::output::OutputRecord;
 use super::{ClientRecord, HqState, RelayRecord};
 use crate::link::confine;
 use crate::link::downstream::Outgoing;
-use crate::proto::{Event, LeafState, Msg, NodeName};
+use crate::proto::{Event, Msg, NodeName};
 use crate::rules::{self, LeafRecord};
 use crate::store::keys::{JobClient, JobKey, Name};
 use crate::store::StoreError;
@@ -28,41 +30,33 @@ pub(crate) fn apply(
 ) -> Result<Outgoing, StoreError> {
     let mut forgets = Vec::new();
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    // What the batch names is read once, before the check (one statement
+    // per tree on PostgreSQL), and the check's reads are the ingest's.
+    let facts = SubtreeFacts::new(st, from);
+    facts.prefetch(events)?;
     let kept = {
-        let facts = SubtreeFacts::new(st, from);
         let c = confine::fold(&facts, &st.me, from, events.to_vec());
         for (seq, why) in &c.refused {
             warn!(%from, seq, reason = %why, "event refused: outside the sender's subtree");
         }
         c.kept
     };
+    // Leaves and clients as stored before the batch (the counters move
+    // from there); `pending` and `clients` hold what the batch made of them.
+    let (mut stored, mut clients) = facts.into_stored();
     let now = crate::proto::now_ms();
     // Relays that joined under another parent: their clients' chains changed.
     let mut reparented: Vec<NodeName> = Vec::new();
-    // Coalesce: the latest record per leaf within this batch, and the state
-    // each leaf had before it (for the per-job counters).
+    // Coalesce: the latest record per leaf within this batch.
     let mut pending: HashMap<JobClient, LeafRecord> = HashMap::new();
-    let mut before: HashMap<JobClient, Option<(LeafState, NodeName)>> = HashMap::new();
     // Outputs arrive with final results; the latest per leaf in this batch.
     let mut outputs: HashMap<JobClient, OutputRecord> = HashMap::new();
-    let lookup = |k: &JobClient,
-                  pending: &HashMap<JobClient, LeafRecord>,
-                  before: &mut HashMap<JobClient, Option<(LeafState, NodeName)>>| {
-        match pending.get(k) {
-            Some(r) => Ok(Some(r.clone())),
-            None => {
-                let r = st.leaves.get(k)?;
-                before.insert(k.clone(), r.as_ref().map(|l| (l.state, l.relay.clone())));
-                Ok::<_, StoreError>(r)
-            }
-        }
-    };
     for (_, ev) in &kept {
         match ev {
             Event::Leaf(u) => {
                 let k = JobClient(u.job, u.client.clone());
-                let cur = lookup(&k, &pending, &mut before)?;
-                if let Some(mut new) = rules::merge(cur.as_ref(), u) {
+                load(st, &mut stored, &k)?;
+                if let Some(mut new) = rules::merge(current(&pending, &stored, &k), u) {
                     // Output lives in its own table: status never reads it.
                     if let Some(o) = super::output::split(&mut new) {
                         outputs.insert(k.clone(), o);
@@ -70,9 +64,10 @@ pub(crate) fn apply(
                     super::audit::ingest(st, u)?;
                     pending.insert(k, new);
                     // A sync that took: the audit's leaf loses what it synced.
-                    if let Some((ak, al)) =
-                        super::sync::ingest(st, u, |ak| lookup(ak, &pending, &mut before))?
-                    {
+                    if let Some((ak, al)) = super::sync::ingest(st, u, |ak| {
+                        load(st, &mut stored, ak)?;
+                        Ok(current(&pending, &stored, ak).cloned())
+                    })? {
                         pending.insert(ak, al);
                     }
                 }
@@ -91,8 +86,10 @@ pub(crate) fn apply(
                         continue;
                     }
                     let k = JobClient(*job, client.clone());
-                    let cur = lookup(&k, &pending, &mut before)?;
-                    if let Some(new) = rules::target(cur.as_ref(), home, *attempt, now) {
+                    load(st, &mut stored, &k)?;
+                    if let Some(new) =
+                        rules::target(current(&pending, &stored, &k), home, *attempt, now)
+                    {
                         pending.insert(k, new);
                     }
                 }
@@ -115,7 +112,10 @@ pub(crate) fn apply(
                     continue;
                 }
                 let k = Name(client.clone());
-                let old = st.clients.get(&k)?;
+                let old = match clients.get(client) {
+                    Some(c) => c.clone(),
+                    None => st.clients.get(&k)?,
+                };
                 if old
                     .as_ref()
                     .is_some_and(|o| o.relay == *relay && *at_ms != 0 && o.since_ms == *at_ms)
@@ -146,18 +146,17 @@ pub(crate) fn apply(
                 let (online, seen_ms, about) = old
                     .map(|o| (o.online, o.seen_ms, o.about))
                     .unwrap_or_default();
-                st.clients.put(
-                    &k,
-                    &ClientRecord {
-                        relay: relay.clone(),
-                        // The home's time of the join, which later joins are
-                        // compared with (see `confine::join_is_stale`).
-                        since_ms: if *at_ms == 0 { now } else { *at_ms },
-                        online,
-                        seen_ms,
-                        about,
-                    },
-                )?;
+                let rec = ClientRecord {
+                    relay: relay.clone(),
+                    // The home's time of the join, which later joins are
+                    // compared with (see `confine::join_is_stale`).
+                    since_ms: if *at_ms == 0 { now } else { *at_ms },
+                    online,
+                    seen_ms,
+                    about,
+                };
+                st.clients.put(&k, &rec)?;
+                clients.insert(client.clone(), Some(rec));
                 // Signed where it lives now: what binds orders to it.
                 forgets.extend(super::placement::place(st, client, relay)?);
             }
@@ -176,6 +175,11 @@ pub(crate) fn apply(
                 )?;
             }
             Event::Presence { relay, changes } => {
+                // It reads and writes the clients itself: what this batch
+                // knew of them is stale from here on.
+                for p in changes {
+                    clients.remove(&p.client);
+                }
                 super::clients::ingest_presence(st, relay, changes)?
             }
             Event::Cache(c) => super::syncs::ingest_cache(st, c)?,
@@ -200,11 +204,14 @@ pub(crate) fn apply(
         forgets.extend(super::placement::replace_under(st, &reparented)?);
         forgets.extend(super::reroute::after_move(st, &reparented)?);
     }
-    for (k, new) in &pending {
-        let from = before.get(k).and_then(|b| b.as_ref());
-        st.counters
-            .moved(k.0, from.map(|(s, r)| (*s, r)), (new.state, &new.relay));
-    }
+    st.counters.moved_many(pending.iter().map(|(k, new)| {
+        let was = stored.get(k).and_then(Option::as_ref);
+        (
+            k.0,
+            was.map(|l| (l.state, &l.relay)),
+            (new.state, &new.relay),
+        )
+    }));
     debug!(from = %from, events = events.len(), leaves = pending.len(), outputs = outputs.len(), "applied batch");
     // Outputs before the leaves whose results they belong to (a crash keeps
     // a prefix: a result never shows without its output).
@@ -222,6 +229,26 @@ pub(crate) fn apply(
     ended.dedup();
     forgets.extend(super::rollout::check(st, &ended)?);
     Ok(forgets)
+}
+
+/// Reads leaf `k` into `stored` unless the batch already read it.
+fn load(st: &HqState, stored: &mut StoredLeaves, k: &JobClient) -> Result<(), StoreError> {
+    if !stored.contains_key(k) {
+        let l = st.leaves.get(k)?;
+        stored.insert(k.clone(), l);
+    }
+    Ok(())
+}
+
+/// Leaf `k` as this batch left it so far: its latest change, else as stored.
+fn current<'m>(
+    pending: &'m HashMap<JobClient, LeafRecord>,
+    stored: &'m StoredLeaves,
+    k: &JobClient,
+) -> Option<&'m LeafRecord> {
+    pending
+        .get(k)
+        .or_else(|| stored.get(k).and_then(Option::as_ref))
 }
 
 #[cfg(test)]
@@ -254,14 +281,9 @@ mod tests {
         st.leaves.scan().map(|r| r.unwrap()).collect()
     }
 
-    #[tokio::test]
-    async fn a_batch_applied_twice_or_out_of_order_leaves_the_same_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = crate::tls::SigningKey::create(dir.path()).unwrap();
-        let depot = crate::pkg::ChunkStore::open(dir.path().join("depot")).unwrap();
-        let st = HqState::open(n("hq"), Store::open(dir.path()).unwrap(), key, depot).unwrap();
-        // r1 is a top-level relay; job 1 is at attempt 1 (a record of the
-        // same shape as `JobRecord`).
+    /// r1 is a top-level relay; job 1 is at attempt 1 (a record of the
+    /// same shape as `JobRecord`, of an older layout, written untyped).
+    fn job_under_r1(st: &HqState) {
         st.relays
             .put(
                 &Name(n("r1")),
@@ -283,7 +305,6 @@ mod tests {
             attempt: Attempt,
             awaiting: Vec<NodeName>,
         }
-        // A record of an older layout, written untyped.
         st.jobs
             .raw()
             .put(
@@ -300,6 +321,19 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    fn hq_on(store: Store, dir: &std::path::Path) -> HqState {
+        let key = crate::tls::SigningKey::create(dir).unwrap();
+        let depot = crate::pkg::ChunkStore::open(dir.join("depot")).unwrap();
+        HqState::open(n("hq"), store, key, depot).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_applied_twice_or_out_of_order_leaves_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = hq_on(Store::open(dir.path()).unwrap(), dir.path());
+        job_under_r1(&st);
         let targets = Event::Targets {
             job: JobId(1),
             attempt: Attempt(1),
@@ -326,5 +360,47 @@ mod tests {
         assert_eq!(snapshot(&st), once);
         let states: Vec<LeafState> = once.iter().map(|(_, l)| l.state).collect();
         assert_eq!(states, vec![LeafState::Succeeded, LeafState::Failed]);
+    }
+
+    /// On PostgreSQL a batch costs a few round trips, not some per event:
+    /// the check and the ingest read what the batch names in one go.
+    #[tokio::test]
+    async fn a_batch_is_read_in_a_few_round_trips_on_postgres() {
+        use crate::store::pg::testdb::{server_bin, TestPostgres};
+        if server_bin().is_none() {
+            eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
+            return;
+        }
+        let pg = TestPostgres::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&pg.url("postgres"), "sha256:test").unwrap();
+        let st = hq_on(store.clone(), dir.path());
+        job_under_r1(&st);
+        let clients: Vec<String> = (0..400).map(|i| format!("c{i:03}")).collect();
+        let targets = Event::Targets {
+            job: JobId(1),
+            attempt: Attempt(1),
+            reporter: n("r1"),
+            leaves: clients.iter().map(|c| (n(c), n("r1"))).collect(),
+            last: true,
+        };
+        let reads = store.reads();
+        apply(&st, &n("r1"), &[(1, targets)]).unwrap();
+        let on_targets = store.reads() - reads;
+        let results: Vec<(u64, Event)> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64 + 2, leaf(c, 1, LeafState::Succeeded)))
+            .collect();
+        let reads = store.reads();
+        apply(&st, &n("r1"), &results).unwrap();
+        let on_results = store.reads() - reads;
+        store.durable().await.unwrap();
+        assert!(
+            on_targets <= 8 && on_results <= 8,
+            "round trips: {on_targets} for 400 targets, {on_results} for 400 results"
+        );
+        let states: Vec<LeafState> = snapshot(&st).iter().map(|(_, l)| l.state).collect();
+        assert_eq!(states, vec![LeafState::Succeeded; 400]);
     }
 }

@@ -11,7 +11,7 @@ use crate::proto::{
 use crate::rules::{self, LeafRecord};
 use crate::store::keys::{JobClient, JobKey, JobPrefix, Name};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use tracing::{info, warn};
 
 /// A job as HQ stores it.
@@ -571,10 +571,12 @@ pub(crate) async fn rerun_one(
         }
         let leaves = load_leaves(st, job)?;
         let mut targets = Vec::new();
-        for (client, old_home) in rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)), expired)
-        {
-            // The client's home now: it may have moved since the leaf ran.
-            match st.clients.get(&Name(client.clone()))? {
+        let picked = rules::rerun_targets(leaves.iter().map(|(c, l)| (c, l)), expired);
+        // The clients' homes now (they may have moved since the leaves
+        // ran), read in one go.
+        let names: Vec<Name> = picked.iter().map(|(c, _)| Name(c.clone())).collect();
+        for ((client, old_home), now) in picked.into_iter().zip(st.clients.get_many(&names)?) {
+            match now {
                 Some(c) => targets.push((client, c.relay)),
                 None => {
                     warn!(%job, %client, home = %old_home, "client no longer in the directory; not rerun")
@@ -595,11 +597,18 @@ pub(crate) async fn rerun_one(
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut fresh = Vec::with_capacity(targets.len());
+        // Each home's top relay, looked up once per home.
+        let mut tops: HashMap<&NodeName, NodeName> = HashMap::new();
         for (client, home) in &targets {
-            by_top
-                .entry(top_child(st, home)?)
-                .or_default()
-                .push(client.clone());
+            let top = match tops.get(home) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = top_child(st, home)?;
+                    tops.insert(home, t.clone());
+                    t
+                }
+            };
+            by_top.entry(top).or_default().push(client.clone());
             by_home
                 .entry(home.clone())
                 .or_default()
@@ -656,14 +665,11 @@ pub(crate) async fn rerun_one(
                 }
                 Ok(())
             })?;
-        let picked: std::collections::HashMap<&NodeName, &NodeName> =
-            targets.iter().map(|(c, h)| (c, h)).collect();
-        for (c, l) in &leaves {
-            if let Some(home) = picked.get(c) {
-                st.counters
-                    .moved(job, Some((l.state, &l.relay)), (LeafState::Pending, home));
-            }
-        }
+        let picked: HashMap<&NodeName, &NodeName> = targets.iter().map(|(c, h)| (c, h)).collect();
+        st.counters.moved_many(leaves.iter().filter_map(|(c, l)| {
+            let home = picked.get(c)?;
+            Some((job, Some((l.state, &l.relay)), (LeafState::Pending, *home)))
+        }));
         (
             RerunResult {
                 job,

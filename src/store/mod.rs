@@ -216,6 +216,15 @@ impl Store {
         }
     }
 
+    /// Read statements sent so far, one round trip each (PostgreSQL only;
+    /// 0 on sled, where a read is a lookup in memory or on disk).
+    pub fn reads(&self) -> u64 {
+        match &self.backend {
+            Backend::Sled { .. } => 0,
+            Backend::Pg(p) => p.reads(),
+        }
+    }
+
     #[cfg(test)]
     fn flusher(&self) -> &flush::Flusher {
         match &self.backend {
@@ -414,6 +423,22 @@ impl Table {
         match self.raw_get(key)? {
             Some(b) => Ok(Some(self.decode(&b)?)),
             None => Ok(None),
+        }
+    }
+
+    /// The values at `keys`, in `keys`' order: on PostgreSQL one statement
+    /// for all of them (not one round trip per key), on sled one lookup each.
+    pub fn get_many<V: DeserializeOwned>(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<V>>, StoreError> {
+        match &self.raw {
+            Raw::Sled(_) => keys.iter().map(|k| self.get(k)).collect(),
+            Raw::Pg(p) => p
+                .get_many(self.name, keys)?
+                .into_iter()
+                .map(|v| v.map(|b| self.decode(&b)).transpose())
+                .collect(),
         }
     }
 

@@ -96,6 +96,13 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Tree<K, V> {
         self.table.get(&key.encode())
     }
 
+    /// The values at `keys`, in `keys`' order (see [`Table::get_many`]: one
+    /// round trip on PostgreSQL).
+    pub fn get_many(&self, keys: &[K]) -> Result<Vec<Option<V>>, StoreError> {
+        let raw: Vec<Vec<u8>> = keys.iter().map(KeyCodec::encode).collect();
+        self.table.get_many(&raw)
+    }
+
     /// Whether `key` is present.
     pub fn contains(&self, key: &K) -> Result<bool, StoreError> {
         self.table.contains(&key.encode())

@@ -5,6 +5,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn bench(script: &str, args: &[&str]) -> String {
+    bench_with(script, args, &[])
+}
+
+fn bench_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = Path::new(crate::harness::HQ)
         .parent()
@@ -18,6 +22,7 @@ fn bench(script: &str, args: &[&str]) -> String {
         .env("RELAYTREE_BENCH_CACHE", cache.path())
         .env_remove("RELAYTREE_DATA_DIR")
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("run bench script");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -46,12 +51,22 @@ fn ping_pg_script_runs_at_small_n() {
         eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
         return;
     }
-    let out = bench("ping_pg.sh", &["20", "2", "1"]);
+    // The same binary as the "base" build: both are timed, interleaved.
+    let out = bench_with(
+        "ping_pg.sh",
+        &["20", "2", "1"],
+        &[("BENCH_BASE_HQ", crate::harness::HQ)],
+    );
     assert!(out.contains("ping N=20 R=2 HQ on sled: median"), "{out}");
     assert!(
         out.contains("ping N=20 R=2 HQ on PostgreSQL: median"),
         "{out}"
     );
+    let base = format!(
+        "ping N=20 R=2 HQ on PostgreSQL (base HQ {}): median",
+        crate::harness::HQ
+    );
+    assert!(out.contains(&base), "{out}");
 }
 
 #[test]

@@ -11,7 +11,11 @@
 //! blocking `postgres` crate would panic when called from a runtime, and
 //! `block_in_place` per read costs a thread hand-off and panics on a
 //! current-thread runtime). Writes are not waited for: they are queued in
-//! order and the thread sends consecutive ones as one multi-row statement.
+//! order, and the thread holds them until something must see them (a read,
+//! a savepoint, a commit) and sends them then as one multi-row statement.
+//! A batch's reads are one statement per tree (`get_many`), scans fetch
+//! pages that double in size, so HQ's ingest of a batch of events costs a
+//! few round trips, not some per event.
 //!
 //! Durability. Writes go into one open transaction, which reads on the same
 //! connection see. [`Pg::durable`] commits it (`synchronous_commit` on): every
@@ -53,8 +57,17 @@ use tokio::sync::watch;
 /// An open transaction nobody asked to commit is committed after this long.
 pub const IDLE_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Rows fetched per page of a scan (keyset pagination by key).
+/// Rows fetched by the first page of a scan (keyset pagination by key);
+/// each further page asks for twice as many, up to [`MAX_PAGE`], so a short
+/// scan reads little and a long one (a job's 100,000 leaves) needs few
+/// round trips.
 const PAGE: i64 = 256;
+
+/// The largest page of a scan.
+const MAX_PAGE: i64 = 16_384;
+
+/// Keys looked up by one statement of [`Pg::get_many`] at most.
+const MANY: usize = 8192;
 
 /// Raw entries: (key, value) bytes.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -68,6 +81,12 @@ enum Req {
         tree: &'static str,
         key: Vec<u8>,
         reply: Reply<Option<Vec<u8>>>,
+    },
+    /// The values at many keys of one tree, in one statement.
+    GetMany {
+        tree: &'static str,
+        keys: Vec<Vec<u8>>,
+        reply: Reply<Entries>,
     },
     /// A put (`Some`) or remove (`None`); not answered: a failure poisons
     /// the open transaction and fails its commit.
@@ -119,6 +138,8 @@ pub(crate) struct Stats {
     pub write_statements: AtomicU64,
     /// Rows written or removed.
     pub rows_written: AtomicU64,
+    /// Read statements sent (gets, pages, counts): one round trip each.
+    pub reads: AtomicU64,
 }
 
 /// The handle every `Store`/`Table` clone shares.
@@ -170,6 +191,25 @@ impl Pg {
         })
     }
 
+    /// The values at `keys` of `tree` (in `keys`' order), as the open
+    /// transaction sees them: one statement per [`MANY`] keys.
+    pub(super) fn get_many(
+        &self,
+        tree: &'static str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(MANY) {
+            let rows = self.ask(|reply| Req::GetMany {
+                tree,
+                keys: chunk.to_vec(),
+                reply,
+            })?;
+            found.extend(rows);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
     /// Puts (`Some`) or removes (`None`) `key` in the open transaction.
     pub(super) fn write(
         &self,
@@ -213,6 +253,7 @@ impl Pg {
             tree,
             next: Some(from),
             to,
+            limit: PAGE,
             buf: Vec::new().into_iter(),
         }
     }
@@ -310,6 +351,8 @@ pub(crate) struct Pages {
     /// Where the next page starts (inclusive); `None` when done.
     next: Option<Vec<u8>>,
     to: Option<Vec<u8>>,
+    /// The next page's size.
+    limit: i64,
     buf: <Entries as IntoIterator>::IntoIter,
 }
 
@@ -321,11 +364,13 @@ impl Iterator for Pages {
             return Some(Ok(kv));
         }
         let from = self.next.take()?;
-        let page = match self.pg.page(self.tree, from, self.to.clone(), PAGE) {
+        let limit = self.limit;
+        self.limit = (limit * 2).min(MAX_PAGE);
+        let page = match self.pg.page(self.tree, from, self.to.clone(), limit) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };
-        if page.len() as i64 == PAGE {
+        if page.len() as i64 == limit {
             // The smallest key above the last one: the same key plus a 0 byte.
             self.next = page.last().map(|(k, _)| {
                 let mut n = k.clone();
@@ -401,6 +446,11 @@ impl Pg {
     /// Commits counted so far.
     pub(crate) fn commits(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Read statements (round trips) counted so far.
+    pub(crate) fn reads(&self) -> u64 {
+        self.stats.reads.load(Ordering::Relaxed)
     }
 }
 

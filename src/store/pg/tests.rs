@@ -81,6 +81,66 @@ async fn the_table_api_works_and_durable_commits() {
 }
 
 #[tokio::test]
+async fn many_keys_are_read_in_one_round_trip_and_scans_in_few() {
+    let Some(pg) = server() else { return };
+    let s = Store::connect(&pg.url("postgres"), CA).unwrap();
+    let t = s.table("t").unwrap();
+    for i in 0..5000u32 {
+        t.put(&i.to_be_bytes(), &i).unwrap();
+    }
+    // Not committed yet: the open transaction's writes are seen.
+    let keys: Vec<Vec<u8>> = [7u32, 9_999, 4_999, 7, 0]
+        .iter()
+        .map(|i| i.to_be_bytes().to_vec())
+        .collect();
+    let before = s.reads();
+    let got: Vec<Option<u32>> = t.get_many(&keys).unwrap();
+    assert_eq!(got, vec![Some(7), None, Some(4_999), Some(7), Some(0)]);
+    assert_eq!(s.reads() - before, 1, "one statement for five keys");
+    assert!(t.get_many::<u32>(&[]).unwrap().is_empty());
+    // A scan of 5,000 entries: pages grow, so a few round trips, not 20.
+    let before = s.reads();
+    let all: Vec<u32> = t.scan(b"").map(|r| r.unwrap().1).collect();
+    assert_eq!(all, (0..5000).collect::<Vec<_>>());
+    let scans = s.reads() - before;
+    assert!(scans <= 6, "round trips for 5,000 entries: {scans}");
+}
+
+#[tokio::test]
+async fn writes_wait_for_whoever_must_see_them_and_go_out_together() {
+    let Some(pg) = server() else { return };
+    let s = Store::connect(&pg.url("postgres"), CA).unwrap();
+    let t = s.table("t").unwrap();
+    let stats = match &s.backend {
+        super::super::Backend::Pg(p) => p.stats.clone(),
+        _ => unreachable!(),
+    };
+    let statements = || {
+        stats
+            .write_statements
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = statements();
+    for i in 0..1000u32 {
+        t.put(&i.to_be_bytes(), &i).unwrap();
+        if i % 100 == 99 {
+            // Writes trickling in, as an ingest makes them: the store
+            // thread finds the queue empty ten times.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    s.durable().await.unwrap();
+    let sent = statements() - before;
+    assert_eq!(rows(&pg, "t"), 1000);
+    // One statement (a few if the machine is so slow that the idle commit
+    // comes first); sent as they came, at least ten.
+    assert!(sent <= 5, "1,000 writes went out in {sent} statements");
+    // A read sees the writes before it.
+    t.put(b"x", &1u32).unwrap();
+    assert_eq!(t.get::<u32>(b"x").unwrap(), Some(1));
+}
+
+#[tokio::test]
 async fn concurrent_writers_share_commits() {
     let Some(pg) = server() else { return };
     let s = Store::connect(&pg.url("postgres"), CA).unwrap();

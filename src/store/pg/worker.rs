@@ -171,6 +171,7 @@ async fn migrate(client: &Client, ca_hash: &str) -> Result<(), String> {
 /// The prepared statements.
 struct Stmts {
     get: Statement,
+    get_many: Statement,
     upsert: Statement,
     delete: Statement,
     page_to: Statement,
@@ -216,6 +217,12 @@ impl Conn {
             get: p(
                 "SELECT value FROM entries WHERE tree = $1 AND key = $2",
                 &[Type::TEXT, Type::BYTEA],
+            )
+            .await
+            .map_err(d)?,
+            get_many: p(
+                "SELECT key, value FROM entries WHERE tree = $1 AND key = ANY($2)",
+                &[Type::TEXT, Type::BYTEA_ARRAY],
             )
             .await
             .map_err(d)?,
@@ -292,48 +299,56 @@ type Batch = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
 impl Worker {
     fn run(&mut self, rt: &tokio::runtime::Runtime, rx: Receiver<Req>) {
         let mut next: Option<Req> = None;
+        // Writes not sent yet: they go out, as statements of many rows,
+        // only when something must see them (a read, a savepoint, a
+        // commit), when [`MAX_BATCH`] are held, or after [`IDLE`]; so a
+        // batch of events is one statement however its writes trickle in.
+        let mut held = Batch::new();
+        let mut held_since = Instant::now();
         loop {
             let req = match next.take() {
                 Some(r) => r,
                 None => {
-                    let got = match self.txn.as_ref().filter(|t| t.depth == 0) {
-                        Some(t) => {
-                            let wait = IDLE.saturating_sub(t.began.elapsed());
-                            rx.recv_timeout(wait)
-                        }
+                    let since = match self.txn.as_ref() {
+                        Some(t) if t.depth == 0 => Some(t.began),
+                        _ if !held.is_empty() => Some(held_since),
+                        _ => None,
+                    };
+                    let got = match since {
+                        Some(t) => rx.recv_timeout(IDLE.saturating_sub(t.elapsed())),
                         None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                     };
                     match got {
                         Ok(r) => r,
-                        Err(RecvTimeoutError::Timeout) => {
+                        Err(e) => {
+                            self.send(rt, &mut held);
                             let _ = rt.block_on(self.commit());
+                            if e == RecvTimeoutError::Disconnected {
+                                // Every handle is gone: committed what was left.
+                                return;
+                            }
                             continue;
-                        }
-                        Err(RecvTimeoutError::Disconnected) => {
-                            // Every handle is gone: commit what is left.
-                            let _ = rt.block_on(self.commit());
-                            return;
                         }
                     }
                 }
             };
             match req {
-                Req::Write { .. } | Req::Commit { .. } => {
-                    // Take every write and commit request queued behind
-                    // this one: the writes go out in statements of many
-                    // rows, and one COMMIT answers every commit request
+                Req::Write { tree, key, value } => {
+                    if held.is_empty() {
+                        held_since = Instant::now();
+                    }
+                    self.hold(rt, &mut held, tree, key, value);
+                }
+                Req::Commit { reply } => {
+                    // Every write and commit request queued behind this one
+                    // goes with it: one COMMIT answers every commit request
                     // (each asked for the writes before it; later ones are
                     // only committed sooner).
-                    let mut batch = Batch::new();
-                    let mut replies = Vec::new();
-                    let mut take = Some(req);
-                    while let Some(r) = take.take() {
+                    let mut replies = vec![reply];
+                    while let Ok(r) = rx.try_recv() {
                         match r {
                             Req::Write { tree, key, value } => {
-                                batch.insert((tree, key), value);
-                                if batch.len() >= MAX_BATCH {
-                                    rt.block_on(self.write(std::mem::take(&mut batch)));
-                                }
+                                self.hold(rt, &mut held, tree, key, value)
                             }
                             Req::Commit { reply } => replies.push(reply),
                             other => {
@@ -341,20 +356,42 @@ impl Worker {
                                 break;
                             }
                         }
-                        take = rx.try_recv().ok();
                     }
-                    if !batch.is_empty() {
-                        rt.block_on(self.write(batch));
-                    }
-                    if !replies.is_empty() {
-                        let r = rt.block_on(self.commit());
-                        for reply in replies {
-                            let _ = reply.send(r.clone());
-                        }
+                    self.send(rt, &mut held);
+                    let r = rt.block_on(self.commit());
+                    for reply in replies {
+                        let _ = reply.send(r.clone());
                     }
                 }
-                other => rt.block_on(self.answer(other)),
+                other => {
+                    // A read sees every write before it; a savepoint
+                    // begins or ends after them.
+                    self.send(rt, &mut held);
+                    rt.block_on(self.answer(other));
+                }
             }
+        }
+    }
+
+    /// Holds one write; sends the held ones once there are [`MAX_BATCH`].
+    fn hold(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        held: &mut Batch,
+        tree: &'static str,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) {
+        held.insert((tree, key), value);
+        if held.len() >= MAX_BATCH {
+            self.send(rt, held);
+        }
+    }
+
+    /// Sends the held writes (if any) into the open transaction.
+    fn send(&mut self, rt: &tokio::runtime::Runtime, held: &mut Batch) {
+        if !held.is_empty() {
+            rt.block_on(self.write(std::mem::take(held)));
         }
     }
 
@@ -528,6 +565,18 @@ impl Worker {
                     Box::pin(async move {
                         let row = c.client.query_opt(&c.st.get, &[&tree, &key]).await?;
                         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+                    })
+                });
+                let _ = reply.send(r.await);
+            }
+            Req::GetMany { tree, keys, reply } => {
+                let r = self.read(|c| {
+                    Box::pin(async move {
+                        let rows = c.client.query(&c.st.get_many, &[&tree, &keys]).await?;
+                        Ok(rows
+                            .into_iter()
+                            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                            .collect())
                     })
                 });
                 let _ = reply.send(r.await);
@@ -708,6 +757,7 @@ impl Worker {
         if let Some((why, _)) = self.txn.as_ref().and_then(|t| t.poisoned.as_ref()) {
             return Err(StoreError::Pg(why.clone()));
         }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let c = self.conn().await?;
         match f(c).await {
             Ok(v) => Ok(v),
