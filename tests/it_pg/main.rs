@@ -28,6 +28,7 @@ mod forged;
 mod jobs_cli;
 #[path = "../it/metrics.rs"]
 mod metrics;
+mod multihq;
 #[path = "../it/offline.rs"]
 mod offline;
 #[path = "../it/output.rs"]

@@ -127,6 +127,12 @@ impl Announce {
         }
     }
 
+    /// Tells this process's subscribers [`Notice::Lost`]: writes of its own
+    /// were refused, so what it derived from them must be re-read.
+    pub(super) fn lost_here(&self) {
+        self.hand_on(Notice::Lost);
+    }
+
     fn hand_on(&self, n: Notice) {
         // No subscriber yet: nothing derived from the store to refresh.
         let _ = self.tx.send(n);

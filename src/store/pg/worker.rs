@@ -15,10 +15,16 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// The migrations in `migrations/`, applied in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_hq_state.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_hq_state.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_more_counters.sql"),
+    ),
+];
 
 /// The newest schema this build knows.
-pub const SCHEMA: i32 = 1;
+pub const SCHEMA: i32 = 2;
 
 /// Key of the advisory lock that serialises migrations between HQs.
 const MIGRATION_LOCK: i64 = 0x7265_6c61_7974_7265; // "relaytre"
@@ -288,6 +294,9 @@ struct Txn {
     notices: BTreeMap<String, u32>,
     /// The connection it began on ([`Conn::gen`]; 0: none).
     gen: u64,
+    /// It began on the server (false: it failed before, so nothing of it
+    /// ever reached PostgreSQL).
+    began_there: bool,
 }
 
 struct Worker {
@@ -414,14 +423,29 @@ impl Worker {
     async fn begin(&mut self) -> Result<(), StoreError> {
         if self.txn.is_none() {
             let c = self.conn().await?;
-            let gen = c.gen;
-            c.client.batch_execute("BEGIN").await.map_err(pg)?;
+            let mut gen = c.gen;
+            if let Err(e) = c.client.batch_execute("BEGIN").await {
+                if !c.client.is_closed() {
+                    return Err(pg(e));
+                }
+                // The connection died while nothing was open on it (say, the
+                // database restarted under an idle HQ): nothing is lost, so
+                // open a new one at once and begin there.
+                self.conn = None;
+                self.last_attempt = Instant::now()
+                    .checked_sub(Duration::from_secs(2))
+                    .unwrap_or_else(Instant::now);
+                let c = self.conn().await?;
+                gen = c.gen;
+                c.client.batch_execute("BEGIN").await.map_err(pg)?;
+            }
             self.txn = Some(Txn {
                 began: Instant::now(),
                 depth: 0,
                 poisoned: None,
                 notices: Default::default(),
                 gen,
+                began_there: true,
             });
         }
         Ok(())
@@ -442,6 +466,7 @@ impl Worker {
                     poisoned: Some((why, 0)),
                     notices: Default::default(),
                     gen: 0,
+                    began_there: false,
                 })
             }
         }
@@ -527,6 +552,14 @@ impl Worker {
             return Ok(());
         }
         let r = match t.poisoned {
+            Some((why, _)) if !t.began_there => {
+                // It never began (PostgreSQL could not be reached): its
+                // writers are told, and nothing else was lost. What this
+                // process derived from those writes is re-read.
+                tracing::warn!(error = %why, "writes refused: PostgreSQL not reachable");
+                self.announce.lost_here();
+                return Err(format!("PostgreSQL not reachable: {why}"));
+            }
             Some((why, _)) => {
                 if let Ok(c) = self.conn().await {
                     let _ = c.client.batch_execute("ROLLBACK").await;
