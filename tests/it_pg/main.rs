@@ -22,6 +22,8 @@ mod cancel;
 mod crashloop_hq;
 #[path = "../it/enroll.rs"]
 mod enroll;
+#[path = "../it/failover.rs"]
+mod failover;
 #[path = "../it/forged.rs"]
 mod forged;
 #[path = "../it/jobs_cli.rs"]
@@ -41,6 +43,12 @@ mod proxy;
 mod rerun;
 #[path = "../it/retention.rs"]
 mod retention;
+#[path = "../it/rollout.rs"]
+mod rollout;
 #[path = "../it/security.rs"]
 mod security;
 mod store_pg;
+#[path = "../it/sync.rs"]
+mod sync;
+#[path = "../it/targeting.rs"]
+mod targeting;
