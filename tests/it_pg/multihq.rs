@@ -3,7 +3,8 @@
 //! reaches a relay connected to the other without a poll and is watched
 //! from either; one HQ killed mid-job, its relays fail over and the job
 //! completes through the other with nothing run twice; a recurring job
-//! fires once per occurrence; the database restarted under a running HQ.
+//! fires once per occurrence; a revocation on one HQ closes the other's
+//! door; the database restarted under a running HQ.
 
 use crate::harness::*;
 use std::path::Path;
@@ -115,6 +116,19 @@ fn work_created_on_one_hq_reaches_a_relay_on_the_other_and_is_watched_from_both(
     at(&env, &b.addr, &["job", "cancel", &job3]).ok();
     let (_, st) = wait_at(&env, &a, &job3);
     assert_eq!(st["totals"]["canceled"], 2, "{st}");
+    // A revocation on B closes A's door too (A re-reads the deny list).
+    let ops = env.issue("admin", "ops");
+    let as_ops = |addr: &str| {
+        let ops = ops.to_str().unwrap();
+        at(&env, addr, &["job", "list", "--identity", ops])
+    };
+    assert_eq!(as_ops(&a).code, 0, "{:?}", as_ops(&a));
+    at(&env, &b.addr, &["cert", "revoke", "ops", "--force"]).ok();
+    wait_until(
+        "A to refuse the admin revoked on B",
+        Duration::from_secs(60),
+        || as_ops(&a).code != 0,
+    );
     drop(b);
 }
 
