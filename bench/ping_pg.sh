@@ -15,40 +15,6 @@ N=${1:-10000}
 R=${2:-2}
 RUNS=${3:-5}
 
-PG_BIN=${RELAYTREE_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
-[[ -x $PG_BIN/initdb ]] || die "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin): apt-get install postgresql"
-
-# pg_start: initdb into $TREE/pg and start postgres on a free port; sets PG_URL.
-pg_start() {
-    local as=() port i
-    if ((EUID == 0)); then
-        id postgres >/dev/null 2>&1 || die "running as root and there is no postgres user"
-        as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-        chmod o+x "$TREE"
-    fi
-    mkdir -p "$TREE/pg"
-    ((EUID == 0)) && chown postgres: "$TREE/pg"
-    "${as[@]}" "$PG_BIN/initdb" -A trust -U relaytree --no-sync -E UTF8 -D "$TREE/pg/data" >"$TREE/log/initdb.out" 2>&1 ||
-        die "initdb failed (see $TREE/log/initdb.out)"
-    for ((i = 0; i < 5; i++)); do
-        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-        start_bg postgres "${as[@]}" "$PG_BIN/postgres" -D "$TREE/pg/data" -p "$port" -k "$TREE/pg" \
-            -c listen_addresses=127.0.0.1
-        local pid=$LAST_PID j
-        for ((j = 0; j < 300; j++)); do
-            grep -q "ready to accept connections" "$TREE/log/postgres.err" 2>/dev/null && break
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null && grep -q "ready to accept" "$TREE/log/postgres.err"; then
-            PG_URL="postgres://relaytree@127.0.0.1:$port/postgres" PG_PORT=$port PG_AS=("${as[@]}")
-            log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $3 }') on port $port"
-            return 0
-        fi
-    done
-    die "postgres would not start (see $TREE/log/postgres.err)"
-}
-
 # hq_restart [STORE ARGS...]: HQ stopped, then started again on its address.
 hq_restart() {
     local pid kept=()

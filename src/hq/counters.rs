@@ -84,6 +84,12 @@ impl Counters {
             .remove(&job);
     }
 
+    /// Drops every job's counts (another HQ wrote leaves): each is counted
+    /// from the store again when next asked.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The counts of `job`, counting them with `count` the first time.
     /// Call with the HQ write lock held, so no write slips in between.
     pub fn get_or_count<E>(

@@ -349,6 +349,8 @@ async fn create_inner(
                     st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
                 }
                 if let Some(n) = &next {
+                    // Only the holder of the duty commits an occurrence.
+                    st.store.fence(super::repeat::DUTY)?;
                     w.put_at(&st.repeats, &crate::store::keys::Seq(n.id), n)?;
                 }
                 if let Some((relay, _)) = &hold {

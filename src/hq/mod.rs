@@ -15,6 +15,7 @@ mod ingest;
 mod jobs;
 mod output;
 mod packages;
+mod peers;
 mod placement;
 mod repeat;
 mod reroute;
@@ -355,7 +356,11 @@ pub async fn run_with_console(
         sign_pub,
         validity: opts.cert_validity,
     });
-    sessions::mark_all_disconnected(&state)?;
+    // On a shared database the relays marked connected may be with another
+    // HQ: only the first HQ up (the holder of this duty) clears the marks.
+    if state.store.holds_duty("sessions") {
+        sessions::mark_all_disconnected(&state)?;
+    }
     sessions::load_deny_list(&state)?;
     gauges::register(&state);
     start(Console::new(state.clone()));
@@ -395,6 +400,7 @@ pub async fn run_with_console(
     let _stop_schedules = AbortOnDrop(schedules);
     let _stop_retention = AbortOnDrop(tokio::spawn(retention::run(state.clone(), opts.retention)));
     let _stop_repeats = AbortOnDrop(tokio::spawn(repeat::run(state.clone())));
+    let _stop_peers = AbortOnDrop(tokio::spawn(peers::run(state.clone())));
     tokio::select! {
         _ = serving => {}
         e = state.store.failed() => {

@@ -199,11 +199,19 @@ async fn release_synced(st: &HqState) -> Result<(), HqError> {
     Ok(())
 }
 
+/// The singleton duty of making occurrences (and releasing held jobs):
+/// an occurrence's write is fenced by it ([`crate::store::Store::fence`]).
+pub(crate) const DUTY: &str = "repeats";
+
 /// Every second until HQ stops: due occurrences, then held jobs.
 pub(crate) async fn run(st: Arc<HqState>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
+        // One HQ of those sharing a database makes the occurrences.
+        if !st.store.holds_duty(DUTY) {
+            continue;
+        }
         if let Err(e) = fire_due(&st, now_ms()).await {
             warn!(error = %e, "recurring jobs");
         }

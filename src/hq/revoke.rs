@@ -50,10 +50,16 @@ pub(crate) async fn revoke(
         }
     }
     st.store.durable().await?;
+    warn!(%name, "node revoked");
+    spread_deny_list(st)
+}
+
+/// Re-reads the deny list from the store and sends it to every relay
+/// connected here (after a revocation, here or on another HQ).
+pub(crate) fn spread_deny_list(st: &HqState) -> Result<Vec<NodeName>, HqError> {
     load_deny_list(st)?;
     st.bump();
     let names = st.deny.names();
-    warn!(%name, "node revoked");
     let children: Vec<NodeName> = st
         .children
         .lock()

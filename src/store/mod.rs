@@ -82,6 +82,9 @@ pub enum StoreError {
     /// Not available on this backend.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A write fenced by a singleton duty, from an HQ that does not hold it.
+    #[error("this HQ does not hold the {0} duty (another HQ on the database runs it)")]
+    NotDuty(String),
 }
 
 /// A node's database.
@@ -200,6 +203,34 @@ impl Store {
         match &self.backend {
             Backend::Sled { .. } => true,
             Backend::Pg(p) => p.holds_duty(name),
+        }
+    }
+
+    /// Inside [`Store::atomically`]: fails the change unless this node
+    /// holds duty `name` on the very connection the change commits on (a
+    /// fencing check: an HQ that lost the duty cannot commit its work).
+    /// Always passes on sled.
+    pub fn fence(&self, name: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled { .. } => Ok(()),
+            Backend::Pg(p) => p.fence(name),
+        }
+    }
+
+    /// Other processes sharing this database announce every key they put
+    /// into `tree` (and this one does too): see [`Store::notices`]. Nothing on sled.
+    pub fn announce_keys(&self, tree: &'static str) {
+        if let Backend::Pg(p) = &self.backend {
+            p.announce_keys(tree);
+        }
+    }
+
+    /// What other processes sharing this database commit, from now on:
+    /// `None` on sled, where no other process writes.
+    pub fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<pg::notify::Notice>> {
+        match &self.backend {
+            Backend::Sled { .. } => None,
+            Backend::Pg(p) => Some(p.notices()),
         }
     }
 

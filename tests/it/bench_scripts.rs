@@ -137,6 +137,19 @@ fn failover_script_runs_at_small_n() {
 }
 
 #[test]
+fn failover_hq_script_runs_at_small_n() {
+    if relaytree::store::pg::testdb::server_bin().is_none() {
+        eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
+        return;
+    }
+    let out = bench("failover_hq.sh", &["6", "1"]);
+    assert!(
+        out.contains("failover_hq N=6: kill -9 of HQ A -> every ping result at HQ B: median"),
+        "{out}"
+    );
+}
+
+#[test]
 fn idle_script_runs_at_small_n() {
     let out = bench("idle.sh", &["20", "2", "2", "1"]);
     assert!(

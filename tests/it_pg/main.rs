@@ -22,12 +22,15 @@ mod cancel;
 mod crashloop_hq;
 #[path = "../it/enroll.rs"]
 mod enroll;
+#[path = "../it/failover.rs"]
+mod failover;
 #[path = "../it/forged.rs"]
 mod forged;
 #[path = "../it/jobs_cli.rs"]
 mod jobs_cli;
 #[path = "../it/metrics.rs"]
 mod metrics;
+mod multihq;
 #[path = "../it/offline.rs"]
 mod offline;
 #[path = "../it/output.rs"]
@@ -40,6 +43,12 @@ mod proxy;
 mod rerun;
 #[path = "../it/retention.rs"]
 mod retention;
+#[path = "../it/rollout.rs"]
+mod rollout;
 #[path = "../it/security.rs"]
 mod security;
 mod store_pg;
+#[path = "../it/sync.rs"]
+mod sync;
+#[path = "../it/targeting.rs"]
+mod targeting;

@@ -45,6 +45,7 @@
 //! stay in the depot directory under HQ's data directory (a filesystem
 //! path; HQs sharing a database need it on a shared filesystem).
 
+pub mod notify;
 mod worker;
 
 use super::StoreError;
@@ -115,6 +116,12 @@ enum Req {
         key: i64,
         reply: Reply<bool>,
     },
+    /// Whether the connection the open transaction runs on holds (or can
+    /// take) advisory lock `key`.
+    Fence {
+        key: i64,
+        reply: Reply<bool>,
+    },
     Savepoint {
         reply: Reply<()>,
     },
@@ -148,6 +155,7 @@ pub(crate) struct Pg {
     gate: Gate,
     failed: watch::Sender<Option<String>>,
     pub(crate) stats: Arc<Stats>,
+    announce: Arc<notify::Announce>,
 }
 
 impl Pg {
@@ -157,18 +165,23 @@ impl Pg {
         let (tx, rx) = sync_channel(4096);
         let (failed, _) = watch::channel(None);
         let stats = Arc::new(Stats::default());
+        let announce = Arc::new(notify::Announce::new());
         worker::start(
             url.to_string(),
             ca_hash.to_string(),
             rx,
             failed.clone(),
             stats.clone(),
+            announce.clone(),
         )?;
+        notify::listen(url.to_string(), announce.clone())
+            .map_err(|e| StoreError::Pg(format!("cannot start the listener: {e}")))?;
         Ok(Arc::new(Pg {
             tx,
             gate: Gate::default(),
             failed,
             stats,
+            announce,
         }))
     }
 
@@ -282,15 +295,37 @@ impl Pg {
     /// ends (its process died), so another HQ takes the duty over at its
     /// next look. `false` when the database cannot be asked.
     pub(super) fn holds_duty(&self, name: &str) -> bool {
-        // A fixed key per duty name (FNV-1a), in the "relaytree" namespace.
-        let key = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        }) as i64;
+        let key = duty_key(name);
         self.ask(|reply| Req::Duty { key, reply })
             .unwrap_or_else(|e| {
                 tracing::warn!(duty = name, error = %e, "cannot take a duty");
                 false
             })
+    }
+
+    /// The fencing check of duty `name`, for inside [`Pg::atomically`]:
+    /// `Ok` only if the connection the open transaction runs on holds the
+    /// duty's lock. Another HQ can take the lock only once that connection
+    /// is gone, and the transaction (with every write fenced here) dies
+    /// with it: so a write fenced by a duty commits only while its HQ holds
+    /// the duty, even if the lock passed on since the caller last looked.
+    pub(super) fn fence(&self, name: &str) -> Result<(), StoreError> {
+        let key = duty_key(name);
+        match self.ask(|reply| Req::Fence { key, reply })? {
+            true => Ok(()),
+            false => Err(StoreError::NotDuty(name.to_string())),
+        }
+    }
+
+    /// Announces every key put into `tree` to the other processes on this
+    /// database ([`notify::Notice::Put`]).
+    pub(super) fn announce_keys(&self, tree: &'static str) {
+        self.announce.keys_of(tree);
+    }
+
+    /// What other processes on this database commit, from now on.
+    pub(super) fn notices(&self) -> tokio::sync::broadcast::Receiver<notify::Notice> {
+        self.announce.subscribe()
     }
 
     /// Runs `f` inside a savepoint of the open transaction: its writes land
@@ -337,6 +372,13 @@ impl Pg {
             Err(_) => std::future::pending().await,
         }
     }
+}
+
+/// A fixed advisory-lock key per duty name (FNV-1a).
+fn duty_key(name: &str) -> i64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) as i64
 }
 
 fn stopped() -> StoreError {
@@ -458,3 +500,6 @@ pub mod testdb;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod multi_tests;

@@ -5,10 +5,10 @@
 use super::testdb::{server_bin, TestPostgres};
 use crate::store::{Store, StoreError};
 
-const CA: &str = "sha256:aaaa";
+pub(super) const CA: &str = "sha256:aaaa";
 
 /// A fresh server, or `None` (with a note) when PostgreSQL is not installed.
-fn server() -> Option<TestPostgres> {
+pub(super) fn server() -> Option<TestPostgres> {
     if server_bin().is_none() {
         eprintln!("SKIPPED: no PostgreSQL server installed (/usr/lib/postgresql/*/bin)");
         return None;

@@ -2,6 +2,7 @@
 //! transaction and the migrations. Answers [`Req`]s in the order they were
 //! sent; decides nothing about what is stored.
 
+use super::notify::Announce;
 use super::{Req, Stats};
 use crate::store::StoreError;
 use std::collections::BTreeMap;
@@ -14,10 +15,16 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// The migrations in `migrations/`, applied in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_hq_state.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_hq_state.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_more_counters.sql"),
+    ),
+];
 
 /// The newest schema this build knows.
-pub const SCHEMA: i32 = 1;
+pub const SCHEMA: i32 = 2;
 
 /// Key of the advisory lock that serialises migrations between HQs.
 const MIGRATION_LOCK: i64 = 0x7265_6c61_7974_7265; // "relaytre"
@@ -33,6 +40,7 @@ pub(super) fn start(
     rx: Receiver<Req>,
     failed: watch::Sender<Option<String>>,
     stats: Arc<Stats>,
+    announce: Arc<Announce>,
 ) -> Result<(), StoreError> {
     let shown = redact(&url);
     let (ready, is_ready) = std::sync::mpsc::sync_channel(1);
@@ -72,6 +80,8 @@ pub(super) fn start(
                 txn: None,
                 failed,
                 stats,
+                announce,
+                conns: 1,
             };
             w.run(&rt, rx);
         })
@@ -186,6 +196,9 @@ struct Conn {
     st: Stmts,
     /// Advisory locks (duties) this session holds.
     duties: std::collections::BTreeSet<i64>,
+    /// Which connection of this worker it is (1, 2, ...): a transaction
+    /// belongs to the one it began on.
+    gen: u64,
 }
 
 impl Conn {
@@ -269,6 +282,7 @@ impl Conn {
             client,
             st,
             duties: Default::default(),
+            gen: 1,
         })
     }
 }
@@ -282,6 +296,14 @@ struct Txn {
     /// the transaction can no longer commit (a rollback to a savepoint at
     /// or below that depth clears it).
     poisoned: Option<(String, u32)>,
+    /// The notices its commit sends (`notify.rs`), each with the savepoint
+    /// depth it was written at (a rolled-back savepoint takes its own back).
+    notices: BTreeMap<String, u32>,
+    /// The connection it began on ([`Conn::gen`]; 0: none).
+    gen: u64,
+    /// It began on the server (false: it failed before, so nothing of it
+    /// ever reached PostgreSQL).
+    began_there: bool,
 }
 
 struct Worker {
@@ -292,6 +314,9 @@ struct Worker {
     txn: Option<Txn>,
     failed: watch::Sender<Option<String>>,
     stats: Arc<Stats>,
+    announce: Arc<Announce>,
+    /// Connections opened so far.
+    conns: u64,
 }
 
 type Batch = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
@@ -406,9 +431,19 @@ impl Worker {
             }
             self.last_attempt = Instant::now();
             match Conn::open(&self.url, &self.ca_hash).await {
-                Ok(c) => {
+                Ok(mut c) => {
                     tracing::info!("reconnected to PostgreSQL");
+                    self.conns += 1;
+                    c.gen = self.conns;
                     self.conn = Some(c);
+                    if self.txn.is_some() {
+                        // The open transaction died with the old connection:
+                        // its writes are lost, so it must never commit (and
+                        // nothing may run on the new one as if inside it).
+                        let why = "the connection to PostgreSQL was lost inside a transaction";
+                        self.poison(why.into());
+                        return Err(StoreError::Pg(why.into()));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reconnect to PostgreSQL");
@@ -424,16 +459,30 @@ impl Worker {
     /// Opens the transaction if none is.
     async fn begin(&mut self) -> Result<(), StoreError> {
         if self.txn.is_none() {
-            self.conn()
-                .await?
-                .client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(pg)?;
+            let c = self.conn().await?;
+            let mut gen = c.gen;
+            if let Err(e) = c.client.batch_execute("BEGIN").await {
+                if !c.client.is_closed() {
+                    return Err(pg(e));
+                }
+                // The connection died while nothing was open on it (say, the
+                // database restarted under an idle HQ): nothing is lost, so
+                // open a new one at once and begin there.
+                self.conn = None;
+                self.last_attempt = Instant::now()
+                    .checked_sub(Duration::from_secs(2))
+                    .unwrap_or_else(Instant::now);
+                let c = self.conn().await?;
+                gen = c.gen;
+                c.client.batch_execute("BEGIN").await.map_err(pg)?;
+            }
             self.txn = Some(Txn {
                 began: Instant::now(),
                 depth: 0,
                 poisoned: None,
+                notices: Default::default(),
+                gen,
+                began_there: true,
             });
         }
         Ok(())
@@ -452,6 +501,9 @@ impl Worker {
                     began: Instant::now(),
                     depth: 0,
                     poisoned: Some((why, 0)),
+                    notices: Default::default(),
+                    gen: 0,
+                    began_there: false,
                 })
             }
         }
@@ -468,7 +520,9 @@ impl Worker {
         let (mut put_t, mut put_k, mut put_v) = (Vec::new(), Vec::new(), Vec::new());
         let (mut del_t, mut del_k) = (Vec::new(), Vec::new());
         let rows = batch.len() as u64;
+        let mut notices = std::collections::BTreeSet::new();
         for ((t, k), v) in batch {
+            self.announce.note(&mut notices, t, &k, v.is_some());
             match v {
                 Some(v) => {
                     put_t.push(t);
@@ -505,6 +559,11 @@ impl Worker {
             Ok(n) => {
                 self.stats.write_statements.fetch_add(n, Ordering::Relaxed);
                 self.stats.rows_written.fetch_add(rows, Ordering::Relaxed);
+                if let Some(t) = self.txn.as_mut() {
+                    for n in notices {
+                        t.notices.entry(n).or_insert(t.depth);
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "write to PostgreSQL failed");
@@ -515,6 +574,12 @@ impl Worker {
 
     /// Commits the open transaction: Ok once PostgreSQL has it on disk.
     async fn commit(&mut self) -> Result<(), String> {
+        if let Some(e) = self.failed.borrow().clone() {
+            // Writes were lost (perhaps in a commit nobody waited for): no
+            // later commit may claim that what came before it is durable.
+            self.txn.take();
+            return Err(e);
+        }
         let Some(t) = self.txn.take() else {
             return Ok(());
         };
@@ -524,6 +589,14 @@ impl Worker {
             return Ok(());
         }
         let r = match t.poisoned {
+            Some((why, _)) if !t.began_there => {
+                // It never began (PostgreSQL could not be reached): its
+                // writers are told, and nothing else was lost. What this
+                // process derived from those writes is re-read.
+                tracing::warn!(error = %why, "writes refused: PostgreSQL not reachable");
+                self.announce.lost_here();
+                return Err(format!("PostgreSQL not reachable: {why}"));
+            }
             Some((why, _)) => {
                 if let Ok(c) = self.conn().await {
                     let _ = c.client.batch_execute("ROLLBACK").await;
@@ -531,9 +604,16 @@ impl Worker {
                 Err(why)
             }
             None => match self.conn().await {
+                Ok(c) if c.gen != t.gen => {
+                    Err("the connection to PostgreSQL was lost inside a transaction".to_string())
+                }
+                // The notices go in the same transaction: sent if it commits.
                 Ok(c) => c
                     .client
-                    .batch_execute("COMMIT")
+                    .batch_execute(&match Announce::statement(t.notices.keys()) {
+                        Some(notify) => format!("{notify}; COMMIT"),
+                        None => "COMMIT".to_string(),
+                    })
                     .await
                     .map_err(|e| describe(&e)),
                 Err(e) => Err(e.to_string()),
@@ -630,7 +710,8 @@ impl Worker {
                 let _ = reply.send(r.await);
             }
             Req::Duty { key, reply } => {
-                if self.conn.as_ref().is_some_and(|c| c.duties.contains(&key)) {
+                let live = |c: &Conn| !c.client.is_closed() && c.duties.contains(&key);
+                if self.conn.as_ref().is_some_and(live) {
                     let _ = reply.send(Ok(true));
                     return;
                 }
@@ -648,6 +729,13 @@ impl Worker {
                     .await;
                 if let (Ok(true), Some(c)) = (&r, self.conn.as_mut()) {
                     c.duties.insert(key);
+                }
+                let _ = reply.send(r);
+            }
+            Req::Fence { key, reply } => {
+                let r = self.fence(key).await;
+                if let Err(e) = &r {
+                    self.poison(e.to_string());
                 }
                 let _ = reply.send(r);
             }
@@ -696,6 +784,34 @@ impl Worker {
         }
     }
 
+    /// Whether this connection holds advisory lock `key`, in the open
+    /// transaction begun on it: if so, no other session can hold the lock
+    /// until this transaction has committed or died with the connection.
+    async fn fence(&mut self, key: i64) -> Result<bool, StoreError> {
+        self.begin().await?;
+        if self.conn.as_ref().is_some_and(|c| c.duties.contains(&key)) {
+            return Ok(true);
+        }
+        let got = self
+            .read(|c| {
+                Box::pin(async move {
+                    let got: bool = c
+                        .client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                        .await?
+                        .get(0);
+                    Ok(got)
+                })
+            })
+            .await?;
+        if got {
+            if let Some(c) = self.conn.as_mut() {
+                c.duties.insert(key);
+            }
+        }
+        Ok(got)
+    }
+
     /// Ends the innermost savepoint with `verb` (RELEASE or ROLLBACK TO).
     async fn end_savepoint(&mut self, verb: &str) -> Result<(), StoreError> {
         let depth = self.txn.as_ref().map_or(0, |t| t.depth);
@@ -713,6 +829,9 @@ impl Worker {
         .await;
         if let Some(t) = self.txn.as_mut() {
             t.depth = depth - 1;
+            for at in t.notices.values_mut() {
+                *at = (*at).min(depth - 1);
+            }
         }
         if let Err(e) = &r {
             self.poison(e.to_string());
@@ -735,6 +854,7 @@ impl Worker {
         .await;
         if let Some(t) = self.txn.as_mut() {
             t.depth = depth.saturating_sub(1);
+            t.notices.retain(|_, at| *at < depth);
             if r.is_ok() && t.poisoned.as_ref().is_some_and(|(_, at)| *at >= depth) {
                 t.poisoned = None;
             }
