@@ -68,10 +68,13 @@ pub(super) fn with_rider(key: &[u8], value: &[u8], group: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A stored record split into its rider (key, value), if any, and its group.
-/// A record too short for the rider it announces is taken as all group
-/// (and fails to decode there, naming the record).
-pub(super) fn split(v: &[u8]) -> (Option<(&[u8], &[u8])>, &[u8]) {
+/// A rider: (key, value).
+pub(super) type Rider<'a> = (&'a [u8], &'a [u8]);
+
+/// A stored record split into its rider, if any, and its group. A record
+/// too short for the rider it announces is taken as all group (and fails
+/// to decode there).
+pub(super) fn split(v: &[u8]) -> (Option<Rider<'_>>, &[u8]) {
     fn take(v: &[u8]) -> Option<(&[u8], &[u8])> {
         let n = u32::from_be_bytes(v.get(..4)?.try_into().ok()?) as usize;
         let rest = v.get(4..)?;
