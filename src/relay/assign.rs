@@ -202,6 +202,12 @@ impl<'a> AgentOrders<'a> {
         out
     }
 
+    /// Whether `client` has a rerun chunk of its own (beyond the orders
+    /// that cover every agent).
+    fn has_own(&self, client: &NodeName) -> bool {
+        self.by_client.contains_key(client.as_str())
+    }
+
     /// The orders that can cover `client`.
     pub(crate) fn for_client(&self, client: &NodeName) -> Vec<SignedOrder> {
         self.every
@@ -237,13 +243,41 @@ fn agent_assignment(a: &Assignment, orders: &AgentOrders<'_>, client: &NodeName)
 /// Room kept in an agent frame for the message envelope.
 const FRAME_SLACK: usize = 4096;
 
+/// The encoded size of `m` as an agent receives it (`None`: not encodable).
+fn agent_frame_len(m: &Assignment) -> Option<usize> {
+    crate::proto::codec::encode(&Msg::Assign(m.clone()))
+        .ok()
+        .map(|b| b.len())
+}
+
 /// Whether `m` fits in one agent frame.
 fn fits_agent_frame(m: &Assignment) -> bool {
     // Bounded by construction (one chunk of orders), but an oversized
     // message would kill the session at every re-send: measure.
-    crate::proto::codec::encode(&Msg::Assign(m.clone()))
-        .map(|b| b.len() + FRAME_SLACK <= crate::proto::AGENT_MAX_FRAME)
-        .unwrap_or(false)
+    agent_frame_len(m).is_some_and(|n| n + FRAME_SLACK <= crate::proto::AGENT_MAX_FRAME)
+}
+
+/// Whether the agents' assignments of one delivery fit in an agent frame.
+/// Those with only the orders covering every agent differ in the agent's
+/// name alone: the first is encoded, the others are bounded by its size
+/// plus their name (no encoding per leaf). One with a rerun chunk of its
+/// own is encoded.
+#[derive(Default)]
+struct FrameCheck {
+    /// Encoded size of the first assignment with the common orders only.
+    common: Option<Option<usize>>,
+}
+
+impl FrameCheck {
+    fn fits(&mut self, m: &Assignment, client: &NodeName, own_chunk: bool) -> bool {
+        if own_chunk {
+            return fits_agent_frame(m);
+        }
+        let common = *self.common.get_or_insert_with(|| agent_frame_len(m));
+        common.is_some_and(|n| {
+            n + client.as_str().len() + FRAME_SLACK <= crate::proto::AGENT_MAX_FRAME
+        })
+    }
 }
 
 /// A home leaf that cannot be sent to its agent fails here, with the reason,
@@ -313,9 +347,10 @@ pub(crate) fn deliver(st: &RelayState, a: &Assignment, d: Deliveries) {
             vec![]
         }
     };
+    let mut check = FrameCheck::default();
     for client in agents {
         let m = agent_assignment(a, &orders, &client);
-        if !fits_agent_frame(&m) {
+        if !check.fits(&m, &client, orders.has_own(&client)) {
             let reason = format!(
                 "the assignment does not fit in an agent frame ({} bytes)",
                 crate::proto::AGENT_MAX_FRAME

@@ -9,6 +9,7 @@ use crate::proto::{now_ms, Assignment, Event, LeafState, LeafUpdate, NodeName};
 use crate::rules;
 use crate::store::keys::{JobAttempt, JobClient, NameJob, NamePrefix};
 use crate::store::StoreError;
+use std::collections::HashMap;
 use tracing::warn;
 
 /// An agent's own results and inventory (not yet durable); anything else it
@@ -112,14 +113,22 @@ pub(crate) fn apply_home(
 ) -> Result<Vec<crate::proto::JobId>, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut events = Vec::new();
-    let mut writes = Vec::new();
+    // One write per leaf, however many updates of it the batch holds (a
+    // command's `running` and its result): each merges into the state the
+    // ones before it left.
+    let mut writes: Vec<(JobClient, crate::rules::LeafRecord, crate::proto::JobId)> = Vec::new();
+    let mut at: HashMap<JobClient, usize> = HashMap::new();
     for u in ups {
         if u.client != *client {
             warn!(%client, claimed = %u.client, "agent reported another client's leaf; dropped");
             continue;
         }
         let k = JobClient(u.job, client.clone());
-        let Some(cur) = st.leaves.get(&k)? else {
+        let cur = match at.get(&k) {
+            Some(&i) => Some(writes[i].1.clone()),
+            None => st.leaves.get(&k)?,
+        };
+        let Some(cur) = cur else {
             // Delivered by the relay this client lived under before it moved:
             // pass the result on (HQ merges it), keep nothing here.
             let mut u = u.clone();
@@ -137,7 +146,13 @@ pub(crate) fn apply_home(
             // parent has it durably); the relay's own record stays small.
             new.out = None;
             new.output = None;
-            writes.push((k, new, u.job));
+            match at.get(&k) {
+                Some(&i) => writes[i].1 = new,
+                None => {
+                    at.insert(k.clone(), writes.len());
+                    writes.push((k, new, u.job));
+                }
+            }
             events.push(Event::Leaf(u));
         }
     }
@@ -157,4 +172,83 @@ pub(crate) fn apply_home(
         }
     }
     Ok(ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Action, Attempt, JobId, Scope};
+    use crate::relay::DirEntry;
+    use crate::rules::LeafRecord;
+    use crate::store::keys::Name;
+    use crate::store::Store;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn update(state: LeafState) -> LeafUpdate {
+        LeafUpdate {
+            job: JobId(1),
+            attempt: Attempt(1),
+            client: n("c1"),
+            relay: n("c1"),
+            state,
+            exit_code: None,
+            reason: None,
+            output: None,
+            at_ms: 1,
+            out: None,
+            audit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn updates_of_one_leaf_in_a_batch_merge_in_turn_and_write_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = n("r1");
+        let st = RelayState::open(
+            me.clone(),
+            Store::open(dir.path()).unwrap(),
+            crate::relay::cache::for_tests(dir.path()),
+        )
+        .unwrap();
+        let home = DirEntry {
+            home: me.clone(),
+            via: me.clone(),
+        };
+        st.dir_clients.put(&Name(n("c1")), &home).unwrap();
+        let a = Assignment {
+            job: JobId(1),
+            attempt: Attempt(1),
+            action: Action::Ping,
+            expires_at_ms: None,
+            scope: Scope::AllLowerOf(vec![me.clone()]),
+            orders: vec![],
+            placement: None,
+            hq_now_ms: None,
+            policy: None,
+        };
+        crate::relay::assign::apply(&st, &a).unwrap();
+        let k = JobClient(JobId(1), n("c1"));
+        // A result, then a late `running` of the same leaf: the result stays
+        // (each update merges into what the one before it left).
+        let ups = [update(LeafState::Succeeded), update(LeafState::Running)];
+        apply_home(&st, &n("c1"), &ups).unwrap();
+        let l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
+        assert_eq!(l.state, LeafState::Succeeded);
+        // Only the result went up; the final leaf left the per-client index.
+        let sent: Vec<LeafState> = st
+            .outbox
+            .read_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                Event::Leaf(u) => Some(u.state),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, vec![LeafState::Succeeded]);
+        assert!(pending_for(&st, &n("c1")).unwrap().is_empty());
+    }
 }

@@ -12,10 +12,14 @@
 //! the first group whose last event is past n and skips what it holds up
 //! to n; acknowledging n removes the groups that end at or before n, and a
 //! group acknowledged in part stays (its acknowledged events are sent again
-//! if asked for, which parents take as duplicates).
+//! if asked for, which parents take as duplicates). A record may carry a
+//! rider, one more key of the tree written with it (`record.rs`).
+
+mod record;
 
 use super::{keys, StoreError, Table};
 use crate::proto::Event;
+use record::{encode_group, group, group_len, is_group};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -117,10 +121,19 @@ impl Outbox {
             Some(r) => {
                 let (k, v) = r?;
                 let end = keys::read_u64(&k[prefix.len()..]).unwrap_or(1);
-                (end + 1).saturating_sub(group_len(&v)).max(1)
+                (end + 1).saturating_sub(group_len(group(&v))).max(1)
             }
             None => last + 1,
         };
+        // A rider whose own write did not survive a crash (see `record`).
+        for r in tree.scan_prefix(prefix) {
+            let (_, v) = r?;
+            if let (Some((k, val)), _) = record::split(&v) {
+                if !tree.contains_key(k)? {
+                    tree.insert(k, val)?;
+                }
+            }
+        }
         // Entries left from before a restart count as pushed now.
         let mut waiting = Waiting {
             last,
@@ -179,6 +192,7 @@ impl Outbox {
 
     /// The events of a group record whose last event is `last`, numbered.
     fn decode_group(&self, last: u64, v: &[u8]) -> Result<Vec<(u64, Event)>, StoreError> {
+        let v = group(v);
         if is_group(v) {
             let evs: Vec<Event> = self.table.decode(v)?;
             let first = (last + 1).saturating_sub(evs.len() as u64);
@@ -212,8 +226,10 @@ impl Outbox {
         Ok(first + events.len() as u64 - 1)
     }
 
-    /// Appends events and writes `key` = `value` in the same tree, all in
-    /// one atomic batch: after a crash, either all of it is there or none.
+    /// Appends events and writes `key` = `value` in the same tree, all at
+    /// once: after a crash, either all of it is there or none. A new key
+    /// with events that make one group rides in the group's record (two
+    /// plain inserts, see `record`); anything else is one sled batch.
     pub fn push_with<V: serde::Serialize>(
         &self,
         events: &[Event],
@@ -222,12 +238,21 @@ impl Outbox {
     ) -> Result<u64, StoreError> {
         let _order = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let first = self.next.load(Ordering::SeqCst);
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.groups(first, events)? {
-            batch.insert(k, v);
+        let value = rmp_serde::to_vec_named(value)?;
+        let mut groups = self.groups(first, events)?;
+        if groups.len() == 1 && !self.tree.contains_key(key)? {
+            // The group (with its rider) first: sled recovers a prefix.
+            let (k, g) = groups.remove(0);
+            self.tree.insert(k, record::with_rider(key, &value, &g))?;
+            self.tree.insert(key, value)?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (k, v) in groups {
+                batch.insert(k, v);
+            }
+            batch.insert(key, value);
+            self.tree.apply_batch(batch)?;
         }
-        batch.insert(key, rmp_serde::to_vec_named(value)?);
-        self.tree.apply_batch(batch)?;
         self.next
             .store(first + events.len() as u64, Ordering::SeqCst);
         if !events.is_empty() {
@@ -258,8 +283,9 @@ impl Outbox {
             let Some(last) = keys::read_u64(&k[self.prefix.len()..]) else {
                 continue;
             };
-            let n = group_len(&v) as usize;
-            let each = v.len() / n.max(1) + 16;
+            let g = group(&v);
+            let n = group_len(g) as usize;
+            let each = g.len() / n.max(1) + 16;
             for (seq, e) in self.decode_group(last, &v)? {
                 if seq <= after {
                     continue;
@@ -300,7 +326,7 @@ impl Outbox {
         {
             let (k, v) = r?;
             let last = keys::read_u64(&k[self.prefix.len()..]).unwrap_or(0);
-            if (last + 1).saturating_sub(group_len(&v)) <= seq {
+            if (last + 1).saturating_sub(group_len(group(&v))) <= seq {
                 let rest: Vec<Event> = self
                     .decode_group(last, &v)?
                     .into_iter()
@@ -323,7 +349,7 @@ impl Outbox {
     pub fn len(&self) -> usize {
         self.tree
             .scan_prefix(&*self.prefix)
-            .map(|r| r.map_or(0, |(_, v)| group_len(&v) as usize))
+            .map(|r| r.map_or(0, |(_, v)| group_len(group(&v)) as usize))
             .sum()
     }
 
@@ -345,46 +371,6 @@ impl Outbox {
 
 /// A stored group: key and value.
 type Record = (Vec<u8>, Vec<u8>);
-
-/// A group's value: the one event itself, or a MessagePack array of them
-/// (`encoded` are the events' encodings, `bytes` their total length).
-fn encode_group(encoded: Vec<Vec<u8>>, bytes: usize) -> Vec<u8> {
-    let mut encoded = encoded;
-    if encoded.len() == 1 {
-        return encoded.pop().unwrap_or_default();
-    }
-    let n = encoded.len();
-    let mut v = Vec::with_capacity(bytes + 5);
-    if n < 16 {
-        v.push(0x90 | n as u8);
-    } else if let Ok(n) = u16::try_from(n) {
-        v.push(0xdc);
-        v.extend_from_slice(&n.to_be_bytes());
-    } else {
-        v.push(0xdd);
-        v.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-    for e in encoded {
-        v.extend_from_slice(&e);
-    }
-    v
-}
-
-/// Whether a stored value is a group of several events (a MessagePack
-/// array; a single event is a map or a string, never an array).
-fn is_group(v: &[u8]) -> bool {
-    matches!(v.first(), Some(0x90..=0x9f | 0xdc | 0xdd))
-}
-
-/// How many events a stored value holds (from the array's header).
-fn group_len(v: &[u8]) -> u64 {
-    match v {
-        [b @ 0x90..=0x9f, ..] => u64::from(b & 0x0f),
-        [0xdc, a, b, ..] => u64::from(u16::from_be_bytes([*a, *b])),
-        [0xdd, a, b, c, d, ..] => u64::from(u32::from_be_bytes([*a, *b, *c, *d])),
-        _ => 1,
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -616,15 +602,48 @@ mod tests {
         assert_eq!(o.read_after(0, 10).unwrap(), vec![(4, ev(4)), (5, ev(5))]);
     }
 
-    #[test]
-    fn group_headers() {
-        for n in [2usize, 15, 16, 255, 256, 70_000] {
-            let v = super::encode_group(vec![vec![0xc0]; n], n);
-            assert!(super::is_group(&v), "{n}");
-            assert_eq!(super::group_len(&v), n as u64);
+    #[tokio::test]
+    async fn a_new_key_rides_with_its_event_and_survives_a_lost_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let o = s.outbox_prefixed("agent", b"o\0").unwrap();
+            assert_eq!(o.push_with(&[ev(1)], b"r\0one", &7u32).unwrap(), 1);
+            // An existing key: a batch, no rider.
+            assert_eq!(o.push_with(&[ev(2)], b"r\0one", &8u32).unwrap(), 2);
+            assert_eq!(o.push_with(&[ev(3)], b"r\0two", &9u32).unwrap(), 3);
+            let t = s.table("agent").unwrap();
+            assert_eq!(t.get::<u32>(b"r\0one").unwrap(), Some(8));
+            assert_eq!(
+                o.read_after(0, 10).unwrap(),
+                vec![(1, ev(1)), (2, ev(2)), (3, ev(3))]
+            );
+            // As after a crash between the record and its rider's own write.
+            t.remove(b"r\0two").unwrap();
+            drop(o);
+            s.close().await.unwrap();
         }
-        let one = super::encode_group(vec![vec![0x81, 0xa1, b'a', 0x01]], 4);
-        assert!(!super::is_group(&one));
-        assert_eq!(super::group_len(&one), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let o = s.outbox_prefixed("agent", b"o\0").unwrap();
+        let t = s.table("agent").unwrap();
+        // Restored from its rider; a later value is never undone by one.
+        assert_eq!(t.get::<u32>(b"r\0two").unwrap(), Some(9));
+        assert_eq!(t.get::<u32>(b"r\0one").unwrap(), Some(8));
+        assert_eq!(o.len(), 3);
+        o.ack(2).unwrap();
+        assert_eq!(o.read_after(0, 10).unwrap(), vec![(3, ev(3))]);
+        o.ack(3).unwrap();
+        assert!(o.is_empty());
     }
 }

@@ -73,7 +73,11 @@ impl PartialEq for VerifyKey {
 impl Eq for VerifyKey {}
 
 /// Signatures remembered per key, at most (then the memory starts afresh).
-const VERIFIED_CACHE: usize = 4096;
+/// Room for every placement of a swarm of agents (one each, ~100 bytes)
+/// and the orders of their jobs: at 4,096, a swarm of 5,000 started afresh
+/// within every job and verified each agent's placement again (a seventh
+/// of its CPU in a ping job).
+const VERIFIED_CACHE: usize = 1 << 16;
 
 impl VerifyKey {
     /// Loads a public key file (32 raw bytes).
