@@ -60,13 +60,16 @@ pub enum WebCmd {
     },
 }
 
-/// Session timers of a server (defaults: heartbeat 5s, idle timeout 20s).
+/// Session timers of a server (defaults: heartbeat 30s, idle timeout 90s).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TimingArgs {
-    /// Send a heartbeat after this long without sending (e.g. 5s).
+    /// Send a heartbeat after this long without sending [default: 30s]; sooner
+    /// toward a peer whose idle timeout needs it (3 per its idle timeout).
     #[arg(long, value_parser = duration_text)]
     pub heartbeat: Option<String>,
-    /// Close a session silent for this long (e.g. 20s); detects half-open links.
+    /// Close a session silent for this long [default: 90s]: a dead peer or a
+    /// half-open link is detected within it. The peer is told, and heartbeats
+    /// often enough for it.
     #[arg(long, value_parser = duration_text)]
     pub idle_timeout: Option<String>,
 }
@@ -123,7 +126,7 @@ const RELAY_HELP: &str = "\
 Examples:
   relay serve --identity ids/r1 --data-dir r1 --listen 0.0.0.0:7001 --parent hq.example:7000
   relay serve --identity ids/r2 --data-dir r2 --listen 0.0.0.0:7002 --parent r1.example:7001 \\
-      --heartbeat 30s --idle-timeout 120s --log-format json
+      --heartbeat 60s --idle-timeout 180s --log-format json
   relay serve --identity ids/r3 --data-dir r3 --listen 0.0.0.0:7003 \
       --parent r1.example:7001 --parent r2.example:7002      fails over from r1 to r2
 

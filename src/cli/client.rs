@@ -110,8 +110,10 @@ impl AdminClient {
                 purpose: Default::default(),
                 hq_now_ms: None,
                 about: None,
+                idle_timeout_ms: None,
             },
-            timing: Timing::default(),
+            // Gives up on a silent HQ within 20 s.
+            timing: Timing::admin(),
             gate: None,
         };
         let session = dial_once(&dialer).await.map_err(|source| CliError::Link {

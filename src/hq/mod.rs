@@ -375,6 +375,7 @@ pub async fn run_with_console(
             purpose: Default::default(),
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         },
         trust_domain: me.trust_domain.clone(),
         timing,

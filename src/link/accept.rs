@@ -292,8 +292,10 @@ async fn greet(
     check_hello(&hello, &peer)?;
     let mut me = adm.me.clone();
     me.hq_now_ms = adm.clock.now();
+    me.idle_timeout_ms = adm.timing.idle_ms();
     framed.send(&Msg::Hello(me)).await?;
-    let mut s = start(framed, peer, adm.timing, hello.purpose);
+    let timing = adm.timing.toward(hello.idle_timeout_ms);
+    let mut s = start(framed, peer, timing, hello.purpose);
     s.about = hello.about;
     Ok(s)
 }

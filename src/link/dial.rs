@@ -121,17 +121,22 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
         let _ = tcp.set_nodelay(true);
         let (tls, peer) = tls::connect(&d.connector, tcp).await?;
         let mut framed = Framed::new(tls, MsgCodec::for_session(d.me.role, peer.role));
-        framed.send(&Msg::Hello(d.me.clone())).await?;
-        let hq_offset_ms = match read_first(&mut framed, within).await? {
+        let mut me = d.me.clone();
+        me.idle_timeout_ms = d.timing.idle_ms();
+        framed.send(&Msg::Hello(me)).await?;
+        let (hq_offset_ms, peer_idle_ms) = match read_first(&mut framed, within).await? {
             Msg::Hello(h) => {
                 check_hello(&h, &peer)?;
-                h.hq_now_ms
-                    .map(|t| super::clock::offset(t, crate::proto::now_ms()))
+                let offset = h
+                    .hq_now_ms
+                    .map(|t| super::clock::offset(t, crate::proto::now_ms()));
+                (offset, h.idle_timeout_ms)
             }
             Msg::Bye { reason } => return Err(LinkError::Bye(reason)),
             other => return Err(super::unexpected(&other, "before hello")),
         };
-        let mut s = start(framed, peer, d.timing, d.me.purpose);
+        let timing = d.timing.toward(peer_idle_ms);
+        let mut s = start(framed, peer, timing, d.me.purpose);
         s.hq_offset_ms = hq_offset_ms;
         Ok(s)
     })

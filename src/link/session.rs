@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 /// Session timers.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
-    /// Send a heartbeat after this long without sending.
+    /// Send a heartbeat after this long without sending (sooner when the
+    /// peer's idle timeout asks for it: [`Timing::toward`]).
     pub heartbeat: Duration,
     /// Close a session that received nothing for this long.
     pub idle_timeout: Duration,
@@ -25,12 +26,52 @@ pub struct Timing {
     pub handshake_timeout: Duration,
 }
 
+/// The default heartbeat: a silent session costs a frame each way per
+/// interval, which is what an idle fleet of 100,000 costs (BENCHMARKS.md).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+/// The default idle timeout: a dead peer is detected within it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A peer hears at least this many heartbeats per idle timeout of its own.
+const BEATS_PER_IDLE: u32 = 3;
+/// The idle timeout of a peer that does not state one (older builds).
+const UNSTATED_IDLE: Duration = Duration::from_secs(20);
+
 impl Default for Timing {
     fn default() -> Self {
         Timing {
+            heartbeat: DEFAULT_HEARTBEAT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Timing {
+    /// An admin command's session: it gives up on a silent HQ within 20 s,
+    /// so HQ beats toward it at least every 20 s / 3.
+    pub fn admin() -> Timing {
+        Timing {
             heartbeat: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
-            handshake_timeout: Duration::from_secs(10),
+            ..Timing::default()
+        }
+    }
+
+    /// The idle timeout this side states in its `Hello`, in milliseconds.
+    pub(super) fn idle_ms(&self) -> Option<u64> {
+        Some(self.idle_timeout.as_millis() as u64)
+    }
+
+    /// These timers on a session with a peer whose `Hello` stated
+    /// `peer_idle_ms` (none: an older build, 20 s): the heartbeat shortened
+    /// so that the peer hears at least three within its idle timeout,
+    /// whatever the two sides were configured with.
+    pub(super) fn toward(self, peer_idle_ms: Option<u64>) -> Timing {
+        let peer_idle = peer_idle_ms.map_or(UNSTATED_IDLE, Duration::from_millis);
+        let most = (peer_idle / BEATS_PER_IDLE).max(Duration::from_millis(1));
+        Timing {
+            heartbeat: self.heartbeat.min(most),
+            ..self
         }
     }
 }
@@ -313,6 +354,36 @@ mod tests {
         peer.send(&traffic()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(s.rx.recv().await.unwrap(), traffic());
+    }
+
+    #[test]
+    fn the_heartbeat_is_shortened_to_fit_the_peer_idle_timeout() {
+        let t = |hb: u64, idle: u64| Timing {
+            heartbeat: Duration::from_secs(hb),
+            idle_timeout: Duration::from_secs(idle),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        let secs = Duration::from_secs;
+        let table = [
+            // (own heartbeat, own idle, peer's idle) -> heartbeat used
+            ((30, 90, Some(90_000)), secs(30)),
+            ((30, 90, Some(300_000)), secs(30)),
+            // An admin command (20 s): HQ beats every 6.67 s.
+            ((30, 90, Some(20_000)), Duration::from_nanos(6_666_666_666)),
+            // A peer of an older build states nothing: 20 s assumed.
+            ((30, 90, None), Duration::from_nanos(6_666_666_666)),
+            ((5, 20, None), secs(5)),
+            // A peer with a tiny idle timeout (tests): never zero.
+            ((30, 90, Some(1)), Duration::from_millis(1)),
+        ];
+        for ((hb, idle, peer), want) in table {
+            let got = t(hb, idle).toward(peer);
+            assert_eq!(got.heartbeat, want, "{hb}/{idle} toward {peer:?}");
+            assert_eq!(got.idle_timeout, secs(idle));
+        }
+        let admin = Timing::admin();
+        assert_eq!(admin.idle_ms(), Some(20_000));
+        assert!(Timing::default().idle_timeout >= Timing::default().heartbeat * BEATS_PER_IDLE);
     }
 
     /// A silent peer is detected within the idle timeout and a sweep.

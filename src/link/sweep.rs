@@ -1,8 +1,12 @@
 //! Liveness of every session of a process, kept by one sweep: each session
-//! has a [`Pulse`] (when it last heard a frame, when it last sent one), and a
-//! single thread walks them all a few times per heartbeat interval, queues a
-//! heartbeat on a session that sent nothing for the interval, and wakes the
-//! reader of a session that heard nothing for its idle timeout.
+//! has a [`Pulse`] (when it last heard a frame, when it last sent one), filed
+//! under the moment it next needs a look (its heartbeat falls due, or its
+//! idle timeout runs out). A single thread sleeps until the earliest of those
+//! moments, looks only at the sessions due then, queues a heartbeat on a
+//! session that sent nothing for the interval, wakes the reader of a session
+//! that heard nothing for its idle timeout, and files each one again under
+//! its next moment. An idle process wakes once per due session, not once
+//! per session per tick.
 //!
 //! No timer per session and no timer per message: a frame costs an atomic
 //! store on each side. Any frame counts as liveness, job traffic included.
@@ -12,6 +16,7 @@
 //! Knows nothing of messages other than `Heartbeat`, and never does I/O.
 
 use crate::proto::Msg;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -19,11 +24,18 @@ use tokio::sync::{mpsc, Notify};
 
 /// `heard` while the owner is not waiting for a message: not judged.
 const BUSY: u64 = u64::MAX;
-/// Sweeps per heartbeat interval.
-const SWEEPS_PER_BEAT: u32 = 4;
-/// The sweep's shortest and longest period.
-const MIN_TICK: Duration = Duration::from_millis(10);
-const MAX_TICK: Duration = Duration::from_secs(1);
+/// A heartbeat goes this fraction of its interval early (at most
+/// [`MAX_SLACK`]), so the peer hears one within the interval even when the
+/// sweep is a little late.
+const SLACK_PER_BEAT: u32 = 4;
+/// The shortest and longest head start of a heartbeat.
+const MIN_SLACK: Duration = Duration::from_millis(10);
+const MAX_SLACK: Duration = Duration::from_secs(1);
+/// Moments are filed rounded up to this many milliseconds, so that sessions
+/// due at nearly the same time share one wake-up of the sweep.
+const GRAIN_MS: u64 = 10;
+/// The sweep sleeps at most this long with nothing due (a safety net only).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 /// Milliseconds on this process's monotonic clock.
 pub(super) fn now_ms() -> u64 {
@@ -48,12 +60,15 @@ pub(super) struct Pulse {
     dropped: AtomicBool,
     heartbeat_ms: u64,
     idle_ms: u64,
+    /// How early a heartbeat goes ([`slack_for`]).
+    slack_ms: u64,
     /// Where heartbeats go; does not keep the writer alive.
     beat: mpsc::WeakSender<Msg>,
 }
 
 impl Pulse {
-    /// A session's pulse, registered with the sweep.
+    /// A session's pulse, registered with the sweep: a heartbeat after
+    /// `heartbeat` without sending, expired after `idle` without hearing.
     pub(super) fn start(
         heartbeat: Duration,
         idle: Duration,
@@ -68,9 +83,11 @@ impl Pulse {
             dropped: AtomicBool::new(false),
             heartbeat_ms: (heartbeat.as_millis() as u64).max(1),
             idle_ms: (idle.as_millis() as u64).max(1),
+            slack_ms: slack_for(heartbeat).as_millis() as u64,
             beat,
         });
-        Sweep::get().register(&p, heartbeat);
+        let first = p.due(now);
+        Sweep::get().file(Arc::downgrade(&p), first);
         p
     }
 
@@ -115,20 +132,48 @@ impl Pulse {
         self.dropped.store(true, Ordering::Relaxed);
     }
 
-    /// One look by the sweep at `now`, `tick` being the sweep's period.
-    fn check(&self, now: u64, tick_ms: u64) -> Verdict {
+    fn times(&self, now: u64) -> Times {
         let heard = self.heard.load(Ordering::Relaxed);
-        let sent = self.sent.load(Ordering::Relaxed);
-        verdict(
-            Times {
-                heard: (heard != BUSY).then_some(heard),
-                sent,
-                now,
-            },
-            self.heartbeat_ms,
-            self.idle_ms,
-            tick_ms,
-        )
+        Times {
+            heard: (heard != BUSY).then_some(heard),
+            sent: self.sent.load(Ordering::Relaxed),
+            now,
+        }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            heartbeat_ms: self.heartbeat_ms,
+            idle_ms: self.idle_ms,
+            slack_ms: self.slack_ms,
+        }
+    }
+
+    /// When the sweep must look at this session next, seen from `now`.
+    fn due(&self, now: u64) -> u64 {
+        next_due(self.times(now), self.rules())
+    }
+
+    /// One look by the sweep at `now`: beats and wakes as the verdict says;
+    /// the moment to look again.
+    fn look(&self, now: u64) -> u64 {
+        let v = verdict(self.times(now), self.rules());
+        if v.expired && !self.expired.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+        if v.beat {
+            if let Some(tx) = self.beat.upgrade() {
+                // A full queue is traffic that will go out anyway.
+                if tx.try_send(Msg::Heartbeat).is_ok() {
+                    // Counted from now, so that a writer slow to run gets
+                    // one heartbeat, not one per look.
+                    self.sent();
+                }
+            }
+        }
+        // Never again at once: a session whose heartbeat could not be queued
+        // or whose reader has not yet ended is looked at a slack later.
+        self.due(now).max(now + self.slack_ms.max(GRAIN_MS))
     }
 }
 
@@ -142,6 +187,15 @@ struct Times {
     now: u64,
 }
 
+/// One session's timers, in milliseconds.
+#[derive(Clone, Copy, Debug)]
+struct Rules {
+    heartbeat_ms: u64,
+    idle_ms: u64,
+    /// How early a heartbeat may go.
+    slack_ms: u64,
+}
+
 /// What the sweep does to one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Verdict {
@@ -151,34 +205,50 @@ struct Verdict {
     expired: bool,
 }
 
-/// A heartbeat goes out when the session would otherwise have sent nothing
-/// for a whole interval by the next sweep (so the peer hears something at
-/// least every `heartbeat`, as it expects); a session expires when it heard
-/// nothing for `idle` while its owner waited.
-fn verdict(t: Times, heartbeat_ms: u64, idle_ms: u64, tick_ms: u64) -> Verdict {
+/// A heartbeat goes out when the session sent nothing for a whole interval
+/// but the slack (so the peer hears something at least every `heartbeat`,
+/// as it expects); a session expires when it heard nothing for `idle` while
+/// its owner waited.
+fn verdict(t: Times, r: Rules) -> Verdict {
     let quiet = t.now.saturating_sub(t.sent);
     Verdict {
-        beat: quiet + tick_ms >= heartbeat_ms,
-        expired: t.heard.is_some_and(|h| t.now.saturating_sub(h) >= idle_ms),
+        beat: quiet + r.slack_ms >= r.heartbeat_ms,
+        expired: t
+            .heard
+            .is_some_and(|h| t.now.saturating_sub(h) >= r.idle_ms),
     }
 }
 
-/// The sweep's period for sessions with this heartbeat.
-fn tick_for(heartbeat: Duration) -> Duration {
-    (heartbeat / SWEEPS_PER_BEAT).clamp(MIN_TICK, MAX_TICK)
+/// The next moment a session needs a look: its heartbeat falls due, or
+/// (while its owner waits) its idle timeout runs out; whichever is first.
+/// A busy owner's session is looked at again when its heartbeat falls due,
+/// which is before any idle timeout could run out from the moment it waits.
+fn next_due(t: Times, r: Rules) -> u64 {
+    let beat = (t.sent + r.heartbeat_ms).saturating_sub(r.slack_ms);
+    let idle = t.heard.map_or(u64::MAX, |h| h.saturating_add(r.idle_ms));
+    beat.min(idle)
 }
 
-/// Every live session of the process and the period to walk them at.
-struct Registry {
-    pulses: Vec<Weak<Pulse>>,
-    tick: Duration,
+/// How early a heartbeat goes for sessions with this interval.
+fn slack_for(heartbeat: Duration) -> Duration {
+    (heartbeat / SLACK_PER_BEAT).clamp(MIN_SLACK, MAX_SLACK)
 }
+
+/// Every live session of the process, filed under the moment (rounded up to
+/// [`GRAIN_MS`]) it next needs a look.
+type Schedule = BTreeMap<u64, Vec<Weak<Pulse>>>;
 
 /// The process's one sweep (a thread of its own: it needs no runtime, so a
 /// runtime that ends takes no other session's heartbeats with it).
 struct Sweep {
-    reg: Mutex<Registry>,
-    changed: Condvar,
+    due: Mutex<Schedule>,
+    /// A session was filed earlier than the sweep planned to wake.
+    sooner: Condvar,
+}
+
+/// `ms` rounded up to a multiple of [`GRAIN_MS`].
+fn grain(ms: u64) -> u64 {
+    ms.div_ceil(GRAIN_MS).saturating_mul(GRAIN_MS)
 }
 
 impl Sweep {
@@ -186,11 +256,8 @@ impl Sweep {
         static SWEEP: OnceLock<&'static Sweep> = OnceLock::new();
         SWEEP.get_or_init(|| {
             let s: &'static Sweep = Box::leak(Box::new(Sweep {
-                reg: Mutex::new(Registry {
-                    pulses: Vec::new(),
-                    tick: MAX_TICK,
-                }),
-                changed: Condvar::new(),
+                due: Mutex::new(BTreeMap::new()),
+                sooner: Condvar::new(),
             }));
             let spawned = std::thread::Builder::new()
                 .name("session-sweep".into())
@@ -204,69 +271,75 @@ impl Sweep {
         })
     }
 
-    fn register(&self, p: &Arc<Pulse>, heartbeat: Duration) {
-        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
-        reg.pulses.push(Arc::downgrade(p));
-        let tick = tick_for(heartbeat);
-        if tick < reg.tick {
-            reg.tick = tick;
-            self.changed.notify_one();
+    /// Files a new session under `at`.
+    fn file(&self, p: Weak<Pulse>, at: u64) {
+        let at = grain(at);
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
+        let sooner = due.first_key_value().is_none_or(|(first, _)| at < *first);
+        due.entry(at).or_default().push(p);
+        if sooner {
+            self.sooner.notify_one();
         }
     }
 
     fn run(&self) {
-        let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = self.due.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let tick = reg.tick;
-            reg = match self.changed.wait_timeout(reg, tick) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
             let now = now_ms();
-            let tick_ms = reg.tick.as_millis() as u64;
-            let mut shortest: Option<Duration> = None;
-            reg.pulses.retain(|w| {
-                let Some(p) = w.upgrade() else { return false };
-                if p.dropped.load(Ordering::Relaxed) {
-                    return false;
-                }
-                let v = p.check(now, tick_ms);
-                if v.expired && !p.expired.swap(true, Ordering::AcqRel) {
-                    p.wake.notify_one();
-                }
-                if v.beat {
-                    if let Some(tx) = p.beat.upgrade() {
-                        // A full queue is traffic that will go out anyway.
-                        if tx.try_send(Msg::Heartbeat).is_ok() {
-                            // Counted from now, so that a writer slow to
-                            // run gets one heartbeat, not one per sweep.
-                            p.sent();
-                        }
-                    }
-                }
-                let t = tick_for(Duration::from_millis(p.heartbeat_ms));
-                shortest = Some(shortest.map_or(t, |s| s.min(t)));
-                true
-            });
-            reg.tick = shortest.unwrap_or(MAX_TICK);
-            let (len, cap) = (reg.pulses.len(), reg.pulses.capacity());
-            if cap > 64 && len < cap / 4 {
-                reg.pulses.shrink_to(len * 2);
+            let sleep = match due.first_key_value() {
+                Some((first, _)) if *first <= now => Duration::ZERO,
+                Some((first, _)) => Duration::from_millis(first - now).min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            if !sleep.is_zero() {
+                due = match self.sooner.wait_timeout(due, sleep) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+                continue;
             }
+            look_at_due(&mut due, now);
         }
     }
+}
+
+/// Looks at every session due by `now` and files each live one again;
+/// how many it looked at.
+fn look_at_due(due: &mut Schedule, now: u64) -> usize {
+    let mut looked = 0;
+    while let Some(entry) = due.first_entry() {
+        if *entry.key() > now {
+            break;
+        }
+        for w in entry.remove() {
+            let Some(p) = w.upgrade() else { continue };
+            if p.dropped.load(Ordering::Relaxed) {
+                continue;
+            }
+            // Always later than `now`: the loop ends.
+            let next = grain(p.look(now));
+            looked += 1;
+            due.entry(next).or_default().push(w);
+        }
+    }
+    looked
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const RULES: Rules = Rules {
+        heartbeat_ms: 1000,
+        idle_ms: 3000,
+        slack_ms: 250,
+    };
+
     #[test]
     fn heartbeats_go_only_on_sessions_that_sent_nothing_for_an_interval() {
-        // heartbeat 1000 ms, idle 3000 ms, sweeps every 250 ms.
-        let v = |heard: Option<u64>, sent: u64, now: u64| {
-            verdict(Times { heard, sent, now }, 1000, 3000, 250)
-        };
+        // heartbeat 1000 ms, idle 3000 ms, 250 ms early.
+        let v =
+            |heard: Option<u64>, sent: u64, now: u64| verdict(Times { heard, sent, now }, RULES);
         let no = Verdict {
             beat: false,
             expired: false,
@@ -285,7 +358,7 @@ mod tests {
             // Sent 0.5 s ago: nothing yet, whatever was heard.
             ((Some(10_000), 9_500, 10_000), no),
             ((None, 9_500, 10_000), no),
-            // By the next sweep it would be a whole interval: beat now.
+            // Within the slack of a whole interval: beat now.
             ((Some(10_000), 9_250, 10_000), beat),
             ((Some(10_000), 5_000, 10_000), beat),
             // Heard nothing for the idle timeout while waiting: expired.
@@ -308,13 +381,83 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_runs_a_few_times_per_heartbeat_within_bounds() {
+    fn a_session_is_next_looked_at_when_its_beat_or_its_idle_timeout_falls_due() {
+        let due = |heard: Option<u64>, sent: u64| {
+            next_due(
+                Times {
+                    heard,
+                    sent,
+                    now: 0,
+                },
+                RULES,
+            )
+        };
+        let table = [
+            // (heard, sent) -> next look
+            // Waiting since 10 s, sent at 10 s: the beat (10 + 1 - 0.25).
+            ((Some(10_000), 10_000), 10_750),
+            // Heard long ago: the idle timeout comes first.
+            ((Some(7_000), 9_900), 10_000),
+            // Busy: only the beat.
+            ((None, 10_000), 10_750),
+            // A beat overdue (queue full): at once; `look` adds a slack.
+            ((Some(20_000), 0), 750),
+        ];
+        for ((heard, sent), want) in table {
+            assert_eq!(due(heard, sent), want, "heard {heard:?} sent {sent}");
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_goes_a_little_early_within_bounds() {
         assert_eq!(
-            tick_for(Duration::from_millis(200)),
+            slack_for(Duration::from_millis(200)),
             Duration::from_millis(50)
         );
-        assert_eq!(tick_for(Duration::from_secs(30)), MAX_TICK);
-        assert_eq!(tick_for(Duration::from_millis(1)), MIN_TICK);
+        assert_eq!(slack_for(Duration::from_secs(30)), MAX_SLACK);
+        assert_eq!(slack_for(Duration::from_millis(1)), MIN_SLACK);
+        assert_eq!(grain(1), GRAIN_MS);
+        assert_eq!(grain(GRAIN_MS), GRAIN_MS);
+        assert_eq!(grain(0), 0);
+    }
+
+    /// The sweep looks only at sessions that are due: 1,000 sessions that
+    /// heard and sent just now, one due; one look touches one of them.
+    #[test]
+    fn a_look_touches_only_the_sessions_due() {
+        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let now = 1_000_000;
+        let pulse = |sent: u64| {
+            Arc::new(Pulse {
+                heard: AtomicU64::new(now),
+                sent: AtomicU64::new(sent),
+                expired: AtomicBool::new(false),
+                wake: Notify::new(),
+                dropped: AtomicBool::new(false),
+                heartbeat_ms: 60_000,
+                idle_ms: 180_000,
+                slack_ms: 1_000,
+                beat: tx.downgrade(),
+            })
+        };
+        let quiet: Vec<_> = (0..1000).map(|_| pulse(now)).collect();
+        let silent = pulse(now - 60_000);
+        let mut due = Schedule::new();
+        for p in &quiet {
+            due.entry(grain(p.due(now)))
+                .or_default()
+                .push(Arc::downgrade(p));
+        }
+        due.entry(grain(silent.due(now)))
+            .or_default()
+            .push(Arc::downgrade(&silent));
+        assert_eq!(look_at_due(&mut due, now), 1);
+        assert_eq!(rx.try_recv().ok(), Some(Msg::Heartbeat));
+        assert!(rx.try_recv().is_err(), "more than one heartbeat");
+        // Everyone is filed again, all in the future.
+        let filed: usize = due.values().map(Vec::len).sum();
+        assert_eq!(filed, 1001);
+        assert!(due.keys().all(|k| *k > now));
     }
 
     /// A session that is read from but never written to gets heartbeats from

@@ -151,6 +151,7 @@ mod tests {
             purpose: Default::default(),
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         }));
         roundtrip(Msg::Assign(Assignment {
             job: JobId(3),

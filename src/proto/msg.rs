@@ -422,6 +422,10 @@ pub struct Hello {
     /// from the certificate, never from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub about: Option<super::labels::About>,
+    /// The sender's idle timeout, ms: the other side heartbeats often
+    /// enough for it (absent: an older build, 20 s). Set by `link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// A certificate signing request on its way to HQ.

@@ -335,6 +335,7 @@ pub(crate) fn for_tests(dir: &std::path::Path) -> Cache {
             purpose: Default::default(),
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         },
         timing: Default::default(),
         gate: None,

@@ -271,6 +271,7 @@ pub async fn run(
         purpose: Default::default(),
         hq_now_ms: None,
         about: None,
+        idle_timeout_ms: None,
     };
     // Upward: the parent is HQ or another relay.
     let connector = tokio_rustls::TlsConnector::from(

@@ -472,6 +472,7 @@ fn anonymous_peers_get_one_enrollment_request_only() {
             purpose: Default::default(),
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         }))
         .await
         .unwrap();

@@ -28,6 +28,7 @@ pub async fn listen_as_relay(
             purpose: Default::default(),
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         },
         trust_domain: id.me().trust_domain.clone(),
         timing: Timing::default(),

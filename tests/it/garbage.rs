@@ -85,6 +85,7 @@ pub fn hello_of(id: &relaytree::tls::Identity) -> Msg {
         purpose: Default::default(),
         hq_now_ms: None,
         about: None,
+        idle_timeout_ms: None,
     })
 }
 

@@ -676,6 +676,7 @@ pub async fn dial_as(
             purpose,
             hq_now_ms: None,
             about: None,
+            idle_timeout_ms: None,
         },
         timing: relaytree::link::Timing::default(),
         gate: None,

@@ -331,6 +331,7 @@ fn a_hello_naming_another_node_is_refused() {
                 purpose: Default::default(),
                 hq_now_ms: None,
                 about: None,
+                idle_timeout_ms: None,
             },
             timing: Timing::default(),
             gate: None,

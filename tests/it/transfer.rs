@@ -26,6 +26,7 @@ fn hello(name: &str, role: Role, purpose: Purpose) -> Hello {
         purpose,
         hq_now_ms: None,
         about: None,
+        idle_timeout_ms: None,
     }
 }
 
