@@ -722,3 +722,35 @@ fn named_clients_repeat_and_a_removed_schedule_makes_no_job() {
     assert_eq!(jobs(&env), vec![job], "one job only");
     assert!(spans(&gone).is_empty(), "{:?}", spans(&gone));
 }
+
+/// Near the failure threshold a relay keeps fewer leaves in flight: with
+/// `--max-failures 0` and room for six (`--batch 6`), one leaf runs first;
+/// it fails, and nothing else starts (the job pauses). The same rules on a
+/// job that succeeds run every leaf to the end.
+#[test]
+fn near_the_failure_threshold_fewer_leaves_are_in_flight() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let names = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    for a in names {
+        env.start_agent(a, &r1);
+    }
+    env.wait_clients(6);
+    let rules = ["--batch", "6", "--max-failures", "0"];
+    let times = times_file(&env, "near.times");
+    let job = env.create_job(&["r1"], &rules, &timed(&times, "sleep 0.3; exit 1"));
+    wait_until("the breaker to pause the job", DEADLINE, || {
+        env.status(&job)["state"] == "paused"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let sp = spans(&times);
+    assert_eq!(sp.len(), 1, "more than one leaf started: {sp:?}");
+    let ok = times_file(&env, "near-ok.times");
+    let job = env.create_job(&["r1"], &rules, &timed(&ok, "sleep 0.2"));
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    let sp = spans(&ok);
+    assert_eq!(sp.len(), 6, "{sp:?}");
+    assert!(max_in_flight(&sp, "r1") >= 2, "it never grew: {sp:?}");
+}
