@@ -91,5 +91,42 @@ crossed = fails[threshold]
 print(crossed, sum(1 for s in starts if s > crossed), len(starts))
 PY
 ) || die "job $JOB: no crossing of the threshold in the commands' lines"
+# Where the late starts come from, per relay: the relay's own crossing (its
+# failures past 1% of its targets), its local stop and HQ's pause reaching
+# it (their log lines), and the starts after each.
+python3 - "$T2" "$N" "$crossed" "$TREE/log" "${RELAY_NAMES[@]}" <<'PY' >&2
+import sys, re, datetime, collections
+times, n, crossed, logdir, relays = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+starts, fails = collections.defaultdict(list), collections.defaultdict(list)
+for line in open(times):
+    f = line.split()
+    if len(f) == 3:
+        (starts if f[1] == "start" else fails)[f[0]].append(int(f[2]))
+stamp = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
+def first(path, text):
+    try:
+        for line in open(path, errors="replace"):
+            if text in line:
+                m = stamp.search(line)
+                if m:
+                    t = datetime.datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=datetime.timezone.utc)
+                    return int(t.timestamp() * 1000)
+    except OSError:
+        pass
+    return None
+hq_pause = first(f"{logdir}/hq.err", "job paused")
+print(f"# crossing at +0 ms; HQ paused at {'+%d' % (hq_pause - crossed) if hq_pause else '?'} ms")
+for r in relays:
+    st, fl = sorted(starts.get(r, [])), sorted(fails.get(r, []))
+    own = n // len(relays)
+    own_cross = fl[own // 100] if len(fl) > own // 100 else None
+    stop = first(f"{logdir}/{r}.err", "past the job's threshold")
+    pause = first(f"{logdir}/{r}.err", "rollout control applied")
+    rel = lambda t: "never" if t is None else "%+d ms" % (t - crossed)
+    after = lambda t: "-" if t is None else sum(1 for s in st if s > t)
+    print(f"# {r}: own crossing {rel(own_cross)}, local stop logged {rel(stop)}, pause applied {rel(pause)}; "
+          f"starts after the crossing {after(crossed)}, after its own crossing {after(own_cross)}, "
+          f"after its stop {after(stop)}, after the pause {after(pause)}")
+PY
 pct=$(awk -v a="$after" -v n="$N" 'BEGIN { printf "%.2f", a * 100 / n }')
 echo "rollout --max-failures 1% with 5% failing N=$N R=$R: $after leaves started after the threshold was crossed ($pct% of the job; $total started in all; goal under 1%) (load $(cut -d' ' -f1-3 /proc/loadavg))"

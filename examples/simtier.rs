@@ -236,6 +236,7 @@ pub async fn run(
                 role: Role::Relay,
                 purpose: Default::default(),
                 hq_now_ms: None,
+                idle_timeout_ms: None,
                 about: None,
             },
             timing: Timing {

@@ -7,6 +7,12 @@
 //!   the clock is inside the daily window, the relay's in-flight leaves of
 //!   the job are under the batch, and (unless it is a canary) HQ has said
 //!   the canaries succeeded.
+//! - Near its failure threshold a relay keeps fewer leaves in flight
+//!   ([`failure_room`]): a leaf handed to an agent starts a while later
+//!   (its receipt and start are made durable first), so every leaf in
+//!   flight when the breaker trips may still start after it. The relay
+//!   keeps only as many in flight as, at the failure rate it has seen, could
+//!   fail without going more than one past what it has left.
 //! - Circuit breaker: a job pauses when its failures since the last resume
 //!   exceed the threshold: a count N of the whole job, or P% of the whole
 //!   job's targets. A relay counts only its own home leaves, and stops
@@ -35,6 +41,9 @@ pub struct Counts {
     pub in_flight: u64,
     /// Failed or timed out since the last resume.
     pub failed: u64,
+    /// Final (any way) since the relay counted the job: with `failed`, the
+    /// failure rate seen here.
+    pub ended: u64,
 }
 
 /// Why a leaf may not start now.
@@ -52,6 +61,8 @@ pub enum Hold {
     Canary,
     /// The batch is full.
     BatchFull,
+    /// Near the failure threshold: no more in flight for now.
+    NearFailures,
 }
 
 /// Whether failures `failed` exceed `limit` among `targets` ("past N").
@@ -62,6 +73,27 @@ pub fn past_threshold(limit: Option<Limit>, failed: u64, targets: u64) -> bool {
         // failed / targets > p / 100, without rounding.
         Some(Limit::Percent(p)) => failed * 100 > u64::from(p) * targets,
     }
+}
+
+/// The failures a relay may see before its local breaker stops it (its
+/// share of `limit`: past it, it stops).
+pub fn allowance(limit: Limit, targets: u64) -> u64 {
+    match limit {
+        Limit::Count(n) => n,
+        Limit::Percent(p) => u64::from(p) * targets / 100,
+    }
+}
+
+/// Whether one more leaf may be in flight under `limit`: the leaves in
+/// flight and this one, at the failure rate seen here, cautious while few
+/// ended ((failed + 1) / (ended + 1)), are expected to fail at most once
+/// more than the failures left before the stop. Far from the threshold
+/// this is no limit; at the start it lets `allowance + 1` run until the
+/// first results come; at the allowance (the next failure stops the
+/// relay), with 5% failing, about 20.
+pub fn failure_room(limit: Limit, c: Counts) -> bool {
+    let left = allowance(limit, c.targets).saturating_sub(c.failed) + 1;
+    (c.in_flight + 1).saturating_mul(c.failed + 1) <= left.saturating_mul(c.ended + 1)
 }
 
 /// May a leaf of a job under `p` start at a relay now? `canary`: the leaf's
@@ -88,6 +120,9 @@ pub fn may_start(
     }
     if !p.canary.is_empty() && !ctl.canary_open && !canary {
         return Err(Hold::Canary);
+    }
+    if p.max_failures.is_some_and(|l| !failure_room(l, c)) {
+        return Err(Hold::NearFailures);
     }
     if let Some(b) = p.batch {
         // A percentage of at least one leaf: `--batch 10%` of 5 targets is 1.
@@ -207,6 +242,7 @@ mod tests {
             targets: 100,
             in_flight,
             failed,
+            ended: 1000,
         };
         let batch = |l| Policy {
             batch: Some(l),
@@ -309,6 +345,7 @@ mod tests {
                     targets: 3,
                     in_flight: 0,
                     failed: 0,
+                    ended: 0,
                 },
                 false,
                 NOON,
@@ -436,6 +473,42 @@ mod tests {
         for (name, p, ctl, c, is_canary, now, want) in table {
             assert_eq!(may_start(&p, ctl, c, is_canary, now), want, "{name}");
         }
+    }
+
+    #[test]
+    fn fewer_in_flight_near_the_failure_threshold() {
+        let c = |in_flight, failed, ended| Counts {
+            targets: 1000,
+            in_flight,
+            failed,
+            ended,
+        };
+        let five_pct = Limit::Percent(1); // 10 of 1000 allowed here; 5% fail
+                                          // (limit, counts, room for one more)
+        let table = [
+            // Nothing ended yet: allowance + 1 in flight.
+            (five_pct, c(10, 0, 0), true),
+            (five_pct, c(11, 0, 0), false),
+            // 1 failure in 100 ended: far from it, no limit worth the name.
+            (five_pct, c(500, 1, 100), true),
+            // Two failures left at 5% failing: about 40.
+            (five_pct, c(38, 9, 199), true),
+            (five_pct, c(40, 9, 199), false),
+            // At the allowance (the next failure stops it): about 20.
+            (five_pct, c(19, 10, 219), true),
+            (five_pct, c(20, 10, 219), false),
+            // --max-failures 0: one at a time until results come.
+            (Limit::Count(0), c(0, 0, 0), true),
+            (Limit::Count(0), c(1, 0, 0), false),
+            (Limit::Count(0), c(3, 0, 4), true),
+            (Limit::Count(0), c(5, 0, 4), false),
+        ];
+        for (i, (l, counts, want)) in table.into_iter().enumerate() {
+            assert_eq!(failure_room(l, counts), want, "row {i}: {counts:?}");
+        }
+        assert_eq!(allowance(Limit::Percent(1), 1000), 10);
+        assert_eq!(allowance(Limit::Percent(10), 5), 0);
+        assert_eq!(allowance(Limit::Count(3), 5), 3);
     }
 
     #[test]

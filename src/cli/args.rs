@@ -722,6 +722,22 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// List the schedules of recurring jobs (`job create --repeat`): id,
+    /// spec, next run, latest jobs.
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a recurring job's schedule (its id from `job schedules`): no
+    /// more occurrences; the jobs it made stay.
+    Unschedule {
+        /// The schedule's id.
+        schedule: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job: no leaf starts any more, running commands are stopped,
     /// every leaf not yet final becomes canceled. A canceled job is done.
     Cancel {

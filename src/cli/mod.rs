@@ -709,9 +709,7 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                 .unwrap_or(Duration::from_secs(600));
             let deadline = tokio::time::Instant::now() + timeout;
             let mut c = AdminClient::connect(t).await?;
-            if progress {
-                watch::progress_until_done(&mut c, job, deadline).await?;
-            }
+            watch::follow_until_done(&mut c, job, deadline, progress).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let s = match c
                 .request(AdminRequest::Wait {
@@ -768,6 +766,28 @@ async fn job(cmd: JobCmd, t: &Target) -> Result<u8, CliError> {
                                 .join(" ")
                         )
                     }
+                ),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Schedules { json } => {
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Repeats).await? {
+                AdminResponse::Repeats(r) if json => print_json(&r)?,
+                AdminResponse::Repeats(r) if r.is_empty() => outln!("no recurring jobs"),
+                AdminResponse::Repeats(r) => out!("{}", render::repeats(&r)),
+                other => return Err(unexpected(other)),
+            }
+        }
+        JobCmd::Unschedule { schedule, json } => {
+            let mut c = AdminClient::connect(t).await?;
+            match c.request(AdminRequest::Unschedule { schedule }).await? {
+                AdminResponse::Unscheduled(r) if json => print_json(&r)?,
+                AdminResponse::Unscheduled(r) => outln!(
+                    "schedule {} ({}) removed; {} stay",
+                    r.schedule,
+                    r.spec,
+                    render::count(r.jobs.len() as u64, "job it made", "jobs it made")
                 ),
                 other => return Err(unexpected(other)),
             }

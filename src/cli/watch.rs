@@ -66,7 +66,21 @@ pub fn progress_line(p: &JobProgress) -> String {
                 .join(", ")
         );
     }
+    if let Some(why) = paused(p) {
+        line += &format!(" · paused: {why}");
+    }
     line
+}
+
+/// Why the job is paused, if it is (and not over).
+fn paused(p: &JobProgress) -> Option<&str> {
+    (p.state == "paused").then(|| p.pause_reason.as_deref().unwrap_or("no reason given"))
+}
+
+/// The one line `job wait` prints on stderr when the job it waits for is
+/// paused (it keeps waiting: a resume lets it finish).
+pub fn paused_notice(job: JobId, why: &str) -> String {
+    format!("job {job} is paused ({why}); still waiting: `hq job resume {job}` lets it go on")
 }
 
 /// Asks HQ for the counts, waiting up to [`POLL`] for a change.
@@ -83,33 +97,50 @@ async fn poll(c: &mut AdminClient, job: JobId) -> Result<JobProgress, CliError> 
     }
 }
 
-/// `job wait --progress`: draws the line on stderr until the job is done
-/// or `deadline`; draws nothing (and returns at once) when stdout is not a
-/// terminal (a script reading the result), and indicatif itself draws
-/// nothing when stderr is not one. The caller then asks for the final
+/// `job wait`: follows the job until it is done or `deadline`. With
+/// `draw` and stdout on a terminal, draws the line on stderr (indicatif
+/// itself draws nothing when stderr is not one); otherwise draws nothing
+/// but says once on stderr when the job is paused, and why (again if it is
+/// paused anew for another reason). The caller then asks for the final
 /// status as usual.
-pub async fn progress_until_done(
+pub async fn follow_until_done(
     c: &mut AdminClient,
     job: JobId,
     deadline: Instant,
+    draw: bool,
 ) -> Result<(), CliError> {
-    if !std::io::stdout().is_terminal() {
-        return Ok(());
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
-            .map_err(|e| CliError::Other(e.to_string()))?
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
+    let bar = if draw && std::io::stdout().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+                .map_err(|e| CliError::Other(e.to_string()))?
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Some(bar)
+    } else {
+        None
+    };
+    let mut told: Option<String> = None;
     let r = async {
         loop {
             let asked = Instant::now();
             let p = poll(c, job).await?;
-            bar.set_length(p.totals.total());
-            bar.set_position(p.totals.total() - p.totals.open());
-            bar.set_message(progress_line(&p));
+            match &bar {
+                Some(bar) => {
+                    bar.set_length(p.totals.total());
+                    bar.set_position(p.totals.total() - p.totals.open());
+                    bar.set_message(progress_line(&p));
+                }
+                None => match paused(&p) {
+                    Some(why) if told.as_deref() != Some(why) => {
+                        eprintln!("{}", paused_notice(job, why));
+                        told = Some(why.to_string());
+                    }
+                    Some(_) => {}
+                    None => told = None,
+                },
+            }
             if p.done || Instant::now() >= deadline {
                 return Ok(());
             }
@@ -117,7 +148,9 @@ pub async fn progress_until_done(
         }
     }
     .await;
-    bar.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     r
 }
 
@@ -197,6 +230,8 @@ mod tests {
             relays,
             awaiting: vec![],
             created_at_ms: 0,
+            state: "active".into(),
+            pause_reason: None,
         }
     }
 
@@ -222,5 +257,12 @@ mod tests {
         for (prog, want) in table {
             assert_eq!(progress_line(&prog), want);
         }
+        let mut held = p(&[("r1", 3, 1, 2)]);
+        held.state = "paused".into();
+        held.pause_reason = Some("2 failures of 6 leaves, past --max-failures 1".into());
+        assert_eq!(
+            progress_line(&held),
+            "3/6 done, 2 failed · not final: r1 3 · paused: 2 failures of 6 leaves, past --max-failures 1"
+        );
     }
 }

@@ -166,10 +166,13 @@ pub(crate) fn progress(
         merge_relays(&mut per_relay, &p.relays);
         attempt = attempt.max(p.attempt);
     }
+    let done = is_done(st, rec, b)?;
     Ok(JobProgress {
         job: rec.job,
         attempt,
-        done: is_done(st, rec, b)?,
+        done,
+        state: super::rollout::state_of(rec, done).into(),
+        pause_reason: rec.rollout.paused.clone().filter(|_| !done),
         totals,
         relays: relays(per_relay),
         awaiting: vec![],

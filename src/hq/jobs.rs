@@ -218,6 +218,18 @@ pub(crate) async fn create_occurrence(
     rec: &super::repeat::RepeatRecord,
     now: u64,
 ) -> Result<JobId, HqError> {
+    if !rec.clients.is_empty() {
+        return super::targets::create_named(
+            st,
+            rec.clients.clone(),
+            rec.filter.clone(),
+            rec.action.clone(),
+            rec.expires_ms,
+            &rec.policy,
+            Some((rec, now)),
+        )
+        .await;
+    }
     create_inner(
         st,
         rec.dest.clone(),
@@ -244,8 +256,13 @@ async fn create_inner(
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let queued = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        check_occurrence(st, occurrence)?;
         let dest_n = rules::normalize_dest(&dest, |r| parent_of(st, r));
-        let policy = super::rollout::make_policy(st, policy_req, &dest_n, now_ms())?;
+        let policy = super::rollout::make_policy(
+            policy_req,
+            || super::rollout::clients_under(st, &dest_n),
+            now_ms(),
+        )?;
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         for d in &dest_n {
             by_top.entry(top_child(st, d)?).or_default().push(d.clone());
@@ -282,6 +299,7 @@ async fn create_inner(
         })?;
         let job = JobId(st.store.next_id("job")?);
         let order = order_of(job)?;
+        let ro = NewRollout::new(st, job, policy, policy_req, occurrence)?;
         let rec = JobRecord {
             job,
             action: action.clone(),
@@ -293,32 +311,10 @@ async fn create_inner(
             awaiting: dest_n,
             canceled_at_ms: None,
             sent_to: by_top.keys().cloned().collect(),
-            rollout: super::rollout::JobRollout {
-                policy: policy.clone(),
-                // Held until the relay's sync finished: created paused.
-                paused: policy_req
-                    .after_sync
-                    .as_ref()
-                    .map(super::repeat::waiting_reason),
-                ..Default::default()
-            },
+            rollout: ro.rollout.clone(),
             repeat: occurrence.map(|(r, _)| r.id),
             filter: filter.clone(),
         };
-        let hold = match &policy_req.after_sync {
-            Some(relay) => Some((
-                relay.clone(),
-                Msg::Pause {
-                    job,
-                    seq: st.store.next_id("control")?,
-                    reason: super::repeat::waiting_reason(relay),
-                },
-            )),
-            None => None,
-        };
-        let hold_msg = hold.as_ref().map(|(_, m)| m.clone());
-        let next = occurrence
-            .map(|(r, now)| super::repeat::advanced(r, r.next_ms.unwrap_or(now), now, job));
         let queued: Vec<(NodeName, Assignment)> = by_top
             .into_iter()
             .map(|(top, list)| {
@@ -331,43 +327,24 @@ async fn create_inner(
                     orders: vec![order.clone()],
                     placement: None,
                     hq_now_ms: None,
-                    policy: Some(policy.clone()).filter(|p| p.is_gated()),
+                    policy: ro.gated(),
                 };
                 (top, a)
             })
             .collect();
+        let sends = ro.messages(queued);
         // The job and its queue (and its hold, and its schedule's next due
         // time) in one atomic write: after a crash, all or nothing.
         st.store.atomically(
             &[&st.jobs, st.down.table(), &st.repeats, &st.after_sync],
             |w| {
                 w.put_at(&st.jobs, &JobKey(job), &rec)?;
-                for (top, a) in &queued {
-                    if let Some(m) = &hold_msg {
-                        st.down.put_in(w, top, m)?;
-                    }
-                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                for (top, m) in &sends {
+                    st.down.put_in(w, top, m)?;
                 }
-                if let Some(n) = &next {
-                    // Only the holder of the duty commits an occurrence.
-                    st.store.fence(super::repeat::DUTY)?;
-                    w.put_at(&st.repeats, &crate::store::keys::Seq(n.id), n)?;
-                }
-                if let Some((relay, _)) = &hold {
-                    w.put_at(&st.after_sync, &JobKey(job), relay)?;
-                }
-                Ok(())
+                ro.write(st, w, job)
             },
         )?;
-        // The hold goes first: a relay learns the job is paused before it
-        // gets the job.
-        let mut sends: Vec<(NodeName, Msg)> = Vec::new();
-        for (top, a) in queued {
-            if let Some(m) = &hold_msg {
-                sends.push((top.clone(), m.clone()));
-            }
-            sends.push((top, Msg::Assign(a)));
-        }
         sends
     };
     st.store.durable().await?;
@@ -382,6 +359,101 @@ async fn create_inner(
     crate::link::queue::send_now(&st.children, queued);
     st.bump();
     Ok(job)
+}
+
+/// Refuses an occurrence of a schedule removed meanwhile (it would bring
+/// the schedule back). Call with HQ's write lock held.
+fn check_occurrence(
+    st: &HqState,
+    occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
+) -> Result<(), HqError> {
+    match occurrence {
+        Some((r, _)) if !super::repeat::exists(st, r.id)? => {
+            Err(HqError::Refused(format!("schedule {} was removed", r.id)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a new job's rollout adds to its creation, for relay destinations
+/// and named clients alike: the record's rollout, the hold that goes before
+/// its assignments (`--after-sync`), its schedule's next state.
+struct NewRollout {
+    rollout: super::rollout::JobRollout,
+    hold: Option<(NodeName, Msg)>,
+    next: Option<super::repeat::RepeatRecord>,
+}
+
+impl NewRollout {
+    /// For `job` (just numbered; HQ's write lock held).
+    fn new(
+        st: &HqState,
+        job: JobId,
+        policy: crate::proto::Policy,
+        req: &crate::proto::PolicyRequest,
+        occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
+    ) -> Result<Self, HqError> {
+        let hold = match &req.after_sync {
+            Some(relay) => Some((
+                relay.clone(),
+                Msg::Pause {
+                    job,
+                    seq: st.store.next_id("control")?,
+                    reason: super::repeat::waiting_reason(relay),
+                },
+            )),
+            None => None,
+        };
+        Ok(NewRollout {
+            rollout: super::rollout::JobRollout {
+                policy,
+                // Held until the relay's sync finished: created paused.
+                paused: req.after_sync.as_ref().map(super::repeat::waiting_reason),
+                ..Default::default()
+            },
+            hold,
+            next: occurrence
+                .map(|(r, now)| super::repeat::advanced(r, r.next_ms.unwrap_or(now), now, job)),
+        })
+    }
+
+    /// The policy the assignments carry (none when nothing is gated).
+    fn gated(&self) -> Option<crate::proto::Policy> {
+        Some(self.rollout.policy.clone()).filter(|p| p.is_gated())
+    }
+
+    /// What to queue and send to each relay under HQ: the hold first (a
+    /// relay learns the job is paused before it gets the job), then the
+    /// assignment.
+    fn messages(&self, queued: Vec<(NodeName, Assignment)>) -> Vec<(NodeName, Msg)> {
+        let mut out = Vec::new();
+        for (top, a) in queued {
+            if let Some((_, m)) = &self.hold {
+                out.push((top.clone(), m.clone()));
+            }
+            out.push((top, Msg::Assign(a)));
+        }
+        out
+    }
+
+    /// Its part of the job's atomic change: the schedule's next due time,
+    /// the relay whose sync the job waits for.
+    fn write(
+        &self,
+        st: &HqState,
+        w: &crate::store::Txn<'_>,
+        job: JobId,
+    ) -> Result<(), crate::store::TxnError> {
+        if let Some(n) = &self.next {
+            // Only the holder of the duty commits an occurrence.
+            st.store.fence(super::repeat::DUTY)?;
+            w.put_at(&st.repeats, &crate::store::keys::Seq(n.id), n)?;
+        }
+        if let Some((relay, _)) = &self.hold {
+            w.put_at(&st.after_sync, &JobKey(job), relay)?;
+        }
+        Ok(())
+    }
 }
 
 /// A job for one named client, routed to its home relay with an order
@@ -399,22 +471,45 @@ pub(crate) async fn create_for_client(
 
 /// A job for named clients (each with its home relay), routed to their
 /// homes with one order per home relay (and chunk) naming them, as a
-/// rerun's are: a snapshot's master, a sync's collection. The caller checked
-/// the clients; written like `create` (job, leaves and queue in one atomic
-/// change, durable, then sent).
+/// rerun's are: a snapshot's master, a sync's collection. No rollout rules.
 pub(crate) async fn create_for_clients(
     st: &HqState,
     clients: &[(NodeName, NodeName)],
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
+    create_for_clients_with(st, clients, action, expires_ms, &Default::default(), None).await
+}
+
+/// [`create_for_clients`] with a rollout policy (canaries picked among the
+/// named clients) and, for a recurring job, the occurrence. The caller
+/// checked the clients; written like `create` (job, leaves, queue, hold and
+/// schedule in one atomic change, durable, then sent).
+pub(crate) async fn create_for_clients_with(
+    st: &HqState,
+    clients: &[(NodeName, NodeName)],
+    action: Action,
+    expires_ms: Option<u64>,
+    policy_req: &crate::proto::PolicyRequest,
+    occurrence: Option<(&super::repeat::RepeatRecord, u64)>,
+) -> Result<JobId, HqError> {
     if clients.is_empty() {
         return Err(HqError::Refused("no client given".into()));
+    }
+    if let Some(r) = &policy_req.after_sync {
+        if !st.relays.contains(&Name(r.clone()))? {
+            return Err(HqError::Refused(format!(
+                "unknown relay {r} (known: {})",
+                known_relays(st).join(", ")
+            )));
+        }
     }
     let expires_ms = Some(expires_ms.unwrap_or(st.order_ttl_ms));
     let (job, queued) = {
         let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        check_occurrence(st, occurrence)?;
         let now = now_ms();
+        let policy = super::rollout::make_policy(policy_req, || Ok(clients.to_vec()), now)?;
         let expires_at_ms = expires_ms.map(|e| now + e);
         let mut by_top: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
         let mut by_home: BTreeMap<NodeName, Vec<NodeName>> = BTreeMap::new();
@@ -430,7 +525,7 @@ pub(crate) async fn create_for_clients(
         }
         let mut homes: Vec<NodeName> = by_home.keys().cloned().collect();
         homes.sort();
-        let record = |job: JobId| JobRecord {
+        let record = |job: JobId, rollout: super::rollout::JobRollout| JobRecord {
             job,
             action: action.clone(),
             dest: homes.clone(),
@@ -441,12 +536,13 @@ pub(crate) async fn create_for_clients(
             awaiting: vec![],
             canceled_at_ms: None,
             sent_to: by_top.keys().cloned().collect(),
-            rollout: Default::default(),
-            repeat: None,
+            rollout,
+            repeat: occurrence.map(|(r, _)| r.id),
             filter: Default::default(),
         };
         let assignments = |rec: &JobRecord| -> Result<Vec<(NodeName, Assignment)>, HqError> {
             let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone())?;
+            let gated = Some(rec.rollout.policy.clone()).filter(|p| p.is_gated());
             Ok(by_top
                 .iter()
                 .map(|(top, list)| {
@@ -459,20 +555,25 @@ pub(crate) async fn create_for_clients(
                         orders: orders.remove(top).unwrap_or_default(),
                         placement: None,
                         hq_now_ms: None,
-                        policy: None,
+                        policy: gated.clone(),
                     };
                     (top.clone(), a)
                 })
                 .collect())
         };
         // The size check before a job id is spent (an agent gets one order).
-        for (_, mut a) in assignments(&record(JobId(0)))? {
+        let probe = super::rollout::JobRollout {
+            policy: policy.clone(),
+            ..Default::default()
+        };
+        for (_, mut a) in assignments(&record(JobId(0), probe))? {
             a.orders.truncate(1);
             check_size(&a)?;
         }
         let job = JobId(st.store.next_id("job")?);
-        let rec = record(job);
-        let queued = assignments(&rec)?;
+        let ro = NewRollout::new(st, job, policy, policy_req, occurrence)?;
+        let rec = record(job, ro.rollout.clone());
+        let sends = ro.messages(assignments(&rec)?);
         let fresh: Vec<(JobClient, LeafRecord)> = clients
             .iter()
             .map(|(c, home)| {
@@ -482,25 +583,33 @@ pub(crate) async fn create_for_clients(
                 )
             })
             .collect();
-        st.store
-            .atomically(&[&st.leaves, &st.jobs, st.down.table()], |w| {
+        st.store.atomically(
+            &[
+                &st.leaves,
+                &st.jobs,
+                st.down.table(),
+                &st.repeats,
+                &st.after_sync,
+            ],
+            |w| {
                 for (k, v) in &fresh {
                     w.put_at(&st.leaves, k, v)?;
                 }
                 w.put_at(&st.jobs, &JobKey(job), &rec)?;
-                for (top, a) in &queued {
-                    st.down.put_in(w, top, &Msg::Assign(a.clone()))?;
+                for (top, m) in &sends {
+                    st.down.put_in(w, top, m)?;
                 }
-                Ok(())
-            })?;
+                ro.write(st, w, job)
+            },
+        )?;
         for (_, home) in clients {
             st.counters.moved(job, None, (LeafState::Pending, home));
         }
-        (job, queued)
+        (job, sends)
     };
     st.store.durable().await?;
     info!(%job, clients = clients.len(), "job for named clients created");
-    send_now(st, queued);
+    crate::link::queue::send_now(&st.children, queued);
     st.bump();
     Ok(job)
 }

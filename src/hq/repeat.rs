@@ -32,6 +32,10 @@ pub(crate) struct RepeatRecord {
     pub spec: String,
     /// What each occurrence targets and does.
     pub dest: Vec<NodeName>,
+    /// `--dest clients`: these clients, at their homes at each occurrence
+    /// (then `dest` is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<NodeName>,
     /// What narrows each occurrence's targets (labels, exclusions).
     #[serde(default)]
     pub filter: crate::proto::TargetFilter,
@@ -61,6 +65,7 @@ fn parse(spec: &str) -> Result<Schedule, HqError> {
 pub(crate) async fn create(
     st: &HqState,
     dest: Vec<NodeName>,
+    clients: Vec<NodeName>,
     filter: crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
@@ -73,12 +78,21 @@ pub(crate) async fn create(
             "--at and --repeat do not go together (the schedule says when)".into(),
         ));
     }
-    super::jobs::check_create(st, &dest, &filter, &action, &policy)?;
+    if clients.is_empty() {
+        super::jobs::check_create(st, &dest, &filter, &action, &policy)?;
+    } else {
+        // Named clients: every name known now (their homes are looked up
+        // again at each occurrence).
+        super::jobs::check_action(st, &action)?;
+        let targets = super::targets::resolve(st, &clients, &filter)?;
+        super::rollout::make_policy(&policy, || Ok(targets), now_ms())?;
+    }
     let now = now_ms();
     let rec = RepeatRecord {
         id: st.store.next_id("repeat")?,
         spec: sched.to_string(),
         dest,
+        clients,
         filter,
         action,
         expires_ms,
@@ -110,6 +124,32 @@ pub(crate) fn list(st: &HqState) -> Result<Vec<RepeatView>, HqError> {
         out.push(view(&r?.1));
     }
     Ok(out)
+}
+
+/// `hq job unschedule SCHEDULE`: removes the schedule (under HQ's write
+/// lock, so an occurrence being made either came first or is not made);
+/// the jobs it made stay. Returns it as it was last.
+pub(crate) async fn remove(st: &HqState, id: u64) -> Result<RepeatView, HqError> {
+    let rec = {
+        let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = st.repeats.get(&Seq(id))? else {
+            return Err(HqError::Refused(format!(
+                "no schedule {id} (see hq job schedules)"
+            )));
+        };
+        st.repeats.remove(&Seq(id))?;
+        rec
+    };
+    st.store.durable().await?;
+    info!(schedule = id, spec = %rec.spec, "recurring job unscheduled");
+    st.bump();
+    Ok(view(&rec))
+}
+
+/// Whether the schedule `id` still exists (checked, under HQ's write lock,
+/// before an occurrence is written: a removed schedule makes no more jobs).
+pub(crate) fn exists(st: &HqState, id: u64) -> Result<bool, HqError> {
+    Ok(st.repeats.contains(&Seq(id))?)
 }
 
 /// The schedule a job belongs to, for the job list.
@@ -232,6 +272,7 @@ mod tests {
             id: 1,
             spec: "daily 02:30".into(),
             dest: vec![],
+            clients: vec![],
             filter: Default::default(),
             action: Action::Ping,
             expires_ms: None,

@@ -44,11 +44,11 @@ pub(crate) const MAX_CANARIES: u64 = 1_000;
 pub(crate) const AT_SLACK_MS: u64 = 60_000;
 
 /// Checks a requested policy and makes it a policy: canaries are picked
-/// from the clients HQ knows under `dest` (spread over their home relays).
+/// among `candidates` (clients with their home relays: those HQ knows under
+/// the destination relays, or the named clients), spread over their homes.
 pub(crate) fn make_policy(
-    st: &HqState,
     req: &PolicyRequest,
-    dest: &[NodeName],
+    candidates: impl FnOnce() -> Result<Vec<(NodeName, NodeName)>, HqError>,
     now: u64,
 ) -> Result<Policy, HqError> {
     if let Some(crate::proto::Limit::Count(0) | crate::proto::Limit::Percent(0)) = req.batch {
@@ -79,7 +79,7 @@ pub(crate) fn make_policy(
             )))
         }
         Some(n) => {
-            let picked = crate::rollout::pick_canaries(candidates(st, dest)?, n as usize);
+            let picked = crate::rollout::pick_canaries(candidates()?, n as usize);
             if picked.is_empty() {
                 return Err(HqError::Refused(
                     "--canary: no client is known under the destination".into(),
@@ -98,7 +98,10 @@ pub(crate) fn make_policy(
 }
 
 /// Clients HQ knows under any of `dest`, with their home relays.
-fn candidates(st: &HqState, dest: &[NodeName]) -> Result<Vec<(NodeName, NodeName)>, HqError> {
+pub(crate) fn clients_under(
+    st: &HqState,
+    dest: &[NodeName],
+) -> Result<Vec<(NodeName, NodeName)>, HqError> {
     let parent = |r: &NodeName| super::jobs::parent_of(st, r);
     let mut out = Vec::new();
     for r in st.clients.scan() {

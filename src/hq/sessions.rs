@@ -107,16 +107,9 @@ pub(crate) async fn answer(
             policy,
             clients,
             filter,
-        } if policy.repeat.is_some() => {
-            if !clients.is_empty() {
-                return Err(HqError::Refused(
-                    "--repeat goes with --dest all-lower-clients, not --dest clients".into(),
-                ));
-            }
-            AdminResponse::Repeating(
-                super::repeat::create(st, dest, filter, action, expires_ms, policy).await?,
-            )
-        }
+        } if policy.repeat.is_some() => AdminResponse::Repeating(
+            super::repeat::create(st, dest, clients, filter, action, expires_ms, policy).await?,
+        ),
         AdminRequest::CreateJob {
             dest,
             action,
@@ -127,17 +120,15 @@ pub(crate) async fn answer(
         } => AdminResponse::Created {
             job: if clients.is_empty() {
                 jobs::create_with(st, dest, filter, action, expires_ms, &policy).await?
-            } else if policy != Default::default() {
-                return Err(HqError::Refused(
-                    "rollout rules (--batch, --canary, --max-failures, --at, --window, \
-                     --after-sync) go with --dest all-lower-clients, not --dest clients"
-                        .into(),
-                ));
             } else {
-                super::targets::create_named(st, clients, filter, action, expires_ms).await?
+                super::targets::create_named(st, clients, filter, action, expires_ms, &policy, None)
+                    .await?
             },
         },
         AdminRequest::Repeats => AdminResponse::Repeats(super::repeat::list(st)?),
+        AdminRequest::Unschedule { schedule } => {
+            AdminResponse::Unscheduled(super::repeat::remove(st, schedule).await?)
+        }
         AdminRequest::Pause { job } => {
             AdminResponse::Control(super::rollout::set_paused(st, job, true).await?)
         }

@@ -5,8 +5,9 @@
 //! chunks, as a rerun's). An unknown name refuses the whole job: nothing is
 //! created. Also checks a filter's exclusions for any destination.
 
+use super::repeat::RepeatRecord;
 use super::{HqError, HqState};
-use crate::proto::{Action, JobId, NodeName, TargetFilter};
+use crate::proto::{Action, JobId, NodeName, PolicyRequest, TargetFilter};
 use crate::store::keys::Name;
 use std::collections::BTreeSet;
 
@@ -60,17 +61,20 @@ pub(crate) fn resolve(
     Ok(out)
 }
 
-/// `hq job create --dest clients`.
+/// `hq job create --dest clients` (or one occurrence of such a recurring
+/// job), with its rollout rules.
 pub(crate) async fn create_named(
     st: &HqState,
     names: Vec<NodeName>,
     filter: TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
+    policy: &PolicyRequest,
+    occurrence: Option<(&RepeatRecord, u64)>,
 ) -> Result<JobId, HqError> {
     super::jobs::check_action(st, &action)?;
     let targets = resolve(st, &names, &filter)?;
-    super::jobs::create_for_clients(st, &targets, action, expires_ms).await
+    super::jobs::create_for_clients_with(st, &targets, action, expires_ms, policy, occurrence).await
 }
 
 #[cfg(test)]
@@ -124,17 +128,33 @@ mod tests {
         // An unknown name: refused, nothing created.
         let mut bad = names.clone();
         bad.push(n("nobody"));
-        let e = create_named(&st, bad, Default::default(), Action::Ping, None)
-            .await
-            .unwrap_err();
+        let e = create_named(
+            &st,
+            bad,
+            Default::default(),
+            Action::Ping,
+            None,
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("--client nobody"), "{e}");
         let exclude_typo = TargetFilter {
             labels: Default::default(),
             exclude: vec![n("c9")],
         };
-        let e = create_named(&st, names.clone(), exclude_typo, Action::Ping, None)
-            .await
-            .unwrap_err();
+        let e = create_named(
+            &st,
+            names.clone(),
+            exclude_typo,
+            Action::Ping,
+            None,
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("--exclude c9"), "{e}");
         assert_eq!(st.jobs.len(), 0);
         // role=web, without c1: only c3, at r3 through r2.
@@ -142,7 +162,7 @@ mod tests {
             labels: crate::proto::labels::parse_labels(&["role=web"]).unwrap(),
             exclude: vec![n("c1")],
         };
-        let job = create_named(&st, names, f, Action::Ping, None)
+        let job = create_named(&st, names, f, Action::Ping, None, &Default::default(), None)
             .await
             .unwrap();
         let leaves = super::super::jobs::load_leaves(&st, job).unwrap();
@@ -161,9 +181,17 @@ mod tests {
             labels: crate::proto::labels::parse_labels(&["role=none"]).unwrap(),
             exclude: vec![],
         };
-        let e = create_named(&st, vec![n("c1")], f, Action::Ping, None)
-            .await
-            .unwrap_err();
+        let e = create_named(
+            &st,
+            vec![n("c1")],
+            f,
+            Action::Ping,
+            None,
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(e.to_string().contains("no named client is left"), "{e}");
     }
 }

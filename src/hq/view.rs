@@ -249,10 +249,13 @@ pub(crate) fn progress(st: &HqState, job: JobId) -> Result<JobProgress, HqError>
         return super::batch::progress(st, &rec, b);
     }
     let c = counts(st, job)?;
+    let done = is_done(&rec, &c.totals);
     Ok(JobProgress {
         job,
         attempt: rec.attempt,
-        done: is_done(&rec, &c.totals),
+        done,
+        state: super::rollout::state_of(&rec, done).into(),
+        pause_reason: rec.rollout.paused.clone().filter(|_| !done),
         relays: c
             .relays
             .into_iter()

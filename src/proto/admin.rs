@@ -45,6 +45,11 @@ pub enum AdminRequest {
     },
     /// Every recurring job's schedule.
     Repeats,
+    /// Removes a recurring job's schedule (its jobs stay).
+    Unschedule {
+        /// The schedule's id.
+        schedule: u64,
+    },
     /// One job in full.
     Status {
         /// The job.
@@ -332,6 +337,8 @@ pub enum AdminResponse {
     Repeating(RepeatView),
     /// Every recurring job.
     Repeats(Vec<RepeatView>),
+    /// A recurring job's schedule was removed (as it was last).
+    Unscheduled(RepeatView),
     /// Jobs were purged.
     Purged(PurgeResult),
     /// A job's counts.
@@ -460,6 +467,12 @@ pub struct JobProgress {
     pub awaiting: Vec<NodeName>,
     /// Creation time, unix ms.
     pub created_at_ms: u64,
+    /// As in [`JobStatus::state`] (empty from an HQ that predates it).
+    #[serde(default)]
+    pub state: String,
+    /// As in [`JobStatus::pause_reason`].
+    #[serde(default)]
+    pub pause_reason: Option<String>,
 }
 
 /// `hq job output JOB CLIENT --json`.

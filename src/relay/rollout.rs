@@ -60,6 +60,8 @@ struct Gate {
     sent: HashSet<NodeName>,
     /// Failed or timed out (every attempt).
     failed: u64,
+    /// Final in any way (the failure rate is `failed` of these).
+    ended: u64,
     /// Every home leaf of the job.
     targets: u64,
     /// The local breaker's stop was logged.
@@ -110,7 +112,11 @@ fn with_gate<T>(
                     LeafState::Delivered | LeafState::Running => {
                         g.sent.insert(c);
                     }
-                    LeafState::Failed | LeafState::TimedOut => g.failed += 1,
+                    LeafState::Failed | LeafState::TimedOut => {
+                        g.failed += 1;
+                        g.ended += 1;
+                    }
+                    s if s.is_final() => g.ended += 1,
                     _ => {}
                 }
             }
@@ -152,6 +158,7 @@ fn counts(g: &Gate, rec: &RolloutRecord) -> Counts {
         targets: g.targets,
         in_flight: g.sent.len() as u64,
         failed: g.failed.saturating_sub(rec.fail_base),
+        ended: g.ended,
     }
 }
 
@@ -266,6 +273,7 @@ pub(crate) fn moved(st: &RelayState, job: JobId, client: &NodeName, state: LeafS
             if s.is_rerunnable() {
                 g.failed += 1;
             }
+            g.ended += 1;
             was
         }
     }

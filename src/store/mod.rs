@@ -98,6 +98,8 @@ enum Backend {
     Sled {
         db: sled::Db,
         flusher: Arc<flush::Flusher>,
+        /// The directory sled was opened on (`DIR/db`).
+        path: PathBuf,
     },
     Pg(Arc<pg::Pg>),
 }
@@ -183,7 +185,7 @@ impl Store {
         };
         let flusher = flush::Flusher::start(db.clone(), sync);
         Ok(Store {
-            backend: Backend::Sled { db, flusher },
+            backend: Backend::Sled { db, flusher, path },
         })
     }
 
@@ -309,13 +311,18 @@ impl Store {
     /// this process (other clones must be dropped first).
     pub async fn close(self) -> Result<(), StoreError> {
         self.durable().await?;
-        let task = match &self.backend {
-            Backend::Sled { flusher, .. } => flusher.take_task(),
-            Backend::Pg(_) => None,
+        let (task, path) = match &self.backend {
+            Backend::Sled { flusher, path, .. } => (flusher.take_task(), Some(path.clone())),
+            Backend::Pg(_) => (None, None),
         };
         drop(self);
         if let Some(t) = task {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(path) = path {
+            // sled's own threads may still hold the file for a moment after
+            // the last handle is dropped; "closed" means it can be reopened.
+            wait_unlocked(&path.join("db")).await;
         }
         Ok(())
     }
@@ -549,6 +556,31 @@ impl Table {
         match &self.raw {
             Raw::Sled(t) => t.is_empty(),
             Raw::Pg(p) => p.is_empty(self.name).unwrap_or(true),
+        }
+    }
+}
+
+/// Waits (up to 10 s) until no one holds sled's lock on `file`: the lock is
+/// an `flock` on the open file, released when sled's last user of it lets go.
+async fn wait_unlocked(file: &Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let Ok(f) = std::fs::File::open(file) else {
+            return;
+        };
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                drop(held);
+                return;
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err((_, e)) => {
+                tracing::warn!(file = %file.display(), error = %e, "store still locked after close");
+                return;
+            }
         }
     }
 }

@@ -292,6 +292,17 @@ fn pause_by_hand_holds_leaves_and_an_offline_client_gets_the_job_after_resume() 
             .stderr_text()
             .contains("rollout control applied")
     });
+    // `job wait` on the paused job says so once on stderr, and keeps
+    // waiting (here until its timeout).
+    let w = env.admin(&["job", "wait", &job, "--timeout", "2s"]);
+    assert_eq!(w.code, 3, "{w:?}");
+    assert_eq!(
+        w.stderr
+            .matches(&format!("job {job} is paused (paused by the operator)"))
+            .count(),
+        1,
+        "{w:?}"
+    );
     std::fs::write(&gate, b"").unwrap();
     env.start_agent("a3", &r1);
     wait_until("a1 to finish", DEADLINE, || {
@@ -586,4 +597,163 @@ fn a_job_after_sync_waits_for_the_relays_sync() {
     let (code, st) = env.wait_job(&job);
     assert_eq!(code, 0, "{st}");
     assert_eq!(spans(&times).len(), 1);
+}
+
+/// `hq job create --json --dest clients --client NAME... EXTRA -- sh -c SCRIPT`.
+fn create_named(env: &Env, clients: &[&str], extra: &[&str], script: &str) -> Out {
+    let mut args = vec!["job", "create", "--json", "--dest", "clients"];
+    for c in clients {
+        args.extend(["--client", c]);
+    }
+    args.extend(extra);
+    args.extend(["--", "sh", "-c", script]);
+    env.admin(&args)
+}
+
+/// `--dest clients` takes the rollout rules: four named clients under two
+/// relays (one nested) with `--canary 1 --batch 1`. The canary is one of
+/// the named clients and ends before any other starts; one leaf at a time
+/// runs at each relay; a client not named runs nothing.
+#[test]
+fn named_clients_take_the_rollout_rules() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &r1);
+    for a in ["a1", "a2", "a3"] {
+        env.start_agent(a, &r1);
+    }
+    for b in ["b1", "b2"] {
+        env.start_agent(b, &r2);
+    }
+    env.wait_clients(5);
+    let times = times_file(&env, "named.times");
+    let out = create_named(
+        &env,
+        &["a2", "a3", "b1", "b2"],
+        &["--canary", "1", "--batch", "1"],
+        &timed(&times, "sleep 0.3"),
+    )
+    .ok();
+    let job = job_id(&out.json());
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    // Spread over the named clients' homes, first name first: a2, not a1.
+    assert_eq!(st["policy"]["canary"], serde_json::json!(["a2"]), "{st}");
+    let sp = spans(&times);
+    let ran: Vec<&str> = sp.keys().map(String::as_str).collect();
+    assert_eq!(ran, ["a2", "a3", "b1", "b2"], "{sp:?}");
+    let canary_end = sp["a2"].end.unwrap();
+    for c in ["a3", "b1", "b2"] {
+        assert!(sp[c].start >= canary_end, "{c} before the canary: {sp:?}");
+    }
+    assert_eq!(max_in_flight(&sp, "r1"), 1, "r1: {sp:?}");
+    assert_eq!(max_in_flight(&sp, "r2"), 1, "r2: {sp:?}");
+}
+
+/// `--repeat` with `--dest clients`: the occurrence runs on the named
+/// clients only (under two relays); `job schedules` lists the schedule,
+/// `job unschedule` removes one: removed before its due time (the same
+/// minute), it makes no job. Unscheduling an unknown schedule is one line,
+/// exit 2.
+#[test]
+fn named_clients_repeat_and_a_removed_schedule_makes_no_job() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &hq);
+    env.start_agent("a1", &r1);
+    env.start_agent("a2", &r1);
+    env.start_agent("b1", &r2);
+    env.wait_clients(3);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let due_s = (now_s / 60 + 1) * 60;
+    let m = (due_s / 60) % 1440;
+    let spec = format!("daily {:02}:{:02}", m / 60, m % 60);
+    let kept = times_file(&env, "kept.times");
+    let gone = times_file(&env, "gone.times");
+    let sched = |times: &Path| -> u64 {
+        let v = create_named(
+            &env,
+            &["a2", "b1"],
+            &["--repeat", &spec, "--batch", "1"],
+            &timed(times, "true"),
+        )
+        .ok()
+        .json();
+        v["schedule"].as_u64().unwrap_or_else(|| panic!("{v}"))
+    };
+    let s1 = sched(&kept);
+    let s2 = sched(&gone);
+    let listed = env.admin(&["job", "schedules", "--json"]).ok().json();
+    let ids: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["schedule"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [s1, s2], "{listed}");
+    let out = env.admin(&["job", "unschedule", &s2.to_string()]).ok();
+    assert!(out.stdout.contains(&format!("schedule {s2}")), "{out:?}");
+    let listed = env.admin(&["job", "schedules", "--json"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let bad = env.admin(&["job", "unschedule", &s2.to_string()]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{bad:?}");
+    assert!(bad.stderr.contains(&format!("no schedule {s2}")), "{bad:?}");
+    let jobs = |env: &Env| -> Vec<String> {
+        let list = env.admin(&["job", "list", "--json"]).ok().json();
+        list.as_array().unwrap().iter().map(job_id).collect()
+    };
+    let job = wait_for("the occurrence", Duration::from_secs(120), || {
+        jobs(&env).first().cloned()
+    });
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    let sp = spans(&kept);
+    let ran: Vec<&str> = sp.keys().map(String::as_str).collect();
+    assert_eq!(ran, ["a2", "b1"], "{sp:?}");
+    assert!(sp.values().all(|s| s.start >= due_s * 1000), "{sp:?}");
+    // The same due time: the removed schedule had its chance and made nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(jobs(&env), vec![job], "one job only");
+    assert!(spans(&gone).is_empty(), "{:?}", spans(&gone));
+}
+
+/// Near the failure threshold a relay keeps fewer leaves in flight: with
+/// `--max-failures 0` and room for six (`--batch 6`), one leaf runs first;
+/// it fails, and nothing else starts (the job pauses). The same rules on a
+/// job that succeeds run every leaf to the end.
+#[test]
+fn near_the_failure_threshold_fewer_leaves_are_in_flight() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let names = ["a1", "a2", "a3", "a4", "a5", "a6"];
+    for a in names {
+        env.start_agent(a, &r1);
+    }
+    env.wait_clients(6);
+    let rules = ["--batch", "6", "--max-failures", "0"];
+    let times = times_file(&env, "near.times");
+    let job = env.create_job(&["r1"], &rules, &timed(&times, "sleep 0.3; exit 1"));
+    // Paused (or, had every leaf started and failed, done).
+    let state = wait_for("the breaker to pause the job", DEADLINE, || {
+        let s = env.status(&job)["state"].clone();
+        (s == "paused" || s == "done").then_some(s)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let sp = spans(&times);
+    assert_eq!(sp.len(), 1, "more than one leaf started: {sp:?}");
+    assert_eq!(state, "paused");
+    let ok = times_file(&env, "near-ok.times");
+    let job = env.create_job(&["r1"], &rules, &timed(&ok, "sleep 0.2"));
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    let sp = spans(&ok);
+    assert_eq!(sp.len(), 6, "{sp:?}");
+    assert!(max_in_flight(&sp, "r1") >= 2, "it never grew: {sp:?}");
 }
