@@ -181,13 +181,12 @@ pub(super) fn listen(url: String, announce: std::sync::Arc<Announce>) -> std::io
 }
 
 async fn listen_loop(url: String, announce: std::sync::Arc<Announce>) {
-    let mut first = true;
     // Held only weakly between connections, so that the thread ends with the store.
     let weak = std::sync::Arc::downgrade(&announce);
     drop(announce);
     loop {
         let Some(a) = weak.upgrade() else { return };
-        match listen_once(&url, &a, &mut first).await {
+        match listen_once(&url, &a).await {
             Ok(()) => {}
             Err(e) => tracing::warn!(error = %e, "PostgreSQL listener: connection lost"),
         }
@@ -198,11 +197,7 @@ async fn listen_loop(url: String, announce: std::sync::Arc<Announce>) {
 
 /// One connection's life: LISTEN, then notices until it ends or the store
 /// is dropped (checked every few seconds).
-async fn listen_once(
-    url: &str,
-    a: &std::sync::Arc<Announce>,
-    first: &mut bool,
-) -> Result<(), String> {
+async fn listen_once(url: &str, a: &std::sync::Arc<Announce>) -> Result<(), String> {
     let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
     cfg.connect_timeout(Duration::from_secs(5));
     cfg.application_name("relaytree-hq-listen");
@@ -234,11 +229,10 @@ async fn listen_once(
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(|e| format!("{e}"))?;
-        if !*first {
-            // Whatever was committed while nobody listened is unknown.
-            a.hand_on(Notice::Lost);
-        }
-        *first = false;
+        // Whatever was committed while nobody listened is unknown: after a
+        // reconnect, and on the first connection too, since a subscriber
+        // may have read the store before this LISTEN took effect.
+        a.hand_on(Notice::Lost);
         loop {
             match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
                 Ok(Some(Some(p))) => {
