@@ -369,9 +369,10 @@ pub struct EnsureError {
 }
 
 /// Fills the serving side's store with blobs it lacks (a relay fetching from
-/// its own parent).
+/// its own parent); says how many it fetched itself (the rest were there, or
+/// came in with another request's fetch).
 pub type Ensure =
-    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<(), EnsureError>> + Send + Sync>;
+    Arc<dyn Fn(Vec<ChunkHash>) -> BoxFuture<'static, Result<usize, EnsureError>> + Send + Sync>;
 
 /// How long a transfer server waits for a child to take the next piece.
 pub const SEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -490,13 +491,11 @@ pub async fn serve(
         let mut failed: Option<String> = None;
         if let Some(ensure) = &ensure {
             let lacking = store.missing(&hashes);
-            crate::metrics::cache_lookups(
-                (hashes.len() - lacking.len()) as u64,
-                lacking.len() as u64,
-            );
+            // A miss is a blob this request had the parent send.
+            let mut fetched = lacking.len();
             if !lacking.is_empty() {
                 match ensure(lacking).await {
-                    Ok(()) => {}
+                    Ok(n) => fetched = n,
                     // The way up is down: end the connection, so the child
                     // retries later instead of taking the blobs as missing.
                     Err(e) if e.transient => {
@@ -508,6 +507,10 @@ pub async fn serve(
                     Err(e) => failed = Some(e.reason),
                 }
             }
+            crate::metrics::cache_lookups(
+                hashes.len().saturating_sub(fetched) as u64,
+                fetched as u64,
+            );
         }
         for hash in hashes {
             let st = store.clone();

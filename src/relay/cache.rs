@@ -65,6 +65,19 @@ impl Cache {
         self.fetch_locked(&self.store, hashes).await
     }
 
+    /// As [`Cache::ensure`], but says how many of `hashes` this call fetched
+    /// from the parent itself: a blob another request fetched while this one
+    /// waited its turn was not fetched twice (the cache's hit).
+    async fn ensure_counted(&self, hashes: &[ChunkHash]) -> Result<usize, TransferError> {
+        if self.store.missing(hashes).is_empty() {
+            return Ok(0);
+        }
+        let _one = self.fetching.lock().await;
+        let fetching = self.store.missing(hashes).len();
+        self.fetch_locked(&self.store, hashes).await?;
+        Ok(fetching)
+    }
+
     /// Fetches what `into` lacks of `hashes`, retrying a broken link for a
     /// while (what arrived before a cut is kept: only the rest is asked
     /// again). The caller holds `fetching`.
@@ -118,7 +131,7 @@ impl Cache {
         Arc::new(move |hashes| {
             let me = me.clone();
             Box::pin(async move {
-                me.ensure(&hashes).await.map(drop).map_err(|e| EnsureError {
+                me.ensure_counted(&hashes).await.map_err(|e| EnsureError {
                     transient: e.is_transient(),
                     reason: e.to_string(),
                 })
