@@ -263,20 +263,21 @@ pub(crate) async fn stage(
     Ok(manifest)
 }
 
+/// The package a script belongs to, and the tree it runs in.
+struct Package<'a> {
+    name: &'a str,
+    version: &'a str,
+    tree: &'a Path,
+}
+
 /// The environment of an install or remove command.
-fn package_env(
-    st: &AgentState,
-    rec: &RunRecord,
-    name: &str,
-    version: &str,
-    tree: &Path,
-) -> Vec<(String, String)> {
+fn package_env(st: &AgentState, rec: &RunRecord, pkg: &Package<'_>) -> Vec<(String, String)> {
     let mut env = base_env(st, rec);
-    env.push(("RELAYTREE_PACKAGE".into(), name.into()));
-    env.push(("RELAYTREE_PACKAGE_VERSION".into(), version.into()));
+    env.push(("RELAYTREE_PACKAGE".into(), pkg.name.into()));
+    env.push(("RELAYTREE_PACKAGE_VERSION".into(), pkg.version.into()));
     env.push((
         "RELAYTREE_PACKAGE_DIR".into(),
-        absolute(tree).to_string_lossy().into_owned(),
+        absolute(pkg.tree).to_string_lossy().into_owned(),
     ));
     env
 }
@@ -294,17 +295,21 @@ struct Stops<'a> {
     cancel: &'a CancellationToken,
 }
 
-/// Runs `script` with `/bin/sh -c` in `tree`; the update says how it ended.
+/// Runs `script`, the package's `what` ("install" or "remove") command,
+/// with `/bin/sh -c` in its tree; the update says how it ended.
 async fn run_script(
     st: &AgentState,
     rec: &RunRecord,
     script: &str,
-    env: Vec<(String, String)>,
-    tree: &Path,
-    prefix: &str,
+    what: &str,
+    pkg: Package<'_>,
     stops: Stops<'_>,
 ) -> LeafUpdate {
     let Stops { timeout_ms, cancel } = stops;
+    let env = package_env(st, rec, &pkg);
+    let prefix = format!("package {}@{}: {what} command ", pkg.name, pkg.version);
+    let prefix = prefix.as_str();
+    let tree = pkg.tree;
     let ctl = exec::Control {
         cancel: Some(cancel.clone()),
         on_spawn: None,
@@ -328,6 +333,18 @@ async fn run_script(
     u
 }
 
+/// A failed leaf, its reason "package LABEL: WHY".
+fn failed(
+    st: &AgentState,
+    rec: &RunRecord,
+    label: &str,
+    why: impl std::fmt::Display,
+) -> LeafUpdate {
+    let mut u = runlog::update(st, rec, LeafState::Failed);
+    u.reason = Some(format!("package {label}: {why}"));
+    u
+}
+
 /// Records a failed (or timed out) package attempt; durable on return.
 async fn finish(st: &AgentState, rec: &mut RunRecord, u: LeafUpdate) -> Result<(), StoreError> {
     if let Some(r) = &u.reason {
@@ -335,6 +352,18 @@ async fn finish(st: &AgentState, rec: &mut RunRecord, u: LeafUpdate) -> Result<(
     }
     runlog::record(st, rec, u)?;
     st.store.durable().await
+}
+
+/// Records the failure a step came back with, if it did; durable on return.
+async fn settle(
+    st: &AgentState,
+    rec: &mut RunRecord,
+    step: Result<Result<(), LeafUpdate>, StoreError>,
+) -> Result<(), StoreError> {
+    match step? {
+        Ok(()) => Ok(()),
+        Err(u) => finish(st, rec, u).await,
+    }
 }
 
 /// Carries out an install whose start is already on disk; `cancel` stops
@@ -345,10 +374,8 @@ pub(crate) async fn install(
     spec: &InstallSpec,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
-    match install_step(st, rec, spec, cancel, true).await? {
-        Ok(()) => Ok(()),
-        Err(u) => finish(st, rec, u).await,
-    }
+    let step = install_step(st, rec, spec, cancel, true).await;
+    settle(st, rec, step).await
 }
 
 /// An install: with `record`, its success is the leaf's result (recorded
@@ -377,28 +404,21 @@ pub(crate) async fn install_step(
         Ok(m) => m,
         Err(e) => {
             discard(tree.clone()).await;
-            let mut u = runlog::update(st, rec, LeafState::Failed);
-            u.reason = Some(format!("package {label}: {e}"));
-            return Ok(Err(u));
+            return Ok(Err(failed(st, rec, &label, e)));
         }
     };
     let mut done = runlog::update(st, rec, LeafState::Succeeded);
     if let Some(script) = &manifest.install {
-        let env = package_env(st, rec, &spec.name, &spec.version, &tree);
-        let prefix = format!("package {label}: install command ");
-        let u = run_script(
-            st,
-            rec,
-            script,
-            env,
-            &tree,
-            &prefix,
-            Stops {
-                timeout_ms: spec.timeout_ms,
-                cancel,
-            },
-        )
-        .await;
+        let pkg = Package {
+            name: &spec.name,
+            version: &spec.version,
+            tree: &tree,
+        };
+        let stops = Stops {
+            timeout_ms: spec.timeout_ms,
+            cancel,
+        };
+        let u = run_script(st, rec, script, "install", pkg, stops).await;
         if u.state != LeafState::Succeeded {
             discard(tree.clone()).await;
             return Ok(Err(u));
@@ -444,10 +464,8 @@ pub(crate) async fn remove(
     spec: &RemoveSpec,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
-    match remove_step(st, rec, spec, cancel, true).await? {
-        Ok(()) => Ok(()),
-        Err(u) => finish(st, rec, u).await,
-    }
+    let step = remove_step(st, rec, spec, cancel, true).await;
+    settle(st, rec, step).await
 }
 
 /// A removal, recorded as the leaf's result with `record` (as
@@ -488,21 +506,16 @@ pub(crate) async fn remove_step(
     // The remove command runs without the package lock: a slow or hung one
     // holds up no other install or remove on this agent.
     if let Some(script) = &entry.remove {
-        let env = package_env(st, rec, &entry.name, &entry.version, &tree);
-        let prefix = format!("package {label}: remove command ");
-        let u = run_script(
-            st,
-            rec,
-            script,
-            env,
-            &tree,
-            &prefix,
-            Stops {
-                timeout_ms: spec.timeout_ms,
-                cancel,
-            },
-        )
-        .await;
+        let pkg = Package {
+            name: &entry.name,
+            version: &entry.version,
+            tree: &tree,
+        };
+        let stops = Stops {
+            timeout_ms: spec.timeout_ms,
+            cancel,
+        };
+        let u = run_script(st, rec, script, "remove", pkg, stops).await;
         if u.state != LeafState::Succeeded {
             return Ok(Err(u));
         }
@@ -510,11 +523,8 @@ pub(crate) async fn remove_step(
     }
     let _one_at_a_time = st.pkg_lock.lock().await;
     if inventory::get(&st.inventory, &st.me, &spec.name)?.as_ref() != Some(&entry) {
-        let mut u = runlog::update(st, rec, LeafState::Failed);
-        u.reason = Some(format!(
-            "package {label}: changed by another job while its remove command ran; nothing removed"
-        ));
-        return Ok(Err(u));
+        let why = "changed by another job while its remove command ran; nothing removed";
+        return Ok(Err(failed(st, rec, &label, why)));
     }
     // Aside first (atomic), so a failure here leaves everything in place.
     let trash = st
@@ -528,9 +538,7 @@ pub(crate) async fn remove_step(
                 path: tree,
                 source,
             };
-            let mut u = runlog::update(st, rec, LeafState::Failed);
-            u.reason = Some(format!("package {label}: {e}"));
-            return Ok(Err(u));
+            return Ok(Err(failed(st, rec, &label, e)));
         }
         warn!(dir = %tree.display(), "installed tree was already gone");
     }
@@ -575,7 +583,12 @@ mod tests {
         };
         // As under `--data-dir data`: the tree is relative to the agent's
         // directory, while the script runs in the tree itself.
-        let env = package_env(&st, &rec, "foo", "1", Path::new("data/packages/a1/foo/1"));
+        let pkg = Package {
+            name: "foo",
+            version: "1",
+            tree: Path::new("data/packages/a1/foo/1"),
+        };
+        let env = package_env(&st, &rec, &pkg);
         let got = env
             .iter()
             .find(|(k, _)| k == "RELAYTREE_PACKAGE_DIR")

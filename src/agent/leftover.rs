@@ -307,18 +307,11 @@ mod tests {
             pgrp: 100,
             start,
         };
-        // (record, boot now, leader now, live members, ours?, what)
-        type Row<'a> = (
-            Spawned,
-            Option<&'a str>,
-            Option<ProcStat>,
-            usize,
-            bool,
-            &'a str,
-        );
+        // A record with a leader start and a boot id, against (boot now,
+        // leader now, live members, ours?, what).
+        type Row<'a> = (Option<&'a str>, Option<ProcStat>, usize, bool, &'a str);
         let table: &[Row] = &[
             (
-                rec(Some(5), Some("b")),
                 Some("b"),
                 Some(p('S', 5)),
                 1,
@@ -326,77 +319,37 @@ mod tests {
                 "leader alive, same start",
             ),
             (
-                rec(Some(5), Some("b")),
                 Some("b"),
                 Some(p('S', 6)),
                 1,
                 false,
                 "pid reused by a stranger",
             ),
+            (Some("c"), Some(p('S', 5)), 1, false, "another boot"),
+            (Some("b"), None, 2, true, "leader gone, group lives"),
+            (Some("b"), None, 0, false, "nothing left"),
             (
-                rec(Some(5), Some("b")),
-                Some("c"),
-                Some(p('S', 5)),
-                1,
-                false,
-                "another boot",
-            ),
-            (
-                rec(Some(5), Some("b")),
-                Some("b"),
-                None,
-                2,
-                true,
-                "leader gone, group lives",
-            ),
-            (
-                rec(Some(5), Some("b")),
-                Some("b"),
-                None,
-                0,
-                false,
-                "nothing left",
-            ),
-            (
-                rec(Some(5), Some("b")),
                 Some("b"),
                 Some(p('Z', 5)),
                 1,
                 true,
                 "zombie leader, members",
             ),
-            (
-                rec(Some(5), Some("b")),
-                Some("b"),
-                Some(p('Z', 5)),
-                0,
-                false,
-                "zombie leader alone",
-            ),
-            (
-                rec(Some(5), Some("b")),
-                Some("b"),
-                Some(p('Z', 9)),
-                3,
-                false,
-                "zombie stranger",
-            ),
-            (
-                rec(None, None),
-                None,
-                Some(p('S', 1)),
-                1,
-                true,
-                "nothing to compare: trust the pgid",
-            ),
+            (Some("b"), Some(p('Z', 5)), 0, false, "zombie leader alone"),
+            (Some("b"), Some(p('Z', 9)), 3, false, "zombie stranger"),
         ];
-        for (r, boot, leader, members, want, what) in table {
+        let r = rec(Some(5), Some("b"));
+        for (boot, leader, members, want, what) in table {
             assert_eq!(
-                recorded_is_ours(r, *boot, leader.as_ref(), *members),
+                recorded_is_ours(&r, *boot, leader.as_ref(), *members),
                 *want,
                 "{what}"
             );
         }
+        assert!(
+            recorded_is_ours(&rec(None, None), None, Some(&p('S', 1)), 1),
+            "nothing to compare: trust the pgid"
+        );
     }
 
     #[tokio::test]

@@ -182,30 +182,14 @@ async fn demo(root: &Path, stop: &CancellationToken, show: Show) -> Result<(), C
     let script = r#"echo "hello from $RELAYTREE_CLIENT (attempt $RELAYTREE_ATTEMPT via $RELAYTREE_RELAY)"; case "$RELAYTREE_CLIENT" in c2|c4) [ "$RELAYTREE_ATTEMPT" -gt 1 ] || { echo "$RELAYTREE_CLIENT: disk full" >&2; exit 3; };; esac"#;
     let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
     show.note("a job that fails on c2 and c4 the first time:");
-    let job = match admin
-        .request(AdminRequest::CreateJob {
-            dest: vec![NodeName::new("r1").map_err(err)?],
-            action: Action::Run(RunSpec {
-                argv,
-                env: vec![],
-                cwd: None,
-                timeout_ms: Some(30_000),
-            }),
-            expires_ms: Some(3_600_000),
-            policy: Default::default(),
-            clients: vec![],
-            filter: Default::default(),
-        })
-        .await?
-    {
-        AdminResponse::Created { job } => job,
-        other => return Err(CliError::Unexpected(format!("{other:?}"))),
-    };
-    show.step(
-        "hq job create --dest all-lower-clients --relay r1 -- sh -c '...'",
-        &format!("{job}\n"),
-        &serde_json::json!({ "job": job }),
-    );
+    let action = Action::Run(RunSpec {
+        argv,
+        env: vec![],
+        cwd: None,
+        timeout_ms: Some(30_000),
+    });
+    let shown = "hq job create --dest all-lower-clients --relay r1 -- sh -c '...'";
+    let job = create_under_r1(&mut admin, show, action, shown).await?;
     let s = wait(&mut admin, job).await?;
     show.step(
         &format!("hq job status {job} --clients"),
@@ -386,25 +370,8 @@ async fn packages(
         version: Some("1.0".into()),
     };
     let spec = super::package::install_spec(admin, &want, None).await?;
-    let job = match admin
-        .request(AdminRequest::CreateJob {
-            dest: vec![NodeName::new("r1").map_err(err)?],
-            action: Action::Install(spec),
-            expires_ms: Some(3_600_000),
-            policy: Default::default(),
-            clients: vec![],
-            filter: Default::default(),
-        })
-        .await?
-    {
-        AdminResponse::Created { job } => job,
-        other => return Err(CliError::Unexpected(format!("{other:?}"))),
-    };
-    show.step(
-        "hq job create --dest all-lower-clients --relay r1 --install hello@1.0",
-        &format!("{job}\n"),
-        &serde_json::json!({ "job": job }),
-    );
+    let shown = "hq job create --dest all-lower-clients --relay r1 --install hello@1.0";
+    let job = create_under_r1(admin, show, Action::Install(spec), shown).await?;
     let s = wait(admin, job).await?;
     show.step(
         &format!("hq job status {job} --clients"),
@@ -436,6 +403,36 @@ async fn audit_status(
         AdminResponse::AuditStatus(v) => Ok(v),
         other => Err(CliError::Unexpected(format!("{other:?}"))),
     }
+}
+
+/// Creates a job for every client under r1 (expiring in an hour) and shows
+/// it as `command` prints it.
+async fn create_under_r1(
+    admin: &mut AdminClient,
+    show: Show,
+    action: Action,
+    command: &str,
+) -> Result<JobId, CliError> {
+    let job = match admin
+        .request(AdminRequest::CreateJob {
+            dest: vec![NodeName::new("r1").map_err(err)?],
+            action,
+            expires_ms: Some(3_600_000),
+            policy: Default::default(),
+            clients: vec![],
+            filter: Default::default(),
+        })
+        .await?
+    {
+        AdminResponse::Created { job } => job,
+        other => return Err(CliError::Unexpected(format!("{other:?}"))),
+    };
+    show.step(
+        command,
+        &format!("{job}\n"),
+        &serde_json::json!({ "job": job }),
+    );
+    Ok(job)
 }
 
 async fn wait(admin: &mut AdminClient, job: JobId) -> Result<JobStatus, CliError> {

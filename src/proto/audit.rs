@@ -476,11 +476,15 @@ mod tests {
 
     #[test]
     fn compare_table() {
-        let base = vec![
-            pkg("tool", "1.0"),
-            file("/etc/a", "x", 0o644),
-            dpkg("hello", "2.10"),
-        ];
+        // A package, a file and a dpkg package at these values.
+        let three = |tool: &str, content: &str, mode: u32, hello: &str| {
+            vec![
+                pkg("tool", tool),
+                file("/etc/a", content, mode),
+                dpkg("hello", hello),
+            ]
+        };
+        let base = three("1.0", "x", 0o644, "2.10");
         type Case = (&'static str, Vec<Object>, Vec<(&'static str, &'static str)>);
         let cases: Vec<Case> = vec![
             ("same", base.clone(), vec![]),
@@ -496,47 +500,27 @@ mod tests {
             ),
             (
                 "version",
-                vec![
-                    pkg("tool", "2.0"),
-                    file("/etc/a", "x", 0o644),
-                    dpkg("hello", "2.10"),
-                ],
+                three("2.0", "x", 0o644, "2.10"),
                 vec![("package:tool", "version")],
             ),
             (
                 "dpkg version",
-                vec![
-                    pkg("tool", "1.0"),
-                    file("/etc/a", "x", 0o644),
-                    dpkg("hello", "2.9"),
-                ],
+                three("1.0", "x", 0o644, "2.9"),
                 vec![("dpkg:hello", "version")],
             ),
             (
                 "content",
-                vec![
-                    pkg("tool", "1.0"),
-                    file("/etc/a", "y", 0o644),
-                    dpkg("hello", "2.10"),
-                ],
+                three("1.0", "y", 0o644, "2.10"),
                 vec![("file:/etc/a", "content")],
             ),
             (
                 "mode",
-                vec![
-                    pkg("tool", "1.0"),
-                    file("/etc/a", "x", 0o600),
-                    dpkg("hello", "2.10"),
-                ],
+                three("1.0", "x", 0o600, "2.10"),
                 vec![("file:/etc/a", "mode")],
             ),
             (
                 "content and mode",
-                vec![
-                    pkg("tool", "1.0"),
-                    file("/etc/a", "y", 0o600),
-                    dpkg("hello", "2.10"),
-                ],
+                three("1.0", "y", 0o600, "2.10"),
                 vec![("file:/etc/a", "content"), ("file:/etc/a", "mode")],
             ),
             (

@@ -108,13 +108,24 @@ pub(crate) fn send(st: &RelayState, job: JobId, sends: CancelSends) {
     crate::link::queue::send_now(&st.children, msgs);
 }
 
+/// Relay r1 on a fresh store in `dir`, for the tests here and in
+/// `purge.rs` (they act on its trees only: no sessions).
+#[cfg(test)]
+pub(super) fn r1_for_tests(dir: &std::path::Path) -> RelayState {
+    RelayState::open(
+        NodeName::new("r1").unwrap(),
+        crate::store::Store::open(dir).unwrap(),
+        super::cache::for_tests(dir),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::{Attempt, Event};
     use crate::relay::DirEntry;
     use crate::store::keys::Name;
-    use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
         NodeName::new(s).unwrap()
@@ -123,12 +134,7 @@ mod tests {
     #[tokio::test]
     async fn open_home_leaves_are_canceled_and_agents_and_child_relays_told() {
         let dir = tempfile::tempdir().unwrap();
-        let st = RelayState::open(
-            n("r1"),
-            Store::open(dir.path()).unwrap(),
-            crate::relay::cache::for_tests(dir.path()),
-        )
-        .unwrap();
+        let st = r1_for_tests(dir.path());
         st.dir_relays.put(&Name(n("r2")), &n("r2")).unwrap();
         st.dir_relays.put(&Name(n("r4")), &n("r2")).unwrap();
         st.dir_clients

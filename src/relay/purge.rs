@@ -116,7 +116,6 @@ mod tests {
     use super::super::DirEntry;
     use super::*;
     use crate::proto::{Action, Assignment, Scope};
-    use crate::store::Store;
 
     fn n(s: &str) -> NodeName {
         NodeName::new(s).unwrap()
@@ -125,12 +124,7 @@ mod tests {
     #[tokio::test]
     async fn a_purge_removes_only_its_jobs_and_goes_on_to_children_that_had_them() {
         let dir = tempfile::tempdir().unwrap();
-        let st = RelayState::open(
-            n("r1"),
-            Store::open(dir.path()).unwrap(),
-            crate::relay::cache::for_tests(dir.path()),
-        )
-        .unwrap();
+        let st = super::super::cancel::r1_for_tests(dir.path());
         let home = DirEntry {
             home: n("r1"),
             via: n("r1"),

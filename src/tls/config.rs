@@ -50,6 +50,7 @@ impl Identity {
                 .map_err(config_err)?;
         let verifier = Arc::new(AdmitRoles {
             inner,
+            algs: provider.signature_verification_algorithms,
             admit: admit.to_vec(),
             trust_domain: self.me.trust_domain.clone(),
             anonymous,

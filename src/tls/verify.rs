@@ -229,6 +229,8 @@ pub(crate) fn handshake_error(e: std::io::Error) -> TlsError {
 /// Server side: rustls' chain verification to our CA, then the admitted roles.
 pub(crate) struct AdmitRoles {
     pub(crate) inner: Arc<dyn ClientCertVerifier>,
+    /// The provider's algorithms, as `inner` was built with.
+    pub(crate) algs: WebPkiSupportedAlgorithms,
     pub(crate) admit: Vec<Role>,
     pub(crate) trust_domain: String,
     /// A client may come without a certificate (an enrollment).
@@ -298,27 +300,7 @@ impl ClientCertVerifier for AdmitRoles {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// Client side: the server's chain to our CA, then its SPIFFE role (and name);

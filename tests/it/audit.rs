@@ -79,6 +79,39 @@ pub(crate) fn kinds(c: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `hq snapshot create --client CLIENT --name base --files
+/// /etc/app/*.conf EXTRA...`, which must succeed.
+pub(crate) fn snapshot_base(env: &Env, client: &str, extra: &[&str]) -> Out {
+    let mut args = vec![
+        "snapshot",
+        "create",
+        "--client",
+        client,
+        "--name",
+        "base",
+        "--files",
+        "/etc/app/*.conf",
+    ];
+    args.extend_from_slice(extra);
+    env.admin(&args).ok()
+}
+
+/// The numbers after `KEY=` on the lines of `log` that hold `marker`.
+pub(crate) fn logged_numbers(log: &str, marker: &str, key: &str) -> Vec<u64> {
+    let key = format!("{key}=");
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split(&key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 pub(crate) fn wait_done(env: &Env, audit: &str) -> Value {
     let out = env.admin(&["job", "wait", audit, "--timeout", "30s"]);
     assert!(out.code == 0 || out.code == 1, "job wait: {out:?}");
@@ -184,21 +217,7 @@ fn audit_every_difference_kind_nested_and_with_the_master_offline() {
     );
 
     // Snapshot of m: objects recorded, content in HQ's depot.
-    let snap = env
-        .admin(&[
-            "snapshot",
-            "create",
-            "--client",
-            "m",
-            "--name",
-            "base",
-            "--files",
-            "/etc/app/*.conf",
-            "--dpkg",
-            "--json",
-        ])
-        .ok()
-        .json();
+    let snap = snapshot_base(&env, "m", &["--dpkg", "--json"]).json();
     assert_eq!(snap["done"], true, "{snap}");
     assert_eq!(snap["files"], 3, "{snap}");
     let depot = env.hq_dir.join("depot");
@@ -433,18 +452,7 @@ fn snapshot_cut_mid_upload_fails_and_its_rerun_resumes() {
     };
     assert_eq!(depot_blobs(&depot), total);
     let log = std::fs::read_to_string(env.logs().join("m.1.err")).unwrap_or_default();
-    let sent: Vec<u64> = log
-        .lines()
-        .filter(|l| l.contains("snapshot uploaded"))
-        .filter_map(|l| {
-            l.split("bytes_sent=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let sent = logged_numbers(&log, "snapshot uploaded", "bytes_sent");
     assert_eq!(sent.len(), 1, "{log}");
     assert!(
         before > 0 && sent[0] < big.len() as u64,

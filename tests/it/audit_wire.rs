@@ -5,7 +5,7 @@
 //! (a forged relay played from the test). Not run on PostgreSQL: nothing
 //! here is about HQ's store.
 
-use crate::audit::{make_root, start_rooted, wait_done};
+use crate::audit::{logged_numbers, make_root, snapshot_base, start_rooted, wait_done};
 use crate::forged::listen_as_relay;
 use crate::harness::*;
 use crate::metrics::{metrics_addr, scrape, SENT};
@@ -237,18 +237,7 @@ fn the_object_list_crosses_each_hop_once() {
         start_rooted(&mut env, name, relay, &root);
     }
     env.wait_clients(4);
-    env.admin(&[
-        "snapshot",
-        "create",
-        "--client",
-        "a1",
-        "--name",
-        "base",
-        "--files",
-        "/etc/app/*.conf",
-        "--json",
-    ])
-    .ok();
+    snapshot_base(&env, "a1", &["--json"]);
     let sent = |addr: &str, child: &str| scrape(addr).value(SENT, &[("child", child)]) as u64;
     let (hq_before, r1_before) = (sent(&hq_m, "r1"), sent(&r1_m, "r2"));
     let agents_before = sent(&r1_m, "agents");
@@ -304,18 +293,7 @@ fn the_object_list_crosses_each_hop_once() {
     );
     for name in ["a1", "a2", "a3", "a4"] {
         let log = env.agents[name].stderr_text();
-        let fetched: Vec<u64> = log
-            .lines()
-            .filter(|l| l.contains("object list here"))
-            .filter_map(|l| {
-                l.split("fetched_bytes=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let fetched = logged_numbers(&log, "object list here", "fetched_bytes");
         assert_eq!(fetched, [list], "{name}: {log}");
     }
 }

@@ -32,6 +32,19 @@ fn enroll(
     name: &str,
     extra: &[&str],
 ) -> Out {
+    enroll_into(bin, addr, tok, hash, name, &env.id_dir(name), extra)
+}
+
+/// `relay|agent enroll --parent|--relay ADDR ... --name NAME --out OUT`.
+fn enroll_into(
+    bin: &str,
+    addr: &str,
+    tok: &str,
+    hash: &str,
+    name: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Out {
     let flag = if bin == RELAY { "--parent" } else { "--relay" };
     let mut cmd = Command::new(bin);
     cmd.args([
@@ -46,7 +59,7 @@ fn enroll(
         name,
         "--out",
     ])
-    .arg(env.id_dir(name))
+    .arg(out)
     .args(extra);
     Out::of(run(&mut cmd))
 }
@@ -221,20 +234,8 @@ fn every_refusal_is_clear_and_logged() {
     refused(&env, out, "a4", "unknown enrollment token", true);
     // Name in use: a relay's name, and a name enrolled before.
     let (ta, _, _) = token(&env, "agent", &["--uses", "9"]);
-    let out = Out::of(run(Command::new(AGENT)
-        .args([
-            "enroll",
-            "--relay",
-            &r1,
-            "--token",
-            &ta,
-            "--ca-hash",
-            &hash,
-            "--name",
-            "r1",
-            "--out",
-        ])
-        .arg(env.root().join("again-r1"))));
+    let again = env.root().join("again-r1");
+    let out = enroll_into(AGENT, &r1, &ta, &hash, "r1", &again, &[]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("name r1 is already in use"), "{out:?}");
     let before = std::fs::read(env.id_dir("a1").join("node.crt")).unwrap();
@@ -242,20 +243,8 @@ fn every_refusal_is_clear_and_logged() {
     let out = enroll(&env, AGENT, &r1, &ta, &hash, "a1", &[]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("already holds an identity"), "{out:?}");
-    let out = Out::of(run(Command::new(AGENT)
-        .args([
-            "enroll",
-            "--relay",
-            &r1,
-            "--token",
-            &ta,
-            "--ca-hash",
-            &hash,
-            "--name",
-            "a1",
-            "--out",
-        ])
-        .arg(env.root().join("again"))));
+    let again = env.root().join("again");
+    let out = enroll_into(AGENT, &r1, &ta, &hash, "a1", &again, &[]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("name a1 is already in use"), "{out:?}");
     assert_eq!(

@@ -56,6 +56,24 @@ fn wait_started(env: &Env, job: &str, clients: &[&str]) {
     });
 }
 
+/// Runs a job of a few seconds for the clients under `relay` (c1 and c2),
+/// kills r1 once it started on both, and checks it still succeeds, having
+/// run once on each; returns the job.
+fn r1_dies_under_a_job(env: &mut Env, relay: &str) -> String {
+    let job = env.create_job(&[relay], &[], &env.job_script("sleep 3"));
+    wait_started(env, &job, &["c1", "c2"]);
+    env.kill_relay("r1");
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}\n{}", env.log_text());
+    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
+    assert_eq!(
+        env.run_counts(&job),
+        each(&["c1", "c2"], 1),
+        "ran once each"
+    );
+    job
+}
+
 #[test]
 fn an_agent_moves_to_its_next_relay_and_its_job_completes_once() {
     let mut env = Env::new();
@@ -67,20 +85,9 @@ fn an_agent_moves_to_its_next_relay_and_its_job_completes_once() {
     env.wait_clients(2);
     assert_eq!(clients_of(&env, "r1"), 2, "the first is preferred");
 
-    // A job under r1 whose command runs for a while: r1 dies under it.
-    let job = env.create_job(&["r1"], &[], &env.job_script("sleep 3"));
-    wait_started(&env, &job, &["c1", "c2"]);
-    env.kill_relay("r1");
-
-    // The agents move to r2; their results reach HQ through it.
-    let (code, st) = env.wait_job(&job);
-    assert_eq!(code, 0, "{st}\n{}", env.log_text());
-    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
-    assert_eq!(
-        env.run_counts(&job),
-        each(&["c1", "c2"], 1),
-        "ran once each"
-    );
+    // A job under r1 whose command runs for a while: r1 dies under it; the
+    // agents move to r2, their results reach HQ through it.
+    let job = r1_dies_under_a_job(&mut env, "r1");
     wait_until("hq to see both agents under r2", DEADLINE, || {
         clients_of(&env, "r2") == 2
     });
@@ -143,20 +150,9 @@ fn a_nested_relay_moves_to_its_next_parent_with_its_clients() {
     env.wait_clients(2);
     assert_eq!(tree_rows(&env)["r3"].0, "r1", "the first is preferred");
 
-    // r1 dies while r3's clients run a job.
-    let job = env.create_job(&["r3"], &[], &env.job_script("sleep 3"));
-    wait_started(&env, &job, &["c1", "c2"]);
-    env.kill_relay("r1");
-
-    // Their results reach HQ through r2.
-    let (code, st) = env.wait_job(&job);
-    assert_eq!(code, 0, "{st}\n{}", env.log_text());
-    assert_eq!(states(&st), all(&["c1", "c2"], "succeeded"));
-    assert_eq!(
-        env.run_counts(&job),
-        each(&["c1", "c2"], 1),
-        "ran once each"
-    );
+    // r1 dies while r3's clients run a job; their results reach HQ
+    // through r2.
+    let job = r1_dies_under_a_job(&mut env, "r3");
     wait_until("hq to see r3 under r2", DEADLINE, || {
         tree_rows(&env)["r3"].0 == "r2"
     });

@@ -61,11 +61,21 @@ fn add(env: &Env, dir: &Path, name: &str, version: &str, install: &str) -> Value
 }
 
 fn install_job(env: &Env, relays: &[&str], what: &str) -> String {
+    package_job(env, relays, "--install", what)
+}
+
+fn remove_job(env: &Env, relays: &[&str], name: &str) -> String {
+    package_job(env, relays, "--remove", name)
+}
+
+/// `job create` for every client under `relays` with `flag` (`--install`
+/// or `--remove`) `what`; its id.
+fn package_job(env: &Env, relays: &[&str], flag: &str, what: &str) -> String {
     let mut args = vec!["job", "create", "--dest", "all-lower-clients", "--json"];
     for r in relays {
         args.extend(["--relay", r]);
     }
-    args.extend(["--install", what]);
+    args.extend([flag, what]);
     job_id(&env.admin(&args).ok().json())
 }
 
@@ -206,20 +216,7 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
     );
 
     // Remove.
-    let out = env
-        .admin(&[
-            "job",
-            "create",
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r2",
-            "--remove",
-            "tool",
-            "--json",
-        ])
-        .ok();
-    let (code, st) = env.wait_job(&job_id(&out.json()));
+    let (code, st) = env.wait_job(&remove_job(&env, &["r2"], "tool"));
     assert_eq!(code, 0, "{st}");
     assert!(installed(&env, "c3").is_empty());
     assert_eq!(
@@ -227,20 +224,7 @@ fn install_through_a_nested_relay_once_per_relay_then_only_new_chunks() {
         vec![("tool".to_string(), "2".to_string())]
     );
     // Removing it again: a no-op on every leaf, that succeeds and says so.
-    let again = env
-        .admin(&[
-            "job",
-            "create",
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r2",
-            "--remove",
-            "tool",
-            "--json",
-        ])
-        .ok();
-    let again = job_id(&again.json());
+    let again = remove_job(&env, &["r2"], "tool");
     let (code, st) = env.wait_job(&again);
     assert_eq!(code, 0, "remove of a package not installed succeeds: {st}");
     let o = env

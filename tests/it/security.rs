@@ -572,6 +572,58 @@ fn leaf_update(job: &str, attempt: u32, client: &str, home: &str) -> Event {
     })
 }
 
+fn relay_joined(relay: &str, parent: &str) -> Event {
+    Event::RelayJoined {
+        relay: n(relay),
+        parent: n(parent),
+    }
+}
+
+fn client_joined(client: &str, relay: &str, at_ms: u64) -> Event {
+    Event::ClientJoined {
+        client: n(client),
+        relay: n(relay),
+        at_ms,
+    }
+}
+
+fn relay_left(relay: &str, parent: &str, at_ms: u64) -> Event {
+    Event::RelayLeft {
+        relay: n(relay),
+        parent: n(parent),
+        at_ms,
+    }
+}
+
+/// HQ's tree still shows `relay` connected under `parent`.
+fn assert_parent_unchanged(env: &Env, relay: &str, parent: &str) {
+    let tree = env.tree();
+    let view = tree["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["relay"] == relay)
+        .unwrap()
+        .clone();
+    assert_eq!(view["parent"], parent, "{tree}");
+    assert_eq!(view["connected"], true, "{tree}");
+}
+
+/// An inventory claiming `client` (under `relay`) has package evil@1.
+fn evil_inventory(client: &str, relay: &str) -> Event {
+    Event::Inventory(relaytree::proto::InventoryReport {
+        client: n(client),
+        relay: n(relay),
+        packages: vec![relaytree::proto::Installed {
+            name: "evil".into(),
+            version: "1".into(),
+            manifest: relaytree::pkg::ChunkHash::of(b"evil"),
+            at_ms: 1,
+        }],
+        at_ms: 1,
+    })
+}
+
 /// HQ <- r1 (the test, with a real relay certificate), HQ <- r2 <- r3;
 /// c2 at r2, c3 at r3. r1 forges every kind of event about r2's branch:
 /// none takes effect.
@@ -610,49 +662,19 @@ fn a_relay_cannot_speak_for_another_branch() {
             leaf_update(&failing, 7, "c2", "r1"),
             leaf_update(&failing, 7, "c2", "r2"),
             // Re-parent r3 under me.
-            Event::RelayJoined {
-                relay: n("r3"),
-                parent: n("r1"),
-            },
+            relay_joined("r3", "r1"),
             // Put c2 under r3 (another branch's relay).
-            Event::ClientJoined {
-                client: n("c2"),
-                relay: n("r3"),
-                at_ms: relaytree::proto::now_ms(),
-            },
+            client_joined("c2", "r3", relaytree::proto::now_ms()),
             // Report r3 gone.
-            Event::RelayLeft {
-                relay: n("r3"),
-                parent: n("r2"),
-                at_ms: 1,
-            },
+            relay_left("r3", "r2", 1),
             // An inventory of another branch's client.
-            Event::Inventory(relaytree::proto::InventoryReport {
-                client: n("c2"),
-                relay: n("r1"),
-                packages: vec![relaytree::proto::Installed {
-                    name: "evil".into(),
-                    version: "1".into(),
-                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
-                    at_ms: 1,
-                }],
-                at_ms: 1,
-            }),
+            evil_inventory("c2", "r1"),
         ],
     ));
     let st = env.status(&failing);
     assert_eq!(states(&st), want, "{st}");
     assert_eq!(leaves(&st)["c2"]["attempt"], 1, "{st}");
-    let relays = env.tree()["relays"].clone();
-    let r3_view = relays
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["relay"] == "r3")
-        .unwrap()
-        .clone();
-    assert_eq!(r3_view["parent"], "r2", "{relays}");
-    assert_eq!(r3_view["connected"], true, "{relays}");
+    assert_parent_unchanged(&env, "r3", "r2");
     let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
     assert_eq!(c2["relay"], "r2", "{c2}");
     assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
@@ -715,45 +737,15 @@ fn a_relay_cannot_speak_for_a_sibling_branch() {
             leaf_update(&failing, 1, "c2", "r2"),
             leaf_update(&failing, 1, "c2", "r1"),
             leaf_update(&failing, 2, "c2", "r1"),
-            Event::RelayJoined {
-                relay: n("r2"),
-                parent: n("r1"),
-            },
-            Event::ClientJoined {
-                client: n("c2"),
-                relay: n("r2"),
-                at_ms: relaytree::proto::now_ms(),
-            },
-            Event::RelayLeft {
-                relay: n("r2"),
-                parent: n("r0"),
-                at_ms: relaytree::proto::now_ms(),
-            },
-            Event::Inventory(relaytree::proto::InventoryReport {
-                client: n("c2"),
-                relay: n("r2"),
-                packages: vec![relaytree::proto::Installed {
-                    name: "evil".into(),
-                    version: "1".into(),
-                    manifest: relaytree::pkg::ChunkHash::of(b"evil"),
-                    at_ms: 1,
-                }],
-                at_ms: 1,
-            }),
+            relay_joined("r2", "r1"),
+            client_joined("c2", "r2", relaytree::proto::now_ms()),
+            relay_left("r2", "r0", relaytree::proto::now_ms()),
+            evil_inventory("c2", "r2"),
         ],
     ));
     let st = env.status(&failing);
     assert_eq!(states(&st), all(&["c2"], "failed"), "{st}");
-    let tree = env.tree();
-    let r2_view = tree["relays"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["relay"] == "r2")
-        .unwrap()
-        .clone();
-    assert_eq!(r2_view["parent"], "r0", "{tree}");
-    assert_eq!(r2_view["connected"], true, "{tree}");
+    assert_parent_unchanged(&env, "r2", "r0");
     let c2 = env.admin(&["client", "show", "c2", "--json"]).ok().json();
     assert_eq!(c2["packages"], serde_json::json!([]), "{c2}");
     // r0 still routes r2's branch to r2, and r2 still has c2.

@@ -5,7 +5,9 @@
 //! fails it); `--remove-extra`; bundles excluded; dpkg matched and
 //! unmatched; bad input refused with nothing launched.
 
-use crate::audit::{audit_status, by_client, kinds, make_root, start_rooted, wait_done};
+use crate::audit::{
+    audit_status, by_client, kinds, make_root, snapshot_base, start_rooted, wait_done,
+};
 use crate::harness::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -130,18 +132,7 @@ fn unique_collections_one_batch_rerun_and_the_reaudit() {
     start_rooted(&mut env, "c3", &r1, &c3);
     start_rooted(&mut env, "c4", &r1, &c4);
     env.wait_clients(5);
-    env.admin(&[
-        "snapshot",
-        "create",
-        "--client",
-        "m",
-        "--name",
-        "base",
-        "--files",
-        "/etc/app/*.conf",
-        "--no-packages",
-    ])
-    .ok();
+    snapshot_base(&env, "m", &["--no-packages"]);
     let audit = new_audit(&env, "r1", &["--no-packages"]);
     let st = wait_done(&env, &audit);
     assert_eq!(st["totals"]["non_compliant"], 3, "{st}");
@@ -359,18 +350,7 @@ fn packages_dpkg_bundles_extras_cancel_and_bad_input() {
     install(&env, "rm", "tool@1.0");
     install(&env, "rm", "sp1@1");
     install(&env, "r1", "old@1");
-    env.admin(&[
-        "snapshot",
-        "create",
-        "--client",
-        "m",
-        "--name",
-        "base",
-        "--files",
-        "/etc/app/*.conf",
-        "--dpkg",
-    ])
-    .ok();
+    snapshot_base(&env, "m", &["--dpkg"]);
     let audit = new_audit(&env, "r1", &["--dpkg"]);
     let st = wait_done(&env, &audit);
     assert_eq!(st["totals"]["non_compliant"], 2, "{st}");

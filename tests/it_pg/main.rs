@@ -14,6 +14,20 @@ pub const POSTGRES: bool = true;
 #[path = "../it/harness.rs"]
 mod harness;
 
+/// HQ, relay r1 under it and agents c1 and c2 under r1, once HQ counts
+/// them; then one job (`true`) for both, which must succeed. The job.
+fn start_r1_pair_and_run_a_job(env: &mut harness::Env) -> String {
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent("c1", &r1);
+    env.start_agent("c2", &r1);
+    env.wait_clients(2);
+    let job = env.create_job(&["r1"], &[], &env.job_script("true"));
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    job
+}
+
 #[path = "../it/audit.rs"]
 mod audit;
 #[path = "../it/cancel.rs"]

@@ -30,6 +30,21 @@ fn second_hq(env: &Env) -> Server {
     Server { proc, addr }
 }
 
+/// HQ A, then HQ B on the same database, relay r1 under both (A
+/// preferred) and agents `clients` under r1, once HQ counts them: (A's
+/// address, B). None without PostgreSQL.
+fn two_hqs_and_r1(env: &mut Env, clients: &[&str]) -> Option<(String, Server)> {
+    env.store_url.as_ref()?;
+    let a = env.start_hq();
+    let b = second_hq(env);
+    let r1 = env.start_relay_with("r1", &a, &["--parent", &b.addr]);
+    for c in clients {
+        env.start_agent(c, &r1);
+    }
+    env.wait_clients(clients.len() as u64);
+    Some((a, b))
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -135,15 +150,9 @@ fn work_created_on_one_hq_reaches_a_relay_on_the_other_and_is_watched_from_both(
 #[test]
 fn one_hq_killed_mid_job_its_relays_fail_over_and_nothing_runs_twice() {
     let mut env = Env::new();
-    if env.store_url.is_none() {
+    let Some((_a, b)) = two_hqs_and_r1(&mut env, &["c1", "c2"]) else {
         return;
-    }
-    let a = env.start_hq();
-    let b = second_hq(&env);
-    let r1 = env.start_relay_with("r1", &a, &["--parent", &b.addr]);
-    env.start_agent("c1", &r1);
-    env.start_agent("c2", &r1);
-    env.wait_clients(2);
+    };
     let job = env.create_job(&["r1"], &[], &env.job_script("sleep 3"));
     wait_until("the job to start", Duration::from_secs(60), || {
         env.job_runs(&job).len() == 2
@@ -164,14 +173,9 @@ fn one_hq_killed_mid_job_its_relays_fail_over_and_nothing_runs_twice() {
 #[test]
 fn a_recurring_job_under_two_hqs_fires_once_per_occurrence() {
     let mut env = Env::new();
-    if env.store_url.is_none() {
+    let Some((a, b)) = two_hqs_and_r1(&mut env, &["c1"]) else {
         return;
-    }
-    let a = env.start_hq();
-    let b = second_hq(&env);
-    let r1 = env.start_relay_with("r1", &a, &["--parent", &b.addr]);
-    env.start_agent("c1", &r1);
-    env.wait_clients(1);
+    };
     // Due at the next whole minute (HQ's schedules are by the minute).
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -250,14 +254,7 @@ fn the_database_restarted_under_a_running_hq_loses_nothing_acked() {
     if env.store_url.is_none() {
         return;
     }
-    let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    env.start_agent("c1", &r1);
-    env.start_agent("c2", &r1);
-    env.wait_clients(2);
-    let job = env.create_job(&["r1"], &[], &env.job_script("true"));
-    let (code, _) = env.wait_job(&job);
-    assert_eq!(code, 0);
+    let job = crate::start_r1_pair_and_run_a_job(&mut env);
     env.pg.as_mut().unwrap().restart().unwrap();
     // HQ reconnects (or, if writes were cut off, restarts: the harness
     // would see it exit) and takes new work; what it acked is all there.

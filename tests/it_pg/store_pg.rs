@@ -22,14 +22,7 @@ fn hq_state_lives_in_postgres_and_survives_a_restart() {
     if env.pg.is_none() {
         return;
     }
-    let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    env.start_agent("c1", &r1);
-    env.start_agent("c2", &r1);
-    env.wait_clients(2);
-    let job = env.create_job(&["r1"], &[], &env.job_script("true"));
-    let (code, st) = env.wait_job(&job);
-    assert_eq!(code, 0, "{st}");
+    let job = crate::start_r1_pair_and_run_a_job(&mut env);
     // Nothing of HQ's state under the data directory: it is all in PostgreSQL.
     assert!(!env.hq_dir.join("db").exists());
     let pg = env.pg.as_ref().unwrap();
