@@ -270,6 +270,16 @@ struct Package<'a> {
     tree: &'a Path,
 }
 
+impl<'a> Package<'a> {
+    fn new(name: &'a str, version: &'a str, tree: &'a Path) -> Self {
+        Package {
+            name,
+            version,
+            tree,
+        }
+    }
+}
+
 /// The environment of an install or remove command.
 fn package_env(st: &AgentState, rec: &RunRecord, pkg: &Package<'_>) -> Vec<(String, String)> {
     let mut env = base_env(st, rec);
@@ -289,23 +299,18 @@ fn absolute(p: &Path) -> std::path::PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// What ends a package script early: its timeout, a cancel of its job.
-struct Stops<'a> {
-    timeout_ms: Option<u64>,
-    cancel: &'a CancellationToken,
-}
-
 /// Runs `script`, the package's `what` ("install" or "remove") command,
-/// with `/bin/sh -c` in its tree; the update says how it ended.
+/// with `/bin/sh -c` in its tree, stopped early by its timeout or a cancel
+/// of its job; the update says how it ended.
 async fn run_script(
     st: &AgentState,
     rec: &RunRecord,
     script: &str,
     what: &str,
     pkg: Package<'_>,
-    stops: Stops<'_>,
+    timeout_ms: Option<u64>,
+    cancel: &CancellationToken,
 ) -> LeafUpdate {
-    let Stops { timeout_ms, cancel } = stops;
     let env = package_env(st, rec, &pkg);
     let prefix = format!("package {}@{}: {what} command ", pkg.name, pkg.version);
     let prefix = prefix.as_str();
@@ -409,16 +414,8 @@ pub(crate) async fn install_step(
     };
     let mut done = runlog::update(st, rec, LeafState::Succeeded);
     if let Some(script) = &manifest.install {
-        let pkg = Package {
-            name: &spec.name,
-            version: &spec.version,
-            tree: &tree,
-        };
-        let stops = Stops {
-            timeout_ms: spec.timeout_ms,
-            cancel,
-        };
-        let u = run_script(st, rec, script, "install", pkg, stops).await;
+        let pkg = Package::new(&spec.name, &spec.version, &tree);
+        let u = run_script(st, rec, script, "install", pkg, spec.timeout_ms, cancel).await;
         if u.state != LeafState::Succeeded {
             discard(tree.clone()).await;
             return Ok(Err(u));
@@ -506,16 +503,8 @@ pub(crate) async fn remove_step(
     // The remove command runs without the package lock: a slow or hung one
     // holds up no other install or remove on this agent.
     if let Some(script) = &entry.remove {
-        let pkg = Package {
-            name: &entry.name,
-            version: &entry.version,
-            tree: &tree,
-        };
-        let stops = Stops {
-            timeout_ms: spec.timeout_ms,
-            cancel,
-        };
-        let u = run_script(st, rec, script, "remove", pkg, stops).await;
+        let pkg = Package::new(&entry.name, &entry.version, &tree);
+        let u = run_script(st, rec, script, "remove", pkg, spec.timeout_ms, cancel).await;
         if u.state != LeafState::Succeeded {
             return Ok(Err(u));
         }
@@ -583,11 +572,7 @@ mod tests {
         };
         // As under `--data-dir data`: the tree is relative to the agent's
         // directory, while the script runs in the tree itself.
-        let pkg = Package {
-            name: "foo",
-            version: "1",
-            tree: Path::new("data/packages/a1/foo/1"),
-        };
+        let pkg = Package::new("foo", "1", Path::new("data/packages/a1/foo/1"));
         let env = package_env(&st, &rec, &pkg);
         let got = env
             .iter()

@@ -205,17 +205,7 @@ fn add_files(root: &Path, n: usize) {
 
 /// The `bytes=` figure of HQ's "audit object list in the depot" lines.
 fn list_bytes(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains("audit object list in the depot"))
-        .filter_map(|l| {
-            l.split("bytes=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
+    logged_numbers(log, "audit object list in the depot", "bytes")
 }
 
 /// Two audits of 4 clients under nested relays against one list of ~100

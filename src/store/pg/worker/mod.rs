@@ -4,13 +4,14 @@
 use super::notify::Announce;
 use super::{Req, Stats};
 use crate::store::StoreError;
-use conn::{describe, redact, Conn};
+use conn::{describe, redact, Conn, Stmts};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
+use tokio_postgres::Statement;
 use txn::Txn;
 
 mod conn;
@@ -247,23 +248,12 @@ impl Worker {
                 let _ = reply.send(r.await);
             }
             Req::Count { tree, reply } => {
-                let r = self.read(|c| {
-                    Box::pin(async move {
-                        let n: i64 = c.client.query_one(&c.st.count, &[&tree]).await?.get(0);
-                        Ok(n.max(0) as u64)
-                    })
-                });
+                let r = self.read_number(|st| &st.count, tree.to_string());
                 let _ = reply.send(r.await);
             }
             Req::NextId { name, reply } => {
                 let seq = format!("relaytree_id_{name}");
-                let r = self.read(|c| {
-                    Box::pin(async move {
-                        let n: i64 = c.client.query_one(&c.st.next_id, &[&seq]).await?.get(0);
-                        Ok(n.max(0) as u64)
-                    })
-                });
-                let _ = reply.send(r.await);
+                let _ = reply.send(self.read_number(|st| &st.next_id, seq).await);
             }
             Req::Duty { key, reply } => {
                 let live = |c: &Conn| !c.client.is_closed() && c.duties.contains(&key);
@@ -346,6 +336,22 @@ impl Worker {
             }
         }
         Ok(got)
+    }
+
+    /// Reads the number statement `pick` answers for `arg` (one row, one
+    /// bigint; below zero reads as 0).
+    async fn read_number(
+        &mut self,
+        pick: fn(&Stmts) -> &Statement,
+        arg: String,
+    ) -> Result<u64, StoreError> {
+        self.read(|c| {
+            Box::pin(async move {
+                let n: i64 = c.client.query_one(pick(&c.st), &[&arg]).await?.get(0);
+                Ok(n.max(0) as u64)
+            })
+        })
+        .await
     }
 
     /// Runs a read; inside a failed transaction it fails without asking.
