@@ -113,7 +113,7 @@ pub(crate) fn logged_numbers(log: &str, marker: &str, key: &str) -> Vec<u64> {
 }
 
 pub(crate) fn wait_done(env: &Env, audit: &str) -> Value {
-    let out = env.admin(&["job", "wait", audit, "--timeout", "30s"]);
+    let out = env.admin(&["job", "wait", audit, "--timeout", "60s"]);
     assert!(out.code == 0 || out.code == 1, "job wait: {out:?}");
     audit_status(env, audit)
 }
