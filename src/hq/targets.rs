@@ -4,7 +4,7 @@
 //! goes to each home with one signed order per home naming its clients (in
 //! chunks, as a rerun's), the filter inside. The home relay applies the
 //! filter again with the labels it holds now and closes the clients it no
-//! longer admits as `canceled` ("skipped: ...", `relay/assign.rs`), so
+//! longer admits as `canceled` ("skipped: ...", `relay/narrow.rs`), so
 //! every leaf HQ made is accounted for. An unknown name refuses the whole
 //! job: nothing is created. Also checks a filter's exclusions for any
 //! destination.

@@ -4,9 +4,9 @@
 //! decided by `rules::plan_assignment`.
 
 use super::{AttemptRecord, DirEntry, RelayState};
-use crate::proto::{
-    now_ms, Assignment, Event, LeafState, LeafUpdate, Msg, NodeName, Scope, SignedOrder,
-};
+#[cfg(test)]
+use crate::proto::Event;
+use crate::proto::{now_ms, Assignment, LeafState, Msg, NodeName, Scope, SignedOrder};
 use crate::rules::{self, AssignView, Placement};
 use crate::store::keys::{JobAttempt, JobClient, Name, NameJob};
 use crate::store::StoreError;
@@ -31,84 +31,6 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
     Ok(out)
 }
 
-/// The clients of a snapshot that the original order's filter admits
-/// (labels as each last came online, exclusions); all of them without one.
-fn narrowed(
-    st: &RelayState,
-    a: &Assignment,
-    all: Vec<(NodeName, DirEntry)>,
-) -> Result<Vec<(NodeName, DirEntry)>, StoreError> {
-    let Some(filter) = a
-        .orders
-        .iter()
-        .find(|o| o.relay.is_none())
-        .map(|o| o.filter())
-        .filter(|f| !f.is_empty())
-    else {
-        return Ok(all);
-    };
-    let mut out = Vec::with_capacity(all.len());
-    for (c, e) in all {
-        let labels = if filter.labels.is_empty() {
-            Default::default()
-        } else {
-            super::presence::labels_of(st, &c)?
-        };
-        if filter.admits(&c, &labels) {
-            out.push((c, e));
-        }
-    }
-    info!(job = %a.job, targets = out.len(), "snapshot narrowed by the order's filter");
-    Ok(out)
-}
-
-/// Named targets with their directory entries, less this relay's home
-/// clients that the filter of its own order (`relay` = this relay) refuses
-/// with the labels it holds now: those are accounted for as `canceled`
-/// events ("skipped at its home relay: ..."), with no leaf kept here. HQ
-/// matched the labels it last heard; the home relay has the fresher ones.
-#[allow(clippy::type_complexity)]
-fn skip_refused(
-    st: &RelayState,
-    a: &Assignment,
-    list: &[NodeName],
-) -> Result<(Vec<(NodeName, Option<DirEntry>)>, Vec<Event>), StoreError> {
-    let filter = a
-        .orders
-        .iter()
-        .find(|o| o.relay.as_ref() == Some(&st.me))
-        .map(|o| o.filter())
-        .filter(|f| !f.is_empty());
-    let now = now_ms();
-    let mut kept = Vec::with_capacity(list.len());
-    let mut skipped = Vec::new();
-    for c in list {
-        let e = st.dir_clients.get(&Name(c.clone()))?;
-        if let (Some(f), Some(entry)) = (&filter, &e) {
-            if entry.via == st.me {
-                if let Some(why) = f.refuses(c, &super::presence::labels_of(st, c)?) {
-                    skipped.push(Event::Leaf(LeafUpdate {
-                        job: a.job,
-                        attempt: a.attempt,
-                        client: c.clone(),
-                        relay: st.me.clone(),
-                        state: LeafState::Canceled,
-                        exit_code: None,
-                        reason: Some(format!("skipped at its home relay {}: {why}", st.me)),
-                        output: None,
-                        at_ms: now,
-                        out: None,
-                        audit: None,
-                    }));
-                    continue;
-                }
-            }
-        }
-        kept.push((c.clone(), e));
-    }
-    Ok((kept, skipped))
-}
-
 /// Applies an assignment (not yet durable): reads what the scope needs,
 /// plans with [`rules::plan_assignment`], writes the plan. Idempotent: a
 /// re-sent assignment creates nothing new.
@@ -129,7 +51,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     let mut skipped = Vec::new();
     let view = match &a.scope {
         Scope::AllLowerOf(list) if list.contains(&st.me) => AssignView::Snapshot(
-            narrowed(st, a, all_clients(st)?)?
+            super::narrow::narrowed(st, a, all_clients(st)?)?
                 .into_iter()
                 .map(|(c, e)| (c, place(e)))
                 .collect(),
@@ -143,7 +65,7 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                 .collect(),
         ),
         Scope::Targets(list) => {
-            let (kept, out) = skip_refused(st, a, list)?;
+            let (kept, out) = super::narrow::skip_refused(st, a, list)?;
             skipped = out;
             AssignView::Clients(kept.into_iter().map(|(c, e)| (c, e.map(place))).collect())
         }
