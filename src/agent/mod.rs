@@ -292,7 +292,8 @@ pub(crate) async fn run_on(
     .await
 }
 
-/// A cancel or a purge from the relay: applied, made durable, acknowledged.
+/// A cancel, a recall or a purge from the relay: applied, made durable,
+/// answered.
 /// A cancel is acknowledged from its own task, once nothing of the job runs
 /// here any more, so that stopping a command (up to the grace) holds up
 /// nothing else.
@@ -301,6 +302,21 @@ async fn from_relay(st: &Arc<AgentState>, tx: &SessionTx, m: Msg) -> Result<(), 
         Msg::Cancel { job } => {
             run::cancel(st, job)?;
             tokio::spawn(cancel_ack(st.clone(), tx.clone(), job).in_current_span());
+        }
+        Msg::Recall { job, attempt } => {
+            let given_back = run::give_back(st, job, attempt)?;
+            if given_back {
+                st.store.durable().await?;
+            }
+            crate::link::send(
+                tx,
+                Msg::Recalled {
+                    job,
+                    attempt,
+                    given_back,
+                },
+            )
+            .await?;
         }
         Msg::Purge { id, jobs } => {
             let n = run::purge(st, &jobs)?;
@@ -464,7 +480,9 @@ async fn session(
                         attempt: a.attempt,
                     }).await?;
                 }
-                m @ (Msg::Cancel { .. } | Msg::Purge { .. }) => from_relay(&st, &tx, m).await?,
+                m @ (Msg::Cancel { .. } | Msg::Purge { .. } | Msg::Recall { .. }) => {
+                    from_relay(&st, &tx, m).await?
+                }
                 Msg::Ack { seq } => up.ack(seq)?,
                 Msg::CertReply { id, result } => asks.answer(id, result),
                 other => return Err(unexpected(&other, "from a relay")),

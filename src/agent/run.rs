@@ -40,7 +40,19 @@ fn finished_already(st: &AgentState, rec: &RunRecord) -> Result<bool, crate::sto
         .is_some_and(|r| r.state == RunState::Finished))
 }
 
-/// Records `rec` as running and registers its cancel token, unless its job
+/// Whether the run log still holds `rec` received and not started: not
+/// given back to a relay that recalled it ([`give_back`]), and not begun by
+/// another task (a re-delivery after a recall). Under the start lock.
+fn still_held(st: &AgentState, rec: &RunRecord) -> Result<bool, crate::store::StoreError> {
+    let k = runlog::run_key(&st.me, rec.job, rec.attempt);
+    Ok(st
+        .runs
+        .get::<RunRecord>(&k)?
+        .is_some_and(|r| r.state == RunState::Received))
+}
+
+/// Records `rec` as running and registers its cancel token, unless it was
+/// given back or begun meanwhile (`None`, nothing recorded), or its job
 /// is canceled: then it is recorded canceled (if a cancel has not already
 /// done so) and `None` comes back. Not yet durable.
 pub(crate) fn begin(
@@ -48,6 +60,10 @@ pub(crate) fn begin(
     rec: &mut RunRecord,
 ) -> Result<Option<CancellationToken>, crate::store::StoreError> {
     let mut live = lock_live(st);
+    if !still_held(st, rec)? {
+        info!(job = %rec.job, attempt = %rec.attempt, "not started: given back to the relay, or started already");
+        return Ok(None);
+    }
     if runlog::is_canceled(st, rec.job)? {
         if !finished_already(st, rec)? {
             runlog::record_canceled(st, rec, "canceled")?;
@@ -59,6 +75,30 @@ pub(crate) fn begin(
     let token = CancellationToken::new();
     live.insert((rec.job, rec.attempt), token.clone());
     Ok(Some(token))
+}
+
+/// A relay recalls attempt `attempt` of `job` (the job is paused there):
+/// if it is received and not started, it is forgotten (not yet durable) and
+/// `true` comes back; the task waiting to start it finds it gone and stops
+/// (see [`begin`]). A re-delivery later is a new receipt. `false` when it
+/// started or ended: it goes on, and its results follow. Also `true` when
+/// this agent never had it.
+pub(crate) fn give_back(
+    st: &AgentState,
+    job: JobId,
+    attempt: Attempt,
+) -> Result<bool, crate::store::StoreError> {
+    let _live = lock_live(st);
+    let k = runlog::run_key(&st.me, job, attempt);
+    match st.runs.get::<RunRecord>(&k)? {
+        None => Ok(true),
+        Some(r) if r.state == RunState::Received => {
+            st.runs.remove(&k)?;
+            info!(%job, %attempt, "attempt given back: its job is paused at the relay");
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
 }
 
 /// Records the final update `u` of an attempt that never started a process
@@ -176,6 +216,9 @@ async fn execute_inner(
 ) -> Result<(), crate::store::StoreError> {
     if !st.options.delay.is_zero() {
         tokio::time::sleep(st.options.delay).await;
+        if !still_held(st, &rec)? {
+            return Ok(());
+        }
     }
     if should_fail(st, &rec) {
         let mut u = runlog::update(st, &rec, LeafState::Failed);
@@ -507,6 +550,38 @@ mod tests {
         assert_eq!(last.state, LeafState::Canceled, "{ups:?}");
         assert!(last.reason.as_deref().unwrap_or("").starts_with("canceled"));
         assert_eq!(stored(&st, 1, 1).unwrap().result, Some(LeafState::Canceled));
+    }
+
+    #[tokio::test]
+    async fn a_recalled_attempt_never_starts_and_a_redelivery_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = crate::agent::test_state(dir.path());
+        let f = dir.path().join("f");
+        let script = "echo ran >> \"$F\"";
+        // Received, queued behind the one slot, then recalled.
+        let held = sh_rec(3, 1, script, &[("F", &f)]);
+        runlog::write_received(&st, &held).unwrap();
+        let slot = st.slots.acquire().await.unwrap();
+        let task = tokio::spawn(execute(st.clone(), held.clone()));
+        assert!(give_back(&st, JobId(3), Attempt(1)).unwrap());
+        assert!(stored(&st, 3, 1).is_none(), "forgotten");
+        // Delivered again before the first task got the slot: two tasks for
+        // one attempt; it runs once.
+        runlog::write_received(&st, &held).unwrap();
+        let again = tokio::spawn(execute(st.clone(), held));
+        drop(slot);
+        task.await.unwrap();
+        again.await.unwrap();
+        assert_eq!(lines(&f), vec!["ran"], "ran once");
+        assert_eq!(
+            stored(&st, 3, 1).unwrap().result,
+            Some(LeafState::Succeeded)
+        );
+        // Started or ended: not given back.
+        assert!(!give_back(&st, JobId(3), Attempt(1)).unwrap());
+        // Never received: nothing to start, given back.
+        assert!(give_back(&st, JobId(3), Attempt(2)).unwrap());
+        assert!(leafs(&st, 3, 2).is_empty());
     }
 
     #[tokio::test]

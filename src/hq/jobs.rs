@@ -478,7 +478,17 @@ pub(crate) async fn create_for_clients(
     action: Action,
     expires_ms: Option<u64>,
 ) -> Result<JobId, HqError> {
-    create_for_clients_with(st, clients, action, expires_ms, &Default::default(), None).await
+    let filter = Default::default();
+    create_for_clients_with(
+        st,
+        clients,
+        &filter,
+        action,
+        expires_ms,
+        &Default::default(),
+        None,
+    )
+    .await
 }
 
 /// [`create_for_clients`] with a rollout policy (canaries picked among the
@@ -488,6 +498,7 @@ pub(crate) async fn create_for_clients(
 pub(crate) async fn create_for_clients_with(
     st: &HqState,
     clients: &[(NodeName, NodeName)],
+    filter: &crate::proto::TargetFilter,
     action: Action,
     expires_ms: Option<u64>,
     policy_req: &crate::proto::PolicyRequest,
@@ -538,10 +549,10 @@ pub(crate) async fn create_for_clients_with(
             sent_to: by_top.keys().cloned().collect(),
             rollout,
             repeat: occurrence.map(|(r, _)| r.id),
-            filter: Default::default(),
+            filter: filter.clone(),
         };
         let assignments = |rec: &JobRecord| -> Result<Vec<(NodeName, Assignment)>, HqError> {
-            let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone())?;
+            let mut orders = rerun_orders(st, rec, Attempt(1), now, by_home.clone(), filter)?;
             let gated = Some(rec.rollout.policy.clone()).filter(|p| p.is_gated());
             Ok(by_top
                 .iter()
@@ -623,6 +634,7 @@ fn rerun_orders(
     attempt: Attempt,
     now: u64,
     by_home: BTreeMap<NodeName, Vec<NodeName>>,
+    filter: &crate::proto::TargetFilter,
 ) -> Result<BTreeMap<NodeName, Vec<SignedOrder>>, HqError> {
     let mut orders: BTreeMap<NodeName, Vec<SignedOrder>> = BTreeMap::new();
     for (home, mut list) in by_home {
@@ -640,7 +652,7 @@ fn rerun_orders(
                     dest: vec![],
                     relay: Some(home.clone()),
                     targets: Some(chunk.to_vec()),
-                    filter: Default::default(),
+                    filter: filter.clone(),
                 },
             )?;
             orders.entry(top.clone()).or_default().push(o);
@@ -730,7 +742,7 @@ pub(crate) async fn rerun_one(
             ));
         }
         merge_sent_to(&mut rec, by_top.keys().cloned());
-        let mut orders = rerun_orders(st, &rec, attempt, now, by_home)?;
+        let mut orders = rerun_orders(st, &rec, attempt, now, by_home, &Default::default())?;
         let queued: Vec<(NodeName, Assignment)> = by_top
             .into_iter()
             .map(|(top, list)| {

@@ -2,8 +2,12 @@
 //! is looked up at its current home relay (HQ's `clients`), narrowed by the
 //! destination's labels and exclusions as HQ last heard them, and the job
 //! goes to each home with one signed order per home naming its clients (in
-//! chunks, as a rerun's). An unknown name refuses the whole job: nothing is
-//! created. Also checks a filter's exclusions for any destination.
+//! chunks, as a rerun's), the filter inside. The home relay applies the
+//! filter again with the labels it holds now and closes the clients it no
+//! longer admits as `canceled` ("skipped: ...", `relay/narrow.rs`), so
+//! every leaf HQ made is accounted for. An unknown name refuses the whole
+//! job: nothing is created. Also checks a filter's exclusions for any
+//! destination.
 
 use super::repeat::RepeatRecord;
 use super::{HqError, HqState};
@@ -74,7 +78,10 @@ pub(crate) async fn create_named(
 ) -> Result<JobId, HqError> {
     super::jobs::check_action(st, &action)?;
     let targets = resolve(st, &names, &filter)?;
-    super::jobs::create_for_clients_with(st, &targets, action, expires_ms, policy, occurrence).await
+    super::jobs::create_for_clients_with(
+        st, &targets, &filter, action, expires_ms, policy, occurrence,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -606,6 +606,29 @@ pub enum Msg {
         /// The resume.
         seq: u64,
     },
+    /// Relay to a home agent: the job of this attempt is paused here (by
+    /// HQ or by the relay's own failures). If the attempt has not started,
+    /// do not start it: forget it and give it back. Answered by
+    /// [`Msg::Recalled`]; best effort (not queued): a recall lost with its
+    /// session leaves the attempt to run as delivered.
+    Recall {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: Attempt,
+    },
+    /// Home agent to relay: the answer to [`Msg::Recall`]. `given_back`:
+    /// the attempt never started here and is forgotten (durably), so the
+    /// relay holds it as pending again and may deliver it once more;
+    /// otherwise it started (or ended) and its results follow as usual.
+    Recalled {
+        /// The job.
+        job: JobId,
+        /// The attempt.
+        attempt: Attempt,
+        /// Not started here, and forgotten.
+        given_back: bool,
+    },
     /// Parent to child: forget everything about these jobs (retention).
     /// Queued until [`Msg::PurgeAck`] with the same id.
     Purge {
@@ -682,6 +705,8 @@ impl Msg {
             Msg::PauseAck { .. } => "pause_ack",
             Msg::Resume { .. } => "resume",
             Msg::ResumeAck { .. } => "resume_ack",
+            Msg::Recall { .. } => "recall",
+            Msg::Recalled { .. } => "recalled",
             Msg::Purge { .. } => "purge",
             Msg::PurgeAck { .. } => "purge_ack",
             Msg::Placement(_) => "placement",

@@ -31,37 +31,6 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
     Ok(out)
 }
 
-/// The clients of a snapshot that the original order's filter admits
-/// (labels as each last came online, exclusions); all of them without one.
-fn narrowed(
-    st: &RelayState,
-    a: &Assignment,
-    all: Vec<(NodeName, DirEntry)>,
-) -> Result<Vec<(NodeName, DirEntry)>, StoreError> {
-    let Some(filter) = a
-        .orders
-        .iter()
-        .find(|o| o.relay.is_none())
-        .map(|o| o.filter())
-        .filter(|f| !f.is_empty())
-    else {
-        return Ok(all);
-    };
-    let mut out = Vec::with_capacity(all.len());
-    for (c, e) in all {
-        let labels = if filter.labels.is_empty() {
-            Default::default()
-        } else {
-            super::presence::labels_of(st, &c)?
-        };
-        if filter.admits(&c, &labels) {
-            out.push((c, e));
-        }
-    }
-    info!(job = %a.job, targets = out.len(), "snapshot narrowed by the order's filter");
-    Ok(out)
-}
-
 /// Applies an assignment (not yet durable): reads what the scope needs,
 /// plans with [`rules::plan_assignment`], writes the plan. Idempotent: a
 /// re-sent assignment creates nothing new.
@@ -79,9 +48,10 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
         home: e.home,
         via: e.via,
     };
+    let mut skipped = Vec::new();
     let view = match &a.scope {
         Scope::AllLowerOf(list) if list.contains(&st.me) => AssignView::Snapshot(
-            narrowed(st, a, all_clients(st)?)?
+            super::narrow::narrowed(st, a, all_clients(st)?)?
                 .into_iter()
                 .map(|(c, e)| (c, place(e)))
                 .collect(),
@@ -94,14 +64,11 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
                 })
                 .collect(),
         ),
-        Scope::Targets(list) => AssignView::Clients(
-            list.iter()
-                .map(|c| {
-                    let e = st.dir_clients.get(&Name(c.clone()))?;
-                    Ok((c.clone(), e.map(place)))
-                })
-                .collect::<Result<_, StoreError>>()?,
-        ),
+        Scope::Targets(list) => {
+            let (kept, out) = super::narrow::skip_refused(st, a, list)?;
+            skipped = out;
+            AssignView::Clients(kept.into_iter().map(|(c, e)| (c, e.map(place))).collect())
+        }
     };
     let mut leaves = BTreeMap::new();
     for c in view.home_clients(&st.me) {
@@ -130,6 +97,10 @@ pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, Store
     )?;
     if !plan.lost.is_empty() {
         st.outbox.push(&plan.lost)?;
+    }
+    if !skipped.is_empty() {
+        info!(job = %a.job, attempt = %a.attempt, skipped = skipped.len(), "named clients the order's filter no longer admits here: canceled");
+        st.outbox.push(&skipped)?;
     }
     for (child, fwd) in &plan.relays {
         st.down.put(child, &Msg::Assign(fwd.clone()))?;

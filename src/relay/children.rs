@@ -165,6 +165,15 @@ impl Downstream for RelayState {
                     pass_up(self, child, tx, id, req);
                     Ok(())
                 }
+                Msg::Recalled {
+                    job,
+                    attempt,
+                    given_back: true,
+                } if child.role == Role::Agent => {
+                    back(self, job, attempt, &child.name).await;
+                    Ok(())
+                }
+                Msg::Recalled { .. } if child.role == Role::Agent => Ok(()),
                 other => Err(other),
             }
         })
@@ -183,6 +192,23 @@ impl Downstream for RelayState {
                 Ok(forgets)
             }
         }
+    }
+}
+
+/// An agent gave back a recalled leaf: pending again, durably; it goes out
+/// again at once if the job was resumed meanwhile.
+async fn back(st: &RelayState, job: JobId, attempt: Attempt, client: &NodeName) {
+    let r = async {
+        if !super::rollout::given_back(st, job, attempt, client)? {
+            return Ok(vec![]);
+        }
+        st.store.durable().await?;
+        super::rollout::release_jobs(st, &[job])
+    }
+    .await;
+    match r {
+        Ok(out) => crate::link::queue::send_now(&st.children, out),
+        Err(e) => warn!(%job, %client, error = %e, "cannot take back a recalled leaf"),
     }
 }
 

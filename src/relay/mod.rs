@@ -15,6 +15,7 @@ mod expire;
 mod gauges;
 mod home;
 mod moves;
+mod narrow;
 mod placement;
 mod presence;
 mod purge;

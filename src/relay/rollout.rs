@@ -14,7 +14,7 @@
 use super::RelayState;
 use crate::link::downstream::Outgoing;
 use crate::proto::{now_ms, JobId, LeafState, Msg, NodeName, Policy};
-use crate::rollout::{may_start, Control, Counts, Hold};
+use crate::rollout::{may_start, past_threshold, Control, Counts, Hold};
 use crate::store::keys::{JobClient, JobKey, JobPrefix};
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ struct Gate {
     targets: u64,
     /// The local breaker's stop was logged.
     stop_logged: bool,
+    /// The local breaker's stop recalled the unstarted leaves.
+    stop_recalled: bool,
 }
 
 /// The gates of the jobs looked at since the relay started.
@@ -169,6 +171,85 @@ fn note_hold(st: &RelayState, job: JobId, g: &mut Gate, hold: Hold, rec: &Rollou
         warn!(%job, relay = %st.me, failed = g.failed.saturating_sub(rec.fail_base), targets = g.targets,
             "failures here past the job's threshold: no more leaves start here");
     }
+}
+
+/// Recalls for the leaves of `job` sent to their agent and not known to
+/// have started (pending or delivered here), whose agent is connected: a
+/// paused job's leaves that have not started go back to pending
+/// ([`given_back`]) instead of starting late.
+fn recalls(st: &RelayState, job: JobId, g: &Gate) -> Result<Outgoing, StoreError> {
+    let mut out = Vec::new();
+    for c in &g.sent {
+        if st.child(c).is_none() {
+            continue;
+        }
+        if let Some(l) = st.leaves.get(&JobClient(job, c.clone()))? {
+            if matches!(l.state, LeafState::Pending | LeafState::Delivered) {
+                out.push((
+                    c.clone(),
+                    Msg::Recall {
+                        job,
+                        attempt: l.attempt,
+                    },
+                ));
+            }
+        }
+    }
+    if !out.is_empty() {
+        info!(%job, leaves = out.len(), "recalling leaves not started yet");
+    }
+    Ok(out)
+}
+
+/// The recalls due when this relay's own failures of `job` just passed its
+/// share of the threshold (once per stop; a resume re-arms it).
+fn local_stop(st: &RelayState, job: JobId) -> Result<Outgoing, StoreError> {
+    let Some(rec) = record(st, job)? else {
+        return Ok(vec![]);
+    };
+    with_gate(st, job, |g| {
+        let c = counts(g, &rec);
+        if g.stop_recalled || !past_threshold(rec.policy.max_failures, c.failed, c.targets) {
+            return Ok(vec![]);
+        }
+        g.stop_recalled = true;
+        note_hold(st, job, g, Hold::Failures, &rec);
+        recalls(st, job, g)
+    })
+}
+
+/// An agent gave back attempt `attempt` of `job` (recalled, never started
+/// there): its leaf is pending again here and waits in the gate, to be
+/// delivered again once the job may start. Not yet durable. `false` when
+/// the leaf is elsewhere by now (another attempt, started, final).
+pub(crate) fn given_back(
+    st: &RelayState,
+    job: JobId,
+    attempt: crate::proto::Attempt,
+    client: &NodeName,
+) -> Result<bool, StoreError> {
+    let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    let k = JobClient(job, client.clone());
+    let Some(mut l) = st.leaves.get(&k)? else {
+        return Ok(false);
+    };
+    if l.attempt != attempt || !matches!(l.state, LeafState::Pending | LeafState::Delivered) {
+        return Ok(false);
+    }
+    if l.state == LeafState::Delivered {
+        // Back, not forward: written here, never merged (HQ keeps showing
+        // it delivered until it runs).
+        l.state = LeafState::Pending;
+        l.at_ms = now_ms();
+        st.leaves.put(&k, &l)?;
+    }
+    let mut map = st.gates.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(g) = map.get_mut(&job) {
+        if g.sent.remove(client) {
+            g.waiting.insert(client.clone());
+        }
+    }
+    Ok(true)
 }
 
 /// The waiting home leaves of a gated `job` that may start now and whose
@@ -298,6 +379,7 @@ pub(crate) fn assignments(
 pub(crate) fn release_jobs(st: &RelayState, jobs: &[JobId]) -> Result<Outgoing, StoreError> {
     let mut out = Vec::new();
     for job in jobs {
+        out.extend(local_stop(st, *job)?);
         let cs = release(st, *job)?;
         out.extend(assignments(st, *job, cs)?);
     }
@@ -323,24 +405,31 @@ pub(crate) fn control(
         None => Msg::Resume { job, seq },
     };
     let mut rec = record(st, job)?.unwrap_or_default();
+    let mut out = Vec::new();
     if seq > rec.seq {
         rec.seq = seq;
         if paused.is_none() {
             rec.canary_open = true;
             rec.fail_base = with_gate(st, job, |g| {
                 g.stop_logged = false;
+                g.stop_recalled = false;
                 Ok(g.failed)
             })?;
         }
         info!(%job, seq, paused = ?paused, "rollout control applied");
+        let pausing = paused.is_some() && rec.paused.is_none();
         rec.paused = paused;
         st.rollouts.put(&JobKey(job), &rec)?;
+        if pausing {
+            out = with_gate(st, job, |g| recalls(st, job, g))?;
+        }
     }
     let relays = super::cancel::child_relays(st)?;
     for r in &relays {
         st.down.put(r, &msg)?;
     }
-    Ok(relays.into_iter().map(|r| (r, msg.clone())).collect())
+    out.extend(relays.into_iter().map(|r| (r, msg.clone())));
+    Ok(out)
 }
 
 /// Sends what may start now in every job with waiting leaves (the clock

@@ -212,7 +212,12 @@ async fn session(
                     cancel::send(&st, job, sends);
                 }
                 Msg::Pause { job, seq, reason } => {
-                    let fwd = rollout::control(&st, job, seq, Some(reason))?;
+                    let (recalls, fwd): (Vec<_>, Vec<_>) =
+                        rollout::control(&st, job, seq, Some(reason))?
+                            .into_iter()
+                            .partition(|(_, m)| matches!(m, Msg::Recall { .. }));
+                    // Recalls need nothing durable here: out at once.
+                    crate::link::queue::send_now(&st.children, recalls);
                     st.store.durable().await?;
                     crate::link::send(&tx, Msg::PauseAck { job, seq }).await?;
                     crate::link::queue::send_now(&st.children, fwd);

@@ -431,6 +431,22 @@ impl Env {
         self.agents.insert(name.to_string(), proc);
     }
 
+    /// HQ <- r1 <- r2 with agents `top` under r1 and `nested` under r2,
+    /// every one registered; returns the addresses of HQ, r1 and r2.
+    pub fn start_nested(&mut self, top: &[&str], nested: &[&str]) -> (String, String, String) {
+        let hq = self.start_hq();
+        let r1 = self.start_relay("r1", &hq);
+        let r2 = self.start_relay("r2", &r1);
+        for a in top {
+            self.start_agent(a, &r1);
+        }
+        for b in nested {
+            self.start_agent(b, &r2);
+        }
+        self.wait_clients((top.len() + nested.len()) as u64);
+        (hq, r1, r2)
+    }
+
     /// SIGKILLs agent `name`.
     pub fn kill_agent(&mut self, name: &str) {
         self.agents.remove(name).expect("agent running").kill();
@@ -636,6 +652,26 @@ pub fn leaves(status: &Value) -> BTreeMap<String, Value> {
         .iter()
         .map(|c| (c["client"].as_str().unwrap().to_string(), c.clone()))
         .collect()
+}
+
+/// `job create` arguments for a job on every lower client of `relay`,
+/// recurring per `spec`, running `sh -c script`, answering in JSON.
+pub fn repeat_args<'a>(relay: &'a str, spec: &'a str, script: &'a str) -> Vec<&'a str> {
+    vec![
+        "job",
+        "create",
+        "--dest",
+        "all-lower-clients",
+        "--relay",
+        relay,
+        "--repeat",
+        spec,
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
 }
 
 /// The state of each leaf.

@@ -93,16 +93,7 @@ fn times_file(env: &Env, name: &str) -> PathBuf {
 #[test]
 fn batch_limits_leaves_in_flight_at_every_relay() {
     let mut env = Env::new();
-    let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    let r2 = env.start_relay("r2", &r1);
-    for a in ["a1", "a2", "a3"] {
-        env.start_agent(a, &r1);
-    }
-    for b in ["b1", "b2", "b3"] {
-        env.start_agent(b, &r2);
-    }
-    env.wait_clients(6);
+    env.start_nested(&["a1", "a2", "a3"], &["b1", "b2", "b3"]);
     let times = times_file(&env, "batch.times");
     let job = env.create_job(&["r1"], &["--batch", "1"], &timed(&times, "sleep 0.4"));
     let (code, st) = env.wait_job(&job);
@@ -185,16 +176,7 @@ fn canaries_run_first_and_a_failed_one_pauses_the_job() {
 #[test]
 fn max_failures_pauses_across_nested_relays_and_resume_continues() {
     let mut env = Env::new();
-    let hq = env.start_hq();
-    let r1 = env.start_relay("r1", &hq);
-    let r2 = env.start_relay("r2", &r1);
-    for a in ["a1", "a2", "a3"] {
-        env.start_agent(a, &r1);
-    }
-    for b in ["b1", "b2", "b3"] {
-        env.start_agent(b, &r2);
-    }
-    env.wait_clients(6);
+    env.start_nested(&["a1", "a2", "a3"], &["b1", "b2", "b3"]);
     let times = times_file(&env, "breaker.times");
     let gate = env.root().join("breaker.gate");
     // a* block until the gate exists; b1 and b2 fail at once; b3 would succeed.
@@ -326,6 +308,52 @@ fn pause_by_hand_holds_leaves_and_an_offline_client_gets_the_job_after_resume() 
     let sp = spans(&times);
     assert_eq!(sp.len(), 3, "{sp:?}");
     assert_eq!(max_in_flight(&sp, "r1"), 1, "{sp:?}");
+}
+
+/// A leaf handed to its agent but not started yet (the agent's one slot
+/// is busy) when its job is paused: the relay recalls it and the agent
+/// gives it back, so it does not start while the job is paused, not even
+/// once the slot is free; after resume it runs, once.
+#[test]
+fn a_paused_jobs_unstarted_leaf_is_recalled_and_runs_after_resume() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    env.start_agent_with("a1", &r1, &["--max-parallel", "1"]);
+    env.wait_clients(1);
+    let gate = env.root().join("recall.gate");
+    // Holds a1's only slot until the gate exists.
+    let busy = env.create_job(&["r1"], &[], &env.job_script(&until_gate(&gate)));
+    wait_until("the first job to run", DEADLINE, || {
+        env.job_runs(&busy).len() == 1
+    });
+    let job = env.create_job(&["r1"], &["--batch", "1"], &env.job_script("true"));
+    wait_until("the second job's leaf to reach a1", DEADLINE, || {
+        states(&env.status(&job)).get("a1").map(String::as_str) == Some("delivered")
+    });
+    env.admin(&["job", "pause", &job]).ok();
+    wait_until("a1 to give the leaf back", DEADLINE, || {
+        env.agents["a1"]
+            .stderr_text()
+            .contains("attempt given back")
+    });
+    std::fs::write(&gate, b"").unwrap();
+    let (code, st) = env.wait_job(&busy);
+    assert_eq!(code, 0, "{st}");
+    // The slot is free: a job queued behind the recalled leaf runs (the
+    // slot is first come, first served), the paused one does not.
+    let after = env.create_job(&["r1"], &[], &env.job_script("true"));
+    let (code, st) = env.wait_job(&after);
+    assert_eq!(code, 0, "{st}");
+    assert!(
+        env.job_runs(&job).is_empty(),
+        "started while paused: {:?}",
+        env.runs()
+    );
+    env.admin(&["job", "resume", &job]).ok();
+    let (code, st) = env.wait_job(&job);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(env.run_counts(&job), each(&["a1"], 1));
 }
 
 /// `--at` a few seconds ahead: no command starts before it.
@@ -488,24 +516,8 @@ fn a_recurring_job_fires_once_per_due_time_across_restarts() {
     let m = (due_s / 60) % 1440;
     let spec = format!("daily {:02}:{:02}", m / 60, m % 60);
     let times = times_file(&env, "repeat.times");
-    let out = env
-        .admin(&[
-            "job",
-            "create",
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r1",
-            "--repeat",
-            &spec,
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            &timed(&times, "true"),
-        ])
-        .ok()
-        .json();
+    let script = timed(&times, "true");
+    let out = env.admin(&repeat_args("r1", &spec, &script)).ok().json();
     let schedule = out["schedule"].as_u64().expect("a schedule id");
     assert_eq!(out["next_ms"], due_s * 1000, "{out}");
     let occurrences = |env: &Env| -> Vec<serde_json::Value> {

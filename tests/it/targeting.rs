@@ -81,18 +81,9 @@ fn labels_exclusions_and_named_clients_select_exactly_their_agents() {
 
     // All lower clients of r1 (r2 nested), role=web, without c4: the
     // snapshot at r1 narrows by the labels r2 passed up.
-    let job = create(
-        &env,
-        &[
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r1",
-            "--label",
-            "role=web",
-            "--exclude",
-            "c4",
-        ],
+    let job = env.create_job(
+        &["r1"],
+        &["--label", "role=web", "--exclude", "c4"],
         &script,
     );
     let (code, st) = env.wait_job(&job);
@@ -101,20 +92,9 @@ fn labels_exclusions_and_named_clients_select_exactly_their_agents() {
     assert_eq!(ran(&env, &job), ["c1", "c3"]);
 
     // Two labels: both must match.
-    let job = create(
-        &env,
-        &[
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r1",
-            "--relay",
-            "r3",
-            "--label",
-            "role=web",
-            "--label",
-            "zone=eu",
-        ],
+    let job = env.create_job(
+        &["r1", "r3"],
+        &["--label", "role=web", "--label", "zone=eu"],
         &script,
     );
     let (code, st) = env.wait_job(&job);
@@ -274,18 +254,7 @@ fn clients_go_offline_and_online_and_their_labels_change_on_restart() {
     let text = env.admin(&["client", "show", "c1"]).ok().stdout;
     assert!(text.contains("role=db"), "{text}");
     let script = env.job_script("true");
-    let job = create(
-        &env,
-        &[
-            "--dest",
-            "all-lower-clients",
-            "--relay",
-            "r1",
-            "--label",
-            "role=db",
-        ],
-        &script,
-    );
+    let job = env.create_job(&["r1"], &["--label", "role=db"], &script);
     let (code, st) = env.wait_job(&job);
     assert_eq!(code, 0, "{st}");
     assert_eq!(ran(&env, &job), ["c1"]);
@@ -300,4 +269,56 @@ fn clients_go_offline_and_online_and_their_labels_change_on_restart() {
         .ok()
         .stdout;
     assert!(text.contains("c2") && text.contains("revoked"), "{text}");
+}
+
+/// HQ matches `--label` against the labels it last heard; the home relay
+/// holds fresher ones. c1 comes back as a db while its relay r2 cannot
+/// tell HQ (r1, between them, is down): HQ still targets it, and r2 skips
+/// it, accounted for as `canceled` with the reason; c2 runs.
+#[test]
+fn named_clients_are_filtered_again_at_their_home_relay() {
+    let mut env = Env::new();
+    let hq = env.start_hq();
+    let r1 = env.start_relay("r1", &hq);
+    let r2 = env.start_relay("r2", &r1);
+    env.start_agent_with("c1", &r2, &["--label", "role=web"]);
+    env.start_agent_with("c2", &r2, &["--label", "role=web"]);
+    wait_labels(&env, &[("c1", "role=web"), ("c2", "role=web")]);
+    let r1_addr = env.kill_relay("r1");
+    env.kill_agent("c1");
+    env.start_agent_with("c1", &r2, &["--label", "role=db"]);
+    wait_until("c1 back at r2", DEADLINE, || {
+        env.relays["r2"]
+            .proc
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains("session up") && l.contains("c1"))
+            .count()
+            == 2
+    });
+    // HQ has not heard.
+    assert_eq!(
+        label_text(&client_list(&env, &[])["c1"]["labels"]),
+        "role=web"
+    );
+    let script = env.job_script("true");
+    let job = create(
+        &env,
+        &[
+            "--dest", "clients", "--client", "c1", "--client", "c2", "--label", "role=web",
+        ],
+        &script,
+    );
+    env.start_relay_on("r1", &hq, &r1_addr);
+    let (_, st) = env.wait_job(&job);
+    let s = states(&st);
+    assert_eq!(s["c2"], "succeeded", "{st}");
+    assert_eq!(s["c1"], "canceled", "{st}");
+    let c1 = &leaves(&st)["c1"];
+    let reason = c1["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("skipped at its home relay r2") && reason.contains("role=db"),
+        "{c1}"
+    );
+    assert_eq!(ran(&env, &job), ["c2"]);
 }

@@ -191,27 +191,9 @@ fn a_recurring_job_under_two_hqs_fires_once_per_occurrence() {
     let mut schedules = Vec::new();
     for i in 0..SCHEDULES {
         let addr = if i % 2 == 0 { &a } else { &b.addr };
-        let out = at(
-            &env,
-            addr,
-            &[
-                "job",
-                "create",
-                "--dest",
-                "all-lower-clients",
-                "--relay",
-                "r1",
-                "--repeat",
-                &spec,
-                "--json",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ],
-        )
-        .ok()
-        .json();
+        let out = at(&env, addr, &repeat_args("r1", &spec, &script))
+            .ok()
+            .json();
         schedules.push(out["schedule"].as_u64().expect("a schedule id"));
     }
     let occurrences = |addr: &str| -> Vec<serde_json::Value> {
