@@ -231,7 +231,15 @@ mod tests {
             st.results.leaf(&k).unwrap().unwrap().state,
             LeafState::Succeeded
         );
-        assert!(st.outbox.read_after(0, 100).unwrap().is_empty());
+        let leaf_events = || {
+            st.outbox
+                .read_after(0, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|(_, e)| matches!(e, Event::Leaf(_)))
+                .count()
+        };
+        assert_eq!(leaf_events(), 0);
         st.store.durable().await.unwrap();
         let l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         assert_eq!(l.state, LeafState::Succeeded);

@@ -51,7 +51,14 @@ fn ping_and_rerun_scripts_run_at_small_n() {
     let rss: f64 = ping
         .lines()
         .find(|l| l.contains("relays rss after a job: median"))
-        .and_then(|l| l.split("median ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .and_then(|l| {
+            l.split("median ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no rss figure: {ping}"));
     assert!(rss > 0.0, "{ping}");
     let rerun = bench("rerun.sh", &["40", "2", "1"]);
