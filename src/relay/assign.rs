@@ -36,6 +36,7 @@ fn all_clients(st: &RelayState) -> Result<Vec<(NodeName, DirEntry)>, StoreError>
 /// re-sent assignment creates nothing new.
 pub(crate) fn apply(st: &RelayState, a: &Assignment) -> Result<Deliveries, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let ak = JobAttempt(a.job, a.attempt);
     if st.attempts.contains(&ak)? {
         return Ok(Deliveries {
@@ -257,6 +258,7 @@ fn fail_undeliverable(st: &RelayState, a: &Assignment, client: &NodeName, reason
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let k = JobClient(a.job, client.clone());
     let r = (|| -> Result<(), StoreError> {
+        super::results::settle(st, &_w)?;
         let Some(leaf) = st.leaves.get(&k)? else {
             return Ok(());
         };

@@ -52,6 +52,7 @@ pub(crate) fn child_relays(st: &RelayState) -> Result<Vec<NodeName>, StoreError>
 /// Applies a cancel of `job` (not yet durable). Idempotent.
 pub(crate) fn apply(st: &RelayState, job: JobId) -> Result<CancelSends, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let now = now_ms();
     let mut open: Vec<(NodeName, LeafRecord)> = Vec::new();
     for r in st.leaves.scan_prefix(&JobPrefix(job)) {

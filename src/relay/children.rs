@@ -148,8 +148,14 @@ impl Downstream for RelayState {
                 out: None,
                 audit: None,
             };
-            // Not acknowledged to anyone: if lost, the agent acks the re-sent assignment.
+            // Not acknowledged to anyone: if lost, the agent acks the re-sent
+            // assignment. Gathered: a flush round writes it (asked for here,
+            // shared with whoever else waits), and the event goes up.
             let _ = apply_home(self, &child.name, std::slice::from_ref(&u))?;
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let _ = store.durable().await;
+            });
         }
         Ok(())
     }

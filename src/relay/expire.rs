@@ -191,6 +191,7 @@ pub(crate) fn sweep(
     let recheck = recheck_ms(grace_ms);
     gone.prune(now, recheck);
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let mut out = Swept::default();
     // Keys below (now + 1) ++ 0...: every entry due at `now`, and nothing
     // past it is read. `scanned` counts what the store iterator yielded.

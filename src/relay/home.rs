@@ -50,7 +50,7 @@ pub(crate) fn pending_for(
     let mut out = Vec::new();
     for r in st.client_leaves.scan_prefix(&NamePrefix(client.clone())) {
         let (NameJob(_, job), attempt) = r?;
-        let Some(leaf) = st.leaves.get(&JobClient(job, client.clone()))? else {
+        let Some(leaf) = st.results.leaf(&JobClient(job, client.clone()))? else {
             continue;
         };
         if leaf.state != LeafState::Pending || leaf.attempt.0 != attempt {
@@ -72,7 +72,7 @@ pub(crate) fn assignment_for(
     job: crate::proto::JobId,
     client: &NodeName,
 ) -> Result<Option<Assignment>, StoreError> {
-    let Some(leaf) = st.leaves.get(&JobClient(job, client.clone()))? else {
+    let Some(leaf) = st.results.leaf(&JobClient(job, client.clone()))? else {
         return Ok(None);
     };
     if leaf.state != LeafState::Pending {
@@ -102,10 +102,11 @@ pub(crate) fn assignment_for(
     super::placement::attach(st, client, a)
 }
 
-/// Merges an agent's own updates into its home leaves and queues the changes
-/// upward (not yet durable). Updates for other clients or for attempts this
-/// relay never gave it are dropped. Returns the gated jobs where a leaf
-/// ended (room for the next ones to start).
+/// Merges an agent's own updates into its home leaves and gathers the
+/// changes and their events for the next flush (`results.rs`: written with
+/// the round that makes them durable). Updates for other clients or for
+/// attempts this relay never gave it are dropped. Returns the gated jobs
+/// where a leaf ended (room for the next ones to start).
 pub(crate) fn apply_home(
     st: &RelayState,
     client: &NodeName,
@@ -113,11 +114,12 @@ pub(crate) fn apply_home(
 ) -> Result<Vec<crate::proto::JobId>, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
     let mut events = Vec::new();
-    // One write per leaf, however many updates of it the batch holds (a
+    // One record per leaf, however many updates of it the batch holds (a
     // command's `running` and its result): each merges into the state the
-    // ones before it left.
-    let mut writes: Vec<(JobClient, crate::rules::LeafRecord, crate::proto::JobId)> = Vec::new();
+    // ones before it left (gathered ones included).
+    let mut writes: Vec<(JobClient, crate::rules::LeafRecord)> = Vec::new();
     let mut at: HashMap<JobClient, usize> = HashMap::new();
+    let mut ended = Vec::new();
     for u in ups {
         if u.client != *client {
             warn!(%client, claimed = %u.client, "agent reported another client's leaf; dropped");
@@ -126,7 +128,7 @@ pub(crate) fn apply_home(
         let k = JobClient(u.job, client.clone());
         let cur = match at.get(&k) {
             Some(&i) => Some(writes[i].1.clone()),
-            None => st.leaves.get(&k)?,
+            None => st.results.leaf(&k)?,
         };
         let Some(cur) = cur else {
             // Delivered by the relay this client lived under before it moved:
@@ -146,31 +148,20 @@ pub(crate) fn apply_home(
             // parent has it durably); the relay's own record stays small.
             new.out = None;
             new.output = None;
+            if super::rollout::moved(st, u.job, client, new.state) && !ended.contains(&u.job) {
+                ended.push(u.job);
+            }
             match at.get(&k) {
                 Some(&i) => writes[i].1 = new,
                 None => {
                     at.insert(k.clone(), writes.len());
-                    writes.push((k, new, u.job));
+                    writes.push((k, new));
                 }
             }
             events.push(Event::Leaf(u));
         }
     }
-    // Events before the states they report: after a crash writes survive as
-    // a prefix, and a state without its event would never be reported (the
-    // agent's re-sent update would merge as nothing new).
-    st.outbox.push(&events)?;
-    let mut ended = Vec::new();
-    for (k, new, job) in writes {
-        st.leaves.put(&k, &new)?;
-        if new.state.is_final() {
-            // Nothing left to deliver: keep the per-client index small.
-            st.client_leaves.remove(&NameJob(client.clone(), job))?;
-        }
-        if super::rollout::moved(st, job, client, new.state) && !ended.contains(&job) {
-            ended.push(job);
-        }
-    }
+    st.results.add(events, writes);
     Ok(ended)
 }
 
@@ -235,6 +226,21 @@ mod tests {
         // (each update merges into what the one before it left).
         let ups = [update(LeafState::Succeeded), update(LeafState::Running)];
         apply_home(&st, &n("c1"), &ups).unwrap();
+        // Gathered until the flush round writes it.
+        assert_eq!(
+            st.results.leaf(&k).unwrap().unwrap().state,
+            LeafState::Succeeded
+        );
+        let leaf_events = || {
+            st.outbox
+                .read_after(0, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|(_, e)| matches!(e, Event::Leaf(_)))
+                .count()
+        };
+        assert_eq!(leaf_events(), 0);
+        st.store.durable().await.unwrap();
         let l: LeafRecord = st.leaves.get(&k).unwrap().unwrap();
         assert_eq!(l.state, LeafState::Succeeded);
         // Only the result went up; the final leaf left the per-client index.

@@ -19,6 +19,7 @@ mod narrow;
 mod placement;
 mod presence;
 mod purge;
+mod results;
 mod rollout;
 mod upward;
 
@@ -154,8 +155,11 @@ pub(crate) struct RelayState {
     pub outbox: Outbox,
     /// Live sessions of agents and child relays.
     pub children: Mutex<HashMap<NodeName, SessionTx>>,
-    /// Serialises read-modify-write of leaves (no await inside).
-    pub write: Mutex<()>,
+    /// Serialises read-modify-write of leaves (no await inside). Whoever
+    /// takes it to read leaves calls `results::settle` first.
+    pub write: Arc<Mutex<()>>,
+    /// Agents' results gathered until the next flush (`results.rs`).
+    pub results: Arc<results::Gathered>,
     /// Package blobs for this relay's subtree.
     pub cache: Arc<cache::Cache>,
     /// The session to the parent, while it is up (certificate requests go up on it).
@@ -175,6 +179,17 @@ pub(crate) struct RelayState {
 
 impl RelayState {
     fn open(me: NodeName, store: Store, cache: cache::Cache) -> Result<RelayState, StoreError> {
+        let write = Arc::new(Mutex::new(()));
+        let outbox = store.outbox("outbox")?;
+        let leaves = store.tree(trees::LEAVES)?;
+        let client_leaves = store.tree(trees::CLIENT_LEAVES)?;
+        let results = results::Gathered::new(
+            write.clone(),
+            outbox.clone(),
+            leaves.clone(),
+            client_leaves.clone(),
+        );
+        results.hook_into(&store)?;
         Ok(RelayState {
             cache: Arc::new(cache),
             up: Default::default(),
@@ -190,16 +205,17 @@ impl RelayState {
             dir_since: store.tree(trees::DIR_SINCE)?,
             dir_about: store.tree(trees::DIR_ABOUT)?,
             attempts: store.tree(trees::ATTEMPTS)?,
-            leaves: store.tree(trees::LEAVES)?,
-            client_leaves: store.tree(trees::CLIENT_LEAVES)?,
+            leaves,
+            client_leaves,
             down: crate::link::queue::DownQueue::new(store.table("down")?),
             relays_left: store.tree(trees::RELAYS_LEFT)?,
             denied: store.tree(trees::DENIED)?,
             deny: Default::default(),
-            outbox: store.outbox("outbox")?,
+            outbox,
             store,
             children: Mutex::new(HashMap::new()),
-            write: Mutex::new(()),
+            write,
+            results,
         })
     }
 

@@ -104,6 +104,7 @@ fn cancel_undelivered(
     why: String,
 ) -> Result<Vec<Event>, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let now = now_ms();
     let mut events = Vec::new();
     let mut writes = Vec::new();

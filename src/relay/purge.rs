@@ -28,6 +28,7 @@ pub(crate) struct Applied {
 /// purge removes nothing more.
 pub(crate) fn apply(st: &RelayState, id: u64, jobs: &[JobId]) -> Result<Applied, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let wanted: BTreeSet<JobId> = jobs.iter().copied().collect();
     // Direct child relays: every relay of the subtree is reached through one.
     let mut relays = BTreeSet::new();

@@ -105,7 +105,10 @@ fn with_gate<T>(
         std::collections::hash_map::Entry::Vacant(e) => {
             let mut g = Gate::default();
             for r in st.leaves.scan_prefix(&JobPrefix(job)) {
-                let (JobClient(_, c), l) = r?;
+                let (k, l) = r?;
+                // A result gathered for the next flush counts already.
+                let l = st.results.gathered(&k).unwrap_or(l);
+                let JobClient(_, c) = k;
                 g.targets += 1;
                 match l.state {
                     LeafState::Pending => {
@@ -275,7 +278,7 @@ pub(crate) fn release(st: &RelayState, job: JobId) -> Result<Vec<NodeName>, Stor
             if st.child(c).is_none() {
                 continue;
             }
-            match st.leaves.get(&JobClient(job, c.clone()))? {
+            match st.results.leaf(&JobClient(job, c.clone()))? {
                 Some(l) if l.state == LeafState::Pending => {}
                 // Closed here meanwhile (moved, expired, canceled).
                 _ => {

@@ -24,6 +24,10 @@ use tokio::sync::watch;
 /// Result of the latest finished flush round: (ticket covered, error if it failed).
 type Round = (u64, Option<String>);
 
+/// Writes a role gathered in memory, run at the start of every round before
+/// sled's flush (see [`Flusher::before_flush`]).
+pub(super) type Hook = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 struct Shared {
     /// Since when (unix ms) some `durable()` caller has been waiting, 0 when
     /// none is: a flush that hangs, or one that never gets to start because
@@ -43,6 +47,8 @@ struct Shared {
     /// Set at the first failed flush: sled refuses every write after an I/O
     /// error, so the node must stop acknowledging and reopen its database.
     failed: watch::Sender<Option<String>>,
+    /// Run at the start of each round, after the round's ticket is taken.
+    hooks: std::sync::Mutex<Vec<Hook>>,
 }
 
 /// Every flusher of this process, for the stall watchdog.
@@ -89,6 +95,7 @@ impl Flusher {
             fsynced_through: AtomicU64::new(0),
             done,
             failed: watch::channel(None).0,
+            hooks: std::sync::Mutex::new(Vec::new()),
         });
         // A thread of its own, not a runtime task: flushes go on even when
         // the runtime's threads are all busy (a handshake storm), so a slow
@@ -101,15 +108,22 @@ impl Flusher {
                 while kicks.recv().is_ok() {
                     let target = s.requested.load(Ordering::SeqCst);
                     let began = std::time::Instant::now();
-                    let res = db.flush().map_err(|e| e.to_string()).and_then(|_| {
-                        let Some(sync) = sync.as_mut() else {
-                            return Ok(());
-                        };
-                        let round = s.fsync_begun.fetch_add(1, Ordering::SeqCst) + 1;
-                        sync.round().map_err(|e| format!("fsync: {e}"))?;
-                        s.fsynced_through.store(round, Ordering::SeqCst);
-                        Ok(())
-                    });
+                    // What was gathered for waiters up to `target` is written
+                    // now, so that this round's flush and fsync carry it.
+                    let hooks = s.hooks.lock().unwrap_or_else(|p| p.into_inner());
+                    let written = hooks.iter().try_for_each(|h| h());
+                    drop(hooks);
+                    let res = written
+                        .and_then(|_| db.flush().map_err(|e| e.to_string()))
+                        .and_then(|_| {
+                            let Some(sync) = sync.as_mut() else {
+                                return Ok(());
+                            };
+                            let round = s.fsync_begun.fetch_add(1, Ordering::SeqCst) + 1;
+                            sync.round().map_err(|e| format!("fsync: {e}"))?;
+                            s.fsynced_through.store(round, Ordering::SeqCst);
+                            Ok(())
+                        });
                     crate::metrics::flush_took(began.elapsed());
                     s.last_done_ms
                         .store(crate::proto::now_ms(), Ordering::SeqCst);
@@ -146,6 +160,18 @@ impl Flusher {
             kick,
             task: std::sync::Mutex::new(task),
         })
+    }
+
+    /// Runs `hook` at the start of every round, after the round took its
+    /// ticket and before sled's flush: a caller of `durable` that gathered
+    /// writes in memory before calling it finds them written, flushed and
+    /// fsynced when it returns. A hook that fails fails the round.
+    pub(super) fn before_flush(&self, hook: Hook) {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
     }
 
     /// The flusher task, to await its end after the last handle is dropped.

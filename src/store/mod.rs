@@ -297,6 +297,26 @@ impl Store {
         }
     }
 
+    /// Runs `hook` at the start of every flush round, before sled's flush
+    /// (on the flusher's thread): writes a role gathers in memory between
+    /// flushes go to disk with the round that makes them durable, so many
+    /// callers' writes become one. The hook must not wait for `durable`.
+    /// Only on sled.
+    pub fn before_flush(
+        &self,
+        hook: impl Fn() -> Result<(), StoreError> + Send + Sync + 'static,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled { flusher, .. } => {
+                flusher.before_flush(Box::new(move || hook().map_err(|e| e.to_string())));
+                Ok(())
+            }
+            Backend::Pg(_) => Err(StoreError::Unsupported(
+                "writes gathered before a flush are only on sled",
+            )),
+        }
+    }
+
     /// Resolves when a flush fails (typically a full disk). From then on
     /// nothing can be made durable: the node must stop acknowledging and
     /// reopen the database once the disk accepts writes again.

@@ -407,24 +407,27 @@ mod tests {
             drop(o);
             s.close().await.unwrap();
         }
-        // sled's own threads may hold the file lock a moment after close:
-        // open again as soon as it is released (within a deadline).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let s = loop {
-            match Store::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let s = reopen(dir.path()).await;
         let o = s.outbox("outbox").unwrap();
         assert_eq!(o.waiting.lock().unwrap().stats().0, 2);
         o.ack(3).unwrap();
         assert_eq!(o.waiting.lock().unwrap().stats(), (0, None));
+    }
+
+    /// Opens the store at `dir` again after a close: sled's own threads may
+    /// hold the file lock a moment longer, so retry until it is released
+    /// (within a deadline).
+    async fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() < deadline && e.is_locked() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
     }
 
     fn ev(i: u32) -> Event {
@@ -565,18 +568,7 @@ mod tests {
             drop(o);
             s.close().await.unwrap();
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let s = loop {
-            match Store::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let s = reopen(dir.path()).await;
         let o = s.outbox("outbox").unwrap();
         // What the ack left of the second group, and the third: 301..=600.
         assert_eq!(o.waiting.lock().unwrap().stats().0, 300);
@@ -623,18 +615,7 @@ mod tests {
             drop(o);
             s.close().await.unwrap();
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let s = loop {
-            match Store::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let s = reopen(dir.path()).await;
         let o = s.outbox_prefixed("agent", b"o\0").unwrap();
         let t = s.table("agent").unwrap();
         // Restored from its rider; a later value is never undone by one.

@@ -38,6 +38,29 @@ fn bench_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
 fn ping_and_rerun_scripts_run_at_small_n() {
     let ping = bench("ping.sh", &["40", "2", "1"]);
     assert!(ping.contains("ping N=40 R=2: median"), "{ping}");
+    for line in [
+        "ping N=40 R=2 cpu hq per job: median",
+        "ping N=40 R=2 cpu relays per job: median",
+        "ping N=40 R=2 cpu swarms per job: median",
+        "ping N=40 R=2 tree µs per leaf: median",
+        "ping N=40 R=2 relays rss after a job: median",
+    ] {
+        assert!(ping.contains(line), "no {line:?} in {ping}");
+    }
+    // The relays hold memory; a zero would mean the figure was not read.
+    let rss: f64 = ping
+        .lines()
+        .find(|l| l.contains("relays rss after a job: median"))
+        .and_then(|l| {
+            l.split("median ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no rss figure: {ping}"));
+    assert!(rss > 0.0, "{ping}");
     let rerun = bench("rerun.sh", &["40", "2", "1"]);
     assert!(
         rerun.contains("targets == failed leaves, and exactly those re-ran"),
