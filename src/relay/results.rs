@@ -116,19 +116,30 @@ impl Gathered {
 
     /// Events first, then the leaves they report; a final leaf leaves the
     /// per-client index (nothing left to deliver). On an error what was
-    /// taken is lost from memory: nobody was acknowledged for it (the round
-    /// fails), and agents send unacknowledged results again.
+    /// taken goes back, to be written again by the next round or writer
+    /// (re-sent events are idempotent): a settle outside a flush round may
+    /// fail while a later round succeeds, and that round must not
+    /// acknowledge results it never wrote.
     fn write_out(&self) -> Result<(), StoreError> {
         let b = std::mem::take(&mut *self.buf());
         if b.events.is_empty() && b.leaves.is_empty() {
             return Ok(());
         }
+        if let Err(e) = self.write_all(&b) {
+            // The caller holds `RelayState::write`: nothing was gathered since.
+            *self.buf() = b;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn write_all(&self, b: &Buffer) -> Result<(), StoreError> {
         self.outbox.push(&b.events)?;
         self.leaves
             .put_many(b.leaves.iter().map(|(k, r)| (k.clone(), r)))?;
-        for (JobClient(job, client), r) in b.leaves {
+        for (JobClient(job, client), r) in &b.leaves {
             if r.state.is_final() {
-                self.client_leaves.remove(&NameJob(client, job))?;
+                self.client_leaves.remove(&NameJob(client.clone(), *job))?;
             }
         }
         Ok(())

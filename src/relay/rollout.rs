@@ -232,6 +232,7 @@ pub(crate) fn given_back(
     client: &NodeName,
 ) -> Result<bool, StoreError> {
     let _w = st.write.lock().unwrap_or_else(|p| p.into_inner());
+    super::results::settle(st, &_w)?;
     let k = JobClient(job, client.clone());
     let Some(mut l) = st.leaves.get(&k)? else {
         return Ok(false);
