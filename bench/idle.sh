@@ -49,7 +49,7 @@ idle_settle() {
         check_alive
         sleep 2
     done
-    log "all $N clients online at HQ $(($(date +%s) - t0)) s after registration"
+    log "all $N clients online at HQ (waited $(($(date +%s) - t0)) s more)"
     while :; do
         a=$(cpu_ticks "$HQ_PID" "${RELAY_PIDS[@]}")
         sleep "$SETTLE_WINDOW"
@@ -65,7 +65,7 @@ idle_settle() {
         fi
         prev=$pct
     done
-    log "settled $(($(date +%s) - t0)) s after registration"
+    log "settled (waited $(($(date +%s) - t0)) s more)"
 }
 
 bench_init
