@@ -367,7 +367,9 @@ tree_clients() {
     "$BIN/hq" tree --json 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["clients"])' 2>/dev/null || echo 0
 }
 
-# wait_clients N: until HQ counts N registered clients (deadline $BENCH_CONNECT_TIMEOUT).
+# wait_clients N: until HQ counts N registered clients (deadline
+# $BENCH_CONNECT_TIMEOUT); sets REG_SECS (seconds it took, polled every 2 s
+# above 10,000 agents).
 wait_clients() {
     local n=$1 deadline t0 c last=-1 lastlog
     deadline=${BENCH_CONNECT_TIMEOUT:-$((60 + n / 200))}
@@ -389,7 +391,8 @@ wait_clients() {
         # `hq tree` scans HQ's client table: poll gently at large N.
         if ((n > 10000)); then sleep 2; else sleep 0.5; fi
     done
-    log "$n agents registered in $(($(date +%s) - t0)) s"
+    REG_SECS=$(($(date +%s) - t0))
+    log "$n agents registered in $REG_SECS s"
 }
 
 # tree_start N R [SWARM ARGS...]: a whole tree with N agents registered, settled.

@@ -4,7 +4,8 @@
 # the moment `hq job wait` exits having seen the job done (every leaf final and
 # stored at HQ, every relay's target set in); both CLI processes (start-up, TLS
 # connection to HQ, HQ's answer) are inside the figure. Each run must end with
-# N leaves, all succeeded.
+# N leaves, all succeeded. Also prints how long registration took (the
+# swarms' start to HQ counting N clients, after a cold start of the tree).
 #
 # Per run it also prints the CPU seconds (utime+stime from /proc/PID/stat,
 # read just before `job create` and just after `job wait`) of HQ, of the
@@ -23,6 +24,7 @@ cpu_s() { awk -v a="$1" -v b="$2" -v t="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a
 
 bench_init
 tree_start "$N" "$R"
+echo "registration N=$N R=$R: $REG_SECS s from the swarms' start to every client registered at HQ (target <= 60 s at 100000)"
 times=() hq_cpu=() relay_cpu=() swarm_cpu=() per_leaf=() relay_rss=()
 for ((run = 1; run <= RUNS; run++)); do
     h0=$(cpu_ticks "$HQ_PID") r0=$(cpu_ticks "${RELAY_PIDS[@]}") s0=$(cpu_ticks "${SWARM_PIDS[@]}")

@@ -559,7 +559,7 @@ mod tests {
     async fn cancel_and_purge_from_the_relay_are_applied_and_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let st = test_state(dir.path());
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let (tx, mut rx) = SessionTx::channel(8);
         // A job this agent never saw: a tombstone, acknowledged.
         from_relay(&st, &tx, Msg::Cancel { job: JobId(5) })
             .await

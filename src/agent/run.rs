@@ -652,7 +652,7 @@ mod tests {
         runlog::write_received(&st, &rec).unwrap();
         let task = tokio::spawn(execute(st.clone(), rec));
         wait("the command to start", || lines(&f) == ["start"]).await;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (tx, mut rx) = crate::link::SessionTx::channel(4);
         let t0 = Instant::now();
         assert!(cancel(&st, JobId(3)).unwrap());
         tokio::spawn(crate::agent::cancel_ack(st.clone(), tx, JobId(3)));

@@ -13,7 +13,7 @@ use crate::proto::{now_ms, Msg, NodeName, Placement, SignedPlacement};
 use crate::rules;
 use crate::store::keys::Name;
 use crate::store::StoreError;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 /// The chain of an agent whose home is `home`: `home`, then each parent up to
 /// the relay whose parent is `hq`. `None` when the records reach no further
@@ -68,7 +68,7 @@ pub(crate) fn place(
         body,
     });
     st.down.put(&top, &m)?;
-    info!(%client, chain = ?p.chain, "placement signed");
+    debug!(%client, chain = ?p.chain, "placement signed");
     Ok(Some((top, m)))
 }
 

@@ -3,7 +3,7 @@
 //! its own task.
 
 use super::meter::{child_label, refusal_reason, Metered};
-use super::session::{read_first, start, Session, Timing};
+use super::session::{framed, read_first, start, Session, Timing};
 use super::LinkError;
 use crate::proto::{CertGrant, CertRequest, Hello, Msg, MsgCodec, Role, PROTOCOL_VERSION};
 use crate::tls::{self, PeerIdentity};
@@ -13,7 +13,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -273,7 +272,7 @@ async fn greet(
     adm: &Admission,
 ) -> Result<Session, LinkError> {
     let bytes = crate::metrics::child_bytes(&child_label(peer.role, &peer.name));
-    let mut framed = Framed::new(
+    let mut framed = framed(
         Metered::new(tls, bytes),
         MsgCodec::for_session(adm.me.role, peer.role),
     );

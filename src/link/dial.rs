@@ -12,7 +12,7 @@
 //! where the session went. Knows nothing of what a parent is (HQ or relay).
 
 use super::accept::check_hello;
-use super::session::{read_first, start, Session, Timing};
+use super::session::{framed, read_first, start, Session, Timing};
 use super::LinkError;
 use crate::proto::{Hello, Msg, MsgCodec};
 use crate::tls;
@@ -25,7 +25,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -120,7 +119,7 @@ pub async fn dial_once(d: &Dialer) -> Result<Session, LinkError> {
             })?;
         let _ = tcp.set_nodelay(true);
         let (tls, peer) = tls::connect(&d.connector, tcp).await?;
-        let mut framed = Framed::new(tls, MsgCodec::for_session(d.me.role, peer.role));
+        let mut framed = framed(tls, MsgCodec::for_session(d.me.role, peer.role));
         let mut me = d.me.clone();
         me.idle_timeout_ms = d.timing.idle_ms();
         framed.send(&Msg::Hello(me)).await?;

@@ -78,7 +78,76 @@ impl Timing {
 
 /// Sends messages on a session; cheap to clone. The session's writer ends
 /// when every sender is dropped.
-pub type SessionTx = mpsc::Sender<Msg>;
+///
+/// The queue holds boxed messages: a queue's storage comes in blocks of 32
+/// slots, and a slot of a full-size [`Msg`] is hundreds of bytes, which an
+/// idle session would keep resident for nothing (a relay holds one queue
+/// per agent).
+#[derive(Clone, Debug)]
+pub struct SessionTx(mpsc::Sender<Box<Msg>>);
+
+/// A [`SessionTx`] that does not keep the session's writer alive.
+#[derive(Clone, Debug)]
+pub(super) struct WeakSessionTx(mpsc::WeakSender<Box<Msg>>);
+
+impl WeakSessionTx {
+    pub(super) fn upgrade(&self) -> Option<SessionTx> {
+        self.0.upgrade().map(SessionTx)
+    }
+}
+
+/// The receiving end of a [`SessionTx`] made by [`SessionTx::channel`].
+#[derive(Debug)]
+pub struct SessionQueue(mpsc::Receiver<Box<Msg>>);
+
+impl SessionQueue {
+    /// The next message; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        self.0.recv().await.map(|b| *b)
+    }
+    /// A message already queued, without waiting.
+    pub fn try_recv(&mut self) -> Result<Msg, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|b| *b)
+    }
+}
+
+impl SessionTx {
+    /// A queue of `capacity` messages not attached to a connection (the
+    /// writer task's, and tests').
+    pub fn channel(capacity: usize) -> (SessionTx, SessionQueue) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (SessionTx(tx), SessionQueue(rx))
+    }
+    /// Queues `msg`, waiting for room; an error (with the message) once the
+    /// session is gone.
+    pub async fn send(&self, msg: Msg) -> Result<(), mpsc::error::SendError<Msg>> {
+        self.0
+            .send(Box::new(msg))
+            .await
+            .map_err(|e| mpsc::error::SendError(*e.0))
+    }
+    /// Queues `msg` if there is room now; when not, the message comes back
+    /// in the error, as with tokio's channel.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, msg: Msg) -> Result<(), mpsc::error::TrySendError<Msg>> {
+        use mpsc::error::TrySendError::{Closed, Full};
+        self.0.try_send(Box::new(msg)).map_err(|e| match e {
+            Full(m) => Full(*m),
+            Closed(m) => Closed(*m),
+        })
+    }
+    /// The session's writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+    /// Both send on the same session.
+    pub fn same_channel(&self, other: &SessionTx) -> bool {
+        self.0.same_channel(&other.0)
+    }
+    pub(super) fn downgrade(&self) -> WeakSessionTx {
+        WeakSessionTx(self.0.downgrade())
+    }
+}
 
 /// Sends, waiting for room in the session's queue; an error once the
 /// session is gone.
@@ -121,6 +190,28 @@ impl SessionRx {
         r
     }
 
+    /// A message already here, without waiting (`None`: nothing buffered
+    /// now). For draining a burst after [`SessionRx::recv`]: the caller
+    /// handles what one wake brought in one go (one disk flush for many
+    /// messages). Heartbeats are hidden as in `recv`.
+    pub fn try_recv(&mut self) -> Result<Option<Msg>, LinkError> {
+        use futures::FutureExt;
+        loop {
+            if self.closed.is_cancelled() {
+                return Err(LinkError::Bye("closed by this side".into()));
+            }
+            let Some(next) = self.inner.next().now_or_never() else {
+                return Ok(None);
+            };
+            // Heard, and the owner is still busy: silence is not counted.
+            self.pulse.heard();
+            self.pulse.busy();
+            if let Some(r) = classify(next) {
+                return r.map(Some);
+            }
+        }
+    }
+
     async fn next(&mut self) -> Result<Msg, LinkError> {
         loop {
             let next = tokio::select! {
@@ -132,18 +223,24 @@ impl SessionRx {
                 _ = self.pulse.expired() => return Err(LinkError::Idle(self.idle)),
             };
             self.pulse.heard();
-            match next {
-                None => return Err(LinkError::Closed),
-                Some(Err(crate::proto::CodecError::Io(e))) if is_disconnect(&e) => {
-                    return Err(LinkError::Closed)
-                }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(Msg::Heartbeat)) => continue,
-                Some(Ok(Msg::Bye { reason })) => return Err(LinkError::Bye(reason)),
-                Some(Ok(m)) => return Ok(m),
+            if let Some(r) = classify(next) {
+                return r;
             }
         }
     }
+}
+
+/// What one frame read from the peer means to the owner: a message, the
+/// end of the session, or nothing (a heartbeat: `None`).
+fn classify(next: Option<Result<Msg, crate::proto::CodecError>>) -> Option<Result<Msg, LinkError>> {
+    Some(match next {
+        None => Err(LinkError::Closed),
+        Some(Err(crate::proto::CodecError::Io(e))) if is_disconnect(&e) => Err(LinkError::Closed),
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(Msg::Heartbeat)) => return None,
+        Some(Ok(Msg::Bye { reason })) => Err(LinkError::Bye(reason)),
+        Some(Ok(m)) => Ok(m),
+    })
 }
 
 impl Drop for SessionRx {
@@ -210,6 +307,22 @@ impl Session {
     }
 }
 
+/// Read and write buffers a session starts with. Most frames are small
+/// (heartbeats, acks, one assignment); a larger one makes room for itself
+/// (the codec reserves a frame's length), so an idle session does not keep
+/// two 8 KiB buffers for nothing.
+const SESSION_BUF: usize = 1024;
+/// Bytes the writer gathers before it must write them out (bursts still
+/// share a write, as with tokio-util's default).
+const WRITE_BOUNDARY: usize = 8 * 1024;
+
+/// A session's framing over `io`, with small starting buffers.
+pub(super) fn framed<S: AsyncRead + AsyncWrite>(io: S, codec: MsgCodec) -> Framed<S, MsgCodec> {
+    let mut f = Framed::with_capacity(io, codec, SESSION_BUF);
+    f.set_backpressure_boundary(WRITE_BOUNDARY);
+    f
+}
+
 /// Reads one message during the handshake phase (heartbeats not expected).
 pub(super) async fn read_first<S>(
     framed: &mut Framed<S, MsgCodec>,
@@ -244,7 +357,7 @@ where
         crate::proto::Purpose::Session => 1024,
         crate::proto::Purpose::Transfer => 4,
     };
-    let (tx, mut out) = mpsc::channel::<Msg>(capacity);
+    let (tx, mut out) = SessionTx::channel(capacity);
     let closed = CancellationToken::new();
     let closed_w = closed.clone();
     let pulse = Pulse::start(timing.heartbeat, timing.idle_timeout, tx.downgrade());
@@ -354,6 +467,26 @@ mod tests {
         peer.send(&traffic()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(900)).await;
         assert_eq!(s.rx.recv().await.unwrap(), traffic());
+    }
+
+    /// What one wake brought is drained without waiting, heartbeats
+    /// hidden; nothing buffered is `None`, not a wait; the peer's `Bye`
+    /// ends the session.
+    #[tokio::test]
+    async fn try_recv_drains_what_arrived_and_never_waits() {
+        let (mut s, mut peer) = pair(60_000, 60_000);
+        let m = |seq| Msg::Ack { seq };
+        peer.feed(&m(1)).await.unwrap();
+        peer.feed(&Msg::Heartbeat).await.unwrap();
+        peer.feed(&m(2)).await.unwrap();
+        peer.feed(&m(3)).await.unwrap();
+        SinkExt::<&Msg>::flush(&mut peer).await.unwrap();
+        assert_eq!(s.rx.recv().await.unwrap(), m(1));
+        assert_eq!(s.rx.try_recv().unwrap(), Some(m(2)));
+        assert_eq!(s.rx.try_recv().unwrap(), Some(m(3)));
+        assert_eq!(s.rx.try_recv().unwrap(), None);
+        peer.send(&Msg::Bye { reason: "x".into() }).await.unwrap();
+        assert!(matches!(s.rx.recv().await, Err(LinkError::Bye(r)) if r == "x"));
     }
 
     #[test]

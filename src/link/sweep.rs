@@ -15,12 +15,13 @@
 //! (a flush under load) sit in the socket and must not pass for a dead peer.
 //! Knows nothing of messages other than `Heartbeat`, and never does I/O.
 
+use super::session::WeakSessionTx;
 use crate::proto::Msg;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// `heard` while the owner is not waiting for a message: not judged.
 const BUSY: u64 = u64::MAX;
@@ -32,8 +33,10 @@ const SLACK_PER_BEAT: u32 = 4;
 const MIN_SLACK: Duration = Duration::from_millis(10);
 const MAX_SLACK: Duration = Duration::from_secs(1);
 /// Moments are filed rounded up to this many milliseconds, so that sessions
-/// due at nearly the same time share one wake-up of the sweep.
-const GRAIN_MS: u64 = 10;
+/// due at nearly the same time share one wake-up of the sweep (and their
+/// heartbeats one wake-up of the runtime): at most 10 a second, however
+/// many sessions; a beat or an expiry is at most this late.
+const GRAIN_MS: u64 = 100;
 /// The sweep sleeps at most this long with nothing due (a safety net only).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -63,17 +66,13 @@ pub(super) struct Pulse {
     /// How early a heartbeat goes ([`slack_for`]).
     slack_ms: u64,
     /// Where heartbeats go; does not keep the writer alive.
-    beat: mpsc::WeakSender<Msg>,
+    beat: WeakSessionTx,
 }
 
 impl Pulse {
     /// A session's pulse, registered with the sweep: a heartbeat after
     /// `heartbeat` without sending, expired after `idle` without hearing.
-    pub(super) fn start(
-        heartbeat: Duration,
-        idle: Duration,
-        beat: mpsc::WeakSender<Msg>,
-    ) -> Arc<Pulse> {
+    pub(super) fn start(heartbeat: Duration, idle: Duration, beat: WeakSessionTx) -> Arc<Pulse> {
         let now = now_ms();
         let p = Arc::new(Pulse {
             heard: AtomicU64::new(BUSY),
@@ -328,6 +327,7 @@ fn look_at_due(due: &mut Schedule, now: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link::SessionTx;
 
     const RULES: Rules = Rules {
         heartbeat_ms: 1000,
@@ -425,7 +425,7 @@ mod tests {
     /// heard and sent just now, one due; one look touches one of them.
     #[test]
     fn a_look_touches_only_the_sessions_due() {
-        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let (tx, mut rx) = SessionTx::channel(4);
         let now = 1_000_000;
         let pulse = |sent: u64| {
             Arc::new(Pulse {
@@ -465,7 +465,7 @@ mod tests {
     /// owner is busy does not.
     #[tokio::test]
     async fn the_sweep_beats_and_expires() {
-        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let (tx, mut rx) = SessionTx::channel(4);
         let p = Pulse::start(
             Duration::from_millis(100),
             Duration::from_millis(300),

@@ -408,7 +408,7 @@ mod tests {
         // c2 got it before the expiry and its agent is gone; c3's is connected.
         set(&st, 1, "c2", LeafState::Delivered);
         set(&st, 1, "c3", LeafState::Running);
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let (tx, _rx) = crate::link::SessionTx::channel(1);
         st.children
             .lock()
             .unwrap()

@@ -11,7 +11,7 @@ use super::RelayState;
 use crate::proto::{Assignment, Msg, NodeName, Placement, SignedPlacement};
 use crate::store::keys::Name;
 use crate::store::StoreError;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// What a relay does with a placement from its parent.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub(crate) fn receive(st: &RelayState, sp: SignedPlacement) -> Result<Received, 
             };
             if older {
                 st.placements.put(&k, &sp)?;
-                info!(%client, issued_at_ms = p.issued_at_ms, "placement kept");
+                debug!(%client, issued_at_ms = p.issued_at_ms, "placement kept");
                 out.kept = true;
             }
         }

@@ -9,6 +9,9 @@ use crate::proto::Msg;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Placements applied under one flush, at most.
+const PLACEMENT_BURST: usize = 4096;
+
 /// Keeps the parent session up until `shutdown`.
 pub(crate) async fn run(
     st: Arc<RelayState>,
@@ -105,8 +108,15 @@ async fn session(
     }
     let up = Upward::start(st.outbox.clone(), tx.clone());
     let r = async {
+        // A message drained with a burst of placements that is not one of
+        // them: handled next.
+        let mut held: Option<Msg> = None;
         loop {
-            match rx.recv().await? {
+            let msg = match held.take() {
+                Some(m) => m,
+                None => rx.recv().await?,
+            };
+            match msg {
                 Msg::Assign(a) if cancel::is_canceled(&st, a.job)? => {
                     // Canceled here before it arrived: acknowledged, never applied.
                     crate::link::send(
@@ -185,22 +195,41 @@ async fn session(
                     crate::link::queue::send_now(&st.children, done.fwd);
                 }
                 Msg::Placement(sp) => {
-                    let got = placement::receive(&st, sp)?;
+                    // Every placement already here in one go: one flush for
+                    // the burst that follows a wave of registrations, not
+                    // one each (the parent's acks wait behind them).
+                    let mut burst = vec![sp];
+                    while burst.len() < PLACEMENT_BURST {
+                        match rx.try_recv()? {
+                            Some(Msg::Placement(sp)) => burst.push(sp),
+                            Some(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let mut got = Vec::with_capacity(burst.len());
+                    for sp in burst {
+                        got.push(placement::receive(&st, sp)?);
+                    }
                     st.store.durable().await?;
-                    let Some(client) = got.client else { continue };
-                    crate::link::send(
-                        &tx,
-                        Msg::PlacementAck {
-                            client: client.clone(),
-                        },
-                    )
-                    .await?;
-                    crate::link::queue::send_now(&st.children, got.fwd);
-                    if got.kept {
-                        // Assignments held for want of it go out now.
-                        if let Some(agent) = st.child(&client) {
-                            for a in home::pending_for(&st, &client)? {
-                                crate::link::send_soon(&agent, Msg::Assign(a));
+                    for got in got {
+                        let Some(client) = got.client else { continue };
+                        crate::link::send(
+                            &tx,
+                            Msg::PlacementAck {
+                                client: client.clone(),
+                            },
+                        )
+                        .await?;
+                        crate::link::queue::send_now(&st.children, got.fwd);
+                        if got.kept {
+                            // Assignments held for want of it go out now.
+                            if let Some(agent) = st.child(&client) {
+                                for a in home::pending_for(&st, &client)? {
+                                    crate::link::send_soon(&agent, Msg::Assign(a));
+                                }
                             }
                         }
                     }
