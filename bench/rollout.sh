@@ -10,7 +10,9 @@
 #     hash of the client's name, with a "fail MS" line): the moment the
 #     failures passed the threshold is the time of the failure that took
 #     the count past 1%; the leaves started after it, anywhere in the tree,
-#     are counted (goal: under 1% of the job). The job is then canceled.
+#     are counted (goal: under 1% of the job). When the relays' own stops
+#     (past 1% of their own targets) paused the job first, the count starts
+#     at the first relay's own crossing instead. The job is then canceled.
 #   defaults: N=10000 R=2 (issue 11)
 source "$(dirname "$0")/lib.sh"
 
@@ -75,22 +77,32 @@ done
 # What was running finishes; what started late shows up in the file.
 sleep 3
 "$BIN/hq" job cancel "$JOB" >/dev/null || die "hq job cancel $JOB failed"
-read -r crossed after total < <(python3 - "$T2" "$N" <<'PY'
-import sys
-starts, fails = [], []
+read -r crossed after total what < <(python3 - "$T2" "$N" "$R" <<'PY'
+import sys, collections
+starts, fails = [], collections.defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.split()
     if len(f) == 3:
-        (starts if f[1] == "start" else fails if f[1] == "fail" else []).append(int(f[2]))
-n = int(sys.argv[2])
+        if f[1] == "start":
+            starts.append(int(f[2]))
+        elif f[1] == "fail":
+            fails[f[0]].append(int(f[2]))
+n, r = int(sys.argv[2]), int(sys.argv[3])
 threshold = n * 1 // 100  # past 1% of the job's targets
-fails.sort()
-if len(fails) <= threshold:
-    sys.exit(f"only {len(fails)} failures, threshold {threshold}")
-crossed = fails[threshold]
-print(crossed, sum(1 for s in starts if s > crossed), len(starts))
+every = sorted(t for ts in fails.values() for t in ts)
+if len(every) > threshold:
+    crossed, what = every[threshold], "the-job's-threshold"
+else:
+    # The relays' own stops (past 1% of their own targets) paused the job
+    # before its failures passed 1% of it: count from the first of those.
+    own = n // r // 100
+    mine = [sorted(ts)[own] for ts in fails.values() if len(ts) > own]
+    if not mine:
+        sys.exit(f"only {len(every)} failures, threshold {threshold}, and no relay past its own")
+    crossed, what = min(mine), "a-relay's-own-threshold"
+print(crossed, sum(1 for s in starts if s > crossed), len(starts), what)
 PY
-) || die "job $JOB: no crossing of the threshold in the commands' lines"
+) || die "job $JOB: no crossing of a threshold in the commands' lines"
 # Where the late starts come from, per relay: the relay's own crossing (its
 # failures past 1% of its targets), its local stop and HQ's pause reaching
 # it (their log lines), and the starts after each.
@@ -129,4 +141,4 @@ for r in relays:
           f"after its stop {after(stop)}, after the pause {after(pause)}")
 PY
 pct=$(awk -v a="$after" -v n="$N" 'BEGIN { printf "%.2f", a * 100 / n }')
-echo "rollout --max-failures 1% with 5% failing N=$N R=$R: $after leaves started after the threshold was crossed ($pct% of the job; $total started in all; goal under 1%) (load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "rollout --max-failures 1% with 5% failing N=$N R=$R: $after leaves started after ${what//-/ } was crossed ($pct% of the job; $total started in all; goal under 1%) (load $(cut -d' ' -f1-3 /proc/loadavg))"
